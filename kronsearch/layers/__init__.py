@@ -1,0 +1,1 @@
+"""Layers: KronLinear (one block pattern), PatternSelectLinear (several competing), kronify."""

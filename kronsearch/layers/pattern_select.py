@@ -1,0 +1,139 @@
+"""PatternSelectLinear: several candidate block shapes in one layer, competing under a group lasso.
+
+The choices PAPER.md section 2 leaves open, made here:
+- The group of candidate k is its S_k: S_k = 0 switches the whole candidate off, whatever its A, B.
+- Group norms are weighted by sqrt(group size), sqrt(|S_k|) * ||S_k||_2 (Yuan & Lin's group
+  lasso). At the start every S_k is all ones, so every entry of every S_k feels the same pull
+  (d/dS = 1): neither the many-block small candidates nor the few-block large ones are favoured.
+- The winner is the candidate with the largest ||W_k||_F: the one carrying most of the weight,
+  whatever the S/A scale split inside it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kronsearch.layers.kron_linear import KronLinear
+from kronsearch.patterns import Block, format_block, valid_blocks
+
+
+class PatternSelectLinear(nn.Module):
+    """y = x (sum_k W_k)^T + b: one bias-free KronLinear per candidate block, sharing one bias.
+
+    Candidates that do not divide (out_features, in_features) are dropped with a warning.
+    Each branch starts with B_k scaled by 1/sqrt(K) so the sum of the K branches has
+    nn.Linear's output variance.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        candidates: Sequence[Sequence[int]],
+        rank: int = 1,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        valid = set(valid_blocks(out_features, in_features))
+        kept = list(dict.fromkeys(tuple(int(v) for v in c) for c in candidates))
+        dropped = [c for c in kept if c not in valid]
+        self.candidates: list[Block] = [c for c in kept if c in valid]
+        shape = f"(out={out_features}, in={in_features})"
+        if not self.candidates:
+            raise ValueError(
+                f"no candidate block in {[format_block(c) for c in kept]} divides a layer of shape {shape}; "
+                f"valid blocks: {', '.join(format_block(b) for b in sorted(valid))}"
+            )
+        if dropped:
+            warnings.warn(f"candidates {[format_block(c) for c in dropped]} do not divide {shape}; dropped",
+                          stacklevel=2)
+        self.branches = nn.ModuleDict({
+            format_block(c): KronLinear(in_features, out_features, c, rank, False, device, dtype)
+            for c in self.candidates
+        })
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every branch as a fresh KronLinear, with B scaled so the sum keeps nn.Linear's variance."""
+        scale = len(self.branches) ** -0.5
+        with torch.no_grad():
+            for branch in self.branches.values():
+                branch.reset_parameters()
+                branch.b.mul_(scale)
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(self.in_features)
+                nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        y = sum(branch(x) for branch in self.branches.values())
+        return y if self.bias is None else y + self.bias
+
+    def group_norms(self) -> Tensor:
+        """sqrt(|S_k|) * ||S_k||_2 for every candidate, differentiable: (K,)."""
+        return torch.stack([b.s.norm() * math.sqrt(b.s.numel()) for b in self.branches.values()])
+
+    @torch.no_grad()
+    def weight_norms(self) -> dict[str, float]:
+        """||W_k||_F per candidate, from the factors: ||sum_i C_i ⊗ B_i||^2 = sum_ij <C_i,C_j><B_i,B_j>."""
+        norms = {}
+        for name, branch in self.branches.items():
+            c = branch.factors().flatten(1)
+            b = branch.b.flatten(1)
+            norms[name] = ((c @ c.t()) * (b @ b.t())).sum().clamp_min(0).sqrt().item()
+        return norms
+
+    def selected(self) -> tuple[Block, dict[str, float]]:
+        """The winning block (largest ||W_k||_F) and every candidate's ||W_k||_F."""
+        norms = self.weight_norms()
+        winner = max(norms, key=norms.get)
+        return self.branches[winner].block, norms
+
+    @torch.no_grad()
+    def finalize(self) -> KronLinear:
+        """The winner alone as a plain KronLinear, keeping its trained factors and the shared bias."""
+        block, _ = self.selected()
+        branch = self.branches[format_block(block)]
+        p = branch.s
+        layer = KronLinear(self.in_features, self.out_features, block, self.rank,
+                           self.bias is not None, p.device, p.dtype)
+        layer.load_state_dict({**branch.state_dict(), **({"bias": self.bias} if self.bias is not None else {})})
+        return layer
+
+    def extra_repr(self) -> str:
+        blocks = ", ".join(format_block(c) for c in self.candidates)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"candidates=[{blocks}], rank={self.rank}, bias={self.bias is not None}")
+
+
+def selection_penalty(model: nn.Module, lambda1: float, lambda2: float) -> Tensor:
+    """lambda1 * sum of group norms (PatternSelectLinear) + lambda2 * sum of ||S||_1 (every KronLinear).
+
+    A scalar tensor on the model's device; zero for a model without Kronecker layers.
+    Candidates inside a PatternSelectLinear are KronLinear modules, so the l1 term covers them once.
+    """
+    group = [m.group_norms().sum() for m in model.modules() if isinstance(m, PatternSelectLinear)]
+    l1 = [m.s.abs().sum() for m in model.modules() if isinstance(m, KronLinear)]
+    zero = next(model.parameters()).new_zeros(())
+    return lambda1 * sum(group, zero) + lambda2 * sum(l1, zero)
+
+
+def finalize_model(model: nn.Module) -> dict[str, tuple[Block, dict[str, float]]]:
+    """Replace every PatternSelectLinear by its winner, in place; return {layer: (winner, norms)}."""
+    selections = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PatternSelectLinear):
+            selections[name] = module.selected()
+            model.set_submodule(name, module.finalize())
+    return selections

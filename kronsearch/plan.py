@@ -1,0 +1,66 @@
+"""A pattern plan: which block and rank each layer gets. What the search exports and kronify applies."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from kronsearch.layers.kron_linear import KronLinear
+from kronsearch.patterns import Block, format_block, parse_block
+
+
+@dataclass(frozen=True)
+class LayerPattern:
+    """The pattern of one layer: block shape (h, w) and rank r."""
+
+    block: Block
+    rank: int = 1
+
+    def to_dict(self) -> dict:
+        return {"block": format_block(self.block), "rank": self.rank}
+
+
+Plan = dict[str, LayerPattern]
+"""Layer name (as in model.named_modules()) -> its pattern."""
+
+
+def parse_plan(layers: Mapping) -> Plan:
+    """{name: {block: '4x4' | [4, 4], rank: 1}} -> Plan. Raises ValueError naming the bad layer."""
+    plan = {}
+    for name, entry in layers.items():
+        if isinstance(entry, LayerPattern):
+            plan[name] = entry
+            continue
+        if not isinstance(entry, Mapping) or "block" not in entry or set(entry) - {"block", "rank"}:
+            raise ValueError(f"plan layer {name!r}: expected {{block: 'HxW', rank: R}}, got {entry!r}")
+        try:
+            block = parse_block(entry["block"])
+        except ValueError as err:
+            raise ValueError(f"plan layer {name!r}: {err}") from None
+        rank = entry.get("rank", 1)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or min(block) < 1:
+            raise ValueError(f"plan layer {name!r}: block sides and rank must be integers >= 1, got {entry!r}")
+        plan[name] = LayerPattern(block, rank)
+    return plan
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Read the per-layer plan from an exported pattern file (`kronsearch export`)."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read plan file {path}: {err}") from None
+    if not isinstance(document, Mapping) or not isinstance(document.get("layers"), Mapping):
+        raise ValueError(f"{path}: a plan file has a 'layers' mapping of name -> {{block, rank}}")
+    return parse_plan(document["layers"])
+
+
+def model_plan(model: nn.Module) -> Plan:
+    """The plan of a kronified (and finalized) model: its KronLinear layers' blocks and ranks."""
+    return {name: LayerPattern(m.block, m.rank) for name, m in model.named_modules() if isinstance(m, KronLinear)}

@@ -1,0 +1,287 @@
+"""The trainer: one training function for dense, Kronecker and pattern-selection models.
+
+train(model, data, config, callback) runs the selection phase (every candidate of every
+PatternSelectLinear competing under the selection penalty), keeps each layer's winner, optionally
+fine-tunes the winners alone, and returns the metrics the search optimizes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from kronsearch.costs import model_cost
+from kronsearch.data import DataSplits
+from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
+from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
+from kronsearch.patterns import format_block
+from kronsearch.plan import model_plan
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. lambda1 weighs the group penalty, lambda2 the l1 penalty on every S."""
+
+    epochs: int = 10  # selection phase (or the whole run for a model without candidates)
+    finetune_epochs: int = 0  # after selection: the winners alone, losers dropped
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    s_lr_scale: float = 10.0  # S lives on an O(1) scale and must reach 0 within the run; Adam moves ~lr per step
+    weight_decay: float = 0.0  # on weights and factors A, B; never on S (its l1 is its regularizer), biases, norms
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # per step, to 0 at the end of each phase
+    warmup_epochs: float = 0.0
+    lambda1: float = 0.0
+    lambda2: float = 0.0
+    max_grad_norm: float | None = None
+    threshold: float = DEFAULT_THRESHOLD  # |S| <= threshold counts as a pruned block
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "finetune_epochs": self.finetune_epochs >= 0,
+            "batch_size": self.batch_size >= 1, "lr": self.lr > 0, "s_lr_scale": self.s_lr_scale > 0,
+            "weight_decay": self.weight_decay >= 0, "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
+            "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
+            "optimizer": self.optimizer in OPTIMIZERS, "schedule": self.schedule in SCHEDULES,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
+                             f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, counts and rates positive, "
+                             f"warmup_epochs <= epochs)")
+
+
+@dataclass
+class EpochReport:
+    """What the trainer knows after one epoch; handed to the callback."""
+
+    epoch: int  # 1-based, counting across phases
+    phase: str  # "train", "select" or "finetune"
+    train_loss: float  # task loss, mean over the epoch
+    penalty: float  # the regularization term, mean over the epoch
+    val_accuracy: float
+    block_sparsity: float  # overall, over the Kronecker layers
+    candidate_norms: dict[str, dict[str, float]]  # layer -> candidate block -> ||W_k||_F
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """Metrics of a finished training. `model` is the trained (and finalized) model."""
+
+    val_accuracy: float
+    test_accuracy: float
+    block_sparsity: float
+    layer_sparsity: dict[str, float]
+    train_params: int  # trainable parameters while training (the selection phase, candidates included)
+    train_macs: int  # forward MACs per sample while training
+    train_macs_total: int  # forward MACs over every sample of every epoch, all phases
+    final_params: int
+    final_macs: int
+    inference_nonzeros: int  # weight entries after merging, dense layers counted as dense
+    selected: dict[str, str]  # layer -> winning block (pattern selection only)
+    plan: dict[str, dict]  # layer -> {block, rank} of the final model
+    wall_time: float
+    history: list[EpochReport] = field(default_factory=list)
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def metrics(self) -> dict:
+        """Everything but the model, as plain JSON-able values."""
+        out = asdict(self)
+        out.pop("model")
+        return out
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says when."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so model init and training repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when torch sees a GPU (Ray sets CUDA_VISIBLE_DEVICES per trial), else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return resolved
+
+
+def kron_layers(model: nn.Module) -> dict[str, KronLinear]:
+    """Top-level KronLinear layers (not the candidates inside a PatternSelectLinear)."""
+    inside = {f"{n}.branches." for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, KronLinear) and not any(n.startswith(p) for p in inside)}
+
+
+def candidate_norms(model: nn.Module) -> dict[str, dict[str, float]]:
+    """layer -> candidate block -> ||W_k||_F, for every PatternSelectLinear."""
+    return {n: m.weight_norms() for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
+
+
+def block_sparsity(model: nn.Module, threshold: float) -> tuple[float, dict[str, float]]:
+    """(overall, per layer) fraction of pruned blocks; the overall one is weighted by layer area."""
+    layers = {n: m.block_sparsity(threshold) for n, m in kron_layers(model).items()}
+    areas = {n: m.in_features * m.out_features for n, m in kron_layers(model).items()}
+    total = sum(areas.values())
+    overall = sum(layers[n] * areas[n] for n in layers) / total if total else 0.0
+    return overall, layers
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    model.eval()
+    correct = sum(
+        (model(images[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum().item()
+        for i in range(0, len(labels), batch_size)
+    )
+    model.train()
+    return correct / max(len(labels), 1)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Three groups: S (scaled lr, no decay), weights and factors (decay), biases and norms (no decay)."""
+    s_params = {id(m.s) for m in model.modules() if isinstance(m, KronLinear)}
+    groups: dict[str, list] = {"s": [], "decay": [], "no_decay": []}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        key = "s" if id(p) in s_params else "decay" if p.ndim >= 2 else "no_decay"
+        groups[key].append(p)
+    param_groups = [
+        {"params": groups["s"], "lr": config.lr * config.s_lr_scale, "weight_decay": 0.0},
+        {"params": groups["decay"], "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": groups["no_decay"], "lr": config.lr, "weight_decay": 0.0},
+    ]
+    param_groups = [g for g in param_groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        # torch's Adam adds weight decay to the gradient (l2); AdamW decouples it.
+        return torch.optim.Adam(param_groups, lr=config.lr)
+    return torch.optim.AdamW(param_groups, lr=config.lr)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over `warmup` steps, then constant or cosine down to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    callback: Callable[[EpochReport], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `data` and measure it. The callback may raise (e.g. optuna.TrialPruned) to stop.
+
+    Models with PatternSelectLinear layers are finalized after the selection phase (each layer
+    keeps its winner); `finetune_epochs` then trains the winners alone. Raises TrainingDiverged on a
+    non-finite loss. The test split is only evaluated once, at the end.
+    """
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(config.seed)
+    train_x, train_y = (t.to(device) for t in data.train.tensors)
+    val_x, val_y = (t.to(device) for t in data.val.tensors)
+    selecting = any(isinstance(m, PatternSelectLinear) for m in model.modules())
+    training_cost = model_cost(model, data.input_shape, config.threshold).total
+    history: list[EpochReport] = []
+    phases = [("select" if selecting else "train", config.epochs, config.lambda1)]
+    if selecting and config.finetune_epochs:
+        phases.append(("finetune", config.finetune_epochs, 0.0))
+    macs_total = 0
+    selections: dict = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[status]}"), disable=not config.progress, transient=True) as bar:
+        for phase, epochs, lambda1 in phases:
+            if phase == "finetune":
+                selections = finalize_model(model)
+            phase_macs = model_cost(model, data.input_shape, config.threshold).total.macs
+            optimizer = make_optimizer(model, config)
+            steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+            total_steps = epochs * steps_per_epoch
+            warmup = round(config.warmup_epochs * steps_per_epoch) if phase != "finetune" else 0
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: lr_factor(s, total_steps, warmup, config.schedule))
+            task = bar.add_task(phase, total=total_steps, status="")
+            for _ in range(epochs):
+                epoch_start = time.perf_counter()
+                order = torch.randperm(len(train_y), generator=generator).to(device)
+                task_sum = penalty_sum = 0.0
+                for i in range(0, len(order), config.batch_size):
+                    batch = order[i:i + config.batch_size]
+                    loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
+                    penalty = selection_penalty(model, lambda1, config.lambda2)
+                    total = loss + penalty
+                    if not torch.isfinite(total):
+                        raise TrainingDiverged(
+                            f"non-finite loss ({loss.item()} + penalty {penalty.item()}) in {phase} epoch "
+                            f"{len(history) + 1}, step {i // config.batch_size + 1}")
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    if config.max_grad_norm:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    schedule.step()
+                    task_sum += loss.item() * len(batch)
+                    penalty_sum += penalty.item() * len(batch)
+                    bar.advance(task)
+                macs_total += phase_macs * len(order)
+                val = accuracy(model, val_x, val_y, config.batch_size)
+                report = EpochReport(
+                    epoch=len(history) + 1, phase=phase, train_loss=task_sum / len(order),
+                    penalty=penalty_sum / len(order), val_accuracy=val,
+                    block_sparsity=block_sparsity(model, config.threshold)[0],
+                    candidate_norms=candidate_norms(model), lr=schedule.get_last_lr()[0],
+                    seconds=time.perf_counter() - epoch_start)
+                history.append(report)
+                bar.update(task, status=f"loss {report.train_loss:.3f} val {val:.3f}")
+                if callback is not None:
+                    callback(report)
+            bar.remove_task(task)
+    if selecting and not selections:
+        selections = finalize_model(model)
+    final_cost = model_cost(model, data.input_shape, config.threshold).total
+    overall, layers = block_sparsity(model, config.threshold)
+    test_x, test_y = (t.to(device) for t in data.test.tensors)
+    return TrainResult(
+        val_accuracy=accuracy(model, val_x, val_y, config.batch_size),
+        test_accuracy=accuracy(model, test_x, test_y, config.batch_size),
+        block_sparsity=overall, layer_sparsity=layers,
+        train_params=training_cost.params, train_macs=training_cost.macs, train_macs_total=macs_total,
+        final_params=final_cost.params, final_macs=final_cost.macs, inference_nonzeros=final_cost.nonzeros,
+        selected={name: format_block(block) for name, (block, _) in selections.items()},
+        plan={name: p.to_dict() for name, p in model_plan(model).items()},
+        wall_time=time.perf_counter() - start, history=history, model=model,
+    )

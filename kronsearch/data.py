@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from kronsearch.patterns import divisors
+
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 ENV_VAR = "KRONSEARCH_DATA"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
@@ -115,6 +117,17 @@ def load_dataset(
     folder = find_root(name, root)
     return _make_splits(name, str(folder), spec.read(folder), spec.num_classes, val_fraction,
                         seed, limit)
+
+
+def dataset_shape(name: str, **options: Any) -> tuple[tuple[int, int, int], int]:
+    """(input_shape (C, H, W), num_classes) of a dataset, without reading it."""
+    _check_name(name)
+    if name == "synthetic":
+        opts = _synthetic_options(options)
+        return (1, 1, opts["in_features"]), opts["num_classes"]
+    if name == "digits":
+        return (1, 8, 8), 10
+    return _FOLDERS[name].input_shape, _FOLDERS[name].num_classes
 
 
 def find_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -244,6 +257,7 @@ class _FolderSpec:
     suffixes: tuple[str, ...]  # each file may exist as name + suffix, tried in this order
     direct: tuple[str, ...]  # folders under an explicit root that may hold the files
     subdirs: tuple[str, ...]  # folders under any data root (explicit, $KRONSEARCH_DATA, system)
+    input_shape: tuple[int, int, int]
     num_classes: int
     how_to_get: str
     read: Callable[[Path], _Arrays]
@@ -411,24 +425,26 @@ _CIFAR_HOW_TO = "download {url} and extract it (tar xzf) into a folder"
 _FOLDERS: dict[str, _FolderSpec] = {
     "fashion-mnist": _FolderSpec(
         files=_IDX_FILES, suffixes=_IDX_SUFFIXES, direct=(".", "raw"),
-        subdirs=("fashion-mnist", "fashion-mnist/raw", "FashionMNIST/raw"), num_classes=10,
+        subdirs=("fashion-mnist", "fashion-mnist/raw", "FashionMNIST/raw"), input_shape=(1, 28, 28), num_classes=10,
         how_to_get="apt-get install dataset-fashion-mnist (installs "
         "/usr/share/datasets/fashion-mnist, found without any root), or "
         + _IDX_HOW_TO.format(url="https://github.com/zalandoresearch/fashion-mnist"),
         read=_read_idx_dataset),
     "mnist": _FolderSpec(
         files=_IDX_FILES, suffixes=_IDX_SUFFIXES, direct=(".", "raw"),
-        subdirs=("mnist", "mnist/raw", "MNIST/raw"), num_classes=10,
+        subdirs=("mnist", "mnist/raw", "MNIST/raw"), input_shape=(1, 28, 28), num_classes=10,
         how_to_get=_IDX_HOW_TO.format(url="http://yann.lecun.com/exdb/mnist/"),
         read=_read_idx_dataset),
     "cifar10": _FolderSpec(
         files=(*_CIFAR10_TRAIN, "test_batch"), suffixes=("",), direct=(".",),
-        subdirs=("cifar-10-batches-py", "cifar10", "cifar10/cifar-10-batches-py"), num_classes=10,
+        subdirs=("cifar-10-batches-py", "cifar10", "cifar10/cifar-10-batches-py"),
+        input_shape=(3, 32, 32), num_classes=10,
         how_to_get=_CIFAR_HOW_TO.format(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
         read=_read_cifar10),
     "cifar100": _FolderSpec(
         files=("train", "test"), suffixes=("",), direct=(".",),
-        subdirs=("cifar-100-python", "cifar100", "cifar100/cifar-100-python"), num_classes=100,
+        subdirs=("cifar-100-python", "cifar100", "cifar100/cifar-100-python"),
+        input_shape=(3, 32, 32), num_classes=100,
         how_to_get=_CIFAR_HOW_TO.format(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
         read=_read_cifar100),
 }
@@ -488,16 +504,12 @@ def _synthetic_options(options: dict[str, Any]) -> dict[str, Any]:
     if n % h or m % w:
         raise DatasetError(
             f"block {(h, w)} must divide (num_classes, in_features) = {(n, m)}; allowed block "
-            f"heights: {_divisors(n)}, allowed block widths: {_divisors(m)}")
+            f"heights: {divisors(n)}, allowed block widths: {divisors(m)}")
     if not 0.0 <= opts["sparsity"] < 1.0:
         raise DatasetError(f"synthetic sparsity must be in [0, 1), got {opts['sparsity']!r}")
     if not opts["noise"] >= 0.0:
         raise DatasetError(f"synthetic noise must be >= 0, got {opts['noise']!r}")
     return opts
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _synthetic_arrays(seed: int, **options: Any) -> tuple[torch.Tensor, _Arrays]:

@@ -1,0 +1,99 @@
+"""Strategies: how an Optuna trial turns into a TrialSpec, and what a finished trial records.
+
+- one_round: a trial is one pattern-selection training over every candidate block; it searches
+  rank, lambda1 and lambda2, and records the selected block per layer.
+- per_pattern: a trial trains one block (global, or per layer with search.per_layer_blocks), a rank
+  and lambda2: the expensive baseline the paper replaces.
+- hybrid: one_round first, then per_pattern seeded (enqueue_trial) with the best one-round pick.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kronsearch.patterns import format_block
+from kronsearch.space import FloatRange, Space
+from kronsearch.trial import TrialSpec
+
+KINDS = ("one_round", "per_pattern")
+
+
+def _suggest_lambda(trial: optuna.Trial, name: str, spec: FloatRange) -> float:
+    return trial.suggest_float(name, spec.low, spec.high, log=spec.log and spec.low < spec.high)
+
+
+def global_block_choices(space: Space) -> list[str]:
+    """Blocks a global per_pattern trial may pick: those dividing at least one decomposed layer."""
+    return list(dict.fromkeys(format_block(b) for layer in space.layers for b in space.layer_blocks(layer)))
+
+
+def suggest(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
+    """Sample one trial's pattern from the space (define-by-run)."""
+    rank = trial.suggest_categorical("rank", space.ranks)
+    if kind == "one_round":
+        lambda1 = _suggest_lambda(trial, "lambda1", space.lambda1)
+        lambda2 = _suggest_lambda(trial, "lambda2", space.lambda2)
+        candidates = {glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()}
+        return TrialSpec(kind, rank, lambda1, lambda2, candidates=candidates)
+    lambda2 = _suggest_lambda(trial, "lambda2", space.lambda2)
+    if space.search["per_layer_blocks"]:
+        plan = {layer: trial.suggest_categorical(f"block:{layer}", [format_block(b) for b in space.layer_blocks(layer)])
+                for layer in space.layers if space.layer_blocks(layer)}
+    else:
+        block = trial.suggest_categorical("block", global_block_choices(space))
+        plan = {layer: block for layer in space.layers
+                if block in [format_block(b) for b in space.layer_blocks(layer)]}
+    return TrialSpec(kind, rank, 0.0, lambda2, plan=plan)
+
+
+def finished(study: optuna.Study, kind: str | None = None) -> list[FrozenTrial]:
+    """Trials that count against the budget: complete, pruned, or failed with a recorded reason
+    (diverged, out of memory). Trials cut off by a crash do not count: their configuration is retried."""
+    trials = study.get_trials(deepcopy=False)
+    return [t for t in trials if (kind is None or t.user_attrs.get("kind") == kind) and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs and "retried_by" not in t.user_attrs))]
+
+
+def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> FrozenTrial | None:
+    """An earlier complete trial of the same kind with exactly these params, if any."""
+    for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if earlier.number != trial.number and earlier.user_attrs.get("kind") == kind and earlier.params == trial.params:
+            return earlier
+    return None
+
+
+def best_one_round(study: optuna.Study) -> FrozenTrial | None:
+    """The complete one_round trial with the highest val_accuracy."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("kind") == "one_round"]
+    return max(done, key=lambda t: t.values[0], default=None)
+
+
+def seed_params(space: Space, source: FrozenTrial) -> dict:
+    """per_pattern params reproducing a one_round trial's selection (its rank and lambda2 too).
+
+    Without per-layer blocks, the block most layers selected stands for all of them.
+    """
+    selected = source.user_attrs["metrics"]["selected"]
+    params = {"rank": source.params["rank"], "lambda2": source.params["lambda2"]}
+    if space.search["per_layer_blocks"]:
+        params.update({f"block:{layer}": block for layer, block in selected.items()})
+    else:
+        params["block"] = Counter(selected.values()).most_common(1)[0][0]
+    return params
+
+
+def seed_hybrid(study: optuna.Study, space: Space) -> int | None:
+    """Enqueue the best one-round pick as the first per_pattern trial (once). Returns its source trial."""
+    if study.user_attrs.get("hybrid_seeded_from") is not None:
+        return None
+    source = best_one_round(study)
+    if source is None or not source.user_attrs["metrics"]["selected"]:
+        return None
+    study.enqueue_trial(seed_params(space, source), user_attrs={"seeded_from": source.number})
+    study.set_user_attr("hybrid_seeded_from", source.number)
+    return source.number

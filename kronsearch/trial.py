@@ -1,0 +1,114 @@
+"""One trial: a pattern spec -> model -> trainer -> metrics and artifacts. No Optuna in here.
+
+The same function runs in the local backend and inside Ray workers, so a TrialSpec is plain data.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from kronsearch.data import DataSplits, load_dataset
+from kronsearch.layers.kronify import kronify
+from kronsearch.models import build_model
+from kronsearch.patterns import parse_block
+from kronsearch.plan import LayerPattern
+from kronsearch.space import Space
+from kronsearch.trainer import EpochReport, TrainResult, seed_everything, train
+
+
+@dataclass
+class TrialSpec:
+    """What one trial trains.
+
+    kind "one_round": every decomposed layer gets PatternSelectLinear over `candidates`
+    (glob -> blocks, first matching glob wins). kind "per_pattern": each layer in `plan` gets its
+    one block (layer -> "HxW"); layers not in it stay dense.
+    """
+
+    kind: str
+    rank: int
+    lambda1: float
+    lambda2: float
+    candidates: dict[str, list[str]] = field(default_factory=dict)
+    plan: dict[str, str] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_data(name: str, root: str | None, val_fraction: float, seed: int, limit: int | None,
+                 options: str) -> DataSplits:
+    return load_dataset(name, root, val_fraction=val_fraction, seed=seed, limit=limit, **json.loads(options))
+
+
+def load_space_data(space: Space) -> DataSplits:
+    """The space's dataset, loaded once per process (every trial of a search uses the same splits)."""
+    d = space.data
+    return _cached_data(d["name"], d["root"], d["val_fraction"], space.seed, d["limit"],
+                        json.dumps(d["options"] or {}, sort_keys=True))
+
+
+def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
+    """The space's model with the spec's pattern applied (seeded, so a trial's init is reproducible)."""
+    seed_everything(space.seed)
+    model = build_model(space.model["name"], space.input_shape, space.num_classes, **(space.model["options"] or {}))
+    exclude = space.model["exclude"]
+    if spec.kind == "one_round":
+        for glob, blocks in spec.candidates.items():
+            kronify(model, candidates=[parse_block(b) for b in blocks], rank=spec.rank,
+                    include=[glob], exclude=exclude)
+    else:
+        kronify(model, {layer: LayerPattern(parse_block(b), spec.rank) for layer, b in spec.plan.items()})
+    return model
+
+
+def trial_config(space: Space, spec: TrialSpec) -> dict:
+    """The full resolved config of a trial, stored with it (enough to rebuild and retrain it)."""
+    return {
+        "space": space.name, "seed": space.seed,
+        "data": {**space.data, "input_shape": list(space.input_shape), "num_classes": space.num_classes},
+        "model": space.model, "train": {**space.train, "lambda1": spec.lambda1, "lambda2": spec.lambda2},
+        "pattern": asdict(spec),
+    }
+
+
+def run_trial(
+    space: Space,
+    spec: TrialSpec,
+    artifact_dir: str | os.PathLike | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    progress: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Train one pattern; return (metrics, per-epoch history), saving weights when artifact_dir is given.
+
+    Raises TrainingDiverged on a NaN/inf loss; on_epoch may raise to stop (pruning).
+    """
+    data = load_space_data(space)
+    model = build_trial_model(space, spec)
+    config = space.train_config(lambda1=spec.lambda1, lambda2=spec.lambda2, progress=progress)
+    result: TrainResult = train(model, data, config, on_epoch)
+    metrics = result.metrics()
+    history = metrics.pop("history")
+    if artifact_dir is not None:
+        save_artifacts(Path(artifact_dir), result, metrics, trial_config(space, spec))
+    return metrics, history
+
+
+def save_artifacts(folder: Path, result: TrainResult, metrics: dict, config: dict) -> None:
+    """trial-<n>/model.safetensors, metrics.json and config.json, each written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    for name, payload in (("metrics.json", metrics), ("config.json", config)):
+        tmp = folder / f"{name}.tmp"
+        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, folder / name)
+

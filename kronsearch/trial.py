@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from fnmatch import fnmatchcase
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,11 +59,10 @@ def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
     """The space's model with the spec's pattern applied (seeded, so a trial's init is reproducible)."""
     seed_everything(space.seed)
     model = build_model(space.model["name"], space.input_shape, space.num_classes, **(space.model["options"] or {}))
-    exclude = space.model["exclude"]
     if spec.kind == "one_round":
-        for glob, blocks in spec.candidates.items():
-            kronify(model, candidates=[parse_block(b) for b in blocks], rank=spec.rank,
-                    include=[glob], exclude=exclude)
+        for glob, blocks in spec.candidates.items():  # first matching glob wins: kronify skips replaced layers
+            layers = [name for name in space.layers if fnmatchcase(name, glob)]
+            kronify(model, candidates=[parse_block(b) for b in blocks], rank=spec.rank, include=layers)
     else:
         kronify(model, {layer: LayerPattern(parse_block(b), spec.rank) for layer, b in spec.plan.items()})
     return model

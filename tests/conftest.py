@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny space files and a working directory with its own studies/."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_SPACE = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"name": "digits", "limit": 150},
+    "model": {"name": "mlp", "options": {"hidden": [16]}, "include": ["layers.*"]},
+    "train": {"epochs": 1, "batch_size": 64, "lr": 0.01},
+    "search": {"strategy": "one_round", "trials": 2, "sampler": "random", "pruner": "none"},
+    "space": {"blocks": ["2x2", "4x4"], "ranks": [1], "lambda1": {"low": 0.01, "high": 0.1},
+              "lambda2": 0.0001},
+}
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """base with changes applied recursively; a value of None deletes the key."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory: studies/ lands here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def write_space(workdir: Path):
+    """write_space(name="tiny.yaml", **changes) -> path of TINY_SPACE with changes merged in."""
+
+    def write(filename: str = "tiny.yaml", **changes) -> Path:
+        path = workdir / filename
+        path.write_text(yaml.safe_dump(merge(TINY_SPACE, changes), sort_keys=False), encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,107 @@
+"""run_search end to end on tiny spaces: what each strategy stores, resuming, and not re-training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kronsearch.search import run_search
+from kronsearch.space import SpaceError
+from kronsearch.storage import load_studies
+
+
+def trials_of(study_name: str) -> list[optuna.trial.FrozenTrial]:
+    (study,) = load_studies(study_name)
+    return study.get_trials()
+
+
+def test_one_round_trials_record_selection_norms_and_weights(write_space):
+    run_search(write_space(), progress=False)
+    trials = trials_of("tiny:one_round")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for trial in trials:
+        assert set(trial.params) == {"rank", "lambda1", "lambda2"}
+        metrics = trial.user_attrs["metrics"]
+        assert set(metrics["selected"]) == {"layers.0"} and metrics["selected"]["layers.0"] in ("2x2", "4x4")
+        assert set(trial.user_attrs["history"][0]["candidate_norms"]["layers.0"]) == {"2x2", "4x4"}
+        assert trial.values[0] == metrics["val_accuracy"]
+        assert (Path(trial.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+
+
+def test_per_pattern_trials_train_one_block_each(write_space):
+    run_search(write_space(search={"strategy": "per_pattern"}), progress=False)
+    for trial in trials_of("tiny:per_pattern"):
+        assert set(trial.params) == {"rank", "lambda2", "block"}
+        assert trial.user_attrs["metrics"]["plan"]["layers.0"]["block"] == trial.params["block"]
+        assert trial.user_attrs["metrics"]["selected"] == {}
+
+
+def test_per_layer_blocks_give_one_parameter_per_layer(write_space):
+    run_search(write_space(search={"strategy": "per_pattern", "per_layer_blocks": True},
+                           model={"include": ["*"]}), progress=False)
+    assert set(trials_of("tiny:per_pattern")[0].params) == {"rank", "lambda2", "block:layers.0", "block:head"}
+
+
+def test_hybrid_seeds_per_pattern_with_the_one_round_pick(write_space):
+    run_search(write_space(search={"strategy": "hybrid", "trials": 3, "one_round_trials": 1}), progress=False)
+    first, seeded, _ = trials_of("tiny:hybrid")
+    assert first.user_attrs["kind"] == "one_round"
+    assert seeded.user_attrs["kind"] == "per_pattern"
+    assert seeded.params["block"] == first.user_attrs["metrics"]["selected"]["layers.0"]
+    assert seeded.params["lambda2"] == first.params["lambda2"]
+
+
+def test_an_already_trained_configuration_is_answered_from_the_earlier_trial(write_space):
+    path = write_space(search={"strategy": "per_pattern", "trials": 3}, space={"blocks": ["2x2"]})
+    run_search(path, progress=False)
+    trials = trials_of("tiny:per_pattern")
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0]
+    assert trials[1].values == trials[0].values
+
+
+def test_running_again_resumes_and_adds_only_the_missing_trials(write_space):
+    path = write_space()
+    run_search(path, progress=False)
+    before = trials_of("tiny:one_round")
+    summary = run_search(path, trials=3, progress=False)
+    after = trials_of("tiny:one_round")
+    assert summary.completed == 3 and len(after) == 3
+    assert [t.datetime_start for t in after[:2]] == [t.datetime_start for t in before]
+
+
+def test_running_a_finished_study_again_trains_nothing(write_space):
+    path = write_space()
+    run_search(path, progress=False)
+    run_search(path, progress=False)
+    assert len(trials_of("tiny:one_round")) == 2
+
+
+def test_fresh_starts_the_study_over(write_space):
+    path = write_space()
+    run_search(path, progress=False)
+    run_search(path, fresh=True, trials=1, progress=False)
+    assert len(trials_of("tiny:one_round")) == 1
+
+
+def test_a_changed_space_file_does_not_resume_silently(write_space):
+    run_search(write_space(), progress=False)
+    with pytest.raises(SpaceError, match="changed since study 'tiny:one_round' was created"):
+        run_search(write_space(train={"epochs": 2}), progress=False)
+
+
+def test_several_objectives_give_a_pareto_study(write_space):
+    objectives = [{"metric": "val_accuracy"}, {"metric": "train_macs"}]
+    summary = run_search(write_space(search={"objectives": objectives}), progress=False)
+    (study,) = load_studies("tiny:one_round")
+    assert len(study.directions) == 2
+    assert all(len(t.values) == 2 for t in study.trials)
+    assert "Pareto front" in summary.message
+
+
+def test_dry_run_trains_nothing_and_writes_nothing(write_space, workdir):
+    summary = run_search(write_space(), dry_run=True)
+    assert "layers.0" in summary.plan_text and "2x2" in summary.plan_text
+    assert not (workdir / "studies").exists()

@@ -1,0 +1,100 @@
+"""Space files: validated whole before training; every problem names the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kronsearch.search import run_search
+from kronsearch.space import SpaceError, load_space
+from tests.datafiles import write_cifar100, write_idx_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD_SPACES = [
+    ({"colour": "red"}, "(top level).colour: unknown key"),
+    ({"name": "../evil"}, "name: must be a name"),
+    ({"data": {"name": "imagenet"}}, "data.name: must be one of digits"),
+    ({"data": {"val_fraction": 0.9}}, "data.val_fraction"),
+    ({"model": {"name": "resnet"}}, "model.name: must be one of linear, mlp, lenet5, vit"),
+    ({"model": {"options": {"widht": 3}}}, "model.options"),
+    ({"model": {"include": ["nothing.*"]}}, "model.include: matches no nn.Linear layer"),
+    ({"train": {"epochs": 0}}, "train.epochs: must be an integer in [1, 10000]"),
+    ({"train": {"epochs": "ten"}}, "train.epochs"),
+    ({"train": {"optimizer": "lbfgs"}}, "train.optimizer: must be one of adam, adamw, sgd"),
+    ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; allowed: epochs"),
+    ({"search": {"strategy": "grid"}}, "search.strategy: must be one of one_round, per_pattern, hybrid"),
+    ({"search": {"trials": 0}}, "search.trials"),
+    ({"search": {"objectives": [{"metric": "train_macs"}]}}, "the first objective must be val_accuracy"),
+    ({"search": {"objectives": ["val_accuracy", {"metric": "train_macs", "direction": "maximize"}]}},
+     "train_macs can only be minimized"),
+    ({"backend": {"name": "slurm"}}, "backend.name: must be one of local, ray"),
+    ({"space": {"blocks": ["3x3"]}}, "block 3x3 divides no decomposed layer"),
+    ({"space": {"blocks": ["4by4"]}}, "space.blocks[0]"),
+    ({"space": {"blocks": [f"{i}x1" for i in range(1, 40)]}}, "at most 32 are allowed"),
+    ({"space": {"ranks": [0]}}, "space.ranks[0]: must be an integer in [1, 1024]"),
+    ({"space": {"lambda1": {"low": 0, "high": 0.1}}}, "space.lambda1.low: must be > 0 on a log scale"),
+    ({"space": {"lambda2": {"low": 0.1, "high": 0.01}}}, "space.lambda2: needs 0 <= low <= high"),
+    ({"space": {"lambda1": None}}, "space.lambda1: required"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_SPACES, ids=[m for _, m in BAD_SPACES])
+def test_bad_space_file_is_rejected_with_the_key_and_what_is_allowed(write_space, changes, message):
+    path = write_space(**changes)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_dataset_is_reported_before_training(write_space, monkeypatch, tmp_path):
+    monkeypatch.setenv("KRONSEARCH_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("kronsearch.data.SYSTEM_DATA_DIR", tmp_path / "nothing")
+    path = write_space(data={"name": "mnist", "limit": None})
+    with pytest.raises(SpaceError, match="dataset 'mnist' not found"):
+        load_space(path)
+
+
+def test_yaml_aliases_are_refused(workdir):
+    path = workdir / "bomb.yaml"
+    path.write_text("a: &a [x, x]\nb: [*a, *a]\n", encoding="utf-8")
+    with pytest.raises(SpaceError, match="aliases"):
+        load_space(path)
+
+
+def test_non_utf8_space_file_is_refused(workdir):
+    path = workdir / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpaceError, match="not UTF-8"):
+        load_space(path)
+
+
+def test_command_line_overrides_are_validated_too(write_space):
+    with pytest.raises(SpaceError, match="search.strategy"):
+        load_space(write_space(), strategy="exhaustive")
+
+
+def test_per_layer_blocks_keep_only_blocks_that_divide_each_layer(write_space):
+    space = load_space(write_space(space={"blocks": {"layers.0": ["2x2", "16x16"], "*": ["2x2"]}}))
+    assert space.layer_blocks("layers.0") == [(2, 2), (16, 16)]
+    assert set(space.layers) == {"layers.0"}
+
+
+def test_relative_data_root_is_resolved_next_to_the_space_file(write_space, workdir):
+    write_idx_dataset(workdir / "data", gz=True)
+    space = load_space(write_space(data={"name": "mnist", "root": "data", "limit": None}))
+    assert space.data["root"] == str(workdir / "data")
+
+
+@pytest.mark.parametrize("name", ["vit", "linear", "lenet5", "vit_cifar100"])
+def test_shipped_search_spaces_pass_a_dry_run(name, tmp_path, monkeypatch):
+    write_idx_dataset(tmp_path / "fashion-mnist", gz=True)
+    write_cifar100(tmp_path / "cifar100")
+    monkeypatch.setenv("KRONSEARCH_DATA", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    summary = run_search(REPO / "search_spaces" / f"{name}.yaml", dry_run=True)
+    assert "decomposed layers" in summary.plan_text
+    assert "one-round model (all candidates)" in summary.plan_text
+    assert not (tmp_path / "studies").exists()

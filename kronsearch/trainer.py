@@ -46,7 +46,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     lambda1: float = 0.0
     lambda2: float = 0.0
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = None  # None: no clipping
     threshold: float = DEFAULT_THRESHOLD  # |S| <= threshold counts as a pruned block
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -58,13 +58,15 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1, "lr": self.lr > 0, "s_lr_scale": self.s_lr_scale > 0,
             "weight_decay": self.weight_decay >= 0, "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
+            # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)
+            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "optimizer": self.optimizer in OPTIMIZERS, "schedule": self.schedule in SCHEDULES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, counts and rates positive, "
-                             f"warmup_epochs <= epochs)")
+                             f"warmup_epochs <= epochs, max_grad_norm None or > 0)")
 
 
 @dataclass
@@ -263,7 +265,9 @@ def train(
                     epoch=len(history) + 1, phase=phase, train_loss=task_sum / len(order),
                     penalty=penalty_sum / len(order), val_accuracy=val,
                     block_sparsity=block_sparsity(model, config.threshold)[0],
-                    candidate_norms=candidate_norms(model), lr=schedule.get_last_lr()[0],
+                    candidate_norms=candidate_norms(model),
+                    # the base lr; param group 0 may be S's, which runs at s_lr_scale times it
+                    lr=config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule),
                     seconds=time.perf_counter() - epoch_start)
                 history.append(report)
                 bar.update(task, status=f"loss {report.train_loss:.3f} val {val:.3f}")

@@ -32,14 +32,20 @@ def format_block(block: Sequence[int]) -> str:
 
 
 def parse_block(text: str | Sequence[int]) -> Block:
-    """'4x8', [4, 8] or (4, 8) -> (4, 8). Raises ValueError on anything else."""
+    """'4x8', [4, 8] or (4, 8) -> (4, 8). Raises ValueError on anything else (sides < 1 included)."""
+    block = None
     if isinstance(text, str):
         parts = text.lower().split("x")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-            return int(parts[0]), int(parts[1])
-    elif len(text) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in text):
-        return int(text[0]), int(text[1])
-    raise ValueError(f"a block is written 'HxW' (e.g. '4x4') or [H, W] with positive integers, got {text!r}")
+        if len(parts) == 2 and all(p.strip().isdecimal() for p in parts):
+            block = int(parts[0]), int(parts[1])
+    elif isinstance(text, Sequence) and len(text) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in text):
+        block = int(text[0]), int(text[1])
+    if block is None:
+        raise ValueError(f"a block is written 'HxW' (e.g. '4x4') or [H, W] with positive integers, got {text!r}")
+    if min(block) < 1:
+        raise ValueError(f"block sides must be >= 1, got {text!r}")
+    return block
 
 
 def check_block(out_features: int, in_features: int, block: Sequence[int], layer: str = "layer") -> Block:

@@ -2,24 +2,38 @@
 
 Every problem is a SpaceError naming the file, the key path and what is allowed. A file looks like
 search_spaces/vit.yaml; the sections are name, seed, data, model, train, search, backend, space.
+
+Space files may come from anywhere, so reading one is bounded: a regular file of at most
+MAX_FILE_BYTES, UTF-8, safe YAML without anchors/aliases and at most MAX_DEPTH levels deep; numbers
+are finite and within limits (MAX_EPOCHS, MAX_TRIALS, MAX_RANK, MAX_CANDIDATES blocks per list,
+MAX_MODEL_PARAMS, MAX_SYNTHETIC_VALUES); the model is built on the meta device to be checked, so
+nothing big is allocated before training. `name` is used in file names and may only hold letters,
+digits, '.', '_' and '-' (no path separators, no leading '.'). `data.root`, when given, must be an
+existing folder: relative paths are relative to the space file, '~' is expanded; any folder may be
+named (it is the user's data), and it is only ever read, by parsers that accept nothing but the
+dataset formats (IDX headers are checked, CIFAR pickles go through a restricted unpickler).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 import re
+import reprlib
+import stat
 from fnmatch import fnmatchcase
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
-from kronsearch.data import DATASETS, DatasetError, dataset_shape, find_root
+from kronsearch.data import _SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
 from kronsearch.models import MODELS, ModelError, build_model
 from kronsearch.patterns import Block, format_block, parse_block, valid_blocks
 from kronsearch.storage import STRATEGIES
@@ -30,6 +44,11 @@ MAX_EPOCHS = 10_000
 MAX_CANDIDATES = 32  # per layer: every candidate is a full KronLinear in the one-round model
 MAX_TRIALS = 100_000
 MAX_RANK = 1024
+MAX_DEPTH = 32  # YAML nesting; real space files are 4-5 levels deep
+MAX_MODEL_PARAMS = 1_000_000_000  # the dense model (4 GB of float32)
+MAX_SYNTHETIC_VALUES = 500_000_000  # (n_train + n_test) * in_features of the synthetic dataset (2 GB)
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
 METRICS = {  # objective metric -> the only sensible direction
     "val_accuracy": "maximize", "train_macs": "minimize", "train_params": "minimize",
     "inference_nonzeros": "minimize", "final_macs": "minimize", "final_params": "minimize",
@@ -95,17 +114,30 @@ class _NoAliasLoader(yaml.SafeLoader):
             event = self.peek_event()
             raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in space files "
                                  f"(line {event.start_mark.line + 1})")
-        return super().compose_node(parent, index)
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_DEPTH:  # PyYAML composes recursively: stop long before a RecursionError
+            raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep "
+                                 f"(line {self.peek_event().start_mark.line + 1})")
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
 
 
 def read_yaml(path: str | os.PathLike) -> tuple[dict, bytes]:
     """Parse a space file safely: size-bounded, UTF-8, no aliases, a mapping at the top."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpaceError(f"{path}: {size} bytes; space files are limited to {MAX_FILE_BYTES} bytes")
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a device (/dev/zero) or a FIFO never ends or never answers
+            raise SpaceError(f"{path}: not a regular file; a space file is a YAML file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise SpaceError(f"{path}: {info.st_size} bytes; space files are limited to {MAX_FILE_BYTES} bytes")
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows meanwhile
+        if len(data) > MAX_FILE_BYTES:
+            raise SpaceError(f"{path}: more than {MAX_FILE_BYTES} bytes; space files are limited to that")
     except OSError as err:
         raise SpaceError(f"{path}: cannot read the space file: {err.strerror or err}") from None
     try:
@@ -114,12 +146,19 @@ def read_yaml(path: str | os.PathLike) -> tuple[dict, bytes]:
         raise SpaceError(f"{path}: not UTF-8 text (byte {err.start}); space files are UTF-8 YAML") from None
     try:
         raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: invalid YAML: {err}") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of more than 4300 digits
+        raise SpaceError(f"{path}: invalid YAML: {str(err)[:2000]}") from None
+    except RecursionError:  # a backstop: the loader's depth limit comes first
+        raise SpaceError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: the top level must be a mapping with keys name, data, model, train, "
                          f"search, space (and optionally seed, backend)")
     return raw, data
+
+
+def _clip(text: str, limit: int) -> str:
+    """Hostile files have huge keys and values: messages show their start."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Checker:
@@ -129,7 +168,7 @@ class _Checker:
         self.path = path
 
     def fail(self, key: str, problem: str) -> SpaceError:
-        return SpaceError(f"{self.path}: {key}: {problem}")
+        return SpaceError(f"{self.path}: {_clip(key, 200)}: {_clip(problem, 2000)}")
 
     def section(self, raw: Any, key: str, allowed: Mapping[str, Any]) -> dict:
         """A mapping with only `allowed` keys, defaults filled in (a default of ... is required)."""
@@ -150,7 +189,7 @@ class _Checker:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or not ok(value):
-            raise self.fail(key, f"must be {what}, got {value!r}")
+            raise self.fail(key, f"must be {what}, got {_SHORT.repr(value)}")
         return value
 
     def integer(self, value: Any, key: str, low: int, high: int) -> int:
@@ -158,15 +197,15 @@ class _Checker:
 
     def choice(self, value: Any, key: str, allowed: tuple) -> str:
         if value not in allowed:
-            raise self.fail(key, f"must be one of {', '.join(map(str, allowed))}, got {value!r}")
+            raise self.fail(key, f"must be one of {', '.join(map(str, allowed))}, got {_SHORT.repr(value)}")
         return value
 
     def float_range(self, raw: Any, key: str) -> FloatRange:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             raw = {"low": raw, "high": raw}
         spec = self.section(raw, key, {"low": ..., "high": ..., "log": True})
-        low = self.typed(spec["low"], f"{key}.low", float, "a number")
-        high = self.typed(spec["high"], f"{key}.high", float, "a number")
+        low = self.typed(spec["low"], f"{key}.low", float, "a finite number", math.isfinite)
+        high = self.typed(spec["high"], f"{key}.high", float, "a finite number", math.isfinite)
         log = self.typed(spec["log"], f"{key}.log", bool, "true or false")
         if log and low <= 0:
             raise self.fail(f"{key}.low", f"must be > 0 on a log scale, got {low}")
@@ -186,7 +225,7 @@ class _Checker:
             except (ValueError, TypeError) as err:
                 raise self.fail(f"{key}[{i}]", str(err)) from None
             if min(block) < 1:
-                raise self.fail(f"{key}[{i}]", f"block sides must be >= 1, got {item!r}")
+                raise self.fail(f"{key}[{i}]", f"block sides must be >= 1, got {_SHORT.repr(item)}")
             blocks.append(block)
         return list(dict.fromkeys(blocks))
 
@@ -216,15 +255,25 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     if data["limit"] is not None:
         c.integer(data["limit"], "data.limit", 10, 10**8)
     if data["root"] is not None:
-        root = Path(c.typed(data["root"], "data.root", str, "a folder path"))
-        data["root"] = str(root if root.is_absolute() else (Path(path).parent / root).resolve())
+        root = Path(c.typed(data["root"], "data.root", str, "a folder path")).expanduser()
+        root = root if root.is_absolute() else (Path(path).parent / root).resolve()
+        if not root.is_dir():
+            raise c.fail("data.root", f"{root} is {'a file' if root.exists() else 'missing'}; it must be an "
+                                      f"existing folder (relative paths are relative to the space file)")
+        data["root"] = str(root)
     c.section(data["options"], "data.options", dict.fromkeys(data["options"] or {}, None))
     try:
         input_shape, num_classes = dataset_shape(data["name"], **(data["options"] or {}))
         if data["name"] not in ("digits", "synthetic"):
             find_root(data["name"], data["root"])
-    except (DatasetError, FileNotFoundError) as err:
+    except (DatasetError, FileNotFoundError, TypeError) as err:
         raise c.fail("data", str(err)) from None
+    if data["name"] == "synthetic":
+        sizes = {**_SYNTHETIC_DEFAULTS, **(data["options"] or {})}
+        values = (sizes["n_train"] + sizes["n_test"]) * math.prod(input_shape)
+        if values > MAX_SYNTHETIC_VALUES:
+            raise c.fail("data.options", f"(n_train + n_test) * in_features = {values:,}; at most "
+                                         f"{MAX_SYNTHETIC_VALUES:,} values are allowed")
 
     model = c.section(top["model"], "model", {"name": ..., "options": {}, "include": ["*"], "exclude": []})
     c.choice(model["name"], "model.name", MODELS)
@@ -232,9 +281,14 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         c.typed(model[key], f"model.{key}", list, "a list of glob patterns on layer names",
                 lambda v: all(isinstance(g, str) for g in v))
     try:
-        net = build_model(model["name"], input_shape, num_classes, **(model["options"] or {}))
+        with torch.device("meta"):  # shapes only: allocates nothing, however big the options ask for
+            net = build_model(model["name"], input_shape, num_classes, **(model["options"] or {}))
     except (ModelError, TypeError) as err:
         raise c.fail("model.options", str(err)) from None
+    params = sum(p.numel() for p in net.parameters())
+    if params > MAX_MODEL_PARAMS:
+        raise c.fail("model.options", f"the model has {params:,} parameters; at most {MAX_MODEL_PARAMS:,} "
+                                      f"are allowed")
     layers = {
         n: (m.out_features, m.in_features) for n, m in net.named_modules()
         if isinstance(m, nn.Linear) and any(fnmatchcase(n, g) for g in model["include"])

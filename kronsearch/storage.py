@@ -3,14 +3,29 @@
 A search named N with strategy S is the Optuna study "N:S". By default every study of N is in the
 SQLite file studies/N.db under the working directory, which `optuna` and optuna-dashboard open as
 sqlite:///studies/N.db; trial artifacts (weights, metrics) go to studies/N/S/trial-<number>/.
+
+Several `kronsearch run` processes may share one SQLite file. It stays in SQLite's default
+rollback-journal mode with a 60 s busy timeout: Optuna's writes are short transactions, and Python's
+sqlite3 only begins a transaction at the first write, so a writer that finds the file locked waits
+for the other's commit instead of failing with "database is locked". WAL mode is not used: it needs
+shared memory next to the file (it breaks on network filesystems, where studies often live) and leaves
+-wal/-shm files beside the study. Processes that create the same new file at the same moment race in
+Optuna's table creation ("table ... already exists"); open_storage retries that. Any failure to open
+or use a storage (unwritable folder, full disk, a corrupt or foreign file) is a StorageError that says
+which storage; a storage file is never modified or replaced when it cannot be opened.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 
 STUDIES_DIR = Path("studies")
 STRATEGIES = ("one_round", "per_pattern", "hybrid")
@@ -41,12 +56,63 @@ def artifacts_dir(search: str, strategy: str, studies_dir: str | os.PathLike = S
     return Path(studies_dir) / search / strategy
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for a URL; SQLite files get a generous lock timeout for concurrent writers."""
-    if url.startswith("sqlite:///"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url) if "://" in url else optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(url))
+class StorageError(RuntimeError):
+    """A storage that cannot be opened or written (unwritable folder, full disk, corrupt file, bad URL)."""
+
+
+def storage_error(url: str, err: BaseException, doing: str = "open") -> StorageError:
+    """A StorageError naming the storage, the underlying problem and what to do about it."""
+    cause = err
+    while cause.__cause__ is not None and not isinstance(cause, (OSError, sqlalchemy.exc.DBAPIError)):
+        cause = cause.__cause__  # optuna wraps SQLAlchemy errors in StorageInternalError
+    if isinstance(cause, sqlalchemy.exc.DBAPIError):
+        reason = str(cause.orig)
+    elif isinstance(cause, OSError):
+        reason = f"{cause.strerror or cause}" + (f": {cause.filename}" if cause.filename else "")
+    else:
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    hint = ""
+    lowered = reason.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        hint = "; the file is corrupt or not an Optuna SQLite file (it was left untouched): move it aside or pass " \
+               "another --storage"
+    elif "unable to open" in lowered or "permission" in lowered or "read-only" in lowered:
+        hint = "; check that its folder exists and is writable"
+    elif "full" in lowered or "no space" in lowered:
+        hint = "; free some disk space and re-run to resume (finished trials are kept)"
+    return StorageError(f"cannot {doing} the study storage {url}: {reason}{hint}")
+
+
+@contextmanager
+def storage_errors(url: str, doing: str = "open") -> Iterator[None]:
+    """Turn SQLAlchemy/Optuna storage failures (disk full, unwritable or corrupt file) into StorageError."""
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        raise storage_error(url, err, doing) from err
+
+
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a URL; SQLite files get a generous lock timeout for concurrent writers.
+
+    Raises StorageError when it cannot be opened.
+    """
+    for attempt in range(attempts):
+        try:
+            if url.startswith("sqlite:///"):
+                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            return optuna.storages.RDBStorage(url) if "://" in url else optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(url))
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            # another process creating the same new storage's tables at this very moment
+            racing = "already exists" in str(err) or "UNIQUE constraint failed" in str(err)
+            if not racing or attempt == attempts - 1:
+                raise storage_error(url, err) from err
+            time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, RuntimeError,
+                ImportError) as err:
+            raise storage_error(url, err) from err
+    raise AssertionError("unreachable")
 
 
 def storage_for(study: str, storage_url: str | None) -> str:

@@ -52,10 +52,14 @@ def suggest(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
 def finished(study: optuna.Study, kind: str | None = None) -> list[FrozenTrial]:
     """Trials that count against the budget: complete, pruned, or failed with a recorded reason
     (diverged, out of memory). Trials cut off by a crash do not count: their configuration is retried."""
-    trials = study.get_trials(deepcopy=False)
-    return [t for t in trials if (kind is None or t.user_attrs.get("kind") == kind) and (
+    return [t for t in study.get_trials(deepcopy=False) if counts_toward_budget(t, kind)]
+
+
+def counts_toward_budget(t: FrozenTrial, kind: str | None = None) -> bool:
+    """Whether `t` is one of finished(study, kind) (for counting over one snapshot of the trials)."""
+    return (kind is None or t.user_attrs.get("kind") == kind) and (
         t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs and "retried_by" not in t.user_attrs))]
+        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs and "retried_by" not in t.user_attrs))
 
 
 def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> FrozenTrial | None:

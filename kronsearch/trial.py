@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from kronsearch.data import DataSplits, load_dataset
@@ -22,7 +23,8 @@ from kronsearch.models import build_model
 from kronsearch.patterns import parse_block
 from kronsearch.plan import LayerPattern
 from kronsearch.space import Space
-from kronsearch.trainer import EpochReport, TrainResult, seed_everything, train
+from kronsearch.storage import StorageError
+from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train
 
 
 @dataclass
@@ -87,16 +89,28 @@ def run_trial(
 ) -> tuple[dict, list[dict]]:
     """Train one pattern; return (metrics, per-epoch history), saving weights when artifact_dir is given.
 
-    Raises TrainingDiverged on a NaN/inf loss; on_epoch may raise to stop (pruning).
+    Raises TrainingDiverged on a NaN/inf loss or NaN/inf weights at the end; on_epoch may raise to
+    stop (pruning). Raises StorageError when the artifacts cannot be written (full disk, unwritable
+    folder): that is no fault of the trial, and the search stops instead of failing every trial after
+    it; earlier trials' artifacts are untouched (every file is written to a temporary name first).
     """
     data = load_space_data(space)
     model = build_trial_model(space, spec)
     config = space.train_config(lambda1=spec.lambda1, lambda2=spec.lambda2, progress=progress)
     result: TrainResult = train(model, data, config, on_epoch)
+    bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # the last step can leave NaN/inf weights without a non-finite loss
+        raise TrainingDiverged(f"non-finite weights after training in {', '.join(bad[:3])}")
     metrics = result.metrics()
     history = metrics.pop("history")
     if artifact_dir is not None:
-        save_artifacts(Path(artifact_dir), result, metrics, trial_config(space, spec))
+        try:
+            save_artifacts(Path(artifact_dir), result, metrics, trial_config(space, spec))
+        except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise StorageError(f"cannot save the trial's weights and metrics to {artifact_dir}: "
+                               f"{reason}; free disk space or fix the folder's permissions, "
+                               f"then re-run to resume (finished trials are kept)") from err
     return metrics, history
 
 
@@ -105,10 +119,14 @@ def save_artifacts(folder: Path, result: TrainResult, metrics: dict, config: dic
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
-    for name, payload in (("metrics.json", metrics), ("config.json", config)):
-        tmp = folder / f"{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, folder / name)
+    try:
+        save_file(state, str(tmp))
+        os.replace(tmp, folder / "model.safetensors")
+        for name, payload in (("metrics.json", metrics), ("config.json", config)):
+            tmp = folder / f"{name}.tmp"
+            tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+            os.replace(tmp, folder / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (e.g. on a full disk)
+        raise
 

@@ -94,7 +94,7 @@ def kronify(
         if unknown:
             raise ValueError(f"plan names layers that are not nn.Linear in this model: {unknown}; "
                              f"nn.Linear layers: {sorted(linears)}")
-    changes = []
+    changes, replacements = [], {}
     for name, linear in linears.items():
         shape = (linear.out_features, linear.in_features)
         if patterns is not None:
@@ -109,10 +109,12 @@ def kronify(
         else:
             change, module = _to_select(name, linear, candidates, rank)
         if module is not None:
-            model.set_submodule(name, module)
+            replacements[name] = module
         else:
             log.info("kronify: %s stays dense: %s", name, change.reason)
         changes.append(change)
+    for name, module in replacements.items():  # only once every layer passed: an error leaves the model as it was
+        model.set_submodule(name, module)
     return KronifyReport(changes)
 
 

@@ -1,0 +1,87 @@
+"""Wall time of a search on the Ray backend with 1 and with 2 trials in flight.
+
+    python benchmarks/ray_concurrency.py              # 4 trials of 20 epochs each (a few seconds a trial)
+    python benchmarks/ray_concurrency.py --epochs 2   # quicker
+
+One local Ray (os.cpu_count() CPUs) serves every run. Each trial reserves 1 CPU and trains with one
+torch thread (the Ray backend sets torch's threads from resources_per_trial.cpu). The same 4
+configurations (random sampler, fixed seed) run with backend.max_concurrent 1 and then 2, each into
+a fresh study; a warm-up search first loads torch and the data into both Ray workers, so neither
+measured run pays for worker start-up. Prints a markdown table: the wall time of each run, the sum
+of its trials' own training times (wall_time in their metrics), and the speed-up (wall time at 1 /
+wall time at 2). On 2 idle cores the ideal speed-up is 2; other load on the machine (printed as the
+1-minute load average) lowers it. Everything is written to a temporary folder, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from optuna.trial import TrialState
+
+from kronsearch.backends.ray import ray_session
+from kronsearch.search import run_search
+from kronsearch.storage import load_studies
+
+
+def space(epochs: int, trials: int, max_concurrent: int) -> dict:
+    return {
+        "name": "ray-bench", "seed": 0,
+        "data": {"name": "digits"},
+        "model": {"name": "mlp", "options": {"hidden": [64]}},
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 0.003},
+        "search": {"strategy": "one_round", "trials": trials, "sampler": "random", "pruner": "none",
+                   "save_weights": False},
+        "backend": {"name": "ray", "max_concurrent": max_concurrent, "max_retries": 0,
+                    "resources_per_trial": {"cpu": 1, "gpu": 0}},
+        "space": {"blocks": ["2x2", "4x4"], "ranks": [1, 2], "lambda1": {"low": 0.001, "high": 0.1},
+                  "lambda2": {"low": 0.00001, "high": 0.001}},
+    }
+
+
+def timed_search(folder: Path, name: str, raw: dict) -> tuple[float, float, int]:
+    """(wall seconds, sum of the trials' training seconds, complete trials) of one fresh search."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    storage = f"sqlite:///{folder / name}.db"
+    start = time.perf_counter()
+    run_search(path, storage=storage, fresh=True, progress=False, studies_dir=folder / "studies")
+    wall = time.perf_counter() - start
+    (study,) = load_studies("ray-bench:one_round", storage)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    return wall, sum(t.user_attrs["metrics"]["wall_time"] for t in done), len(done)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kronsearch-bench-") as tmp:
+        folder = Path(tmp)
+        os.chdir(folder)  # nothing lands in the source tree
+        start = time.perf_counter()
+        with ray_session(None):
+            ray_start = time.perf_counter() - start
+            timed_search(folder, "warmup", space(1, 2, 2))  # imports and data in both workers
+            rows = []
+            for concurrent in (1, 2):
+                load = os.getloadavg()[0]
+                wall, train, done = timed_search(folder, f"c{concurrent}", space(args.epochs, args.trials, concurrent))
+                rows.append((concurrent, wall, train, done, load))
+    print(f"{args.trials} trials of {args.epochs} epochs (digits, mlp [64], 1 CPU and 1 torch thread per trial); "
+          f"{os.cpu_count()} CPUs; starting Ray took {ray_start:.1f} s (not included below)\n")
+    print("| max_concurrent | wall time (s) | sum of trial times (s) | complete trials | load avg before |")
+    print("|---|---|---|---|---|")
+    for concurrent, wall, train, done, load in rows:
+        print(f"| {concurrent} | {wall:.1f} | {train:.1f} | {done} | {load:.2f} |")
+    print(f"\nspeed-up (wall time at max_concurrent 1 / at 2): {rows[0][1] / rows[1][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The `kronsearch` command line: run, show, compare, export, plot.
+
+The commands only parse arguments and print; the work is done by kronsearch.search (run),
+kronsearch.report (show, compare), kronsearch.export and kronsearch.plot, which can be used from
+Python directly. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted. Errors are
+one line on stderr ("error: ..."), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+from rich.console import Console
+
+from kronsearch.storage import StorageError, StudyNotFound, load_studies, storage_for
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same command to resume"
+
+app = typer.Typer(
+    name="kronsearch", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Search block-sparsity patterns (block size, rank, lambdas) of Kronecker-decomposed networks.",
+)
+
+StudyArg = Annotated[str, typer.Argument(help='A search "N" (all its strategy studies) or one study "N:S".')]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
+FormatOpt = Annotated[Literal["table", "json"], typer.Option("--format", help="Rich tables or JSON on stdout.")]
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _errors(interrupted: str = "interrupted") -> Iterator[None]:
+    """Turn exceptions into a one-line stderr message and an exit code."""
+    from kronsearch.export import ExportError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        raise _fail(interrupted, EXIT_INTERRUPTED) from None
+    except (StudyNotFound, ValueError) as err:  # includes kronsearch.space.SpaceError and ModelError
+        raise _fail(_one_line(err), EXIT_BAD_INPUT) from None
+    except (OSError, StorageError, ExportError) as err:
+        raise _fail(_one_line(err), EXIT_FAILURE) from None
+    except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback
+        raise _fail(f"{type(err).__name__}: {_one_line(err)}", EXIT_FAILURE) from None
+
+
+def _load(studies: list[str], storage: str | None) -> list:
+    """Every study the names resolve to, without repeats, in the order given."""
+    loaded, seen = [], set()
+    for name in studies:
+        for study in load_studies(name, storage):
+            if study.study_name not in seen:
+                seen.add(study.study_name)
+                loaded.append(study)
+    return loaded
+
+
+def _print_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@app.command()
+def run(
+    space: Annotated[Path, typer.Argument(help="The search space YAML file.")],
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials to run (default: the space's).")] = None,
+    strategy: Annotated[Optional[Literal["one_round", "per_pattern", "hybrid"]], typer.Option(
+        "--strategy", help="Search strategy (default: the space's).")] = None,
+    storage: StorageOpt = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the existing study and start over.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
+    device: Annotated[Optional[Literal["auto", "cpu", "cuda"]], typer.Option("--device", help="Training device.")] = None,
+    backend: Annotated[Optional[Literal["local", "ray"]], typer.Option("--backend", help="Where trials run.")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (--backend ray).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No per-trial progress.")] = False,
+) -> None:
+    """Run (or resume) a search over the patterns of SPACE.yaml."""
+    with _errors(RUN_INTERRUPTED):
+        from kronsearch.search import run_search
+
+        summary = run_search(space, trials=trials, strategy=strategy, storage=storage, fresh=fresh,
+                             dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet)
+        if dry_run and summary.plan_text:
+            typer.echo(summary.plan_text)
+        typer.echo(summary.message)
+
+
+@app.command()
+def show(study: StudyArg, storage: StorageOpt = None, output_format: FormatOpt = "table") -> None:
+    """List a study's trials and its best trial (one objective) or Pareto front (several)."""
+    from kronsearch.report import render_show, show_data
+
+    with _errors():
+        data = show_data(load_studies(study, storage))
+        _print_json(data) if output_format == "json" else render_show(data, Console())
+
+
+@app.command()
+def compare(
+    studies: Annotated[list[str], typer.Argument(help='Studies to compare; "N" expands to all of N\'s studies.')],
+    storage: StorageOpt = None,
+    output_format: FormatOpt = "table",
+) -> None:
+    """One-round selection against per-pattern training: picks, ranking, agreement and compute."""
+    from kronsearch.report import compare_data, render_compare
+
+    with _errors():
+        data = compare_data(_load(studies, storage))
+        _print_json(data) if output_format == "json" else render_compare(data, Console())
+
+
+@app.command()
+def export(
+    study: StudyArg,
+    out: Annotated[Path, typer.Option("--out", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
+    trial: Annotated[Optional[int], typer.Option(
+        "--trial", min=0, help="Trial number (default: the best; with several objectives the best-val Pareto trial).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", help="Also write the trial's weights: .safetensors (copied) or .pt (torch state dict).")] = None,
+    bsr: Annotated[bool, typer.Option(
+        "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to <weights stem>.bsr.safetensors.")] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Export one trial's pattern (and weights) from a single study."""
+    from kronsearch.export import export_trial
+
+    with _errors():
+        found = load_studies(study, storage)
+        if len(found) != 1:
+            names = ", ".join(s.study_name for s in found)
+            raise _fail(f"{study!r} names {len(found)} studies ({names}); pick one as N:S", EXIT_BAD_INPUT)
+        result = export_trial(found[0], out, trial=trial, storage_url=storage_for(study, storage),
+                              weights=weights, bsr=bsr)
+        typer.echo(f"exported trial {result.trial} of {result.study}")
+        for path in result.paths():
+            typer.echo(f"wrote {path}")
+
+
+@app.command()
+def plot(
+    study: StudyArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PNG files (created if missing).")],
+    storage: StorageOpt = None,
+) -> None:
+    """Plot optimization history, accuracy vs training MACs, and one-round selection trajectories."""
+    from kronsearch.plot import plot_studies
+
+    with _errors():
+        result = plot_studies(load_studies(study, storage), out)
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+        if not result.paths:
+            raise _fail(f"nothing to plot for {study!r}", EXIT_FAILURE)
+        for path in result.paths:
+            typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Export one trial of a study: its pattern file (YAML, readable by `kronsearch.load_plan`) and weights.
+
+    from kronsearch.export import export_trial
+    result = export_trial(study, "best.yaml", weights="best.safetensors", bsr=True)
+
+Every file is written atomically (temp file in the same folder, fsync, os.replace), and nothing is
+written until everything needed (document, weights, BSR tensors) has been read and checked, so a
+failed export never leaves a half-written or mismatched set of files. Weights are only ever read
+with safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
+from kronsearch.plan import parse_plan
+from kronsearch.report import SCALAR_METRICS, default_trial, metrics, study_strategy, trial_kind
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ExportError(RuntimeError):
+    """The trial's recorded data is not enough to export what was asked (e.g. no model config)."""
+
+
+@dataclass
+class ExportResult:
+    """What export_trial wrote."""
+
+    study: str
+    trial: int
+    pattern: Path
+    weights: Path | None = None
+    bsr: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.pattern, self.weights, self.bsr) if p is not None]
+
+
+def find_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    """Trial `number` of the study (must be COMPLETE), or the default: the best / best-val Pareto trial.
+
+    Raises ValueError for an unknown number or a trial that did not complete.
+    """
+    if number is None:
+        return default_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == number]
+    if not found:
+        raise ValueError(f"study {study.study_name!r} has no trial {number} (it has {len(trials)} trials, "
+                         f"numbered from 0)")
+    trial = found[0]
+    if trial.state != TrialState.COMPLETE:
+        reason = trial.user_attrs.get("fail_reason")
+        raise ValueError(f"trial {number} of {study.study_name!r} is {trial.state.name}, not COMPLETE"
+                         + (f" ({reason})" if reason else "") + "; only complete trials can be exported")
+    return trial
+
+
+def display_storage(url: str | None) -> str | None:
+    """The storage URL for provenance: relative SQLite paths made absolute, passwords masked."""
+    if url is None:
+        return None
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
+    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url)
+
+
+def lambdas(trial: FrozenTrial, study: optuna.Study | None = None) -> dict[str, float]:
+    """lambda1 and lambda2 from the params (else the trial config); per_pattern trials have no lambda1."""
+    train = (trial.user_attrs.get("config") or {}).get("train") or {}
+    kind = trial_kind(trial, study_strategy(study) if study is not None else None)
+    keys = ("lambda2",) if kind == "per_pattern" else ("lambda1", "lambda2")
+    out = {}
+    for key in keys:
+        value = trial.params.get(key, train.get(key))
+        if value is not None:
+            out[key] = float(value)
+    return out
+
+
+def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str | None = None) -> dict:
+    """The pattern file's content: layers, lambdas, scalar metrics, model, data and provenance."""
+    m = metrics(trial)
+    plan = m.get("plan")
+    if not isinstance(plan, dict):
+        raise ExportError(f"trial {trial.number} of {study.study_name!r} recorded no final plan (metrics.plan)")
+    layers = {name: pattern.to_dict() for name, pattern in parse_plan(plan).items()}
+    config = trial.user_attrs.get("config") or {}
+    return {
+        "layers": layers,
+        "lambdas": lambdas(trial, study),
+        "metrics": {key: m[key] for key in SCALAR_METRICS if isinstance(m.get(key), (int, float))},
+        "model": config.get("model"),
+        "data": config.get("data"),
+        "provenance": {
+            "study": study.study_name,
+            "trial": trial.number,
+            "storage": display_storage(storage_url),
+            "space_hash": study.user_attrs.get("space_hash"),
+            "space_path": study.user_attrs.get("space_path"),
+            "kronsearch_version": study.user_attrs.get("kronsearch_version"),
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
+    """The trial's model.safetensors; follows "duplicate_of" to the trial that trained. FileNotFoundError if absent."""
+    tried: list[Path] = []
+    seen: set[int] = set()
+    current: FrozenTrial | None = trial
+    while current is not None and current.number not in seen:
+        seen.add(current.number)
+        for folder in _artifact_dirs(study, current):
+            path = folder / WEIGHTS_FILE
+            if path.is_file():
+                return path
+            tried.append(path)
+        original = current.user_attrs.get("duplicate_of")
+        current = next((t for t in study.get_trials(deepcopy=False) if t.number == original), None) \
+            if original is not None else None
+    where = ", ".join(str(p) for p in tried) or "the trial has no artifact_dir"
+    raise FileNotFoundError(f"trial {trial.number} of {study.study_name!r} has no saved weights: "
+                            f"{where} does not exist")
+
+
+def _artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:
+    """Where the trial's folder may be: artifact_dir as recorded, then under the study's artifacts_dir."""
+    recorded = trial.user_attrs.get("artifact_dir")
+    if not recorded:
+        return []
+    folders = [Path(recorded)]
+    root = study.user_attrs.get("artifacts_dir")
+    if root and not Path(recorded).is_absolute():
+        folders.append(Path(root) / Path(recorded).name)
+    return folders
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file (never pickle). ExportError if the file is not valid safetensors."""
+    try:
+        return load_file(str(path))
+    except OSError:
+        raise
+    except Exception as err:  # safetensors raises its own error type for a corrupt header
+        raise ExportError(f"cannot read weights {path}: {err}") from None
+
+
+def bsr_tensors(trial: FrozenTrial, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every KronLinear layer's merged weight in BSR form, keyed "<layer>.bsr.{crow_indices,col_indices,values}".
+
+    Rebuilds the trial's model (config model/data + metrics.plan), loads `state_dict` into it and
+    merges each layer with the trial's pruning threshold. Returns the tensors and string metadata
+    (per layer: size and block) for the safetensors header.
+    """
+    config = trial.user_attrs.get("config") or {}
+    try:
+        name, options = config["model"]["name"], config["model"].get("options") or {}
+        input_shape, num_classes = tuple(config["data"]["input_shape"]), int(config["data"]["num_classes"])
+    except (KeyError, TypeError) as err:
+        raise ExportError(f"trial {trial.number}: its config lacks the model/data needed to rebuild the model "
+                          f"for --bsr (missing {err})") from None
+    from kronsearch.layers.kronify import kronify
+    from kronsearch.models import build_model
+
+    model = build_model(name, input_shape, num_classes, **options)
+    kronify(model, metrics(trial).get("plan") or {})
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise ExportError(f"trial {trial.number}: the saved weights do not fit the rebuilt model: "
+                          f"{str(err).splitlines()[0]}") from None
+    threshold = float((config.get("train") or {}).get("threshold", DEFAULT_THRESHOLD))
+    tensors, layers = {}, {}
+    for layer, module in model.named_modules():
+        if isinstance(module, KronLinear):
+            with warnings.catch_warnings():  # torch: "Sparse BSR tensor support is in beta state"
+                warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+                bsr = module.to_bsr(threshold)
+            for part in ("crow_indices", "col_indices", "values"):
+                tensors[f"{layer}.bsr.{part}"] = getattr(bsr, part)().detach().contiguous().clone()
+            layers[layer] = f"size={module.out_features}x{module.in_features} block={module.block[0]}x{module.block[1]}"
+    return tensors, {"format": "kronsearch-bsr", "threshold": str(threshold), **{f"layer:{k}": v for k, v in layers.items()}}
+
+
+def _copy_into(source: Path, f: IO[bytes]) -> None:
+    with source.open("rb") as src:
+        shutil.copyfileobj(src, f)
+
+
+def bsr_path(weights: str | os.PathLike) -> Path:
+    """best.safetensors -> best.bsr.safetensors, next to the weights file."""
+    weights = Path(weights)
+    return weights.with_name(f"{weights.stem}.bsr.safetensors")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file via write(f) into a temp file in the same folder, fsync, then os.replace it into place.
+
+    An existing file at `path` is either fully replaced or left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def export_trial(
+    study: optuna.Study,
+    out: str | os.PathLike,
+    *,
+    trial: int | None = None,
+    storage_url: str | None = None,
+    weights: str | os.PathLike | None = None,
+    bsr: bool = False,
+) -> ExportResult:
+    """Export a trial (default: the best) to the pattern file `out`, and optionally its weights.
+
+    weights: copy model.safetensors there (a ".pt" suffix writes a torch state dict with torch.save).
+    bsr: also write "<weights stem>.bsr.safetensors" with every KronLinear's merged BSR weight.
+    Raises ValueError (bad request: unknown/non-complete trial, --bsr without weights),
+    FileNotFoundError (the trial's weights are missing) or ExportError (the trial lacks recorded data).
+    """
+    if bsr and weights is None:
+        raise ValueError("--bsr needs --weights FILE (the BSR file is written next to it)")
+    chosen = find_trial(study, trial)
+    document = pattern_document(study, chosen, storage_url)
+    text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
+    state_dict, source, sparse = None, None, None
+    if weights is not None:
+        source = weights_path(study, chosen)
+        state_dict = load_weights(source)
+        if bsr:
+            sparse = bsr_tensors(chosen, state_dict)
+    # The pattern file goes last: it only changes once the weights it describes are in place.
+    result = ExportResult(study.study_name, chosen.number, Path(out))
+    if weights is not None:
+        weights = Path(weights)
+        if weights.suffix == ".pt":
+            result.weights = write_atomic(weights, lambda f: torch.save(state_dict, f))
+        else:
+            result.weights = write_atomic(weights, lambda f: _copy_into(source, f))
+    if sparse is not None:
+        tensors, header = sparse
+        result.bsr = write_atomic(bsr_path(weights), lambda f: f.write(safetensors_bytes(tensors, header)))
+    write_atomic(out, lambda f: f.write(text))
+    return result

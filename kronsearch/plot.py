@@ -1,0 +1,221 @@
+"""PNG plots of studies: optimization history, accuracy vs training MACs (Pareto front), selection trajectories.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend
+state), so the functions are safe to call from scripts, notebooks and tests alike.
+
+    from kronsearch.plot import plot_studies
+    result = plot_studies(load_studies("vit"), "plots/")   # result.paths, result.notes
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
+
+from kronsearch.report import best_one_round, metrics, norm_block, study_strategy, trial_kind, val_accuracy
+from kronsearch.storage import split_study_name
+
+MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
+
+
+@dataclass
+class PlotResult:
+    """The PNGs written, and why any plot was skipped."""
+
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _complete(study: optuna.Study) -> list:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (cost, accuracy) points no other point beats: lower-or-equal cost and higher-or-equal accuracy."""
+    front = []
+    for i, (cost, acc) in enumerate(points):
+        dominated = any(c <= cost and a >= acc and (c, a) != (cost, acc) for c, a in points)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def plot_history(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
+    """Val accuracy of every complete trial by trial number, with each study's best-so-far line.
+
+    Pruned trials show their last reported val accuracy as grey crosses. None if nothing completed.
+    """
+    if not any(_complete(s) for s in studies):
+        return None
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for index, study in enumerate(studies):
+        color = f"C{index}"
+        strategy = study_strategy(study)
+        done = sorted((t for t in _complete(study) if val_accuracy(t) is not None), key=lambda t: t.number)
+        for kind in sorted({trial_kind(t, strategy) for t in done}, key=str):
+            xs = [t.number for t in done if trial_kind(t, strategy) == kind]
+            ys = [val_accuracy(t) for t in done if trial_kind(t, strategy) == kind]
+            label = study.study_name if kind in (None, strategy) else f"{study.study_name} ({kind})"
+            ax.scatter(xs, ys, marker=MARKERS.get(kind, "o"), color=color, alpha=0.7, s=28, label=label)
+        best, xs, ys = -math.inf, [], []
+        for t in done:
+            best = max(best, val_accuracy(t))
+            xs.append(t.number)
+            ys.append(best)
+        if xs:
+            ax.step(xs, ys, where="post", color=color, linewidth=1.6, label=f"{study.study_name} best so far")
+        pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if t.intermediate_values]
+        if pruned:
+            ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                       marker="x", color="0.6", s=22, label=f"{study.study_name} pruned (last epoch)")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("val accuracy")
+    ax.set_title("Optimization history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pareto(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
+    """Val accuracy against training MACs per sample for every complete trial; the front is highlighted.
+
+    The front is the set of trials no other trial beats on both (fewer or equal MACs, higher or equal
+    accuracy), over all the given studies. None if no complete trial recorded both numbers.
+    """
+    points, labels = [], []
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    for index, study in enumerate(studies):
+        strategy = study_strategy(study)
+        for kind in ("one_round", "per_pattern", None):
+            trials = [t for t in _complete(study) if trial_kind(t, strategy) == kind
+                      and metrics(t).get("train_macs") is not None and val_accuracy(t) is not None]
+            if not trials:
+                continue
+            xs = [metrics(t)["train_macs"] for t in trials]
+            ys = [val_accuracy(t) for t in trials]
+            label = study.study_name if kind in (None, strategy) else f"{study.study_name} ({kind})"
+            ax.scatter(xs, ys, marker=MARKERS[kind], color=f"C{index}", alpha=0.6, s=30, label=label)
+            points += list(zip(xs, ys))
+            tag = f"{split_study_name(study.study_name)[1] or study.study_name} " if len(studies) > 1 else ""
+            labels += [f"{tag}#{t.number}" for t in trials]
+    if not points:
+        return None
+    front = pareto_front(points)
+    fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="crimson", linewidth=1.2, alpha=0.8)
+    ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="crimson", linewidths=1.6, label="Pareto front")
+    tags: dict[tuple[float, float], list[str]] = {}
+    for i in front:  # identical points (a reused duplicate) share one label
+        tags.setdefault(points[i], []).append(labels[i])
+    for point, names in tags.items():
+        ax.annotate(", ".join(names), point, textcoords="offset points", xytext=(6, 4), fontsize=7, color="crimson")
+    xs = [p[0] for p in points]
+    if min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("training MACs per sample (forward)")
+    ax.set_ylabel("val accuracy")
+    ax.set_title("Accuracy vs training compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
+    """Each candidate block's ||W_k||_F per epoch, one subplot per layer, for the best one-round trial.
+
+    Like the paper's Figure 3: the selected block is drawn thick. None if there is no complete
+    one_round trial or its history recorded no candidate norms.
+    """
+    found = best_one_round(studies)
+    if found is None:
+        return None
+    study, trial = found
+    epochs = [e for e in trial.user_attrs.get("history") or [] if e.get("candidate_norms")]
+    layers = list(dict.fromkeys(layer for e in epochs for layer in e["candidate_norms"]))
+    if not layers:
+        return None
+    selected = {layer: norm_block(b) for layer, b in (metrics(trial).get("selected") or {}).items()}
+    cols = min(4, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    width = max(6.0, 3.4 * cols)
+    fig = Figure(figsize=(width, 2.6 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, layer in zip(axes.flat, layers):
+        blocks = list(dict.fromkeys(b for e in epochs for b in e["candidate_norms"].get(layer, {})))
+        for index, block in enumerate(blocks):
+            points = [(e["epoch"], e["candidate_norms"][layer][block]) for e in epochs
+                      if block in e["candidate_norms"].get(layer, {})]
+            chosen = norm_block(block) == selected.get(layer)
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=f"C{index}", marker="o",
+                    markersize=3, linewidth=2.4 if chosen else 1.0, label=f"{block} (selected)" if chosen else block)
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        _epoch_ticks(ax, sorted({e["epoch"] for e in epochs}))
+        ax.set_ylabel("||W_k||_F", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    title = textwrap.fill(f"{study.study_name} trial {trial.number}: {params}", width=int(width * 11))
+    fig.suptitle(f"Candidate norms during selection\n{title}", fontsize=10)
+    return _save(fig, path)
+
+
+def _epoch_ticks(ax, epochs: list[int]) -> None:
+    """Whole epochs on the x axis; a lone epoch gets room on both sides."""
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_prefix(studies: Sequence[optuna.Study]) -> str:
+    """File name prefix: 'vit-one_round' for one study, 'vit' for several of one search."""
+    if len(studies) == 1:
+        return studies[0].study_name.replace(":", "-")
+    searches = {split_study_name(s.study_name)[0] for s in studies}
+    return searches.pop() if len(searches) == 1 else "studies"
+
+
+def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, prefix: str | None = None) -> PlotResult:
+    """Write <prefix>-history.png, <prefix>-pareto.png and <prefix>-selection.png into out_dir."""
+    out_dir = Path(out_dir)
+    prefix = prefix or plot_prefix(studies)
+    result = PlotResult()
+    names = ", ".join(s.study_name for s in studies)
+    for kind, draw, why in (
+        ("history", plot_history, f"no complete trial in {names}"),
+        ("pareto", plot_pareto, f"no complete trial with val accuracy and training MACs in {names}"),
+        ("selection", plot_selection, f"no one_round trial with candidate norms in {names}"),
+    ):
+        path = draw(studies, out_dir / f"{prefix}-{kind}.png")
+        if path is None:
+            result.notes.append(f"skipped {kind} plot: {why}")
+        else:
+            result.paths.append(path)
+    return result

@@ -1,0 +1,245 @@
+"""Tests for the kronsearch CLI: show, compare, export, plot, run's shell, exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import kronsearch.search
+from kronsearch import load_plan
+from kronsearch.cli import RUN_INTERRUPTED, app
+from kronsearch.search import RunSummary
+from tests.test_report import build_search
+
+COMMANDS = ("run", "show", "compare", "export", "plot")
+
+
+@pytest.fixture
+def cli():
+    """invoke(*args) -> click Result, with a wide terminal so rich tables are not squeezed."""
+    runner = CliRunner(env={"COLUMNS": "250"})
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def demo(workdir):
+    build_search(workdir)
+    return workdir
+
+
+def assert_error(result, code: int, *fragments: str) -> None:
+    """Exit `code`, one `error: ...` line on stderr naming every fragment, no traceback."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(cli, command):
+    result = cli(command, "--help")
+    assert result.exit_code == 0 and "--storage" in result.stdout
+
+
+def test_no_arguments_prints_the_command_list(cli):
+    result = cli()
+    assert result.exit_code == 2 and all(c in result.output for c in COMMANDS)
+
+
+# ----------------------------------------------------------------------------- show / compare
+
+
+def test_show_table(cli, demo):
+    result = cli("show", "demo")
+    assert result.exit_code == 0, result.stderr
+    assert "demo:one_round: 4 trials" in result.stdout and "demo:per_pattern: 6 trials" in result.stdout
+    assert "best trial: #1" in result.stdout and "Pareto front of demo:per_pattern" in result.stdout
+
+
+def test_show_json(cli, demo):
+    result = cli("show", "demo:per_pattern", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [s["study"] for s in data] == ["demo:per_pattern"]
+    assert [t["number"] for t in data[0]["best"]["trials"]] == [0, 1, 4]
+
+
+def test_show_with_storage_elsewhere(cli, workdir):
+    url = build_search(workdir / "elsewhere")  # studies/demo.db under another folder, not the cwd
+    assert_error(cli("show", "demo"), 2, "studies/demo.db does not exist")
+    result = cli("show", "demo:one_round", "--storage", url, "--format", "json")
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["study"] == "demo:one_round"
+
+
+def test_show_unknown_study(cli, demo):
+    assert_error(cli("show", "demo:hybrid"), 2, "no study 'demo:hybrid'", "demo:one_round, demo:per_pattern")
+    assert_error(cli("show", "nothing"), 2, "no study 'nothing'")
+
+
+def test_show_bad_format_is_a_usage_error(cli, demo):
+    result = cli("show", "demo", "--format", "xml")
+    assert result.exit_code == 2 and "xml" in result.stderr
+
+
+def test_storage_that_is_not_a_database_fails_cleanly(cli, workdir):
+    (workdir / "junk.db").write_text("not a database\n" * 100)
+    result = cli("show", "demo", "--storage", f"sqlite:///{workdir / 'junk.db'}")
+    assert_error(result, 1, "junk.db")
+    assert (workdir / "junk.db").read_text() == "not a database\n" * 100  # left untouched
+
+
+def test_compare_table_and_json(cli, demo):
+    table = cli("compare", "demo")
+    assert table.exit_code == 0, table.stderr
+    assert "one-round pick equals the per-pattern best (2x2 r1) by blocks" in table.stdout
+    split = cli("compare", "demo:one_round", "demo:per_pattern", "demo:one_round", "--format", "json")
+    data = json.loads(split.stdout)
+    assert data["studies"] == ["demo:one_round", "demo:per_pattern"]  # repeats dropped
+    assert data == json.loads(cli("compare", "demo", "--format", "json").stdout)
+    assert data["agreement"]["position"] == 1 and data["compute"]["ratio"]["train_macs_total"] == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_pattern_and_weights(cli, demo):
+    result = cli("export", "demo:one_round", "--out", "out/best.yaml", "--weights", "out/best.safetensors", "--bsr")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ["exported trial 1 of demo:one_round", "wrote out/best.yaml",
+                                          "wrote out/best.safetensors", "wrote out/best.bsr.safetensors"]
+    assert set(load_plan(demo / "out" / "best.yaml")) == {"layers.0", "head"}
+    provenance = yaml.safe_load((demo / "out" / "best.yaml").read_text())["provenance"]
+    assert provenance["storage"] == f"sqlite:///{(demo / 'studies' / 'demo.db').resolve()}"
+
+
+def test_export_a_chosen_trial(cli, demo):
+    result = cli("export", "demo:per_pattern", "--trial", "3", "--out", "t3.yaml")
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load((demo / "t3.yaml").read_text())["provenance"]["trial"] == 3
+
+
+def test_export_needs_exactly_one_study(cli, demo):
+    assert_error(cli("export", "demo", "--out", "x.yaml"), 2, "2 studies (demo:one_round, demo:per_pattern)")
+    assert not (demo / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("trial, code, message", [
+    ("2", 2, "trial 2 of 'demo:one_round' is FAIL, not COMPLETE"),
+    ("3", 2, "is PRUNED, not COMPLETE"),
+    ("42", 2, "has no trial 42"),
+])
+def test_export_refuses_bad_trials(cli, demo, trial, code, message):
+    assert_error(cli("export", "demo:one_round", "--trial", trial, "--out", "x.yaml"), code, message)
+
+
+def test_export_missing_weights_is_a_runtime_failure_naming_the_path(cli, demo):
+    result = cli("export", "demo:per_pattern", "--trial", "0", "--out", "x.yaml", "--weights", "w.safetensors")
+    assert_error(result, 1, "no saved weights", "per_pattern/trial-0/model.safetensors does not exist")
+    assert not (demo / "x.yaml").exists()
+
+
+def test_export_bsr_without_weights_is_bad_input(cli, demo):
+    assert_error(cli("export", "demo:one_round", "--out", "x.yaml", "--bsr"), 2, "--bsr needs --weights")
+
+
+def test_export_keeps_the_old_file_when_it_fails(cli, demo):
+    (demo / "best.yaml").write_text("layers: {}\n")
+    cli("export", "demo:per_pattern", "--trial", "0", "--out", "best.yaml", "--weights", "w.safetensors")
+    assert (demo / "best.yaml").read_text() == "layers: {}\n"
+
+
+def test_export_negative_trial_is_a_usage_error(cli, demo):
+    assert cli("export", "demo:one_round", "--trial", "-1", "--out", "x.yaml").exit_code == 2
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def test_plot_writes_pngs_and_prints_paths(cli, demo):
+    result = cli("plot", "demo", "--out", "plots")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [f"wrote plots/demo-{k}.png" for k in ("history", "pareto", "selection")]
+    assert all((demo / "plots" / f"demo-{k}.png").stat().st_size > 1000 for k in ("history", "pareto", "selection"))
+
+
+def test_plot_without_one_round_notes_the_skip(cli, demo):
+    result = cli("plot", "demo:per_pattern", "--out", "plots")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0].startswith("note: skipped selection plot")
+    assert not (demo / "plots" / "demo-per_pattern-selection.png").exists()
+
+
+def test_plot_of_a_study_without_complete_trials_fails(cli, workdir):
+    import optuna
+
+    (workdir / "studies").mkdir()
+    optuna.create_study(storage="sqlite:///studies/empty.db", study_name="empty:one_round")
+    assert_error(cli("plot", "empty", "--out", "plots"), 1, "nothing to plot for 'empty'")
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def test_run_dry_run_prints_the_plan(cli, write_space):
+    space = write_space()
+    result = cli("run", space, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "search 'tiny'" in result.stdout and "dry run:" in result.stdout
+
+
+def test_run_forwards_its_options(cli, workdir, monkeypatch):
+    seen = {}
+
+    def fake(space_path, **kwargs):
+        seen.update(kwargs, space_path=space_path)
+        return RunSummary(["x:per_pattern"], "sqlite:///studies/x.db", completed=3, message="3 trials finished")
+
+    monkeypatch.setattr(kronsearch.search, "run_search", fake)
+    result = cli("run", "x.yaml", "--trials", "3", "--strategy", "per_pattern", "--device", "cpu", "--quiet",
+                 "--storage", "sqlite:///y.db", "--fresh")
+    assert result.exit_code == 0 and result.stdout == "3 trials finished\n"
+    assert str(seen.pop("space_path")) == "x.yaml"
+    assert seen == {"trials": 3, "strategy": "per_pattern", "storage": "sqlite:///y.db", "fresh": True,
+                    "dry_run": False, "device": "cpu", "backend": None, "address": None, "progress": False}
+
+
+@pytest.mark.parametrize("args", [("--trials", "0"), ("--strategy", "greedy"), ("--device", "tpu")])
+def test_run_rejects_bad_options(cli, workdir, args):
+    assert cli("run", "x.yaml", *args).exit_code == 2
+
+
+def test_run_bad_space_is_bad_input(cli, workdir):
+    assert_error(cli("run", "missing.yaml"), 2, "missing.yaml")
+    (workdir / "bad.yaml").write_text("name: [\n")
+    assert_error(cli("run", "bad.yaml"), 2, "bad.yaml")
+
+
+def test_run_interrupted_exits_130(cli, workdir, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kronsearch.search, "run_search", interrupted)
+    assert_error(cli("run", "x.yaml"), 130, RUN_INTERRUPTED)
+
+
+def test_unexpected_errors_exit_1_with_the_message(cli, workdir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(kronsearch.search, "run_search", broken)
+    assert_error(cli("run", "x.yaml"), 1, "RuntimeError: boom second line")
+
+
+def test_console_script_entry_point(workdir):
+    """main() as the installed `kronsearch` script runs it: exit code and a single stderr line."""
+    done = subprocess.run([sys.executable, "-c", "from kronsearch.cli import main; main()", "show", "nope"],
+                          capture_output=True, text=True, cwd=workdir, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: no study 'nope'") and done.stderr.count("\n") == 1

@@ -1,0 +1,95 @@
+"""Tests for kronsearch.plot: which PNGs are written, what they contain, and when a plot is skipped."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from kronsearch import plot as kplot
+from kronsearch.plot import pareto_front, plot_prefix, plot_selection, plot_studies
+from kronsearch.storage import load_studies
+from tests.test_report import build_hybrid, build_search
+
+
+@pytest.fixture
+def studies(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build_search(tmp_path, weights=False)
+    return load_studies("demo")
+
+
+def assert_png(path, min_width=400):
+    image = matplotlib.image.imread(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.shape[1] >= min_width and image.std() > 0.05  # a drawn figure, not a blank canvas
+
+
+def test_plot_studies_writes_three_pngs(studies, tmp_path):
+    result = plot_studies(studies, tmp_path / "plots")
+    assert [p.name for p in result.paths] == ["demo-history.png", "demo-pareto.png", "demo-selection.png"]
+    assert result.notes == []
+    for path in result.paths:
+        assert_png(path)
+
+
+def test_plot_prefix_names_the_study_or_the_search(studies):
+    assert plot_prefix(studies) == "demo"
+    assert plot_prefix(studies[:1]) == "demo-one_round"
+
+
+def test_selection_is_skipped_without_a_one_round_trial(studies, tmp_path):
+    result = plot_studies(studies[1:], tmp_path)
+    assert [p.name for p in result.paths] == ["demo-per_pattern-history.png", "demo-per_pattern-pareto.png"]
+    assert result.notes == ["skipped selection plot: no one_round trial with candidate norms in demo:per_pattern"]
+
+
+def test_selection_draws_one_subplot_per_layer_from_the_best_one_round_trial(studies, tmp_path, monkeypatch):
+    drawn = {}
+    real_save = kplot._save
+
+    def spy(fig, path):
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        drawn["titles"] = [ax.get_title() for ax in visible]
+        drawn["lines"] = {ax.get_title(): {line.get_label(): (list(line.get_xdata()), line.get_linewidth())
+                                           for line in ax.get_lines()} for ax in visible}
+        drawn["suptitle"] = fig.get_suptitle()
+        return real_save(fig, path)
+
+    monkeypatch.setattr(kplot, "_save", spy)
+    assert plot_selection(studies, tmp_path / "sel.png") == tmp_path / "sel.png"
+    assert drawn["titles"] == ["layers.0", "head"]
+    assert "demo:one_round trial 1: rank=2" in drawn["suptitle"]  # the best one-round trial (val .85)
+    layer0 = drawn["lines"]["layers.0"]
+    assert set(layer0) == {"2x2 (selected)", "4x4", "8x8"}
+    assert layer0["2x2 (selected)"][0] == [1, 2, 3]  # the fine-tune epoch has no candidates and is left out
+    assert layer0["2x2 (selected)"][1] > layer0["4x4"][1]
+    assert set(drawn["lines"]["head"]) == {"2x2 (selected)", "2x4"}
+
+
+def test_hybrid_study_plots_selection_from_its_one_round_trials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build_hybrid(tmp_path)
+    result = plot_studies(load_studies("hyb"), tmp_path)
+    # the hybrid fixture's one-round trial recorded no history: the plot is skipped, with a note
+    assert [p.name for p in result.paths] == ["hyb-hybrid-history.png", "hyb-hybrid-pareto.png"]
+    assert len(result.notes) == 1 and "selection" in result.notes[0]
+
+
+def test_nothing_complete_means_no_plots(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'e.db'}", study_name="e:one_round")
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    result = plot_studies([study], tmp_path / "out")
+    assert result.paths == [] and len(result.notes) == 3
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("points, front", [
+    ([(800, 0.83), (1200, 0.86), (1500, 0.84), (800, 0.82)], [0, 1]),
+    ([(1, 0.5)], [0]),
+    ([(2, 0.9), (1, 0.9)], [1]),  # same accuracy for less compute wins
+    ([(1, 0.5), (1, 0.5)], [0, 1]),  # identical points (a reused duplicate) are both on the front
+])
+def test_pareto_front(points, front):
+    assert pareto_front(points) == front

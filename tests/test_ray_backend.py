@@ -1,0 +1,177 @@
+"""The Ray backend on a local 2-CPU Ray: same study content as the local backend, failures, Ctrl-C.
+
+One Ray session serves the module (starting Ray costs seconds); it is started and stopped by
+backends.ray.ray_session, and its teardown checks that no Ray process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import torch
+from optuna.trial import TrialState
+from rich.console import Console
+
+from kronsearch.backends.ray import CRASH_HOOK_ENV, TEMP_DIR, check_cluster, check_resources, ray_session
+from kronsearch.search import run_search
+from kronsearch.space import SpaceError, load_space
+from kronsearch.storage import load_studies
+from kronsearch.strategies import finished
+
+RAY = {"name": "ray", "max_concurrent": 2, "max_retries": 1, "resources_per_trial": {"cpu": 1, "gpu": 0}}
+CRASH_SEARCH = "ray-crash"  # the search whose trial 0 kills its worker (see the module fixture)
+
+
+def ray_processes() -> set[int]:
+    """pids of Ray's daemons and workers on this machine (raylet, gcs_server, ray::..., our temp dir)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(word in command for word in ("raylet", "gcs_server", "ray::", str(TEMP_DIR))):
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Ray for the module; yields the crash hook's log file (trial 0 of CRASH_SEARCH crashes)."""
+    if not Path("/proc").is_dir():
+        pytest.skip("the leftover-process check reads /proc")
+    assert not ray.is_initialized(), "another test left Ray running"
+    before = ray_processes()
+    crash_log = tmp_path_factory.mktemp("crash") / "attempts"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CRASH_HOOK_ENV, f"{CRASH_SEARCH}:0:{crash_log}")  # workers inherit Ray's start env
+        with ray_session(None) as started:
+            assert started and ray.is_initialized()
+            assert ray.cluster_resources()["CPU"] == os.cpu_count()
+            yield crash_log
+    assert not ray.is_initialized()
+    deadline = time.monotonic() + 15
+    while (left := ray_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not left, f"Ray processes left behind: {sorted(left)}"
+
+
+def trials_of(study_name: str, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    (study,) = load_studies(study_name, storage)
+    return study.get_trials()
+
+
+def test_space_is_picklable_for_ray(write_space):
+    space = load_space(write_space(backend=RAY))
+    assert pickle.loads(pickle.dumps(space)) == space
+
+
+@pytest.mark.parametrize(("train", "gpu", "message"), [
+    ({"device": "cuda"}, 0, "reserve no GPU"),
+    ({"device": "cuda:1"}, 1, "numbered from 0"),
+    ({}, 1.5, "fraction of one GPU or whole GPUs"),
+])
+def test_settings_ray_cannot_honor_are_space_errors(write_space, train, gpu, message):
+    path = write_space(train=train, backend={**RAY, "resources_per_trial": {"cpu": 1, "gpu": gpu}})
+    with pytest.raises(SpaceError, match=message):
+        check_resources(load_space(path))
+
+
+def test_ray_study_matches_the_local_backends(ray_cluster, write_space, workdir):
+    path = write_space(search={"trials": 3}, backend=RAY)
+    console = Console(record=True, width=200)
+    run_search(path, progress=False, console=console)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray workers (cpu: 1), so the numbers match exactly
+    try:
+        run_search(path, backend="local", progress=False, studies_dir="local-studies")
+    finally:
+        torch.set_num_threads(threads)
+    remote, local = trials_of("tiny:one_round"), trials_of("tiny:one_round", "sqlite:///local-studies/tiny.db")
+    assert [t.state for t in remote] == [t.state for t in local] == [TrialState.COMPLETE] * 3
+    for r, loc in zip(remote, local, strict=True):
+        assert r.params == loc.params
+        assert set(r.user_attrs) - {"ray_worker"} == set(loc.user_attrs)
+        assert set(r.user_attrs["metrics"]) == set(loc.user_attrs["metrics"])
+        assert r.user_attrs["config"] == loc.user_attrs["config"]
+        assert r.values == loc.values
+        assert r.intermediate_values == loc.intermediate_values  # one report per epoch
+        assert list(r.intermediate_values) == [1] and r.intermediate_values[1] == r.user_attrs["history"][0]["val_accuracy"]
+        assert r.user_attrs["worker"].endswith(f":{os.getpid()}")  # the driver owns the trial
+        assert not r.user_attrs["ray_worker"].endswith(f":{os.getpid()}")  # a Ray worker trained it
+        assert (Path(r.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+    text = console.export_text()
+    assert f"ray: cluster with {os.cpu_count()} CPUs, 0 GPUs; up to 2 trials at a time" in text
+    assert all(f"trial {n} one_round: val" in text for n in range(3))
+    assert sorted(p.name for p in workdir.iterdir()) == ["local-studies", "studies", "tiny.yaml"]  # no Ray files
+
+
+def test_twins_of_a_running_trial_wait_for_it_instead_of_training(ray_cluster, write_space):
+    run_search(write_space(search={"trials": 3}, space={"lambda1": 0.05}, backend=RAY), progress=False)
+    first, *twins = trials_of("tiny:one_round")
+    assert first.state == TrialState.COMPLETE and "duplicate_of" not in first.user_attrs
+    for twin in twins:
+        assert twin.state == TrialState.COMPLETE and twin.user_attrs["duplicate_of"] == 0
+        assert twin.values == first.values and twin.user_attrs["metrics"] == first.user_attrs["metrics"]
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_finishes(ray_cluster, write_space):
+    summary = run_search(write_space(train={"optimizer": "sgd", "lr": 1e5}, backend=RAY), progress=False)
+    trials = trials_of("tiny:one_round")
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["fail_reason"].startswith("diverged: non-finite loss") for t in trials)
+    assert summary.completed == 2
+
+
+def test_ctrl_c_cancels_requeues_and_the_rerun_resumes(ray_cluster, write_space):
+    path = write_space(backend=RAY)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(ray, "wait", interrupted)  # Ctrl-C while both trials are in flight
+        run_search(path, progress=False)
+    (study,) = load_studies("tiny:one_round")
+    cut = study.get_trials(states=(TrialState.FAIL,))
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["interrupted"] for t in cut] == ["stopped by Ctrl-C (SIGINT)"] * 2  # as run_local
+    assert not any("fail_reason" in t.user_attrs for t in cut)
+    assert [t.user_attrs["retry_of"] for t in queued] == [0, 1]
+    assert finished(study) == []  # interrupted trials do not count against the budget
+    assert ray.is_initialized()  # the module's session is not ours to stop
+
+    summary = run_search(path, progress=False)
+    trials = trials_of("tiny:one_round")
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] * 2
+    assert [t.params for t in trials[2:]] == [t.params for t in trials[:2]]
+    assert summary.completed == 2
+
+
+def test_a_trial_no_node_can_hold_is_an_error_on_our_own_ray_and_a_warning_on_a_cluster(ray_cluster, write_space):
+    space = load_space(write_space(backend={**RAY, "resources_per_trial": {"cpu": 1, "gpu": 1}}))
+    with pytest.raises(SpaceError, match="needs 1 CPUs and 1 GPUs, which no node"):
+        check_cluster(space, own=True, console=Console())
+    console = Console(record=True, width=300)
+    check_cluster(space, own=False, console=console)
+    assert "warning:" in console.export_text()
+    check_cluster(load_space(write_space(backend=RAY)), own=True, console=Console())  # fits: no error
+
+
+def test_a_crashing_worker_is_retried_then_its_trial_fails(ray_cluster, write_space):
+    # last in the module: the replacement workers start cold (imports cost seconds), so later tests would wait
+    path = write_space(name=CRASH_SEARCH, backend={**RAY, "max_retries": 1})
+    run_search(path, progress=False)
+    crashed, ok = trials_of(f"{CRASH_SEARCH}:one_round")
+    assert crashed.state == TrialState.FAIL
+    assert crashed.user_attrs["fail_reason"].startswith("worker died (2 attempts): WorkerCrashedError")
+    assert len(set(ray_cluster.read_text().split())) == 2  # two attempts, each in its own process
+    assert ok.state == TrialState.COMPLETE

@@ -1,0 +1,578 @@
+"""Reliability: killed, interrupted, failing and concurrent runs, storage failures, hostile space files.
+
+The process tests start real `kronsearch run` processes (the CLI) in a temporary working directory
+and signal them mid-trial. To stop a process at a known point, the script below wraps run_trial so
+that one chosen trial writes a marker file and sleeps: the trial is then RUNNING in the storage,
+tagged with its process, exactly as a long training would be.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from safetensors import SafetensorError
+
+from kronsearch import search, trial as trial_module
+from kronsearch.search import Budget, recover_dead_trials, run_search, worker_id
+from kronsearch.space import MAX_CANDIDATES, MAX_DEPTH, MAX_EPOCHS, MAX_FILE_BYTES, SpaceError, load_space
+from kronsearch.storage import StorageError, default_storage_url, load_studies, open_storage
+from kronsearch.strategies import finished
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "tiny:one_round"
+TIMEOUT = 120  # seconds for any one subprocess (they take a few seconds)
+
+# `kronsearch run tiny.yaml` in which the HANG_AT-th trial this process trains hangs (see the docstring).
+RUN_HANGING = """
+import os, signal, sys, time
+from pathlib import Path
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the parent ignores
+import kronsearch.search as search
+from kronsearch.cli import main
+
+real, calls = search.run_trial, []
+
+def run_trial(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == int(os.environ["HANG_AT"]):
+        Path("hanging").write_text(str(os.getpid()))
+        time.sleep(300)
+    return real(*args, **kwargs)
+
+search.run_trial = run_trial
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+main()
+"""
+
+# `kronsearch run tiny.yaml` that starts training only once the file "go" exists.
+RUN_ON_GO = """
+import os, sys, time
+from pathlib import Path
+
+import kronsearch.search  # the heavy imports before the start line, so both start together
+import sklearn.datasets
+from kronsearch.cli import main
+
+Path(f"ready-{os.getpid()}").touch()
+while not Path("go").exists():
+    time.sleep(0.01)
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+main()
+"""
+
+
+@pytest.fixture
+def python(workdir: Path):
+    """python(script, **env) -> a Python process running `script` in workdir; killed at teardown if still running."""
+    started: list[subprocess.Popen] = []
+
+    def start(script: str, **env: str) -> subprocess.Popen:
+        environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+        started.append(subprocess.Popen([sys.executable, "-c", script], cwd=workdir, env=environment, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> None:
+    """Until `path` exists; fails with the process's output if it ends first."""
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended ({proc.returncode}) before {path.name}:\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"no {path.name} after {TIMEOUT}s"
+        time.sleep(0.02)
+
+
+def trials() -> list[FrozenTrial]:
+    (study,) = load_studies(STUDY)
+    return study.get_trials()
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def assert_no_trial_lost_or_duplicated(expected: int) -> list[FrozenTrial]:
+    """`expected` trials count toward the budget, none is left RUNNING/WAITING, no configuration twice."""
+    (study,) = load_studies(STUDY)
+    every = study.get_trials()
+    done = finished(study)
+    assert len(done) == expected, [(t.number, t.state.name, t.user_attrs.get("skipped")) for t in every]
+    assert not [t.number for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in every}) == len(every)
+    complete = [t for t in done if t.state == TrialState.COMPLETE]
+    assert all("duplicate_of" not in t.user_attrs for t in complete)
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete)
+    return every
+
+
+# ---------------------------------------------------------------------------------------------
+# A killed, an interrupted and a failing trial
+
+
+def test_sigkill_mid_trial_then_rerun_resumes_and_retries_the_cut_off_trial(write_space, workdir, python):
+    path = write_space(search={"trials": 3})
+    run_search(path, trials=1, progress=False)  # trial 0, finished before the run that gets killed
+    proc = python(RUN_HANGING, HANG_AT="1")
+    wait_for(workdir / "hanging", proc)
+    running = [t for t in trials() if t.state == TrialState.RUNNING]
+    assert [t.number for t in running] == [1]
+    cut = running[0]
+    assert cut.user_attrs["worker"] == f"{worker_id().rpartition(':')[0]}:{proc.pid}"
+    first = trials()[0]
+    saved = digest(Path(first.user_attrs["artifact_dir"]))
+
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+    assert [t.state for t in trials()] == [TrialState.COMPLETE, TrialState.RUNNING]  # what a kill leaves
+
+    output = io.StringIO()  # re-running resumes (in this process: `kronsearch run` is a wrapper of run_search)
+    run_search(path, console=Console(file=output, width=200))
+    assert "trials [1] were interrupted" in output.getvalue()
+    every = assert_no_trial_lost_or_duplicated(3)
+    assert every[0].state == TrialState.COMPLETE and every[0].values == first.values
+    assert digest(Path(first.user_attrs["artifact_dir"])) == saved
+    assert every[1].state == TrialState.FAIL
+    assert f":{proc.pid} died" in every[1].user_attrs["interrupted"]
+    (retry,) = [t for t in every if t.user_attrs.get("retry_of") == 1]
+    assert retry.state == TrialState.COMPLETE and retry.params == cut.params
+
+    run_search(path, progress=False)  # a finished study: nothing re-queued, nothing trained
+    assert len(trials()) == len(every)
+
+
+def test_ctrl_c_stops_after_saving_says_how_to_resume_and_the_trial_is_retried(write_space, workdir, python):
+    path = write_space(search={"trials": 3})
+    run_search(path, trials=1, progress=False)  # trial 0, finished before the run that gets interrupted
+    proc = python(RUN_HANGING, HANG_AT="1")
+    wait_for(workdir / "hanging", proc)
+    cut = trials()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "re-run the same command to resume" in err
+    assert "Traceback" not in err
+    first, stopped = trials()
+    assert first.state == TrialState.COMPLETE
+    assert (Path(first.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+    assert stopped.state == TrialState.FAIL and "Ctrl-C" in stopped.user_attrs["interrupted"]
+    assert "fail_reason" not in stopped.user_attrs  # does not count against the budget
+
+    summary = run_search(path, progress=False)
+    assert summary.completed == 3
+    every = assert_no_trial_lost_or_duplicated(3)
+    (retry,) = [t for t in every if t.user_attrs.get("retry_of") == 1]
+    assert retry.state == TrialState.COMPLETE and retry.params == cut.params
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_space, workdir):
+    path = write_space(search={"trials": 3, "save_weights": False}, space={"lambda1": {"low": 0.01, "high": 1e300}})
+    space = load_space(path)
+    (workdir / "studies").mkdir()
+    study = search.open_study(space, "one_round", default_storage_url("tiny"), False, workdir / "studies")
+    for lambda1 in (1e300, 0.01, 0.02):  # a penalty of 1e300 * |S| overflows float32 at the first step
+        study.enqueue_trial({"lambda1": lambda1})
+    summary = run_search(path, progress=False)
+    assert summary.completed == 3
+    diverged, *rest = trials()
+    assert diverged.state == TrialState.FAIL
+    assert re.match(r"diverged: non-finite loss .* in select epoch 1, step 1", diverged.user_attrs["fail_reason"])
+    assert [t.state for t in rest] == [TrialState.COMPLETE] * 2
+
+
+def test_out_of_memory_fails_the_trial_with_the_reason_and_the_search_goes_on(write_space, monkeypatch):
+    real, calls = search.run_trial, []
+
+    def run_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "run_trial", run_trial)
+    summary = run_search(write_space(search={"trials": 2, "save_weights": False}), progress=False)
+    assert summary.completed == 2
+    failed, complete = trials()
+    assert failed.state == TrialState.FAIL and complete.state == TrialState.COMPLETE
+    assert failed.user_attrs["fail_reason"] == "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), "device error: CUDA error"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 80000000000 bytes"), "out of memory: [enforce fail"),
+    (MemoryError(), "out of memory"),
+    (search.TrainingDiverged("non-finite loss"), "diverged: non-finite loss"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),  # a bug: raised, not recorded
+    (StorageError("cannot save"), None),  # stops the run instead (see the full disk test)
+], ids=["cuda-error", "cpu-oom", "memory-error", "diverged", "bug", "storage"])
+def test_which_exceptions_are_trial_failures(error, reason):
+    got = search.trial_failure(error)
+    assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_a_bug_in_a_trial_is_not_swallowed_as_a_trial_failure(write_space, monkeypatch):
+    monkeypatch.setattr(search, "run_trial", lambda *a, **k: [][0])
+    with pytest.raises(IndexError):
+        run_search(write_space(), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes sharing a study
+
+
+def test_two_processes_share_a_study_without_losing_or_duplicating_trials(write_space, workdir, python):
+    write_space(search={"trials": 4})
+    procs = [python(RUN_ON_GO) for _ in range(2)]
+    deadline = time.monotonic() + TIMEOUT
+    while len(list(workdir.glob("ready-*"))) < 2:
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+        time.sleep(0.02)
+    (workdir / "go").touch()  # both create the storage and ask for trials at the same moment
+    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+        assert "locked" not in err and "already exists" not in err
+    every = assert_no_trial_lost_or_duplicated(4)
+    workers = {t.user_attrs["worker"] for t in every}
+    assert workers == {f"{worker_id().rpartition(':')[0]}:{p.pid}" for p in procs}  # both did work
+    assert sum(t.state == TrialState.COMPLETE for t in every) == 4
+    assert all(t.user_attrs.get("skipped") for t in every if t.state == TrialState.FAIL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="uses /proc to see a zombie")
+def test_a_trial_started_beyond_the_budget_claimed_by_a_live_process_is_skipped(write_space, workdir):
+    """Another live process on this host is running trial 1 of a budget of 2: this one must not train a third."""
+    path = write_space(search={"trials": 2, "save_weights": False})
+    run_search(path, trials=1, progress=False)
+    (study,) = load_studies(STUDY)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claimed = study.ask()
+        claimed.set_user_attr("kind", "one_round")
+        claimed.set_user_attr("worker", f"{worker_id().rpartition(':')[0]}:{sleeper.pid}")
+        claimed.set_user_attr("worker_started", search.process_started(sleeper.pid))
+        budget = Budget(2, None, console=Console(quiet=True))
+        assert budget.claimed(study) == 2
+        objective = search.make_objective(load_space(path), "one_round", workdir / "studies", False, budget)
+        study.optimize(objective, n_trials=1, catch=(search.TrialSkipped,))
+        skipped = study.get_trials()[-1]
+        assert skipped.number == 2 and skipped.state == TrialState.FAIL and "budget" in skipped.user_attrs["skipped"]
+        assert "metrics" not in skipped.user_attrs and len(finished(study)) == 1  # not trained, not counted
+        assert recover_dead_trials(study) == []  # the live process's trial is left alone
+        assert study.get_trials()[1].state == TrialState.RUNNING
+        sleeper.kill()  # dead, but not reaped yet: a zombie still answers os.kill(pid, 0)
+        deadline = time.monotonic() + TIMEOUT
+        while Path(f"/proc/{sleeper.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert recover_dead_trials(study) == [1]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert study.get_trials()[1].state == TrialState.FAIL
+    assert study.get_trials()[-1].user_attrs["retry_of"] == 1
+    assert recover_dead_trials(study) == []  # re-queued once only
+
+
+def test_a_recycled_pid_does_not_keep_a_dead_trial_running(write_space):
+    """A restarted container's `kronsearch run` often gets the pid of the one that was killed."""
+    path = write_space(search={"trials": 2, "save_weights": False})
+    run_search(path, trials=1, progress=False)
+    (study,) = load_studies(STUDY)
+    orphan = study.ask()
+    orphan.suggest_float("lambda1", 0.01, 0.1, log=True)
+    orphan.set_user_attr("worker", worker_id())  # this very pid ...
+    orphan.set_user_attr("worker_started", "1")  # ... but another process's start time
+    assert recover_dead_trials(study) == [orphan.number]
+    run_search(path, progress=False)
+    every = assert_no_trial_lost_or_duplicated(2)
+    (retry,) = [t for t in every if t.user_attrs.get("retry_of") == orphan.number]
+    assert retry.state == TrialState.COMPLETE and retry.params["lambda1"] == orphan.params["lambda1"]
+
+
+def test_resuming_samples_new_configurations_instead_of_replaying_old_ones(write_space):
+    path = write_space(search={"trials": 1, "save_weights": False})
+    run_search(path, progress=False)
+    run_search(path, trials=2, progress=False)  # a sampler seeded once would draw trial 0's params again
+    assert_no_trial_lost_or_duplicated(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage failures: a clear StorageError, nothing already saved lost
+
+
+def test_an_unwritable_studies_folder_is_a_clear_storage_error(write_space, workdir):
+    path = write_space()
+    blocked = workdir / "blocked"
+    blocked.mkdir()
+    blocked.chmod(0o500)
+    try:
+        studies = blocked / "studies"
+        if os.access(blocked, os.W_OK):  # root ignores permissions; a folder under a file fails for anyone
+            (workdir / "afile").write_text("not a folder")
+            studies = workdir / "afile" / "studies"
+        with pytest.raises(StorageError, match="cannot create the studies folder") as err:
+            run_search(path, studies_dir=studies, progress=False)
+        assert str(studies) in str(err.value)
+        assert "Not a directory" in str(err.value) or "Permission denied" in str(err.value)
+        if not os.access(blocked, os.W_OK):  # an existing studies folder that is read-only
+            with pytest.raises(StorageError, match="unable to open database file; check that its folder exists"):
+                run_search(path, studies_dir=blocked, progress=False)
+    finally:
+        blocked.chmod(0o700)
+    assert list(blocked.iterdir()) == []
+
+
+def test_a_corrupt_storage_file_is_a_clear_error_and_left_untouched(write_space, workdir):
+    path = write_space()
+    (workdir / "studies").mkdir()
+    db = workdir / "studies" / "tiny.db"
+    garbage = os.urandom(8192)
+    db.write_bytes(garbage)
+    with pytest.raises(StorageError, match=r"sqlite:///studies/tiny.db: file is not a database.*move it aside"):
+        run_search(path, progress=False)
+    with pytest.raises(StorageError, match="file is not a database"):
+        run_search(path, fresh=True, progress=False)
+    assert db.read_bytes() == garbage
+    assert sorted(p.name for p in (workdir / "studies").iterdir()) == ["tiny.db"]
+
+
+def test_a_storage_url_that_cannot_be_opened_is_a_storage_error(workdir):
+    with pytest.raises(StorageError, match="nowhere/x.db: unable to open database file"):
+        open_storage(f"sqlite:///{workdir}/nowhere/x.db")
+
+
+def test_a_full_disk_while_saving_weights_stops_the_run_and_loses_nothing(write_space, workdir, monkeypatch):
+    """Choice: a full disk is not the trial's fault and would fail every later trial too, so the run
+    stops with a StorageError; the trial is FAIL "interrupted" and re-queued on the next run."""
+    path = write_space(search={"trials": 3})
+    run_search(path, trials=1, progress=False)
+    (first,) = trials()
+    saved = digest(Path(first.user_attrs["artifact_dir"]))
+    real = trial_module.save_artifacts
+
+    def full_disk(folder: Path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(trial_module, "save_artifacts", full_disk)
+    with pytest.raises(StorageError, match="cannot save the trial's weights and metrics .* No space left on device"):
+        run_search(path, progress=False)
+    kept, cut = trials()
+    assert kept.state == TrialState.COMPLETE and digest(Path(kept.user_attrs["artifact_dir"])) == saved
+    assert cut.state == TrialState.FAIL and "No space left on device" in cut.user_attrs["interrupted"]
+
+    monkeypatch.setattr(trial_module, "save_artifacts", real)
+    run_search(path, progress=False)
+    every = assert_no_trial_lost_or_duplicated(3)
+    (retry,) = [t for t in every if t.user_attrs.get("retry_of") == cut.number]
+    assert retry.params == cut.params and (Path(retry.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+    assert digest(Path(kept.user_attrs["artifact_dir"])) == saved
+
+
+def test_a_full_disk_as_safetensors_reports_it_is_a_storage_error_and_leaves_no_partial_file(
+        write_space, workdir, monkeypatch):
+    def full_disk(state, filename):  # what safetensors raises on ENOSPC (seen on a full tmpfs)
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(trial_module, "save_file", full_disk)
+    space = load_space(write_space())
+    spec = trial_module.TrialSpec("one_round", 1, 0.01, 0.0001, candidates={"*": ["2x2", "4x4"]})
+    with pytest.raises(StorageError, match="trial-0: Error while serializing: .* No space left on device"):
+        trial_module.run_trial(space, spec, workdir / "trial-0")
+    assert list((workdir / "trial-0").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile space files: bounded, with errors naming the file and the key
+
+
+def rejected(path: Path, *fragments: str) -> str:
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    for fragment in fragments:
+        assert fragment in message
+    assert len(message) < 3000
+    return message
+
+
+def test_too_many_candidate_blocks(write_space):
+    blocks = [f"1x{w}" for w in (1, 2, 4, 8, 16, 32, 64)] * 5
+    rejected(write_space(space={"blocks": blocks[:MAX_CANDIDATES + 1]}), "space.blocks:",
+             f"at most {MAX_CANDIDATES} are allowed")
+    rejected(write_space(space={"blocks": {"layers.*": blocks[:MAX_CANDIDATES + 1]}}), "space.blocks.layers.*:")
+
+
+@pytest.mark.parametrize("key", ["epochs", "finetune_epochs"])
+def test_absurd_epoch_counts(write_space, key):
+    rejected(write_space(train={key: 10**12}), f"train.{key}: must be an integer in", str(MAX_EPOCHS))
+
+
+@pytest.mark.parametrize("value", ["1.0e+999", ".inf", ".nan", "-.inf"])
+def test_infinite_or_nan_numbers(write_space, value):
+    path = write_space()
+    text = path.read_text(encoding="utf-8").replace("lambda2: 0.0001", f"lambda2: {value}")
+    path.write_text(text, encoding="utf-8")
+    rejected(path, "space.lambda2")
+
+
+def test_an_integer_of_thousands_of_digits(write_space):
+    path = write_space()
+    path.write_text(path.read_text(encoding="utf-8").replace("seed: 0", "seed: " + "9" * 5000), encoding="utf-8")
+    rejected(path, "invalid YAML")
+
+
+def test_a_yaml_bomb_is_refused_before_it_expands(workdir):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 10)]
+    path = workdir / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rejected(path, "aliases (*a0) are not allowed", "line 2")
+    merge_key = workdir / "merge.yaml"
+    merge_key.write_text("base: &b {epochs: 1}\ntrain:\n  <<: *b\n", encoding="utf-8")
+    rejected(merge_key, "aliases")
+
+
+@pytest.mark.parametrize("nesting", ["flow", "block"])
+def test_deeply_nested_documents_are_refused_cleanly(workdir, nesting):
+    path = workdir / "deep.yaml"
+    depth = 100_000 if nesting == "flow" else 1_000
+    if nesting == "flow":
+        text = "name: " + "[" * depth + "]" * depth + "\n"
+    else:
+        text = "".join(" " * i + f"k{i}:\n" for i in range(depth)) + " " * depth + "x: 1\n"
+    assert len(text.encode()) <= MAX_FILE_BYTES
+    path.write_text(text, encoding="utf-8")
+    rejected(path, f"nested more than {MAX_DEPTH} levels deep")
+
+
+def test_non_utf8_bytes(workdir):
+    path = workdir / "binary.yaml"
+    path.write_bytes(b"name: tiny\n\xff\xfe\x00garbage")
+    rejected(path, "not UTF-8")
+
+
+def test_a_huge_file_is_not_read(workdir):
+    path = workdir / "huge.yaml"
+    path.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    rejected(path, f"space files are limited to {MAX_FILE_BYTES} bytes")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_or_device_is_not_read(workdir):
+    """Like /dev/zero (endless) or a FIFO (blocks): only regular files are opened."""
+    fifo = workdir / "space.yaml"
+    os.mkfifo(fifo)
+
+    def unblock():  # should the pipe be opened after all, answer the open (which waits for a writer)
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # nobody is reading
+            return
+        os.write(fd, b"name: tiny\n")
+        os.close(fd)
+
+    watchdog = threading.Timer(5, unblock)
+    watchdog.start()
+    try:
+        rejected(fifo, "not a regular file")
+    finally:
+        watchdog.cancel()
+
+
+def test_a_file_growing_while_read_is_read_only_up_to_the_limit(workdir, monkeypatch):
+    path = workdir / "growing.yaml"
+    path.write_bytes(b"#" * (MAX_FILE_BYTES + 4096))
+    real_stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: os.stat_result(
+        (*real_stat(self, **kw)[:6], 10, *real_stat(self, **kw)[7:])))  # st_size as it was a moment ago
+    rejected(path, f"more than {MAX_FILE_BYTES} bytes")
+
+
+def test_a_huge_model_is_refused_without_being_allocated(write_space):
+    rejected(write_space(model={"options": {"hidden": [10**8, 10**8]}}), "model.options", "parameters; at most")
+
+
+def test_a_huge_synthetic_dataset_is_refused(write_space):
+    path = write_space(data={"name": "synthetic", "limit": None, "options": {"n_train": 10**12}},
+                       space={"blocks": ["4x4"]})
+    rejected(path, "data.options", "at most")
+
+
+def test_long_hostile_values_are_clipped_in_messages(write_space):
+    rejected(write_space(train={"optimizer": "x" * 500_000}), "train.optimizer: must be one of adam")
+    rejected(write_space(train={"y" * 500_000: 1}), "train.yyyy")
+
+
+@pytest.mark.parametrize("root", ["missing", "afile"])
+def test_data_root_must_be_an_existing_folder(write_space, workdir, root):
+    (workdir / "afile").write_text("a file")
+    message = rejected(write_space(data={"root": root}), "data.root:", "must be an existing folder")
+    assert str(workdir / root) in message
+
+
+def test_data_root_is_resolved_next_to_the_space_file_and_expands_home(write_space, workdir, monkeypatch):
+    (workdir / "sub" / "data").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(workdir / "sub"))
+    assert load_space(write_space(data={"root": "~/data"})).data["root"] == str(workdir / "sub" / "data")
+    assert load_space(write_space("sub/space.yaml", data={"root": "data"})).data["root"] == str(
+        (workdir / "sub" / "data").resolve())
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "..", ".hidden", "/etc/passwd", "x" * 101, "a:b",
+                                  "", "nul\x00l", ["list"]])
+def test_names_that_could_escape_the_studies_folder_are_refused(write_space, name):
+    rejected(write_space(name=name), "name: must be a name of letters, digits")
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted weights and data are never unpickled
+
+
+def test_no_unsafe_unpickling_in_the_package():
+    """torch.load only with weights_only=True; pickle only through data.py's restricted unpickler."""
+    offenders = []
+    for path in sorted((REPO / "kronsearch").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"\btorch\.load\(", text):
+            depth, end = 1, match.end()
+            while depth and end < len(text):  # to the call's closing parenthesis
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            call = text[match.start():end]
+            if not re.search(r"\bweights_only\s*=\s*True\b", call):
+                offenders.append(f"{path.name}: {call}")
+        for match in re.finditer(r"\b(pickle|cPickle|dill|joblib)\.(load|loads|Unpickler)\b|\bnp\.load\(.*allow_pickle"
+                                 r"\s*=\s*True|\btorch\.serialization\.load\b", text):
+            line = text[:match.start()].count("\n") + 1
+            if not (path.name == "data.py" and match.group(0) == "pickle.Unpickler"):
+                offenders.append(f"{path.name}:{line}: {match.group(0)}")
+    assert offenders == []
+    data_py = (REPO / "kronsearch" / "data.py").read_text(encoding="utf-8")
+    assert "class _ArrayUnpickler(pickle.Unpickler)" in data_py and "def find_class" in data_py

@@ -169,7 +169,8 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.train["epochs"])
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    # no verdict before a third of the selection epochs: early val accuracy says little about the end
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, space.train["epochs"] // 3))
 
 
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:

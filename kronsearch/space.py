@@ -308,6 +308,8 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         train[key] = c.typed(train[key], f"train.{key}", float, "a number > 0", lambda v: 0 < v < 1e6)
     for key in ("weight_decay", "momentum", "warmup_epochs", "threshold"):
         train[key] = c.typed(train[key], f"train.{key}", float, "a number >= 0", lambda v: 0 <= v < 1e6)
+    if train["threads"] is not None:
+        c.integer(train["threads"], "train.threads", 1, 1024)
     if train["max_grad_norm"] is not None:
         train["max_grad_norm"] = c.typed(train["max_grad_norm"], "train.max_grad_norm", float, "a number > 0",
                                          lambda v: v > 0)

@@ -50,6 +50,7 @@ class TrainConfig:
     threshold: float = DEFAULT_THRESHOLD  # |S| <= threshold counts as a pruned block
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    threads: int | None = None  # torch CPU threads (process-wide); None keeps torch's default. Small models run fastest on 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -60,6 +61,7 @@ class TrainConfig:
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
             # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
+            "threads": self.threads is None or self.threads >= 1,
             "optimizer": self.optimizer in OPTIMIZERS, "schedule": self.schedule in SCHEDULES,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -203,15 +205,24 @@ def train(
     data: DataSplits,
     config: TrainConfig,
     callback: Callable[[EpochReport], None] | None = None,
+    *,
+    regularizer: Callable[[nn.Module], Tensor] | None = None,
+    after_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `data` and measure it. The callback may raise (e.g. optuna.TrialPruned) to stop.
 
     Models with PatternSelectLinear layers are finalized after the selection phase (each layer
     keeps its winner); `finetune_epochs` then trains the winners alone. Raises TrainingDiverged on a
     non-finite loss. The test split is only evaluated once, at the end.
+
+    Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the penalty of every step;
+    `after_step(step, total_steps)` runs after every optimizer step (step is 1-based within the
+    phase; the gradients of that step are still in `.grad`).
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     model.to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
     train_x, train_y = (t.to(device) for t in data.train.tensors)
@@ -245,6 +256,8 @@ def train(
                     batch = order[i:i + config.batch_size]
                     loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
                     penalty = selection_penalty(model, lambda1, config.lambda2)
+                    if regularizer is not None:
+                        penalty = penalty + regularizer(model)
                     total = loss + penalty
                     if not torch.isfinite(total):
                         raise TrainingDiverged(
@@ -256,6 +269,8 @@ def train(
                         nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     optimizer.step()
                     schedule.step()
+                    if after_step is not None:
+                        after_step(schedule.last_epoch, total_steps)
                     task_sum += loss.item() * len(batch)
                     penalty_sum += penalty.item() * len(batch)
                     bar.advance(task)

@@ -27,7 +27,8 @@ from rich.console import Console
 from safetensors import SafetensorError
 
 from kronsearch import search, trial as trial_module
-from kronsearch.search import Budget, recover_dead_trials, run_search, worker_id
+from kronsearch.search import Budget, run_search
+from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
 from kronsearch.space import MAX_CANDIDATES, MAX_DEPTH, MAX_EPOCHS, MAX_FILE_BYTES, SpaceError, load_space
 from kronsearch.storage import StorageError, default_storage_url, load_studies, open_storage
 from kronsearch.strategies import finished
@@ -192,7 +193,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_sp
     path = write_space(search={"trials": 3, "save_weights": False}, space={"lambda1": {"low": 0.01, "high": 1e300}})
     space = load_space(path)
     (workdir / "studies").mkdir()
-    study = search.open_study(space, "one_round", default_storage_url("tiny"), False, workdir / "studies")
+    study = open_study(space, "one_round", default_storage_url("tiny"), False, workdir / "studies")
     for lambda1 in (1e300, 0.01, 0.02):  # a penalty of 1e300 * |S| overflows float32 at the first step
         study.enqueue_trial({"lambda1": lambda1})
     summary = run_search(path, progress=False)
@@ -274,7 +275,7 @@ def test_a_trial_started_beyond_the_budget_claimed_by_a_live_process_is_skipped(
         claimed = study.ask()
         claimed.set_user_attr("kind", "one_round")
         claimed.set_user_attr("worker", f"{worker_id().rpartition(':')[0]}:{sleeper.pid}")
-        claimed.set_user_attr("worker_started", search.process_started(sleeper.pid))
+        claimed.set_user_attr("worker_started", process_started(sleeper.pid))
         budget = Budget(2, None, console=Console(quiet=True))
         assert budget.claimed(study) == 2
         objective = search.make_objective(load_space(path), "one_round", workdir / "studies", False, budget)

@@ -76,10 +76,10 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.markup import escape
 
-from kronsearch.search import (Budget, begin_trial, copy_duplicate, describe, finish_trial, trial_artifact_dir,
-                               trial_failure, worker_id)
+from kronsearch.search import Budget, begin_trial, copy_duplicate, describe, finish_trial, trial_artifact_dir, trial_failure
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError
+from kronsearch.study import worker_id
 from kronsearch.strategies import find_duplicate
 from kronsearch.trial import TrialSpec, run_trial
 
@@ -295,7 +295,7 @@ class _RayRun:
 def requeue_interrupted(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
     """FAIL a trial that was cut off, as the local backend does (user attr "interrupted", which
     strategies.finished does not count), and enqueue its params again (user attr "retry_of"), as
-    search.recover_dead_trials would on the next run. A trial already finished is left alone.
+    study.recover_dead_trials would on the next run. A trial already finished is left alone.
     """
     if study._storage.get_trial(trial._trial_id).state.is_finished():  # noqa: SLF001 - this study's storage
         return

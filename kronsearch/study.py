@@ -1,0 +1,190 @@
+"""The Optuna study of a search: opening or resuming it, its sampler and pruner, and recovering
+trials whose process died.
+
+Every trial stores the process that runs it (user attrs "worker" = host:pid and "worker_started"),
+so a later run on the same host can tell a trial cut off by a crash from one another live process
+is still running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+import kronsearch
+from kronsearch.space import Space, SpaceError
+from kronsearch.storage import artifacts_dir, open_storage, study_name
+
+
+def worker_id() -> str:
+    """host:pid of this process, stored on every trial it runs (to detect trials of dead processes)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc; None where unknown).
+
+    Stored with a trial's worker as user attr "worker_started", so a recycled pid (a restarted
+    container's `kronsearch run` is often pid 1 again) is not mistaken for the trial's process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # fields 3... of proc_pid_stat(5); starttime is field 22
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return None  # a zombie is dead too, only not reaped yet
+    return fields[19]
+
+
+def worker_alive(trial: FrozenTrial, host: str | None = None) -> bool | None:
+    """Whether the process running `trial` is alive; None when that cannot be told (another host, no worker).
+
+    This process's own pid counts as dead unless the start time says it is this very process: a
+    trial is only asked about while this process runs none (recovery) or is excluded by the caller.
+    """
+    worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    if worker_host != (host or socket.gethostname()) or not pid.isdigit():
+        return None
+    pid = int(pid)
+    if Path("/proc/self/stat").is_file():  # Linux: a pid and its start time identify a process
+        started, now = trial.user_attrs.get("worker_started"), process_started(pid)
+        return now is not None and (started == now if started is not None else pid != os.getpid())
+    return pid != os.getpid() and _alive(pid)
+
+
+def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
+    kind = space.search["sampler"]
+    if kind == "random":
+        return PerTrialSeedSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), space.seed)
+    if kind == "nsga2":
+        return PerTrialSeedSampler(lambda seed: optuna.samplers.NSGAIISampler(seed=seed), space.seed)
+    return PerTrialSeedSampler(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True), space.seed)
+
+
+class PerTrialSeedSampler(optuna.samplers.BaseSampler):
+    """A sampler whose random draws for trial k are seeded by (seed, k).
+
+    A sampler seeded once replays its draws in every process: a resumed run would sample the first
+    run's configurations again (answered as duplicates, wasting the budget), and two processes
+    sharing a study would sample, and train, the same ones. Seeding each trial by its number keeps
+    a fresh run reproducible while every trial, whichever process runs it, gets its own draws.
+    The samplers are stateless but for their random state (history comes from the study).
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._samplers: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._samplers:
+            while len(self._samplers) >= 64:  # trials in flight at once (one, but for ask/tell backends)
+                self._samplers.pop(next(iter(self._samplers)))
+            seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+            self._samplers[trial.number] = self._make(seed)
+        return self._samplers[trial.number]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: optuna.distributions.BaseDistribution) -> object:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: list[float] | None) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        self._samplers.pop(trial.number, None)
+
+
+def make_pruner(space: Space) -> optuna.pruners.BasePruner:
+    kind = space.search["pruner"]
+    if kind == "none" or len(space.search["objectives"]) > 1:
+        return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.train["epochs"])
+    # no verdict before a third of the selection epochs: early val accuracy says little about the end
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, space.train["epochs"] // 3))
+
+
+def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:
+    """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
+    storage = open_storage(storage_url)
+    name = study_name(space.name, strategy)
+    folder = artifacts_dir(space.name, strategy, studies_dir)
+    if fresh:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
+    directions = [o["direction"] for o in space.search["objectives"]]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
+                                sampler=make_sampler(space), pruner=make_pruner(space))
+    stored = study.user_attrs.get("space_hash")
+    if stored is not None and stored != space.sha256:
+        raise SpaceError(f"{space.path}: the space file changed since study {name!r} was created in "
+                         f"{storage_url}; re-run with --fresh to start over, or give the search a new name")
+    if [d.name.lower() for d in study.directions] != directions:
+        raise SpaceError(f"{space.path}: search.objectives differ from study {name!r}'s; use --fresh")
+    if stored is None:
+        attrs = {"space_hash": space.sha256, "space_path": str(Path(space.path).resolve()), "space": space.raw,
+                 "strategy": strategy, "objectives": space.search["objectives"],
+                 "kronsearch_version": kronsearch.__version__, "artifacts_dir": str(folder.resolve())}
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    return study
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Re-queue the configurations of trials that were cut off; returns their trial numbers.
+
+    A SIGKILLed (or OOM-killed) `kronsearch run` leaves its trial RUNNING: when its process on this
+    host is gone (pid and start time), the trial is marked FAIL with user attr "interrupted". Trials
+    stopped by Ctrl-C or by a storage error are FAIL with "interrupted" already. Each interrupted
+    trial's params are enqueued once (the new trial has user attr "retry_of"); interrupted trials do
+    not count against the budget. Live processes' trials are left alone, so processes can share a
+    study; RUNNING trials of other hosts are left alone too (their liveness cannot be checked here).
+    """
+    host = socket.gethostname()
+    storage = study._storage  # the storage object of this very study  # noqa: SLF001
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_alive(trial, host) is not False:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "interrupted",  # noqa: SLF001
+                                        f"process {trial.user_attrs['worker']} died during the trial")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process starting at the same moment recovered it first
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    recovered = []
+    for trial in trials:
+        if trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs and trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            recovered.append(trial.number)
+    return recovered
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,29 @@
+"""The benchmark scripts run end to end (no timing assertions: CI machines are noisy)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_layer_speed_smoke():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "layer_speed.py"), "--smoke", "--batch", "8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| out x in"))
+    assert "time ratio" in lines[header] and "MAC ratio" in lines[header]
+    assert re.fullmatch(r"\|(---\|)+", lines[header + 1])
+    rows = [line for line in lines[header + 2:] if line.startswith("|")]
+    shapes = [row.split("|")[1:4] for row in rows]
+    assert [[cell.strip() for cell in shape] for shape in shapes] == [
+        ["1024 x 1024", "32x32", "2"], ["768 x 192", "16x16", "1"],
+        ["192 x 768", "16x16", "1"], ["3072 x 768", "16x16", "1"],
+    ]
+    mac_ratios = [float(row.split("|")[7]) for row in rows]
+    assert mac_ratios == [0.125, 0.083, 0.083, 0.068]

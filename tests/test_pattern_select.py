@@ -1,0 +1,148 @@
+"""PatternSelectLinear: candidate block shapes in one layer, a group-lasso penalty, and picking the winner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kronsearch import KronLinear, PatternSelectLinear, finalize_model, selection_penalty
+
+CANDIDATES = [(2, 2), (4, 4), (1, 8)]
+
+
+def randomized(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter N(0, 1), in float64 (S included, so it has signs and varied magnitudes)."""
+    torch.manual_seed(seed)
+    module.double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+    return module
+
+
+def select_layer(rank: int = 2, bias: bool = True, seed: int = 0) -> PatternSelectLinear:
+    return randomized(PatternSelectLinear(16, 8, CANDIDATES, rank=rank, bias=bias), seed)
+
+
+def model_with_both_kinds() -> nn.Sequential:
+    return randomized(nn.Sequential(PatternSelectLinear(16, 8, CANDIDATES, rank=2), nn.ReLU(),
+                                    KronLinear(8, 4, (2, 2)), nn.Linear(4, 3)))
+
+
+def hand_penalty(model: nn.Sequential, lambda1: float, lambda2: float) -> torch.Tensor:
+    """lambda1 * sum_k ||S_k||_2 / sqrt(|S_k|) + lambda2 * sum over every S of ||S||_1, written out.
+
+    The group term is the RMS of S_k (see pattern_select.py for why not Yuan & Lin's sqrt(|S_k|) * ||S_k||_2).
+    """
+    select, kron = model[0], model[2]
+    branch_s = [select.branches[name].s for name in ("2x2", "4x4", "1x8")]
+    group = sum(s.pow(2).mean().sqrt() for s in branch_s)
+    l1 = sum(s.abs().sum() for s in branch_s) + kron.s.abs().sum()
+    return lambda1 * group + lambda2 * l1
+
+
+def test_forward_is_the_sum_of_the_candidate_branches_plus_one_shared_bias():
+    layer = select_layer()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    expected = sum(branch(x) for branch in layer.branches.values()) + layer.bias
+    torch.testing.assert_close(layer(x), expected)
+    assert all(branch.bias is None for branch in layer.branches.values())
+
+
+def test_selection_penalty_equals_lambda1_times_the_rms_of_each_s_k_plus_lambda2_times_the_l1_of_every_s():
+    model = model_with_both_kinds()
+    torch.testing.assert_close(selection_penalty(model, 0.3, 0.07), hand_penalty(model, 0.3, 0.07))
+
+
+def test_selection_penalty_gradient_wrt_each_s_k_is_the_group_lasso_and_l1_subgradient():
+    model = model_with_both_kinds()
+    lambda1, lambda2 = 0.3, 0.07
+    branch_s = [model[0].branches[name].s for name in ("2x2", "4x4", "1x8")]
+    got = torch.autograd.grad(selection_penalty(model, lambda1, lambda2), branch_s)
+    by_hand = torch.autograd.grad(hand_penalty(model, lambda1, lambda2), branch_s)
+    for s, g, h in zip(branch_s, got, by_hand):
+        analytic = lambda1 * s / (s.norm() * math.sqrt(s.numel())) + lambda2 * s.sign()
+        torch.testing.assert_close(g, analytic)
+        torch.testing.assert_close(g, h)
+
+
+def test_selection_penalty_of_plain_kron_layers_is_the_l1_term_only():
+    model = randomized(nn.Sequential(KronLinear(16, 8, (2, 4)), nn.ReLU(), KronLinear(8, 4, (2, 2), rank=3)))
+    expected = 0.07 * (model[0].s.abs().sum() + model[2].s.abs().sum())
+    torch.testing.assert_close(selection_penalty(model, 0.3, 0.07), expected)
+    torch.testing.assert_close(selection_penalty(model, 100.0, 0.07), expected)
+
+
+def test_selection_penalty_of_a_model_without_kron_layers_is_zero():
+    assert selection_penalty(nn.Linear(4, 3), 0.3, 0.07).item() == 0.0
+
+
+def test_candidates_that_do_not_divide_the_layer_are_dropped_with_a_warning():
+    with pytest.warns(UserWarning, match=r"\['5x5', '3x3'\] do not divide \(out=12, in=16\); dropped"):
+        layer = PatternSelectLinear(16, 12, [(4, 4), (5, 5), (3, 4), (4, 4), (3, 3)])
+    assert layer.candidates == [(4, 4), (3, 4)]
+    assert list(layer.branches) == ["4x4", "3x4"]
+
+
+def test_no_candidate_dividing_the_layer_is_an_error_listing_the_valid_blocks():
+    with pytest.raises(ValueError, match=r"no candidate block in \['5x5'\] divides a layer of shape "
+                                         r"\(out=6, in=4\); valid blocks: 1x1, 1x2, 1x4, 2x1, .*, 6x4"):
+        PatternSelectLinear(4, 6, [(5, 5)])
+
+
+def test_weight_norms_equal_the_frobenius_norm_of_each_materialized_branch():
+    layer = select_layer(rank=3)
+    norms = layer.weight_norms()
+    assert list(norms) == ["2x2", "4x4", "1x8"]
+    for name, branch in layer.branches.items():
+        assert norms[name] == pytest.approx(branch.materialize().norm().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("boosted", ["2x2", "4x4", "1x8"])
+def test_selected_picks_the_candidate_with_the_largest_weight_norm(boosted):
+    layer = select_layer()
+    with torch.no_grad():
+        layer.branches[boosted].b.mul_(10)
+    norms = {name: branch.materialize().norm().item() for name, branch in layer.branches.items()}
+    block, reported = layer.selected()
+    assert block == layer.branches[max(norms, key=norms.get)].block == layer.branches[boosted].block
+    assert reported == pytest.approx(norms)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_finalize_returns_the_winner_alone_computing_its_branch_output_plus_the_bias(bias):
+    layer = select_layer(bias=bias)
+    with torch.no_grad():
+        layer.branches["4x4"].b.mul_(10)
+    final = layer.finalize()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    assert type(final) is KronLinear and (final.block, final.rank) == ((4, 4), 2)
+    expected = layer.branches["4x4"](x) + (layer.bias if bias else 0)
+    torch.testing.assert_close(final(x), expected)
+
+
+def test_finalize_model_replaces_every_select_layer_in_place_and_returns_the_selections():
+    last = randomized(PatternSelectLinear(8, 8, CANDIDATES), seed=2)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Sequential(select_layer(seed=1)), nn.ReLU(), last).double()
+    with torch.no_grad():
+        model[1][0].branches["1x8"].b.mul_(10)
+        model[3].branches["2x2"].b.mul_(10)
+        for layer, winner in ((model[1][0], "1x8"), (model[3], "2x2")):
+            for name, branch in layer.branches.items():
+                if name != winner:
+                    branch.s.zero_()  # the group lasso's end state: losers contribute exactly 0
+    x = torch.randn(5, 16, dtype=torch.float64)
+    before = model(x)
+    expected = {"1.0": model[1][0].selected(), "3": model[3].selected()}
+
+    selections = finalize_model(model)
+
+    assert selections == expected
+    assert {name: block for name, (block, _) in selections.items()} == {"1.0": (1, 8), "3": (2, 2)}
+    assert type(model[1][0]) is KronLinear and model[1][0].block == (1, 8)
+    assert type(model[3]) is KronLinear and model[3].block == (2, 2)
+    assert not any(isinstance(m, PatternSelectLinear) for m in model.modules())
+    torch.testing.assert_close(model(x), before)

@@ -323,7 +323,13 @@ def _agreement(one_round: dict | None, ranking: list[dict]) -> dict | None:
     by_blocks = [e for e in ranking if same_blocks(selected, e)]
     exact = [e for e in by_blocks if e["rank"] == rank]
     best = ranking[0]
+    # Global per_pattern trials give every layer one block, which a per-layer pick only matches when
+    # all layers agree; the block most layers picked (what hybrid seeds) is compared as well.
+    majority = Counter(selected.values()).most_common(1)[0][0] if selected else None
+    global_hits = [e for e in ranking if not e["layer_blocks"] and e["block"] == majority]
     return {
+        "majority_block": majority,
+        "majority_position": global_hits[0]["position"] if global_hits else None,
         "same_as_best": same_blocks(selected, best),
         "position": by_blocks[0]["position"] if by_blocks else None,
         "patterns": len(ranking),
@@ -478,6 +484,9 @@ def render_compare(data: Mapping, console: Console) -> None:
                       f"({'same' if agreement['same_rank_as_best'] else 'different'}); blocks and rank together: "
                       f"{'position ' + str(agreement['position_with_rank']) if agreement['position_with_rank'] else 'not found'}",
                       highlight=False)
+        if agreement["majority_block"] is not None and agreement["majority_position"] is not None:
+            console.print(f"the block most layers picked, {agreement['majority_block']}, used for every layer: "
+                          f"position {agreement['majority_position']} of {agreement['patterns']}", highlight=False)
     _render_compute(data["compute"], console)
     for note in data["notes"]:
         console.print(f"note: {escape(note)}", highlight=False)

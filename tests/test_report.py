@@ -395,3 +395,14 @@ def test_ties_on_val_accuracy_go_to_the_cheaper_pattern_and_are_noted(tmp_path, 
     assert [e["label"] for e in data["per_pattern"]["ranking"]] == ["4x4 r2", "2x2 r1", "4x4 r1"]
     assert data["agreement"]["same_as_best"] is True and data["agreement"]["same_rank_as_best"] is False
     assert any("ties on val accuracy with 2x2 r1" in n for n in data["notes"])
+
+
+def test_compare_ranks_the_majority_pick_among_global_patterns():
+    from kronsearch.report import _agreement
+
+    one_round = {"selected": {"a": "4x4", "b": "4x4", "c": "2x2"}, "rank": 1}
+    ranking = [{"block": b, "layer_blocks": {}, "rank": 1, "label": f"{b} r1", "position": i}
+               for i, b in enumerate(["2x2", "4x4"], 1)]
+    agreement = _agreement(one_round, ranking)
+    assert agreement["position"] is None  # a mixed per-layer pick is no global pattern
+    assert agreement["majority_block"] == "4x4" and agreement["majority_position"] == 2

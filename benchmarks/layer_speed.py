@@ -10,7 +10,11 @@ prints a markdown table: time ratio = KronLinear / nn.Linear, MAC ratio = kron_m
 Timing: a warm-up, then `--repeats` pairs. Each pair runs both layers back to back, alternating
 which goes first, and records the pair's time ratio; the table reports the median of those ratios
 (and the median time of each layer). Pairing makes slow drifts of the machine (other processes,
-clock changes) cancel in the ratio.
+clock changes) cancel in the ratio. A busy machine still skews it (a 2-thread step stalls whenever
+another process holds a core, and the Kronecker step has more, smaller products than the dense
+one), so the load average is printed before and after.
+
+Why KronLinear is fast, and what was tried: the docstring of kronsearch/layers/kron_ops.py.
 """
 
 from __future__ import annotations

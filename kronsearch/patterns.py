@@ -50,6 +50,8 @@ def parse_block(text: str | Sequence[int]) -> Block:
 
 def check_block(out_features: int, in_features: int, block: Sequence[int], layer: str = "layer") -> Block:
     """Return block as a tuple, or raise ValueError naming the layer shape and the valid blocks."""
+    if len(block) != 2:
+        raise ValueError(f"a block is (h, w), two integers; got {tuple(block)!r}")
     h, w = block
     if h < 1 or w < 1 or out_features % h or in_features % w:
         valid = ", ".join(format_block(b) for b in valid_blocks(out_features, in_features))

@@ -15,6 +15,7 @@ from kronsearch.layers import kron_ops
 from kronsearch.layers.kron_ops import contraction_macs, kron_matmul
 
 FAST = settings(max_examples=50, deadline=None)
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta:UserWarning")
 
 side = st.integers(1, 4)
 rank = st.integers(1, 3)
@@ -242,3 +243,13 @@ def test_wrong_input_width_raises():
     layer = KronLinear(8, 6, (3, 4))
     with pytest.raises(ValueError, match=r"expected input \(\.\.\., 8\)"):
         layer(torch.randn(5, 6))
+
+
+def test_rank_must_be_an_integer_not_a_bool():
+    with pytest.raises(ValueError, match="rank must be an integer"):
+        KronLinear(8, 8, (2, 2), rank=True)
+
+
+def test_a_block_of_the_wrong_length_is_a_clear_value_error():
+    with pytest.raises(ValueError, match="a block is"):
+        KronLinear(8, 8, (2, 2, 2))

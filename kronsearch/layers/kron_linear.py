@@ -44,7 +44,7 @@ class KronLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.block: Block = check_block(out_features, in_features, block)
-        if not isinstance(rank, int) or rank < 1:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
         self.in_features = in_features
         self.out_features = out_features
@@ -188,7 +188,7 @@ class BSRLinear(nn.Module):
         crow = weight.crow_indices()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.register_buffer("block_rows", torch.repeat_interleave(torch.arange(len(crow) - 1), crow.diff()))
+        self.register_buffer("block_rows", torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff()))
 
     @classmethod
     def from_kron(cls, layer: KronLinear, threshold: float | None = DEFAULT_THRESHOLD) -> BSRLinear:

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 TINY_SPACE = {
@@ -50,3 +51,13 @@ def write_space(workdir: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train as fast on one thread, and on a shared 2-core machine two threads' spin-waits
+    made training several times slower. Restored afterwards for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

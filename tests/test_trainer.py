@@ -23,14 +23,7 @@ SELECT_EPOCHS, FINETUNE_EPOCHS = 2, 1
 MLP_CANDIDATES = [(2, 2), (2, 4), (4, 8)]  # 4x8 divides layers.0 (32x64) but not head (10x32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and on a shared 2-core machine two threads' spin-waits
-    made the file several times slower. Restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

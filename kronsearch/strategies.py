@@ -59,7 +59,7 @@ def counts_toward_budget(t: FrozenTrial, kind: str | None = None) -> bool:
     """Whether `t` is one of finished(study, kind) (for counting over one snapshot of the trials)."""
     return (kind is None or t.user_attrs.get("kind") == kind) and (
         t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs and "retried_by" not in t.user_attrs))
+        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))
 
 
 def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> FrozenTrial | None:

@@ -15,13 +15,10 @@ import datetime as dt
 import os
 import re
 import shutil
-import tempfile
 import warnings
-from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import optuna
 import torch
@@ -33,6 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.plan import parse_plan
 from kronsearch.report import SCALAR_METRICS, default_trial, metrics, study_strategy, trial_kind
+from kronsearch.storage import write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -211,46 +209,6 @@ def bsr_path(weights: str | os.PathLike) -> Path:
     """best.safetensors -> best.bsr.safetensors, next to the weights file."""
     weights = Path(weights)
     return weights.with_name(f"{weights.stem}.bsr.safetensors")
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write a file via write(f) into a temp file in the same folder, fsync, then os.replace it into place.
-
-    An existing file at `path` is either fully replaced or left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
-    with suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def export_trial(

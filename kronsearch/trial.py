@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.data import DataSplits, load_dataset
 from kronsearch.layers.kronify import kronify
@@ -23,7 +23,7 @@ from kronsearch.models import build_model
 from kronsearch.patterns import parse_block
 from kronsearch.plan import LayerPattern
 from kronsearch.space import Space
-from kronsearch.storage import StorageError
+from kronsearch.storage import StorageError, write_atomic
 from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train
 
 
@@ -116,17 +116,8 @@ def run_trial(
 
 def save_artifacts(folder: Path, result: TrainResult, metrics: dict, config: dict) -> None:
     """trial-<n>/model.safetensors, metrics.json and config.json, each written atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    tmp = folder / "model.safetensors.tmp"
-    try:
-        save_file(state, str(tmp))
-        os.replace(tmp, folder / "model.safetensors")
-        for name, payload in (("metrics.json", metrics), ("config.json", config)):
-            tmp = folder / f"{name}.tmp"
-            tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-            os.replace(tmp, folder / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written file left behind (e.g. on a full disk)
-        raise
-
+    write_atomic(folder / "model.safetensors", lambda f: f.write(safetensors_bytes(state)))
+    for name, payload in (("metrics.json", metrics), ("config.json", config)):
+        text = json.dumps(payload, indent=1, default=str).encode("utf-8")
+        write_atomic(folder / name, lambda f, text=text: f.write(text))

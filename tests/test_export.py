@@ -20,12 +20,11 @@ from kronsearch.export import (
     find_trial,
     pattern_document,
     weights_path,
-    write_atomic,
 )
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.models import build_model
 from kronsearch.plan import LayerPattern
-from kronsearch.storage import load_studies
+from kronsearch.storage import load_studies, write_atomic
 from tests.test_report import build_search
 
 

@@ -396,11 +396,10 @@ def test_a_full_disk_while_saving_weights_stops_the_run_and_loses_nothing(write_
 
 def test_a_full_disk_as_safetensors_reports_it_is_a_storage_error_and_leaves_no_partial_file(
         write_space, workdir, monkeypatch):
-    def full_disk(state, filename):  # what safetensors raises on ENOSPC (seen on a full tmpfs)
-        Path(filename).write_bytes(b"partial")
+    def full_disk(state):  # what safetensors raises on ENOSPC (seen on a full tmpfs)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(trial_module, "save_file", full_disk)
+    monkeypatch.setattr(trial_module, "safetensors_bytes", full_disk)
     space = load_space(write_space())
     spec = trial_module.TrialSpec("one_round", 1, 0.01, 0.0001, candidates={"*": ["2x2", "4x4"]})
     with pytest.raises(StorageError, match="trial-0: Error while serializing: .* No space left on device"):

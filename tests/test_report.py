@@ -398,7 +398,7 @@ def test_ties_on_val_accuracy_go_to_the_cheaper_pattern_and_are_noted(tmp_path, 
 
 
 def test_compare_ranks_the_majority_pick_among_global_patterns():
-    from kronsearch.report import _agreement
+    from kronsearch.report.compare import _agreement
 
     one_round = {"selected": {"a": "4x4", "b": "4x4", "c": "2x2"}, "rank": 1}
     ranking = [{"block": b, "layer_blocks": {}, "rank": 1, "label": f"{b} r1", "position": i}

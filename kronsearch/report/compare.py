@@ -1,18 +1,10 @@
-"""Reading finished studies: `show` (trials, best trial or Pareto front) and `compare` (one-round vs per-pattern).
-
-The data functions (`show_data`, `compare_data` and the trial helpers) return plain dicts and lists,
-JSON-able as they are (what `--format json` prints); `render_show` and `render_compare` draw them as
-rich tables. Everything is read from the storage contract of `kronsearch run`: trial user attrs
-"kind", "metrics", "history", "config", "duplicate_of", "fail_reason" and study user attr "objectives".
-"""
+"""`kronsearch compare`: the one-round pick against the per-pattern ranking, their agreement and cost."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,159 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kronsearch.patterns import format_block, parse_block
-from kronsearch.storage import split_study_name
-
-KINDS = ("one_round", "per_pattern")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-SCALAR_METRICS = ("val_accuracy", "test_accuracy", "block_sparsity", "train_params", "train_macs",
-                  "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
-
-# ----------------------------------------------------------------------------- trial helpers
-
-
-def metrics(trial: FrozenTrial) -> dict:
-    """The trial's "metrics" user attr ({} when it has none, e.g. a failed trial)."""
-    return trial.user_attrs.get("metrics") or {}
-
-
-def study_strategy(study: optuna.Study) -> str | None:
-    """one_round, per_pattern or hybrid: the "strategy" user attr, else the part after ':' in the name."""
-    return study.user_attrs.get("strategy") or split_study_name(study.study_name)[1]
-
-
-def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
-    """one_round or per_pattern: the "kind" user attr, else the study's strategy, else the params."""
-    kind = trial.user_attrs.get("kind")
-    if kind in KINDS:
-        return kind
-    if strategy in KINDS:
-        return strategy
-    if "lambda1" in trial.params:
-        return "one_round"
-    if any(p == "block" or p.startswith("block:") for p in trial.params):
-        return "per_pattern"
-    return None
-
-
-def val_accuracy(trial: FrozenTrial) -> float | None:
-    """metrics.val_accuracy, else the first objective value (always val_accuracy by contract)."""
-    value = metrics(trial).get("val_accuracy")
-    if value is None and trial.values:
-        value = trial.values[0]
-    return value
-
-
-def duration(trial: FrozenTrial) -> float | None:
-    """Seconds the trial cost: metrics.wall_time, else start-to-end; a reused duplicate costs its own time."""
-    wall = metrics(trial).get("wall_time")
-    if wall is not None and trial.user_attrs.get("duplicate_of") is None:
-        return float(wall)
-    return trial.duration.total_seconds() if trial.duration is not None else None
-
-
-def trial_rank(trial: FrozenTrial) -> int | None:
-    """The Kronecker rank: the "rank" param, else the rank every layer of metrics.plan shares."""
-    if "rank" in trial.params:
-        return int(trial.params["rank"])
-    ranks = {entry.get("rank") for entry in metrics(trial).get("plan", {}).values()}
-    return ranks.pop() if len(ranks) == 1 else None
-
-
-def norm_block(block: Any) -> str:
-    """'4X4', [4, 4] -> '4x4'; anything unparsable as str(block)."""
-    try:
-        return format_block(parse_block(block))
-    except (ValueError, TypeError):
-        return str(block)
-
-
-def objectives(study: optuna.Study) -> list[dict]:
-    """[{metric, direction}] in the study's objective order (from its "objectives" user attr)."""
-    declared = study.user_attrs.get("objectives")
-    if isinstance(declared, list) and len(declared) == len(study.directions):
-        return [dict(o) for o in declared]
-    return [{"metric": "val_accuracy" if i == 0 else f"objective_{i}", "direction": d.name.lower()}
-            for i, d in enumerate(study.directions)]
-
-
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (one objective; [] if none completed) or the Pareto front (several), by number."""
-    if len(study.directions) == 1:
-        try:
-            return [study.best_trial]
-        except ValueError:  # no complete trial
-            return []
-    return sorted(study.best_trials, key=lambda t: t.number)
-
-
-def default_trial(study: optuna.Study) -> FrozenTrial:
-    """The best trial, or the Pareto-front trial with the highest val_accuracy. ValueError if none completed."""
-    front = best_trials(study)
-    if not front:
-        raise ValueError(f"study {study.study_name!r} has no complete trial")
-    return max(front, key=lambda t: (_or(val_accuracy(t), -math.inf), -t.number))
-
-
-def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, FrozenTrial] | None:
-    """The complete one_round-kind trial with the highest val_accuracy over `studies`, with its study."""
-    found = [(s, t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if trial_kind(t, study_strategy(s)) == "one_round"]
-    if not found:
-        return None
-    return max(found, key=lambda st: (_or(val_accuracy(st[1]), -math.inf), -st[1].number))
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
-
-
-# ----------------------------------------------------------------------------- show
-
-
-def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
-    """One trial as a plain dict: state, kind, params, objective values, the metrics `show` lists."""
-    m = metrics(trial)
-    names = [o["metric"] for o in objectives(study)]
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "kind": trial_kind(trial, study_strategy(study)),
-        "params": dict(trial.params),
-        "values": dict(zip(names, trial.values)) if trial.values else None,
-        **{key: m.get(key) for key in SCALAR_METRICS if key != "wall_time"},
-        "selected": {layer: norm_block(b) for layer, b in (m.get("selected") or {}).items()},
-        "duration": duration(trial),
-        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
-        "duplicate_of": trial.user_attrs.get("duplicate_of"),
-        "fail_reason": trial.user_attrs.get("fail_reason"),
-    }
-
-
-def study_report(study: optuna.Study) -> dict:
-    """A study's trials and its best trial (one objective) or Pareto front (several)."""
-    objs = objectives(study)
-    rows = [trial_row(t, study) for t in study.get_trials(deepcopy=False)]
-    best = best_trials(study)
-    return {
-        "study": study.study_name,
-        "strategy": study_strategy(study),
-        "objectives": objs,
-        "space_hash": study.user_attrs.get("space_hash"),
-        "space_path": study.user_attrs.get("space_path"),
-        "counts": dict(Counter(r["state"] for r in rows)),
-        "trials": rows,
-        "best": {"kind": "best" if len(objs) == 1 else "pareto_front",
-                 "trials": [trial_row(t, study) for t in best]},
-    }
-
-
-def show_data(studies: Sequence[optuna.Study]) -> list[dict]:
-    """`kronsearch show` as data: one study_report per study."""
-    return [study_report(s) for s in studies]
-
-
-# ----------------------------------------------------------------------------- compare
+from kronsearch.report.trials import (FINISHED, KINDS, _or, best_one_round, describe_blocks, duration, fmt_count,
+                                      fmt_pct, fmt_seconds, metrics, norm_block, study_strategy, trial_kind,
+                                      trial_rank, val_accuracy)
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:
@@ -188,18 +30,6 @@ def block_for(pattern: Mapping, layer: str) -> str | None:
     """The block a pattern gives `layer`: its per-layer block, else the global one."""
     return pattern["layer_blocks"].get(layer, pattern["block"])
 
-
-def describe_blocks(blocks: Mapping[str, str], max_layers: int = 3) -> str:
-    """layer -> block, compactly: 'fc1:4x4 fc2:2x2' for a few layers, else counts plus a short digest."""
-    if not blocks:
-        return "-"
-    if len(blocks) <= max_layers:
-        return " ".join(f"{layer}:{b}" for layer, b in blocks.items())
-    counts = Counter(blocks.values())
-    if len(counts) == 1:
-        return f"{next(iter(counts))} (all {len(blocks)})"
-    digest = hashlib.sha1(repr(sorted(blocks.items())).encode()).hexdigest()[:6]
-    return " ".join(f"{b}×{n}" for b, n in counts.most_common()) + f" #{digest}"
 
 
 def pattern_label(pattern: Mapping) -> str:
@@ -339,104 +169,6 @@ def _agreement(one_round: dict | None, ranking: list[dict]) -> dict | None:
         "same_rank_as_best": rank == best["rank"],
         "position_with_rank": exact[0]["position"] if exact else None,
     }
-
-
-# ----------------------------------------------------------------------------- formatting
-
-
-def fmt_count(value: float | None) -> str:
-    """12345678 -> '12.3M'."""
-    if value is None:
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.3g}{unit}"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
-
-
-def fmt_pct(value: float | None) -> str:
-    """0.9123 -> '91.23%'."""
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def fmt_seconds(value: float | None) -> str:
-    """75 -> '1m15s'."""
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    minutes, seconds = divmod(round(value), 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def fmt_params(params: Mapping[str, Any]) -> str:
-    """{'rank': 1, 'lambda1': 0.001} -> 'rank=1 lambda1=0.001'; per-layer blocks compacted."""
-    layer_blocks = {p.split(":", 1)[1]: norm_block(v) for p, v in params.items() if p.startswith("block:")}
-    parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in params.items() if not k.startswith("block:")]
-    if layer_blocks:
-        parts.append(f"blocks={describe_blocks(layer_blocks)}")
-    return " ".join(parts)
-
-
-def _note(row: Mapping) -> str:
-    if row["duplicate_of"] is not None:
-        return f"= #{row['duplicate_of']}"
-    reason = row["fail_reason"] or ""
-    return reason if len(reason) <= 40 else reason[:39] + "…"
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def render_show(data: Sequence[Mapping], console: Console) -> None:
-    """Draw show_data: a trials table per study, then its best trial or Pareto front."""
-    for report in data:
-        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(report["counts"].items()))
-        table = Table(title=escape(f"{report['study']}: {len(report['trials'])} trials ({counts or 'none'})"),
-                      title_justify="left")
-        for column, justify in (("#", "right"), ("state", "left"), ("kind", "left"), ("params", "left"),
-                                ("val acc", "right"), ("test acc", "right"), ("sparsity", "right"),
-                                ("train params", "right"), ("train MACs", "right"), ("selected", "left"),
-                                ("duration", "right"), ("note", "left")):
-            table.add_column(column, justify=justify)
-        for row in report["trials"]:
-            table.add_row(
-                str(row["number"]), row["state"], row["kind"] or "-", escape(fmt_params(row["params"])),
-                fmt_pct(row["val_accuracy"]), fmt_pct(row["test_accuracy"]), fmt_pct(row["block_sparsity"]),
-                fmt_count(row["train_params"]), fmt_count(row["train_macs"]),
-                escape(describe_blocks(row["selected"])), fmt_seconds(row["duration"]), escape(_note(row)),
-            )
-        console.print(table)
-        _render_best(report, console)
-        console.print()
-
-
-def _render_best(report: Mapping, console: Console) -> None:
-    best = report["best"]
-    if not best["trials"]:
-        console.print("no complete trial yet")
-        return
-    if best["kind"] == "best":
-        row = best["trials"][0]
-        console.print(f"best trial: #{row['number']}  val {fmt_pct(row['val_accuracy'])}  "
-                      f"test {fmt_pct(row['test_accuracy'])}  {escape(fmt_params(row['params']))}", highlight=False)
-        return
-    table = Table(title=escape(f"Pareto front of {report['study']} ({len(best['trials'])} trials)"),
-                  title_justify="left")
-    table.add_column("#", justify="right")
-    for objective in report["objectives"]:
-        table.add_column(f"{objective['metric']} ({objective['direction'][:3]})", justify="right")
-    table.add_column("params")
-    for row in best["trials"]:
-        values = [row["values"].get(o["metric"]) for o in report["objectives"]]
-        cells = [fmt_pct(v) if o["metric"].endswith(("accuracy", "sparsity")) else fmt_count(v)
-                 for o, v in zip(report["objectives"], values)]
-        table.add_row(str(row["number"]), *cells, escape(fmt_params(row["params"])))
-    console.print(table)
 
 
 def render_compare(data: Mapping, console: Console) -> None:

@@ -1,0 +1,178 @@
+"""Trial and study helpers shared by show, compare, plot and export, and the number formats they print.
+
+Everything is read from the storage contract of `kronsearch run`: trial user attrs "kind",
+"metrics", "config", "artifact_dir", "duplicate_of", "fail_reason", study user attrs "strategy",
+"objectives" and "artifacts_dir", and each trial's history.json in its artifact folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from kronsearch.patterns import format_block, parse_block
+from kronsearch.storage import split_study_name
+
+KINDS = ("one_round", "per_pattern")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+SCALAR_METRICS = ("val_accuracy", "test_accuracy", "block_sparsity", "train_params", "train_macs",
+                  "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
+
+# ----------------------------------------------------------------------------- trial helpers
+
+
+def metrics(trial: FrozenTrial) -> dict:
+    """The trial's "metrics" user attr ({} when it has none, e.g. a failed trial)."""
+    return trial.user_attrs.get("metrics") or {}
+
+
+def study_strategy(study: optuna.Study) -> str | None:
+    """one_round, per_pattern or hybrid: the "strategy" user attr, else the part after ':' in the name."""
+    return study.user_attrs.get("strategy") or split_study_name(study.study_name)[1]
+
+
+def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
+    """one_round or per_pattern: the "kind" user attr, else the study's strategy, else the params."""
+    kind = trial.user_attrs.get("kind")
+    if kind in KINDS:
+        return kind
+    if strategy in KINDS:
+        return strategy
+    if "lambda1" in trial.params:
+        return "one_round"
+    if any(p == "block" or p.startswith("block:") for p in trial.params):
+        return "per_pattern"
+    return None
+
+
+def val_accuracy(trial: FrozenTrial) -> float | None:
+    """metrics.val_accuracy, else the first objective value (always val_accuracy by contract)."""
+    value = metrics(trial).get("val_accuracy")
+    if value is None and trial.values:
+        value = trial.values[0]
+    return value
+
+
+def duration(trial: FrozenTrial) -> float | None:
+    """Seconds the trial cost: metrics.wall_time, else start-to-end; a reused duplicate costs its own time."""
+    wall = metrics(trial).get("wall_time")
+    if wall is not None and trial.user_attrs.get("duplicate_of") is None:
+        return float(wall)
+    return trial.duration.total_seconds() if trial.duration is not None else None
+
+
+def trial_rank(trial: FrozenTrial) -> int | None:
+    """The Kronecker rank: the "rank" param, else the rank every layer of metrics.plan shares."""
+    if "rank" in trial.params:
+        return int(trial.params["rank"])
+    ranks = {entry.get("rank") for entry in metrics(trial).get("plan", {}).values()}
+    return ranks.pop() if len(ranks) == 1 else None
+
+
+def norm_block(block: Any) -> str:
+    """'4X4', [4, 4] -> '4x4'; anything unparsable as str(block)."""
+    try:
+        return format_block(parse_block(block))
+    except (ValueError, TypeError):
+        return str(block)
+
+
+def objectives(study: optuna.Study) -> list[dict]:
+    """[{metric, direction}] in the study's objective order (from its "objectives" user attr)."""
+    declared = study.user_attrs.get("objectives")
+    if isinstance(declared, list) and len(declared) == len(study.directions):
+        return [dict(o) for o in declared]
+    return [{"metric": "val_accuracy" if i == 0 else f"objective_{i}", "direction": d.name.lower()}
+            for i, d in enumerate(study.directions)]
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (one objective; [] if none completed) or the Pareto front (several), by number."""
+    if len(study.directions) == 1:
+        try:
+            return [study.best_trial]
+        except ValueError:  # no complete trial
+            return []
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def default_trial(study: optuna.Study) -> FrozenTrial:
+    """The best trial, or the Pareto-front trial with the highest val_accuracy. ValueError if none completed."""
+    front = best_trials(study)
+    if not front:
+        raise ValueError(f"study {study.study_name!r} has no complete trial")
+    return max(front, key=lambda t: (_or(val_accuracy(t), -math.inf), -t.number))
+
+
+def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, FrozenTrial] | None:
+    """The complete one_round-kind trial with the highest val_accuracy over `studies`, with its study."""
+    found = [(s, t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if trial_kind(t, study_strategy(s)) == "one_round"]
+    if not found:
+        return None
+    return max(found, key=lambda st: (_or(val_accuracy(st[1]), -math.inf), -st[1].number))
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def describe_blocks(blocks: Mapping[str, str], max_layers: int = 3) -> str:
+    """layer -> block, compactly: 'fc1:4x4 fc2:2x2' for a few layers, else counts plus a short digest."""
+    if not blocks:
+        return "-"
+    if len(blocks) <= max_layers:
+        return " ".join(f"{layer}:{b}" for layer, b in blocks.items())
+    counts = Counter(blocks.values())
+    if len(counts) == 1:
+        return f"{next(iter(counts))} (all {len(blocks)})"
+    digest = hashlib.sha1(repr(sorted(blocks.items())).encode()).hexdigest()[:6]
+    return " ".join(f"{b}×{n}" for b, n in counts.most_common()) + f" #{digest}"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_count(value: float | None) -> str:
+    """12345678 -> '12.3M'."""
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def fmt_pct(value: float | None) -> str:
+    """0.9123 -> '91.23%'."""
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """75 -> '1m15s'."""
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def fmt_params(params: Mapping[str, Any]) -> str:
+    """{'rank': 1, 'lambda1': 0.001} -> 'rank=1 lambda1=0.001'; per-layer blocks compacted."""
+    layer_blocks = {p.split(":", 1)[1]: norm_block(v) for p, v in params.items() if p.startswith("block:")}
+    parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in params.items() if not k.startswith("block:")]
+    if layer_blocks:
+        parts.append(f"blocks={describe_blocks(layer_blocks)}")
+    return " ".join(parts)
+

@@ -29,7 +29,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.plan import parse_plan
-from kronsearch.report import SCALAR_METRICS, default_trial, metrics, study_strategy, trial_kind
+from kronsearch.report import SCALAR_METRICS, artifact_dirs, default_trial, metrics, study_strategy, trial_kind
 from kronsearch.storage import write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
@@ -128,7 +128,7 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
     current: FrozenTrial | None = trial
     while current is not None and current.number not in seen:
         seen.add(current.number)
-        for folder in _artifact_dirs(study, current):
+        for folder in artifact_dirs(study, current):
             path = folder / WEIGHTS_FILE
             if path.is_file():
                 return path
@@ -139,18 +139,6 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
     where = ", ".join(str(p) for p in tried) or "the trial has no artifact_dir"
     raise FileNotFoundError(f"trial {trial.number} of {study.study_name!r} has no saved weights: "
                             f"{where} does not exist")
-
-
-def _artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:
-    """Where the trial's folder may be: artifact_dir as recorded, then under the study's artifacts_dir."""
-    recorded = trial.user_attrs.get("artifact_dir")
-    if not recorded:
-        return []
-    folders = [Path(recorded)]
-    root = study.user_attrs.get("artifacts_dir")
-    if root and not Path(recorded).is_absolute():
-        folders.append(Path(root) / Path(recorded).name)
-    return folders
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
-from kronsearch.report import best_one_round, metrics, norm_block, study_strategy, trial_kind, val_accuracy
+from kronsearch.report import (best_one_round, metrics, norm_block, study_strategy, trial_history, trial_kind,
+                               val_accuracy)
 from kronsearch.storage import split_study_name
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
@@ -151,7 +152,7 @@ def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike) -> 
     if found is None:
         return None
     study, trial = found
-    epochs = [e for e in trial.user_attrs.get("history") or [] if e.get("candidate_norms")]
+    epochs = [e for e in trial_history(study, trial) if e.get("candidate_norms")]
     layers = list(dict.fromkeys(layer for e in epochs for layer in e["candidate_norms"]))
     if not layers:
         return None

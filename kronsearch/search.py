@@ -1,7 +1,8 @@
 """run_search: space file -> validated Space -> Optuna study -> trials -> storage.
 
-The study is the record: params, objective values, per-epoch intermediate values, and user attrs
-(kind, metrics, history, config, artifact_dir, fail_reason). Backends only decide where trials run.
+The study is the record: params, objective values, per-epoch val accuracy as intermediate values,
+and user attrs (kind, metrics, config, artifact_dir, fail_reason). The full per-epoch history is in
+the trial's artifact folder (history.json), not in the study. Backends only decide where trials run.
 """
 
 from __future__ import annotations
@@ -73,12 +74,11 @@ class RunSummary:
     best: dict = field(default_factory=dict)
 
 
-def record(trial: optuna.Trial | FrozenTrial, metrics: dict, history: list[dict], config: dict,
-           artifact_dir: str | None, set_attr: Callable[[str, object], None] | None = None) -> None:
-    """Store a finished trial's results as user attrs."""
+def record(trial: optuna.Trial | FrozenTrial, metrics: dict, config: dict, artifact_dir: str | None,
+           set_attr: Callable[[str, object], None] | None = None) -> None:
+    """Store a finished trial's scalar results as user attrs (its history is in artifact_dir/history.json)."""
     set_attr = set_attr or trial.set_user_attr
     set_attr("metrics", metrics)
-    set_attr("history", history)
     set_attr("config", config)
     set_attr("artifact_dir", artifact_dir)
 
@@ -129,7 +129,7 @@ def begin_trial(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
 def copy_duplicate(trial: optuna.Trial, duplicate: FrozenTrial) -> list[float]:
     """Make `trial` stand for an earlier trial with the same params; returns the values to tell."""
     trial.set_user_attr("duplicate_of", duplicate.number)
-    for key in ("metrics", "history", "config", "artifact_dir"):
+    for key in ("metrics", "config", "artifact_dir"):
         trial.set_user_attr(key, duplicate.user_attrs.get(key))
     return list(duplicate.values)
 
@@ -139,10 +139,10 @@ def trial_artifact_dir(space: Space, folder: Path, number: int) -> Path | None:
     return folder / f"trial-{number}" if space.search["save_weights"] else None
 
 
-def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: dict, history: list[dict],
+def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: dict,
                  artifact_dir: Path | None) -> list[float]:
     """Record a trained trial's results; returns its objective values."""
-    record(trial, metrics, history, trial_config(space, spec), str(artifact_dir) if artifact_dir else None)
+    record(trial, metrics, trial_config(space, spec), str(artifact_dir) if artifact_dir else None)
     return objective_values(space, metrics)
 
 
@@ -190,14 +190,14 @@ def _make_objective(space: Space, kind: str, folder: Path, progress: bool,
             return copy_duplicate(trial, duplicate)
         artifact_dir = trial_artifact_dir(space, folder, trial.number)
         try:
-            metrics, history = run_trial(space, spec, artifact_dir, pruning_reporter(trial, single), progress)
+            metrics, _ = run_trial(space, spec, artifact_dir, pruning_reporter(trial, single), progress)
         except Exception as err:
             reason = trial_failure(err)
             if reason is None:
                 raise
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason) from err
-        return finish_trial(trial, space, spec, metrics, history, artifact_dir)
+        return finish_trial(trial, space, spec, metrics, artifact_dir)
 
     return objective
 

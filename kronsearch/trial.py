@@ -105,7 +105,7 @@ def run_trial(
     history = metrics.pop("history")
     if artifact_dir is not None:
         try:
-            save_artifacts(Path(artifact_dir), result, metrics, trial_config(space, spec))
+            save_artifacts(Path(artifact_dir), result, metrics, history, trial_config(space, spec))
         except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise StorageError(f"cannot save the trial's weights and metrics to {artifact_dir}: "
@@ -114,10 +114,13 @@ def run_trial(
     return metrics, history
 
 
-def save_artifacts(folder: Path, result: TrainResult, metrics: dict, config: dict) -> None:
-    """trial-<n>/model.safetensors, metrics.json and config.json, each written atomically."""
+def save_artifacts(folder: Path, result: TrainResult, metrics: dict, history: list[dict], config: dict) -> None:
+    """trial-<n>/model.safetensors, metrics.json, history.json (per epoch) and config.json, each written atomically.
+
+    The per-epoch history lives here, not in the study: it is read back by kronsearch.report.trial_history.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     write_atomic(folder / "model.safetensors", lambda f: f.write(safetensors_bytes(state)))
-    for name, payload in (("metrics.json", metrics), ("config.json", config)):
+    for name, payload in (("metrics.json", metrics), ("history.json", history), ("config.json", config)):
         text = json.dumps(payload, indent=1, default=str).encode("utf-8")
         write_atomic(folder / name, lambda f, text=text: f.write(text))

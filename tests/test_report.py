@@ -36,6 +36,7 @@ from kronsearch.report import (
     same_blocks,
     show_data,
     strategy_compute,
+    trial_history,
     trial_pattern,
 )
 from kronsearch.storage import load_studies
@@ -98,8 +99,14 @@ def selection_history(selected: dict) -> list[dict]:
 
 def trial_attrs(kind: str, root: Path, number: int, metrics: dict | None, **extra) -> dict:
     config = {**CONFIG, "train": {**CONFIG["train"]}}
-    return {"kind": kind, "metrics": metrics, "history": extra.pop("history", []), "config": config,
+    return {"kind": kind, "metrics": metrics, "config": config,
             "artifact_dir": str(root / f"trial-{number}") if metrics else None, **extra}
+
+
+def save_history(folder: Path, history: list[dict]) -> None:
+    """The trial's history.json, as kronsearch.trial.save_artifacts writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.json").write_text(json.dumps(history), encoding="utf-8")
 
 
 def new_study(storage: optuna.storages.BaseStorage, name: str, strategy: str, objectives: list[dict],
@@ -162,8 +169,8 @@ def _write_search(root: Path, name: str, weights: bool) -> str:
             value=val, params=params, distributions=ONE_ROUND_DISTS,
             intermediate_values={1: val - 0.2, 2: val - 0.1, 3: val},
             user_attrs=trial_attrs("one_round", one_dir, number,
-                                   metrics_for(val, plan, selected=selected, wall=20.0, macs_total=5 * 10**6),
-                                   history=selection_history(selected))))
+                                   metrics_for(val, plan, selected=selected, wall=20.0, macs_total=5 * 10**6))))
+        save_history(one_dir / f"trial-{number}", selection_history(selected))
         if weights and number == 1:
             save_weights(one_dir / "trial-1", plan)
     one.add_trial(create_trial(state=TrialState.FAIL, params={"rank": 1, "lambda1": 0.05, "lambda2": 1e-4},
@@ -227,6 +234,15 @@ def render(fn, data) -> str:
     buffer = io.StringIO()
     fn(data, Console(file=buffer, width=250, color_system=None))
     return buffer.getvalue()
+
+
+def test_trial_history_is_read_from_the_trial_folder_else_from_intermediate_values(search):
+    one, _ = load_studies("demo")
+    trained, _, _, pruned = one.get_trials()
+    assert "history" not in trained.user_attrs
+    assert [e["epoch"] for e in trial_history(one, trained)] == [1, 2, 3, 4]
+    assert trial_history(one, trained)[0]["candidate_norms"]["layers.0"]["4x4"] == 2.0
+    assert trial_history(one, pruned) == [{"epoch": 1, "val_accuracy": 0.3}, {"epoch": 2, "val_accuracy": 0.35}]
 
 
 # ----------------------------------------------------------------------------- show

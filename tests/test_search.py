@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -26,9 +27,20 @@ def test_one_round_trials_record_selection_norms_and_weights(write_space):
         assert set(trial.params) == {"rank", "lambda1", "lambda2"}
         metrics = trial.user_attrs["metrics"]
         assert set(metrics["selected"]) == {"layers.0"} and metrics["selected"]["layers.0"] in ("2x2", "4x4")
-        assert set(trial.user_attrs["history"][0]["candidate_norms"]["layers.0"]) == {"2x2", "4x4"}
+        history = json.loads((Path(trial.user_attrs["artifact_dir"]) / "history.json").read_text())
+        assert set(history[0]["candidate_norms"]["layers.0"]) == {"2x2", "4x4"}
         assert trial.values[0] == metrics["val_accuracy"]
         assert (Path(trial.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+
+
+def test_per_epoch_history_is_in_the_trial_folder_and_intermediate_values_not_in_user_attrs(write_space):
+    run_search(write_space(train={"epochs": 2}), progress=False)
+    for trial in trials_of("tiny:one_round"):
+        history = json.loads((Path(trial.user_attrs["artifact_dir"]) / "history.json").read_text())
+        assert [e["epoch"] for e in history] == [1, 2]
+        assert trial.intermediate_values == {e["epoch"]: e["val_accuracy"] for e in history}
+        assert "history" not in trial.user_attrs
+        assert "candidate_norms" not in json.dumps(trial.user_attrs)
 
 
 def test_per_pattern_trials_train_one_block_each(write_space):

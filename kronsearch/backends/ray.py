@@ -6,7 +6,8 @@ How a trial runs
   is still running: a twin waits for its leader's result instead of training again), and submits
   trial.run_trial as a Ray task. When the task returns, the driver reports the per-epoch val accuracies
   as intermediate values, records the same user attrs as the local backend (kind, worker, metrics,
-  history, config, artifact_dir; plus ray_worker, the host:pid that trained it) and tells the study.
+  config, artifact_dir; plus ray_worker, the host:pid that trained it) and tells the study. The worker
+  writes the trial's full per-epoch history to its artifact folder (history.json), as locally.
   At most backend.max_concurrent trials are in flight; the budget is the local backend's
   (search.Budget: finished trials plus trials running in live processes on this host).
 - Each task reserves backend.resources_per_trial {cpu, gpu}, and torch in it uses int(cpu) threads.
@@ -256,8 +257,7 @@ class _RayRun:
             if self.single:
                 for epoch in history:
                     job.trial.report(epoch["val_accuracy"], epoch["epoch"])
-            frozen = self.tell(job.trial, finish_trial(job.trial, self.space, job.spec, metrics, history,
-                                                       job.artifact_dir))
+            frozen = self.tell(job.trial, finish_trial(job.trial, self.space, job.spec, metrics, job.artifact_dir))
         if frozen.state == TrialState.COMPLETE:
             for twin in job.twins:
                 self.tell(twin, copy_duplicate(twin, frozen))

@@ -21,6 +21,7 @@ from kronsearch.report.trials import (
     FINISHED,
     KINDS,
     SCALAR_METRICS,
+    artifact_dirs,
     best_one_round,
     best_trials,
     default_trial,
@@ -35,14 +36,15 @@ from kronsearch.report.trials import (
     objectives,
     study_strategy,
     trial_kind,
+    trial_history,
     trial_rank,
     val_accuracy,
 )
 
 __all__ = [
-    "FINISHED", "KINDS", "SCALAR_METRICS", "best_one_round", "best_trials", "block_for", "compare_data",
+    "FINISHED", "KINDS", "SCALAR_METRICS", "artifact_dirs", "best_one_round", "best_trials", "block_for", "compare_data",
     "default_trial", "describe_blocks", "duration", "fmt_count", "fmt_params", "fmt_pct", "fmt_seconds",
     "metrics", "norm_block", "objectives", "pattern_label", "pattern_ranking", "render_compare", "render_show",
     "same_blocks", "show_data", "strategy_compute", "study_report", "study_strategy", "trial_kind", "trial_pattern",
-    "trial_rank", "trial_row", "val_accuracy",
+    "trial_history", "trial_rank", "trial_row", "val_accuracy",
 ]

@@ -8,9 +8,11 @@ Everything is read from the storage contract of `kronsearch run`: trial user att
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,6 +22,7 @@ from kronsearch.patterns import format_block, parse_block
 from kronsearch.storage import split_study_name
 
 KINDS = ("one_round", "per_pattern")
+HISTORY_FILE = "history.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SCALAR_METRICS = ("val_accuracy", "test_accuracy", "block_sparsity", "train_params", "train_macs",
                   "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
@@ -117,6 +120,37 @@ def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, Froze
     if not found:
         return None
     return max(found, key=lambda st: (_or(val_accuracy(st[1]), -math.inf), -st[1].number))
+
+
+def artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:
+    """Where the trial's folder may be: artifact_dir as recorded, then under the study's artifacts_dir."""
+    recorded = trial.user_attrs.get("artifact_dir")
+    if not recorded:
+        return []
+    folders = [Path(recorded)]
+    root = study.user_attrs.get("artifacts_dir")
+    if root and not Path(recorded).is_absolute():
+        folders.append(Path(root) / Path(recorded).name)
+    return folders
+
+
+def trial_history(study: optuna.Study, trial: FrozenTrial) -> list[dict]:
+    """The trial's per-epoch records (dicts with at least "epoch"), oldest first.
+
+    Read from history.json in the trial's artifact folder (a reused duplicate points at the folder
+    of the trial it copied); studies written by kronsearch 0.1 kept it in the "history" user attr.
+    Without either, Optuna's intermediate values give [{"epoch", "val_accuracy"}]; [] if none.
+    """
+    for folder in artifact_dirs(study, trial):
+        try:
+            history = json.loads((folder / HISTORY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(history, list):
+            return [e for e in history if isinstance(e, dict)]
+    if isinstance(trial.user_attrs.get("history"), list):
+        return trial.user_attrs["history"]
+    return [{"epoch": step, "val_accuracy": value} for step, value in sorted(trial.intermediate_values.items())]
 
 
 def _or(value: float | None, default: float) -> float:

@@ -8,6 +8,9 @@ is still running.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -19,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import kronsearch
+from kronsearch.patterns import format_block
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import artifacts_dir, open_storage, study_name
 
@@ -134,19 +138,72 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     directions = [o["direction"] for o in space.search["objectives"]]
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(space), pruner=make_pruner(space))
-    stored = study.user_attrs.get("space_hash")
-    if stored is not None and stored != space.sha256:
-        raise SpaceError(f"{space.path}: the space file changed since study {name!r} was created in "
-                         f"{storage_url}; re-run with --fresh to start over, or give the search a new name")
+    identity = space_identity(space)
+    _check_same_space(study, space, identity, storage_url)
     if [d.name.lower() for d in study.directions] != directions:
         raise SpaceError(f"{space.path}: search.objectives differ from study {name!r}'s; use --fresh")
-    if stored is None:
-        attrs = {"space_hash": space.sha256, "space_path": str(Path(space.path).resolve()), "space": space.raw,
+    if "space_identity" not in study.user_attrs:
+        study.set_user_attr("space_identity", identity)
+    if "space_hash" not in study.user_attrs:
+        attrs = {"space_hash": identity_hash(identity), "space_path": str(Path(space.path).resolve()), "space": space.raw,
                  "strategy": strategy, "objectives": space.search["objectives"],
                  "kronsearch_version": kronsearch.__version__, "artifacts_dir": str(folder.resolve())}
         for key, value in attrs.items():
             study.set_user_attr(key, value)
     return study
+
+
+# Keys that do not change a study's results: its budget, where it runs, and where its data is found.
+NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights"),
+                "train": ("device", "threads"), "data": ("root",)}
+
+
+def space_identity(space: Space) -> dict:
+    """What a study's results depend on: the validated, normalized space (seed, data, model, train,
+    search settings, candidate space), without the budget, the device and thread count, the data
+    folder, the backend and the file's bytes (comments, layout). JSON-normalized, as stored in the study."""
+    def section(name: str, values: dict) -> dict:
+        return {k: v for k, v in values.items() if k not in NOT_IDENTITY.get(name, ())}
+
+    identity = {
+        "seed": space.seed, "data": section("data", space.data), "model": space.model,
+        "train": section("train", space.train), "search": section("search", space.search),
+        "space": {"blocks": {glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()},
+                  "ranks": space.ranks, "lambda1": dataclasses.asdict(space.lambda1),
+                  "lambda2": dataclasses.asdict(space.lambda2)},
+    }
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
+def identity_hash(identity: dict) -> str:
+    """sha256 of a space identity (the study's "space_hash" user attr)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings ('train.epochs', 'space.ranks')."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for k in sorted(set(old) | set(new), key=str)
+                for key in changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(top level)"]
+
+
+def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage_url: str) -> None:
+    """Refuse to resume a study whose results were produced by a different space (SpaceError, exit 2)."""
+    stored = study.user_attrs.get("space_identity")
+    if stored is not None:
+        changed = changed_keys(stored, identity)
+    elif "space_hash" in study.user_attrs and study.user_attrs["space_hash"] != space.sha256:
+        changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
+    else:
+        return
+    if changed:
+        raise SpaceError(
+            f"{space.path}: {', '.join(changed)} changed since study {study.study_name!r} was created in "
+            f"{storage_url}; its trials were run on the old values, so it is not resumed. Re-run with --fresh to "
+            f"delete it and start over, or give the search a new name (the file's name:) to keep both. "
+            f"The budget (search.trials, search.timeout), train.device, train.threads, data.root and comments "
+            f"may change freely")
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:

@@ -104,6 +104,23 @@ def test_a_changed_space_file_does_not_resume_silently(write_space):
         run_search(write_space(train={"epochs": 2}), progress=False)
 
 
+def test_a_comment_or_a_larger_budget_resumes_the_study(write_space):
+    run_search(write_space(search={"trials": 1}), progress=False)
+    path = write_space(search={"trials": 2, "timeout": 600}, train={"threads": 1})
+    path.write_text("# tried again with one more trial\n" + path.read_text())
+    run_search(path, progress=False)
+    assert len(trials_of("tiny:one_round")) == 2
+
+
+def test_a_real_change_is_refused_naming_the_changed_keys_and_the_ways_out(write_space):
+    run_search(write_space(search={"trials": 1}), progress=False)
+    with pytest.raises(SpaceError) as refused:
+        run_search(write_space(train={"epochs": 2}, space={"ranks": [1, 2]}), progress=False)
+    message = str(refused.value)
+    assert "space.ranks, train.epochs changed since study 'tiny:one_round'" in message
+    assert "--fresh" in message and "new name" in message
+
+
 def test_several_objectives_give_a_pareto_study(write_space):
     objectives = [{"metric": "val_accuracy"}, {"metric": "train_macs"}]
     summary = run_search(write_space(search={"objectives": objectives}), progress=False)

@@ -74,11 +74,21 @@ class RunSummary:
     best: dict = field(default_factory=dict)
 
 
+# Per-layer records the readers need from the study; every other non-scalar metric (layer_sparsity, ...)
+# stays in the trial folder's metrics.json, like the per-epoch history (history.json).
+STUDY_RECORDS = ("selected", "plan")
+
+
+def study_metrics(metrics: dict) -> dict:
+    """What of a trial's metrics goes into the study: the scalars, the selected blocks and the final plan."""
+    return {k: v for k, v in metrics.items() if k in STUDY_RECORDS or v is None or isinstance(v, (int, float, str))}
+
+
 def record(trial: optuna.Trial | FrozenTrial, metrics: dict, config: dict, artifact_dir: str | None,
            set_attr: Callable[[str, object], None] | None = None) -> None:
-    """Store a finished trial's scalar results as user attrs (its history is in artifact_dir/history.json)."""
+    """Store a finished trial's results as user attrs; per-epoch and per-layer detail is in artifact_dir."""
     set_attr = set_attr or trial.set_user_attr
-    set_attr("metrics", metrics)
+    set_attr("metrics", study_metrics(metrics))
     set_attr("config", config)
     set_attr("artifact_dir", artifact_dir)
 

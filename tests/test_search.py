@@ -43,6 +43,16 @@ def test_per_epoch_history_is_in_the_trial_folder_and_intermediate_values_not_in
         assert "candidate_norms" not in json.dumps(trial.user_attrs)
 
 
+def test_user_attrs_keep_scalars_selection_and_plan_and_the_rest_stays_in_metrics_json(write_space):
+    run_search(write_space(search={"trials": 1}), progress=False)
+    (trial,) = trials_of("tiny:one_round")
+    saved = json.loads((Path(trial.user_attrs["artifact_dir"]) / "metrics.json").read_text())
+    kept = trial.user_attrs["metrics"]
+    assert "layer_sparsity" in saved and "layer_sparsity" not in kept
+    assert kept["plan"] == saved["plan"] and kept["selected"] == saved["selected"]
+    assert all(kept[k] == v for k, v in saved.items() if isinstance(v, (int, float)))
+
+
 def test_per_pattern_trials_train_one_block_each(write_space):
     run_search(write_space(search={"strategy": "per_pattern"}), progress=False)
     for trial in trials_of("tiny:per_pattern"):

@@ -304,6 +304,43 @@ def _build_vit(shape: tuple[int, int, int], num_classes: int, options: Mapping[s
     return VisionTransformer(shape, num_classes, patch, dim, opts["depth"], heads, float(ratio), float(dropout))
 
 
+def model_size(name: str, input_shape: Sequence[int], num_classes: int, **options: Any) -> tuple[int, int] | None:
+    """(parameters, nn.Linear layers) of build_model(name, input_shape, num_classes, **options), by
+    arithmetic and without building anything; None when the options are not well-formed (build_model
+    then says what is wrong). Lets a caller refuse an absurd model before the build would take minutes."""
+    try:
+        c, h, w = _check_shape(input_shape, num_classes)
+    except ModelError:
+        return None
+    linear = lambda a, b: a * b + b  # noqa: E731 - weight and bias of nn.Linear(a, b)
+    if name == "linear":
+        return linear(c * h * w, num_classes), 1
+    if name == "mlp":
+        hidden = options.get("hidden", (256,))
+        if not isinstance(hidden, (list, tuple)) or not all(isinstance(v, int) and v >= 1 for v in hidden):
+            return None
+        widths = [c * h * w, *hidden]
+        return sum(linear(a, b) for a, b in zip(widths, widths[1:])) + linear(widths[-1], num_classes), len(widths)
+    if name == "lenet5":
+        pad = 2 if min(h, w) < 32 else 0
+        side = [((((s + 2 * pad - 4) // 2) - 4) // 2) for s in (h, w)]
+        if min(side) < 1:
+            return None
+        convs = c * 6 * 25 + 6 + 6 * 16 * 25 + 16
+        return convs + linear(16 * side[0] * side[1], 120) + linear(120, 84) + linear(84, num_classes), 3
+    if name == "vit":
+        opts = {"patch_size": 4, "dim": 192, "depth": 12, "mlp_ratio": 4.0, **options}
+        patch, dim, depth, ratio = (opts[k] for k in ("patch_size", "dim", "depth", "mlp_ratio"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (patch, dim, depth)) or \
+                isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1e9:
+            return None
+        hidden, patches = int(dim * ratio), (h // patch) * (w // patch)
+        block = 4 * dim + linear(dim, 3 * dim) + linear(dim, dim) + linear(dim, hidden) + linear(hidden, dim)
+        embed = c * dim * patch * patch + dim + dim + (patches + 1) * dim
+        return embed + depth * block + 2 * dim + linear(dim, num_classes), 4 * depth + 1
+    return None
+
+
 _BUILDERS: dict[str, Callable[[tuple[int, int, int], int, Mapping[str, Any]], nn.Module]] = {
     "linear": _build_linear,
     "mlp": _build_mlp,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from kronsearch.layers.kron_ops import contraction_macs
 
 Block = tuple[int, int]
+MAX_RANK = 1024  # the largest rank a space file or a plan may ask for
 
 
 def divisors(n: int) -> list[int]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
 from torch import nn
 
 from kronsearch.layers.kron_linear import KronLinear
-from kronsearch.patterns import Block, format_block, parse_block
+from kronsearch.patterns import MAX_RANK, Block, format_block, parse_block
+from kronsearch.yamlfile import read_yaml_file
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
 
 
 @dataclass(frozen=True)
@@ -43,22 +46,26 @@ def parse_plan(layers: Mapping) -> Plan:
         except ValueError as err:
             raise ValueError(f"plan layer {name!r}: {err}") from None
         rank = entry.get("rank", 1)
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or min(block) < 1:
-            raise ValueError(f"plan layer {name!r}: block sides and rank must be integers >= 1, got {entry!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_RANK or min(block) < 1:
+            raise ValueError(f"plan layer {name!r}: block sides and rank must be integers >= 1, rank at most "
+                             f"{MAX_RANK}, got {_SHORT.repr(entry)}")
         plan[name] = LayerPattern(block, rank)
     return plan
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
-    """Read the per-layer plan from an exported pattern file (`kronsearch export`)."""
-    path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read plan file {path}: {err}") from None
+    """Read the per-layer plan from an exported pattern file (`kronsearch export`).
+
+    Read with the bounds of space files (kronsearch.yamlfile): at most 1 MB, no aliases, no repeated
+    keys; ranks at most MAX_RANK. Raises ValueError naming the file and the layer.
+    """
+    document, _ = read_yaml_file(path, "plan file", ValueError)
     if not isinstance(document, Mapping) or not isinstance(document.get("layers"), Mapping):
         raise ValueError(f"{path}: a plan file has a 'layers' mapping of name -> {{block, rank}}")
-    return parse_plan(document["layers"])
+    try:
+        return parse_plan(document["layers"])
+    except ValueError as err:
+        raise ValueError(f"{path}: layers: {err}") from None
 
 
 def model_plan(model: nn.Module) -> Plan:

@@ -3,15 +3,17 @@
 Every problem is a SpaceError naming the file, the key path and what is allowed. A file looks like
 search_spaces/vit.yaml; the sections are name, seed, data, model, train, search, backend, space.
 
-Space files may come from anywhere, so reading one is bounded: a regular file of at most
-MAX_FILE_BYTES, UTF-8, safe YAML without anchors/aliases and at most MAX_DEPTH levels deep; numbers
-are finite and within limits (MAX_EPOCHS, MAX_TRIALS, MAX_RANK, MAX_CANDIDATES blocks per list,
-MAX_MODEL_PARAMS, MAX_SYNTHETIC_VALUES); the model is built on the meta device to be checked, so
-nothing big is allocated before training. `name` is used in file names and may only hold letters,
-digits, '.', '_' and '-' (no path separators, no leading '.'). `data.root`, when given, must be an
-existing folder: relative paths are relative to the space file, '~' is expanded; any folder may be
-named (it is the user's data), and it is only ever read, by parsers that accept nothing but the
-dataset formats (IDX headers are checked, CIFAR pickles go through a restricted unpickler).
+Space files may come from anywhere, so reading one is bounded (kronsearch.yamlfile: size, UTF-8,
+no aliases, nesting depth, no key given twice); numbers are finite and within limits (MAX_EPOCHS,
+MAX_TRIALS, MAX_RANK, MAX_CANDIDATES blocks per list, MAX_MODEL_PARAMS, MAX_LINEAR_LAYERS,
+MAX_SYNTHETIC_VALUES); the model's size is computed before it is built, and it is then built on the
+meta device, so nothing big is allocated or built before training. train.device must exist here
+(cpu, cuda, cuda:N below the visible GPU count, auto; on Ray, the worker's GPUs are checked there).
+`name` is used in file names and may only hold letters, digits, '.', '_' and '-' (no path
+separators, no leading '.'). `data.root`, when given, must be an existing folder: relative paths are
+relative to the space file, '~' is expanded; any folder may be named (it is the user's data), and it
+is only ever read, by parsers that accept nothing but the dataset formats (IDX headers are checked,
+CIFAR pickles go through a restricted unpickler).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import math
 import os
 import re
 import reprlib
-import stat
 from fnmatch import fnmatchcase
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -30,22 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from kronsearch.data import _SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
-from kronsearch.models import MODELS, ModelError, build_model
-from kronsearch.patterns import Block, format_block, parse_block, valid_blocks
+from kronsearch.models import MODELS, ModelError, build_model, model_size
+from kronsearch.patterns import MAX_RANK, Block, format_block, parse_block, valid_blocks
 from kronsearch.storage import STRATEGIES
 from kronsearch.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
+from kronsearch.yamlfile import read_yaml_file
 
-MAX_FILE_BYTES = 1_000_000
 MAX_EPOCHS = 10_000
 MAX_CANDIDATES = 32  # per layer: every candidate is a full KronLinear in the one-round model
 MAX_TRIALS = 100_000
-MAX_RANK = 1024
-MAX_DEPTH = 32  # YAML nesting; real space files are 4-5 levels deep
-MAX_MODEL_PARAMS = 1_000_000_000  # the dense model (4 GB of float32)
+MAX_MODEL_PARAMS = 250_000_000  # the dense model: 1 GB of float32, 4 GB with gradients and Adam states
+MAX_LINEAR_LAYERS = 1024  # ViT-large has 97; each is a module (and up to 32 candidates) to build
 MAX_SYNTHETIC_VALUES = 500_000_000  # (n_train + n_test) * in_features of the synthetic dataset (2 GB)
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 60
@@ -106,50 +105,10 @@ class Space:
         return TrainConfig(**{**self.train, "seed": self.seed, **overrides})
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors and aliases: no 'billion laughs' expansion."""
-
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in space files "
-                                 f"(line {event.start_mark.line + 1})")
-        depth = getattr(self, "_depth", 0)
-        if depth >= MAX_DEPTH:  # PyYAML composes recursively: stop long before a RecursionError
-            raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep "
-                                 f"(line {self.peek_event().start_mark.line + 1})")
-        self._depth = depth + 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth = depth
-
-
 def read_yaml(path: str | os.PathLike) -> tuple[dict, bytes]:
-    """Parse a space file safely: size-bounded, UTF-8, no aliases, a mapping at the top."""
-    path = Path(path)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a device (/dev/zero) or a FIFO never ends or never answers
-            raise SpaceError(f"{path}: not a regular file; a space file is a YAML file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise SpaceError(f"{path}: {info.st_size} bytes; space files are limited to {MAX_FILE_BYTES} bytes")
-        with path.open("rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows meanwhile
-        if len(data) > MAX_FILE_BYTES:
-            raise SpaceError(f"{path}: more than {MAX_FILE_BYTES} bytes; space files are limited to that")
-    except OSError as err:
-        raise SpaceError(f"{path}: cannot read the space file: {err.strerror or err}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise SpaceError(f"{path}: not UTF-8 text (byte {err.start}); space files are UTF-8 YAML") from None
-    try:
-        raw = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of more than 4300 digits
-        raise SpaceError(f"{path}: invalid YAML: {str(err)[:2000]}") from None
-    except RecursionError:  # a backstop: the loader's depth limit comes first
-        raise SpaceError(f"{path}: invalid YAML: nested too deeply") from None
+    """Parse a space file safely (see kronsearch.yamlfile): bounded, UTF-8, no aliases or repeated keys,
+    a mapping at the top."""
+    raw, data = read_yaml_file(path, "space file", SpaceError)
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: the top level must be a mapping with keys name, data, model, train, "
                          f"search, space (and optionally seed, backend)")
@@ -280,15 +239,12 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     for key in ("include", "exclude"):
         c.typed(model[key], f"model.{key}", list, "a list of glob patterns on layer names",
                 lambda v: all(isinstance(g, str) for g in v))
+    _check_model_size(c, model["name"], input_shape, num_classes, model["options"] or {})
     try:
-        with torch.device("meta"):  # shapes only: allocates nothing, however big the options ask for
+        with torch.device("meta"):  # shapes only: allocates nothing
             net = build_model(model["name"], input_shape, num_classes, **(model["options"] or {}))
     except (ModelError, TypeError) as err:
         raise c.fail("model.options", str(err)) from None
-    params = sum(p.numel() for p in net.parameters())
-    if params > MAX_MODEL_PARAMS:
-        raise c.fail("model.options", f"the model has {params:,} parameters; at most {MAX_MODEL_PARAMS:,} "
-                                      f"are allowed")
     layers = {
         n: (m.out_features, m.in_features) for n, m in net.named_modules()
         if isinstance(m, nn.Linear) and any(fnmatchcase(n, g) for g in model["include"])
@@ -351,6 +307,8 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         c.typed(backend["address"], "backend.address", str, "null, 'auto' or 'ray://host:port'")
     c.integer(backend["max_concurrent"], "backend.max_concurrent", 1, 10_000)
     c.integer(backend["max_retries"], "backend.max_retries", 0, 100)
+    if backend["name"] == "local":  # a Ray trial sees only its own GPUs (checked in backends.ray)
+        _check_device_exists(c, train["device"])
     resources = c.section(backend["resources_per_trial"], "backend.resources_per_trial", {"cpu": 1, "gpu": 0})
     for key, value in resources.items():
         resources[key] = c.typed(value, f"backend.resources_per_trial.{key}", float, "a number >= 0",
@@ -376,6 +334,32 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     )
     _check_blocks_fit(c, result)
     return result
+
+
+def _check_device_exists(c: _Checker, device: str) -> None:
+    """cuda and cuda:N only when torch sees that GPU here."""
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        allowed = ", ".join(["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else []))
+        raise c.fail("train.device", f"{device!r} does not exist: torch sees {count} CUDA device"
+                                     f"{'' if count == 1 else 's'} here; allowed: {allowed}")
+
+
+def _check_model_size(c: _Checker, name: str, input_shape: tuple, num_classes: int, options: dict) -> None:
+    """Refuse a model too big to train (or even to build) by arithmetic, before building anything."""
+    size = model_size(name, input_shape, num_classes, **options)
+    if size is None:
+        return  # malformed options: build_model names the problem
+    params, linears = size
+    if params > MAX_MODEL_PARAMS:
+        raise c.fail("model.options", f"the model has {params:,} parameters; at most {MAX_MODEL_PARAMS:,} "
+                                      f"are allowed")
+    if linears > MAX_LINEAR_LAYERS:
+        raise c.fail("model.options", f"the model has {linears:,} nn.Linear layers; at most {MAX_LINEAR_LAYERS:,} "
+                                      f"are allowed")
 
 
 def _objectives(c: _Checker, raw: Any) -> list[dict]:

@@ -177,7 +177,7 @@ def test_load_plan_reads_the_layers_mapping_of_a_yaml_file(tmp_path):
     ("layers: {enc.0: {block: 4x2, rank: 0}}\n", "plan layer 'enc.0': block sides and rank"),
     ("layers: {enc.0: {block: 4x2, rank: '2'}}\n", "plan layer 'enc.0': block sides and rank"),
     ("layers: {enc.0: {block: 4x2, rank: true}}\n", "plan layer 'enc.0': block sides and rank"),
-    ("layers: {enc.0: [unclosed\n", "cannot read plan file"),
+    ("layers: {enc.0: [unclosed\n", "invalid YAML"),
 ])
 def test_load_plan_rejects_malformed_files_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
@@ -185,5 +185,5 @@ def test_load_plan_rejects_malformed_files_with_a_clear_message(tmp_path, text, 
 
 
 def test_load_plan_rejects_a_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="cannot read plan file"):
+    with pytest.raises(ValueError, match="cannot read the plan file"):
         load_plan(tmp_path / "nope.yaml")

@@ -26,12 +26,13 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from safetensors import SafetensorError
 
-from kronsearch import search, trial as trial_module
+from kronsearch import kronify, load_plan, search, trial as trial_module
 from kronsearch.search import Budget, run_search
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
-from kronsearch.space import MAX_CANDIDATES, MAX_DEPTH, MAX_EPOCHS, MAX_FILE_BYTES, SpaceError, load_space
+from kronsearch.space import MAX_CANDIDATES, MAX_EPOCHS, SpaceError, load_space
 from kronsearch.storage import StorageError, default_storage_url, load_studies, open_storage
 from kronsearch.strategies import finished
+from kronsearch.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "tiny:one_round"
@@ -528,6 +529,32 @@ def test_a_huge_synthetic_dataset_is_refused(write_space):
 def test_long_hostile_values_are_clipped_in_messages(write_space):
     rejected(write_space(train={"optimizer": "x" * 500_000}), "train.optimizer: must be one of adam")
     rejected(write_space(train={"y" * 500_000: 1}), "train.yyyy")
+
+
+@pytest.mark.parametrize("text", ["layers: {fc: {block: 2x2, rank: 1000000}}\n",
+                                  "layers: &l {fc: {block: 2x2}}\nagain: *l\n",
+                                  "layers: {fc: {block: 2x2}}\nlayers: {fc: {block: 1x1}}\n"],
+                         ids=["huge-rank", "alias", "repeated-key"])
+def test_a_tampered_plan_file_is_refused_with_the_bounds_of_space_files(workdir, text):
+    path = workdir / "best.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: ") as err:
+        load_plan(path)
+    assert re.search(r"rank at most 1024|aliases|given twice", str(err.value))
+
+
+def test_a_huge_plan_file_is_not_read(workdir):
+    path = workdir / "best.yaml"
+    path.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ValueError, match=f"plan files are limited to {MAX_FILE_BYTES} bytes"):
+        load_plan(path)
+
+
+def test_kronify_refuses_a_plan_rank_beyond_the_space_file_bound():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="plan layer '0': .* rank at most 1024"):
+        kronify(model, {"0": {"block": "2x2", "rank": 1_000_000}})
+    assert isinstance(model[0], torch.nn.Linear)
 
 
 @pytest.mark.parametrize("root", ["missing", "afile"])

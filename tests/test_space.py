@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+from kronsearch.models import build_model, model_size
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from tests.datafiles import write_cifar100, write_idx_dataset
@@ -98,3 +102,52 @@ def test_shipped_search_spaces_pass_a_dry_run(name, tmp_path, monkeypatch):
     assert "decomposed layers" in summary.plan_text
     assert "one-round model (all candidates)" in summary.plan_text
     assert not (tmp_path / "studies").exists()
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(write_space):
+    path = write_space()
+    path.write_text(path.read_text(encoding="utf-8") + "seed: 7\n", encoding="utf-8")  # seed: 0 is line 2
+    with pytest.raises(SpaceError, match=r"key 'seed' is given twice \(lines 2 and \d+\); keep one"):
+        load_space(path)
+
+
+def test_an_absurdly_deep_model_is_refused_by_arithmetic_within_a_second(write_space):
+    path = write_space(model={"name": "vit", "options": {"patch_size": 4, "dim": 32, "depth": 100_000, "heads": 2},
+                              "include": ["blocks.*"]})
+    started = time.perf_counter()
+    with pytest.raises(SpaceError, match=r"model.options: the model has [\d,]{13} parameters; at most 250,000,000"):
+        load_space(path)
+    assert time.perf_counter() - started < 1
+
+
+def test_a_model_of_too_many_layers_is_refused_even_when_small(write_space):
+    path = write_space(model={"options": {"hidden": [1] * 5000}})
+    with pytest.raises(SpaceError, match="model.options: the model has 5,001 nn.Linear layers; at most 1,024"):
+        load_space(path)
+
+
+@pytest.mark.parametrize(("name", "shape", "options"), [
+    ("linear", (1, 8, 8), {}), ("mlp", (3, 32, 32), {"hidden": [16, 32]}), ("lenet5", (1, 28, 28), {}),
+    ("lenet5", (3, 40, 37), {}), ("vit", (3, 32, 32), {"dim": 30, "heads": 3, "mlp_ratio": 1.3, "depth": 2}),
+])
+def test_the_arithmetic_model_size_is_the_built_models(name, shape, options):
+    with torch.device("meta"):
+        model = build_model(name, shape, 10, **options)
+    built = (sum(p.numel() for p in model.parameters()), sum(isinstance(m, nn.Linear) for m in model.modules()))
+    assert model_size(name, shape, 10, **options) == built
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "cuda"])
+def test_a_device_torch_does_not_see_is_refused_before_anything_runs(write_space, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    path = write_space(train={"device": device})
+    with pytest.raises(SpaceError, match=rf"train.device: '{device}' does not exist: torch sees \d+ CUDA devices? "
+                                         rf"here; allowed: auto, cpu"):
+        load_space(path)
+
+
+def test_the_device_of_a_ray_trial_is_not_checked_on_the_driver(write_space):
+    """A Ray trial sees its own GPUs, which the machine running `kronsearch run` may not have."""
+    assert load_space(write_space(train={"device": "cuda"}, backend={"name": "ray",
+                                  "resources_per_trial": {"gpu": 1}})).train["device"] == "cuda"

@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.console import Console
 
+import kronsearch
+
 from kronsearch.storage import StorageError, StudyNotFound, load_studies, storage_for
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -24,13 +26,28 @@ RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same comm
 
 app = typer.Typer(
     name="kronsearch", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags without a "<bool>" type, lines broken between words
     help="Search block-sparsity patterns (block size, rank, lambdas) of Kronecker-decomposed networks.",
 )
 
-StudyArg = Annotated[str, typer.Argument(help='A search "N" (all its strategy studies) or one study "N:S".')]
+StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help='A search "N" (all its strategy studies) or one study "N:S".')]
 StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
+    "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
 FormatOpt = Annotated[Literal["table", "json"], typer.Option("--format", help="Rich tables or JSON on stdout.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kronsearch {kronsearch.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Search block-sparsity patterns (block size, rank, lambdas) of Kronecker-decomposed networks."""
 
 
 def _one_line(err: BaseException) -> str:
@@ -79,8 +96,8 @@ def _print_json(data: object) -> None:
 
 @app.command()
 def run(
-    space: Annotated[Path, typer.Argument(help="The search space YAML file.")],
-    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials to run (default: the space's).")] = None,
+    space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The search space YAML file.")],
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
     strategy: Annotated[Optional[Literal["one_round", "per_pattern", "hybrid"]], typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
     storage: StorageOpt = None,
@@ -88,7 +105,7 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
     device: Annotated[Optional[Literal["auto", "cpu", "cuda"]], typer.Option("--device", help="Training device.")] = None,
     backend: Annotated[Optional[Literal["local", "ray"]], typer.Option("--backend", help="Where trials run.")] = None,
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (--backend ray).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", metavar="ADDRESS", help="Ray cluster address (--backend ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-trial progress.")] = False,
 ) -> None:
     """Run (or resume) a search over the patterns of SPACE.yaml."""
@@ -102,19 +119,31 @@ def run(
         typer.echo(summary.message)
 
 
-@app.command()
-def show(study: StudyArg, storage: StorageOpt = None, output_format: FormatOpt = "table") -> None:
+def _stdout() -> Console:
+    """Rich output for stdout: the terminal's width, or unlimited when piped (nothing is cut)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=100_000)
+
+
+@app.command(short_help="A study's trials and its best trial or Pareto front.")
+def show(
+    study: StudyArg,
+    storage: StorageOpt = None,
+    output_format: FormatOpt = "table",
+    wide: Annotated[bool, typer.Option("--wide", help="Every column (kind, training params, selection, notes) in "
+                                                     "the table; the default fits 80 columns.")] = False,
+) -> None:
     """List a study's trials and its best trial (one objective) or Pareto front (several)."""
     from kronsearch.report import render_show, show_data
 
     with _errors():
         data = show_data(load_studies(study, storage))
-        _print_json(data) if output_format == "json" else render_show(data, Console())
+        _print_json(data) if output_format == "json" else render_show(data, _stdout(), wide=wide)
 
 
-@app.command()
+@app.command(short_help="One-round pick vs per-pattern ranking, and cost.")
 def compare(
-    studies: Annotated[list[str], typer.Argument(help='Studies to compare; "N" expands to all of N\'s studies.')],
+    studies: Annotated[list[str], typer.Argument(metavar="STUDY...", help='Studies to compare; "N" expands to all of N\'s studies.')],
     storage: StorageOpt = None,
     output_format: FormatOpt = "table",
 ) -> None:
@@ -123,17 +152,17 @@ def compare(
 
     with _errors():
         data = compare_data(_load(studies, storage))
-        _print_json(data) if output_format == "json" else render_compare(data, Console())
+        _print_json(data) if output_format == "json" else render_compare(data, _stdout())
 
 
 @app.command()
 def export(
     study: StudyArg,
-    out: Annotated[Path, typer.Option("--out", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
     trial: Annotated[Optional[int], typer.Option(
-        "--trial", min=0, help="Trial number (default: the best; with several objectives the best-val Pareto trial).")] = None,
+        "--trial", min=0, metavar="N", help="Trial number (default: the best; with several objectives the best-val Pareto trial).")] = None,
     weights: Annotated[Optional[Path], typer.Option(
-        "--weights", help="Also write the trial's weights: .safetensors (copied) or .pt (torch state dict).")] = None,
+        "--weights", metavar="FILE", help="Also write the trial's weights: .safetensors (copied) or .pt (torch state dict).")] = None,
     bsr: Annotated[bool, typer.Option(
         "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to <weights stem>.bsr.safetensors.")] = False,
     storage: StorageOpt = None,
@@ -153,10 +182,10 @@ def export(
             typer.echo(f"wrote {path}")
 
 
-@app.command()
+@app.command(short_help="PNGs: history, accuracy vs cost, selection.")
 def plot(
     study: StudyArg,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the PNG files (created if missing).")],
+    out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the PNG files (created if missing).")],
     storage: StorageOpt = None,
 ) -> None:
     """Plot optimization history, accuracy vs training MACs, and one-round selection trajectories."""

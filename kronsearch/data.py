@@ -151,8 +151,9 @@ def find_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     wanted = ", ".join(file + ("[.gz]" if ".gz" in spec.suffixes else "") for file in spec.files)
     raise DatasetNotFoundError(
         f"dataset {name!r} not found. Looked for {wanted} in:\n{looked}\n"
-        f"To get it: {spec.how_to_get}, then pass that folder as root (--data-root) "
-        f"or put it at ${ENV_VAR}/{name}. Nothing is ever downloaded automatically."
+        f"To get it: {spec.how_to_get}, then set data.root in the space file to that folder "
+        f"(root= in kronsearch.data.load_dataset) or put it at ${ENV_VAR}/{name}. "
+        f"Nothing is ever downloaded automatically."
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from rich import get_console
 from rich.console import Console
 from rich.table import Table
 
@@ -189,6 +190,8 @@ def _mark_interrupted(trial: optuna.Trial, why: str) -> None:
 def _make_objective(space: Space, kind: str, folder: Path, progress: bool,
                     budget: Budget | None) -> Callable[[optuna.Trial], list[float]]:
     single = len(space.search["objectives"]) == 1
+    # The trainer's live progress bar draws on stdout; piped, it would only leave a blank line per trial.
+    bar = progress and get_console().is_terminal
 
     def objective(trial: optuna.Trial) -> list[float]:
         spec = begin_trial(trial, space, kind)
@@ -200,7 +203,7 @@ def _make_objective(space: Space, kind: str, folder: Path, progress: bool,
             return copy_duplicate(trial, duplicate)
         artifact_dir = trial_artifact_dir(space, folder, trial.number)
         try:
-            metrics, _ = run_trial(space, spec, artifact_dir, pruning_reporter(trial, single), progress)
+            metrics, _ = run_trial(space, spec, artifact_dir, pruning_reporter(trial, single), bar)
         except Exception as err:
             reason = trial_failure(err)
             if reason is None:
@@ -349,15 +352,20 @@ def run_search(
     if complete and len(study.directions) == 1:
         best = study.best_trial
         summary.best = {"trial": best.number, "val_accuracy": best.values[0]}
-        summary.message = (f"study {names[0]}: {len(done)} trials finished; best trial {best.number} "
+        summary.message = (f"study {names[0]}: {trials_finished(len(done))}; best trial {best.number} "
                            f"val accuracy {best.values[0]:.4f}. Inspect: kronsearch show {names[0]}")
     else:
         front = [t.number for t in study.best_trials] if complete else []
-        summary.message = (f"study {names[0]}: {len(done)} trials finished; Pareto front: trials {front}. "
+        summary.message = (f"study {names[0]}: {trials_finished(len(done))}; Pareto front: trials {front}. "
                            f"Inspect: kronsearch show {names[0]}")
     if storage:
         summary.message += f" --storage {storage}"
     return summary
+
+
+def trials_finished(count: int) -> str:
+    """'1 trial finished', '3 trials finished'."""
+    return f"{count} trial{'' if count == 1 else 's'} finished"
 
 
 def render_plan(space: Space) -> str:

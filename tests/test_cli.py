@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import kronsearch
 import kronsearch.search
 from kronsearch import load_plan
 from kronsearch.cli import RUN_INTERRUPTED, app
@@ -243,3 +244,38 @@ def test_console_script_entry_point(workdir):
                           capture_output=True, text=True, cwd=workdir, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: no study 'nope'") and done.stderr.count("\n") == 1
+
+
+def test_run_stdout_is_only_the_summary_without_blank_lines(cli, write_space):
+    result = cli("run", write_space(search={"trials": 1}))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [result.stdout.strip()]
+    assert "1 trial finished;" in result.stdout  # not "1 trials"
+
+
+# ----------------------------------------------------------------------------- help, version, piped output
+
+
+def test_help_shows_flags_without_a_value_type(cli):
+    text = cli("run", "--help").stdout
+    assert "<bool>" not in text
+    assert any(line.split() == ["--fresh", "Delete", "the", "existing", "study", "and", "start", "over."]
+               for line in text.splitlines())
+
+
+def test_help_at_80_columns_breaks_lines_between_words():
+    text = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["run", "--help"]).stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "<one_round|per_pattern|hybrid>" in text
+
+
+def test_version_prints_the_package_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"kronsearch {kronsearch.__version__}\n"
+
+
+def test_piped_show_is_never_cut_to_the_terminal_width(demo):
+    result = CliRunner(env={"COLUMNS": "40"}).invoke(app, ["show", "demo", "--wide"])
+    assert result.exit_code == 0, result.stderr
+    assert "…" not in result.stdout
+    assert "rank=2 lambda1=0.002 lambda2=0.0001" in result.stdout and "out of memory" in result.stdout

@@ -60,7 +60,7 @@ def test_materialize_equals_the_definition_block_by_block():
 def test_forward_and_gradients_equal_dense_linear_with_the_materialized_weight(m1, n1, h, w, r, lead, order, bias,
                                                                                 gemm, seed):
     layer = random_layer(m1, n1, h, w, r, bias=bias, seed=seed)
-    layer.order = order
+    layer.compute, layer.order = "factored", order
     x = torch.randn(*lead, n1 * w, dtype=torch.float64, requires_grad=True)
     params = [x, layer.s, layer.a, layer.b] + ([layer.bias] if bias else [])
 
@@ -107,13 +107,13 @@ def test_the_cheaper_contraction_order_is_chosen(m1, n1, h, w, r):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
-@pytest.mark.parametrize("order", [1, 2])
-def test_low_precision_forward_runs_on_cpu_and_is_close_to_float64(dtype, tol, order):
+@pytest.mark.parametrize("compute, order", [("factored", 1), ("factored", 2), ("merged", 1)])
+def test_low_precision_forward_runs_on_cpu_and_is_close_to_float64(dtype, tol, compute, order):
     layer64 = random_layer(6, 8, 4, 3, 2)
     x64 = torch.randn(16, layer64.in_features, dtype=torch.float64)
     layer = random_layer(6, 8, 4, 3, 2).to(dtype)
     layer.load_state_dict(layer64.state_dict())
-    layer.order = layer64.order = order
+    layer.compute, layer.order = compute, order
     try:
         y = layer(x64.to(dtype))
     except (RuntimeError, NotImplementedError) as err:  # pragma: no cover - depends on the torch build

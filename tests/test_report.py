@@ -299,7 +299,33 @@ def test_render_show_prints_trials_and_best(search):
     assert "best trial: #1  val 85.00%" in text
     assert "Pareto front of demo:per_pattern (3 trials)" in text
     assert "diverged at [epoch 2]" in text  # brackets are shown, not eaten as rich markup
-    assert "= #1" in text and "layers.0:2x2 head:2x2" in text
+    assert "#4 same configuration as #1" in text and "#1 selected layers.0:2x2 head:2x2" in text
+
+
+def test_show_fits_80_columns_with_notes_on_their_own_lines(search):
+    buffer = io.StringIO()
+    render_show(show_data(load_studies("demo")), Console(file=buffer, width=80, color_system=None))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "…" not in buffer.getvalue()
+    assert "#2 diverged at [epoch 2]" in lines and "#5 out of memory" in lines
+
+
+def test_show_never_cuts_a_number_even_when_squeezed(search):
+    buffer = io.StringIO()
+    render_show(show_data(load_studies("demo")), Console(file=buffer, width=50, color_system=None), wide=True)
+    text = buffer.getvalue()
+    for number in ("85.00%", "84.00%", "1.2K", "20.0s", "1m40s"):
+        assert number in text
+    assert "…" not in text
+
+
+def test_show_wide_has_every_column(search):
+    text = render(lambda data, console: render_show(data, console, wide=True), show_data(load_studies("demo")))
+    header = next(line for line in text.splitlines() if line.startswith("#"))
+    for column in ("kind", "params", "train params", "train MACs", "selected", "duration", "note"):
+        assert column in header
+    assert "rank=2 lambda1=0.002 lambda2=0.0001" in text
 
 
 # ----------------------------------------------------------------------------- compare

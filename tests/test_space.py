@@ -57,8 +57,10 @@ def test_missing_dataset_is_reported_before_training(write_space, monkeypatch, t
     monkeypatch.setenv("KRONSEARCH_DATA", str(tmp_path / "nowhere"))
     monkeypatch.setattr("kronsearch.data.SYSTEM_DATA_DIR", tmp_path / "nothing")
     path = write_space(data={"name": "mnist", "limit": None})
-    with pytest.raises(SpaceError, match="dataset 'mnist' not found"):
+    with pytest.raises(SpaceError, match="dataset 'mnist' not found") as err:
         load_space(path)
+    assert "data.root" in str(err.value) and "$KRONSEARCH_DATA/mnist" in str(err.value)
+    assert "--data-root" not in str(err.value)  # no such option
 
 
 def test_yaml_aliases_are_refused(workdir):

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kronsearch.layers.kron_ops import cheaper_order, kron_matmul
+from kronsearch.layers.compute import check_compute, kron_forward
+from kronsearch.layers.kron_ops import cheaper_order, kron_weight
 from kronsearch.patterns import Block, check_block, format_block
 
-DEFAULT_THRESHOLD = 1e-2
-"""|S| at or below this counts as a pruned block (S starts at 1; Adam's jitter around 0 is ~lr)."""
+DEFAULT_THRESHOLD = 0.0
+"""|S| at or below this counts as a pruned block: the trainer's proximal steps leave pruned blocks at exactly 0."""
 
 
 class KronLinear(nn.Module):
@@ -28,6 +29,10 @@ class KronLinear(nn.Module):
         block: (h, w), the block shape; must divide (out_features, in_features).
         rank: r, the number of Kronecker terms.
         bias: learn an additive bias like nn.Linear.
+        compute: "factored" (never build W), "merged" (build W once per call, one GEMM), "auto"
+            (the faster of those, timed once per shape) or None to follow the process default
+            (`kronsearch.layers.compute.set_default_compute`, "auto" unless changed). Every path
+            computes the same function and gradients; see kronsearch/layers/compute.py.
     """
 
     __constants__ = ["in_features", "out_features", "block", "rank"]
@@ -41,8 +46,10 @@ class KronLinear(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compute: str | None = None,
     ) -> None:
         super().__init__()
+        self.compute = check_compute(compute)
         self.block: Block = check_block(out_features, in_features, block)
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
@@ -85,21 +92,14 @@ class KronLinear(nn.Module):
         return self.s * self.a
 
     def forward(self, x: Tensor) -> Tensor:
-        """(..., in_features) -> (..., out_features), never building W."""
+        """(..., in_features) -> (..., out_features) along the `compute` path (factored: in `self.order`)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        y = kron_matmul(x.reshape(-1, self.in_features), self.factors(), self.b, self.order)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        return kron_forward(x, [(self.factors(), self.b, self.order)], self.bias, self.compute)
 
     def materialize(self) -> Tensor:
         """The dense weight W: (out_features, in_features). For inspection and export only."""
-        m1, n1 = self.grid
-        h, w = self.block
-        blocks = torch.einsum("ipq,iab->paqb", self.factors(), self.b)
-        return blocks.reshape(m1 * h, n1 * w)
+        return kron_weight(self.factors(), self.b)
 
     def block_mask(self, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
         """Boolean (m1, n1): True where block (p, q) survives, i.e. |S[p, q]| > threshold."""
@@ -169,6 +169,7 @@ class KronLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"block={format_block(self.block)}, rank={self.rank}, bias={self.bias is not None}"
+            + ("" if self.compute is None else f", compute={self.compute!r}")
         )
 
 

@@ -80,6 +80,20 @@ def _broadcast_bmm(c: Tensor, z: Tensor) -> Tensor:
     return torch.bmm(c.expand(z.shape[0], -1, -1), z)
 
 
+def kron_weight(factors: Tensor, blocks: Tensor) -> Tensor:
+    """W = sum_i C_i ⊗ B_i: factors (r, m1, n1), blocks (r, h, w) -> (m1*h, n1*w), differentiable.
+
+    W[p, a, q, b] = sum_i C_i[p, q] B_i[a, b] written in W's (m1, h, n1, w) layout: r * m * n
+    multiply-adds, and the backward is a reduction of dW against each operand. Measured for a
+    768x192 weight with 2x2 blocks, forward + backward, median of 50: this einsum 0.93 ms at rank 1
+    (an explicit broadcast multiply: 0.92 ms) and 0.97 ms at rank 2 (broadcast multiply and sum
+    over i: 1.56 ms), against ~20 ms for that layer's GEMMs at 4096 rows.
+    """
+    rank, m1, n1 = factors.shape
+    _, h, w = blocks.shape
+    return torch.einsum("ipq,iab->paqb", factors, blocks).reshape(m1 * h, n1 * w)
+
+
 def kron_matmul(x: Tensor, factors: Tensor, blocks: Tensor, order: int) -> Tensor:
     """x (N, n1*w) -> (N, m1*h), contracting in the given order (see `cheaper_order`)."""
     rank, m1, n1 = factors.shape

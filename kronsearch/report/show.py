@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_count,
@@ -57,33 +60,105 @@ def show_data(studies: Sequence[optuna.Study]) -> list[dict]:
     """`kronsearch show` as data: one study_report per study."""
     return [study_report(s) for s in studies]
 
-def _note(row: Mapping) -> str:
+def count_blocks(blocks: Mapping[str, str]) -> str:
+    """Per-layer blocks in words: 'fc1:4x4 fc2:2x2' for up to 3 layers, else '2x2 on 4 layers, 4x4 on 3'."""
+    if len(blocks) <= 3:
+        return describe_blocks(blocks)
+    counts = Counter(blocks.values()).most_common()
+    return ", ".join(f"{b} on {n}{' layers' if i == 0 else ''}" for i, (b, n) in enumerate(counts))
+
+
+def row_notes(row: Mapping) -> list[str]:
+    """What the narrow table leaves out of a trial, as whole sentences: its pick, reuse and failure."""
+    notes = []
+    if row["selected"]:
+        notes.append(f"selected {count_blocks(row['selected'])}")
     if row["duplicate_of"] is not None:
-        return f"= #{row['duplicate_of']}"
-    reason = row["fail_reason"] or ""
-    return reason if len(reason) <= 40 else reason[:39] + "…"
+        notes.append(f"same configuration as #{row['duplicate_of']}: its result reused, nothing trained")
+    if row["fail_reason"]:
+        notes.append(row["fail_reason"])
+    return notes
 
 
+SHORT_PARAMS = {"rank": "r", "lambda1": "l1", "lambda2": "l2"}
 
-def render_show(data: Sequence[Mapping], console: Console) -> None:
-    """Draw show_data: a trials table per study, then its best trial or Pareto front."""
+
+def short_params(params: Mapping[str, Any]) -> str:
+    """{'block': '4x4', 'rank': 1, 'lambda2': 1e-4} -> '4x4 r1 l2=0.0001' (the narrow table's params)."""
+    parts = []
+    for key, value in sorted(params.items(), key=lambda kv: kv[0] != "block"):
+        if key == "block":
+            parts.append(norm_block(value))
+        elif key == "rank":
+            parts.append(f"r{value}")
+        elif not key.startswith("block:"):
+            parts.append(f"{SHORT_PARAMS.get(key, key)}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    layer_blocks = {p.split(":", 1)[1]: norm_block(v) for p, v in params.items() if p.startswith("block:")}
+    if layer_blocks:
+        parts.append(describe_blocks(layer_blocks))
+    return " ".join(parts)
+
+
+def _table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]]) -> Table:
+    """A table whose numeric columns (flag True) never wrap nor shrink below their widest cell."""
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
+    for index, (name, numeric) in enumerate(columns):
+        if numeric:
+            widest = max([len(name.split()[-1] if name else "")] + [len(r[index]) for r in rows])
+            table.add_column(name, justify="right", no_wrap=True, min_width=widest)
+        else:
+            table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+def print_uncut(console: Console, table: Table) -> None:
+    """Print a table; one whose numbers cannot fit the console's width is printed wider, not cut."""
+    needed, width = Measurement.get(console, console.options.update_width(100_000), table).minimum, console.width
+    console.width = max(width, needed)  # the terminal then wraps the long lines; every cell stays whole
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -> None:
+    """Draw show_data: a trials table per study, then its best trial or Pareto front.
+
+    The default view fits 80 columns: state, accuracies, sparsity, MACs, time and short params,
+    with each trial's selection, reuse and failure on its own line below. `wide` adds every column.
+    """
     for report in data:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(report["counts"].items()))
-        table = Table(title=escape(f"{report['study']}: {len(report['trials'])} trials ({counts or 'none'})"),
-                      title_justify="left")
-        for column, justify in (("#", "right"), ("state", "left"), ("kind", "left"), ("params", "left"),
-                                ("val acc", "right"), ("test acc", "right"), ("sparsity", "right"),
-                                ("train params", "right"), ("train MACs", "right"), ("selected", "left"),
-                                ("duration", "right"), ("note", "left")):
-            table.add_column(column, justify=justify)
-        for row in report["trials"]:
-            table.add_row(
-                str(row["number"]), row["state"], row["kind"] or "-", escape(fmt_params(row["params"])),
-                fmt_pct(row["val_accuracy"]), fmt_pct(row["test_accuracy"]), fmt_pct(row["block_sparsity"]),
-                fmt_count(row["train_params"]), fmt_count(row["train_macs"]),
-                escape(describe_blocks(row["selected"])), fmt_seconds(row["duration"]), escape(_note(row)),
-            )
-        console.print(table)
+        title = f"{report['study']}: {len(report['trials'])} trials ({counts or 'none'})"
+        rows = report["trials"]
+        if wide:
+            columns = [("#", True), ("state", False), ("kind", False), ("params", False), ("val acc", True),
+                       ("test acc", True), ("sparsity", True), ("train params", True), ("train MACs", True),
+                       ("selected", False), ("duration", True), ("note", False)]
+            cells = [[str(r["number"]), r["state"].lower(), r["kind"] or "-", fmt_params(r["params"]),
+                      fmt_pct(r["val_accuracy"]), fmt_pct(r["test_accuracy"]), fmt_pct(r["block_sparsity"]),
+                      fmt_count(r["train_params"]), fmt_count(r["train_macs"]), describe_blocks(r["selected"]),
+                      fmt_seconds(r["duration"]), "; ".join(row_notes({**r, "selected": {}})) or "-"] for r in rows]
+        else:
+            columns = [("#", True), ("state", False), ("val acc", True), ("test acc", True), ("sparsity", True),
+                       ("MACs", True), ("time", True), ("params", False)]
+            cells = [[str(r["number"]), r["state"].lower(), fmt_pct(r["val_accuracy"]), fmt_pct(r["test_accuracy"]),
+                      fmt_pct(r["block_sparsity"]), fmt_count(r["train_macs"]), fmt_seconds(r["duration"]),
+                      short_params(r["params"])] for r in rows]
+            if len({r["kind"] for r in rows}) > 1:  # a hybrid study: say which stage each trial belongs to
+                columns.insert(2, ("kind", False))
+                for cell, r in zip(cells, rows):
+                    cell.insert(2, r["kind"] or "-")
+        print_uncut(console, _table(title, columns, cells))
+        if not wide:
+            for r in rows:
+                for note in row_notes(r):
+                    console.print(f"#{r['number']} {escape(note)}", highlight=False)
+            console.print("MACs per training sample; r rank, l1/l2 lambdas; --wide shows every column",
+                          highlight=False)
         _render_best(report, console)
         console.print()
 
@@ -98,16 +173,11 @@ def _render_best(report: Mapping, console: Console) -> None:
         console.print(f"best trial: #{row['number']}  val {fmt_pct(row['val_accuracy'])}  "
                       f"test {fmt_pct(row['test_accuracy'])}  {escape(fmt_params(row['params']))}", highlight=False)
         return
-    table = Table(title=escape(f"Pareto front of {report['study']} ({len(best['trials'])} trials)"),
-                  title_justify="left")
-    table.add_column("#", justify="right")
-    for objective in report["objectives"]:
-        table.add_column(f"{objective['metric']} ({objective['direction'][:3]})", justify="right")
-    table.add_column("params")
+    columns = [("#", True), *((f"{o['metric']} ({o['direction'][:3]})", True) for o in report["objectives"]),
+               ("params", False)]
+    rows = []
     for row in best["trials"]:
         values = [row["values"].get(o["metric"]) for o in report["objectives"]]
-        cells = [fmt_pct(v) if o["metric"].endswith(("accuracy", "sparsity")) else fmt_count(v)
-                 for o, v in zip(report["objectives"], values)]
-        table.add_row(str(row["number"]), *cells, escape(fmt_params(row["params"])))
-    console.print(table)
-
+        rows.append([str(row["number"]), *(fmt_pct(v) if o["metric"].endswith(("accuracy", "sparsity")) else fmt_count(v)
+                                           for o, v in zip(report["objectives"], values)), fmt_params(row["params"])])
+    print_uncut(console, _table(f"Pareto front of {report['study']} ({len(best['trials'])} trials)", columns, rows))

@@ -1,0 +1,169 @@
+"""How a Kronecker layer computes y = x W^T + b, and which way it picks: factored or merged.
+
+W is a sum of terms C ⊗ B (one per candidate block of a PatternSelectLinear, one for a KronLinear),
+each term with factors C = S ⊙ A (r, m1, n1) and blocks B (r, h, w). The paths, for N input rows:
+
+- "order1", "order2": `kron_matmul` per term, never building W (PAPER.md section 1's two orders).
+  Cheap in MACs, but a small block turns it into products with an inner size of h or w (2-4), which
+  are memory-bound: at 2x2 blocks a ViT-tiny layer took 7-9x as long as nn.Linear.
+- "factored": every term in its own order (`KronLinear.order`, the one with fewer MACs).
+- "merged": W is built once per call (`kron_weight`, r*m*n multiply-adds per term, all terms summed
+  into one W), then one GEMM as nn.Linear does. Autograd's backward is one GEMM for dx, one for dW,
+  and dW reduced onto each term's C and B (r*m*n). So K candidates cost one GEMM plus K builds, not K
+  factored products. Parameters, gradients and optimizer state stay the factors; what it saves for
+  backward is x (as nn.Linear) and W (m*n, the size of the dense weight's gradient, which this path
+  never keeps). Measured at 4160 rows (ViT-tiny, batch 64): 1.04-1.15x nn.Linear's forward+backward
+  per layer, the build and its reduction being the difference.
+
+`compute` modes, per layer or as the process default (`set_default_compute`): "factored", "merged",
+or "auto". "auto" times the paths once per key (layer shape and blocks, rows rounded to a power of 2,
+dtype, device, whether autograd records) on random inputs of that shape, forward and, when autograd
+records, backward into x and the factors, and keeps the fastest for the rest of the process (as
+cudnn.benchmark does); `compute_choices()` shows what it chose. A one-layer KronLinear chooses among
+order1, order2 and merged, a PatternSelectLinear between factored and merged. Why time instead of a
+cost model: the crossover moves with the GEMM library, the thread count and the block, and on this
+machine it did not follow the MAC counts (at 8x8 blocks order 2 beat merged on one ViT-tiny layer
+and lost on another of the same MACs). Because of that, "auto" may pick differently in two
+processes, and their results then differ by float rounding; pin "factored" or "merged" for bitwise
+reproducibility across processes. The timing uses its own random generator and does not touch the
+global one. On CUDA the same timing runs with the device synchronized around each call; no GPU was
+available to measure it, so no CUDA-specific rule is coded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kronsearch.layers.kron_ops import kron_matmul, kron_weight
+
+log = logging.getLogger("kronsearch")
+
+COMPUTE_MODES = ("auto", "factored", "merged")
+PATHS = ("factored", "order1", "order2", "merged")
+TIMED_ROUNDS = 5
+"""Interleaved timing rounds per path after one warm-up each; the median round decides."""
+
+Term = tuple[Tensor, Tensor, int]
+"""(factors C (r, m1, n1), blocks B (r, h, w), the term's factored order 1 or 2)."""
+
+_default_compute = "auto"
+_choices: dict[tuple, str] = {}
+
+
+def check_compute(compute: str | None) -> str | None:
+    """`compute` if it is a mode or None (follow the process default); else ValueError naming the modes."""
+    if compute is not None and compute not in COMPUTE_MODES:
+        raise ValueError(f"compute must be one of {', '.join(map(repr, COMPUTE_MODES))} (or None for the "
+                         f"default set by set_default_compute), got {compute!r}")
+    return compute
+
+
+def set_default_compute(compute: str) -> None:
+    """The mode of every layer whose own `compute` is None ("auto" when the process starts)."""
+    global _default_compute
+    if compute is None:
+        raise ValueError(f"the default compute must be one of {', '.join(map(repr, COMPUTE_MODES))}, got None")
+    _default_compute = check_compute(compute)
+
+
+def default_compute() -> str:
+    """The process-wide compute mode."""
+    return _default_compute
+
+
+def compute_choices() -> dict[tuple, str]:
+    """What "auto" chose so far: {(shapes, rows bucket, dtype, device, grad): path}."""
+    return dict(_choices)
+
+
+def kron_linear(x: Tensor, terms: Sequence[Term], bias: Tensor | None, path: str) -> Tensor:
+    """x (N, n) -> (N, m) = x (sum of the terms' C ⊗ B)^T + bias, along `path` (one of PATHS)."""
+    if path == "merged":
+        weight = kron_weight(*terms[0][:2])
+        for factors, blocks, _ in terms[1:]:
+            weight = weight + kron_weight(factors, blocks)
+        return F.linear(x, weight, bias)
+    fixed = {"order1": 1, "order2": 2}.get(path)
+    y = None
+    for factors, blocks, order in terms:
+        part = kron_matmul(x, factors, blocks, fixed or order)
+        y = part if y is None else y + part
+    return y if bias is None else y + bias
+
+
+def kron_forward(x: Tensor, terms: Sequence[Term], bias: Tensor | None, compute: str | None) -> Tensor:
+    """(..., n) -> (..., m): the layer's mode (None: the process default), "auto" resolved by timing."""
+    mode = check_compute(compute) or _default_compute
+    rows = x.reshape(-1, x.shape[-1])
+    path = choose_path(rows, terms) if mode == "auto" else mode
+    y = kron_linear(rows, terms, bias, path)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def candidate_paths(terms: Sequence[Term]) -> tuple[str, ...]:
+    """What "auto" compares: both orders and merged for one term, factored and merged for several."""
+    return ("order1", "order2", "merged") if len(terms) == 1 else ("factored", "merged")
+
+
+def rows_bucket(rows: int) -> int:
+    """Rows rounded to the nearest power of 2 (at least 1): calls within ~1.4x share a timing."""
+    return 1 << max(0, round(math.log2(max(rows, 1))))
+
+
+def choose_path(x: Tensor, terms: Sequence[Term]) -> str:
+    """The fastest of `candidate_paths` for x (N, n) and these terms' shapes, timed once per key."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for f, b, _ in terms for t in (f, b)))
+    shapes = tuple((tuple(f.shape), tuple(b.shape), order) for f, b, order in terms)
+    key = (x.shape[1], shapes, rows_bucket(x.shape[0]), x.dtype, str(x.device), grad)
+    if key not in _choices:
+        times = time_paths(rows_bucket(x.shape[0]), x.shape[1], terms, x.dtype, x.device, grad)
+        _choices[key] = min(times, key=times.get)
+        log.debug("compute auto %s: %s -> %s", key,
+                  ", ".join(f"{p} {t * 1e3:.3f} ms" for p, t in times.items()), _choices[key])
+    return _choices[key]
+
+
+def time_paths(rows: int, in_features: int, terms: Sequence[Term], dtype: torch.dtype, device: torch.device,
+               grad: bool) -> dict[str, float]:
+    """Median seconds per call of each candidate path on random data of these shapes.
+
+    With `grad`, a call is forward plus backward into x and every C and B (as in training).
+    """
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator).to(device, dtype).requires_grad_(grad)
+
+    x = rand(rows, in_features)
+    fake = [(rand(*f.shape), rand(*b.shape), order) for f, b, order in terms]
+    leaves = [x] + [t for f, b, _ in fake for t in (f, b)]
+    out_features = terms[0][0].shape[1] * terms[0][1].shape[1]
+    grad_out = rand(rows, out_features).detach()
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
+
+    def once(path: str) -> float:
+        sync()
+        start = time.perf_counter()
+        with torch.set_grad_enabled(grad):
+            y = kron_linear(x, fake, None, path)
+            if grad:
+                torch.autograd.grad(y, leaves, grad_out)
+        sync()
+        return time.perf_counter() - start
+
+    paths = candidate_paths(terms)
+    for path in paths:
+        once(path)
+    samples: dict[str, list[float]] = {path: [] for path in paths}
+    for round_ in range(TIMED_ROUNDS):
+        for path in paths[round_ % len(paths):] + paths[:round_ % len(paths)]:
+            samples[path].append(once(path))
+    return {path: statistics.median(s) for path, s in samples.items()}

@@ -21,7 +21,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from kronsearch.layers.compute import check_compute, kron_forward
 from kronsearch.layers.kron_linear import KronLinear
+from kronsearch.layers.kron_ops import cheaper_order
 from kronsearch.patterns import Block, format_block, valid_blocks
 
 
@@ -42,8 +44,10 @@ class PatternSelectLinear(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        compute: str | None = None,
     ) -> None:
         super().__init__()
+        self.compute = check_compute(compute)  # as KronLinear's; "auto" compares factored and merged
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
@@ -79,9 +83,17 @@ class PatternSelectLinear(nn.Module):
                 nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(..., in_features) -> (..., out_features)."""
-        y = sum(branch(x) for branch in self.branches.values())
-        return y if self.bias is None else y + self.bias
+        """(..., in_features) -> (..., out_features): bias + sum over the live branches of x W_k^T.
+
+        Merged, all live candidates are summed into one W and cost one GEMM (kronsearch/layers/compute.py).
+        """
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        terms = []
+        for branch in self.branches.values():
+            factors = branch.factors()
+            terms.append((factors, branch.b, cheaper_order(*factors.shape[1:], *branch.b.shape[1:], factors.shape[0])))
+        return kron_forward(x, terms, self.bias, self.compute)
 
     def group_norms(self) -> Tensor:
         """||S_k||_2 / sqrt(|S_k|) for every candidate, differentiable: (K,)."""

@@ -28,7 +28,7 @@ from kronsearch.costs import model_cost
 from kronsearch.patterns import format_block, kron_macs, kron_params
 from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors, study_name
-from kronsearch.strategies import counts_toward_budget, find_duplicate, finished, seed_hybrid, suggest
+from kronsearch.strategies import counts_toward_budget, find_duplicate, finished, seed_hybrid, seed_params, suggest
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_alive, worker_id
 from kronsearch.trainer import EpochReport, TrainingDiverged
 from kronsearch.trial import TrialSpec, build_trial_model, run_trial, trial_config
@@ -344,7 +344,7 @@ def run_search(
             if kind == "per_pattern" and strategy == "hybrid":
                 source = seed_hybrid(study, space)
                 if source is not None:
-                    console.print(f"hybrid: per_pattern search seeded with one_round trial {source}'s selection")
+                    console.print(describe_seed(space, study.get_trials(deepcopy=False)[source]))
             runner(study, space, kind, target, budget_kind, progress, console)
     done = finished(study)
     summary = RunSummary(names, url, completed=len(done))
@@ -361,6 +361,22 @@ def run_search(
     if storage:
         summary.message += f" --storage {storage}"
     return summary
+
+
+def describe_seed(space: Space, source: FrozenTrial) -> str:
+    """What the hybrid's first per_pattern trial trains, and how it follows from one_round trial `source`."""
+    params, selected = seed_params(space, source), source.user_attrs["metrics"]["selected"]
+    picks = ", ".join(f"{b} on {n}" for b, n in Counter(selected.values()).most_common())
+    if "block" in params:
+        trains = f"block {params['block']} on every layer"
+        why = (f"the block one_round trial {source.number} selected on all {len(selected)} layers"
+               if len(set(selected.values())) == 1 else
+               f"the block most layers of one_round trial {source.number} selected ({picks}); "
+               f"search.per_layer_blocks: true would seed its per-layer selection")
+    else:
+        trains, why = "one block per layer", f"one_round trial {source.number}'s per-layer selection ({picks})"
+    return (f"hybrid: the per_pattern search starts with {trains}, rank {params['rank']}, "
+            f"lambda2 {params['lambda2']:.3g}: {why}")
 
 
 def trials_finished(count: int) -> str:

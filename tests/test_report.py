@@ -28,9 +28,11 @@ from kronsearch.models import build_model
 from kronsearch.report import (
     best_trials,
     compare_data,
+    cost_curve,
     default_trial,
     describe_blocks,
     pattern_ranking,
+    reach,
     render_compare,
     render_show,
     same_blocks,
@@ -347,10 +349,14 @@ def test_compare_data_pick_ranking_and_agreement(search):
     assert agreement["same_as_best"] is True and agreement["position"] == 1
     assert agreement["one_round_rank"] == 2 and agreement["best_rank"] == 1
     assert agreement["same_rank_as_best"] is False and agreement["position_with_rank"] == 2
-    # The failed and pruned trials recorded no MACs: the sums are lower bounds, and the notes say so.
-    assert data["notes"] == [
-        "2 finished one_round trial(s) recorded no train_macs_total (not in the MACs sum)",
-        "1 finished per_pattern trial(s) recorded no train_macs_total (not in the MACs sum)"]
+
+
+def test_notes_on_missing_training_macs_say_which_trials_stopped_early(search):
+    assert compare_data(load_studies("demo"))["notes"] == [
+        "1 failed and 1 pruned one_round trial(s) stopped before recording train_macs_total: their training MACs "
+        "are missing from the MACs sums (a lower bound), their wall time is counted",
+        "1 failed per_pattern trial(s) stopped before recording train_macs_total: their training MACs "
+        "are missing from the MACs sums (a lower bound), their wall time is counted"]
 
 
 def test_compare_data_compute_sums_finished_trials_without_duplicates(search):
@@ -358,7 +364,7 @@ def test_compare_data_compute_sums_finished_trials_without_duplicates(search):
     one, per = compute["one_round"], compute["per_pattern"]
     assert one["trials"] == 4 and one["duplicates"] == 0  # 2 complete + fail + pruned (the last two cost ~0s)
     assert one["wall_time"] == pytest.approx(40.0, abs=1.0) and one["train_macs_total"] == 10 * 10**6
-    assert one["trials_without_macs"] == 2
+    assert one["without_macs"] == {"fail": 1, "pruned": 1}
     assert per["trials"] == 5 and per["duplicates"] == 1
     assert per["wall_time"] == pytest.approx(400.0, abs=1.0) and per["train_macs_total"] == 4 * 10**6
     assert compute["ratio"]["train_macs_total"] == pytest.approx(0.4)
@@ -410,7 +416,7 @@ def test_describe_blocks_is_compact_for_many_layers():
 
 def test_strategy_compute_of_nothing_is_zero():
     assert strategy_compute([]) == {"trials": 0, "duplicates": 0, "wall_time": 0.0, "train_macs_total": 0,
-                                    "trials_without_macs": 0}
+                                    "without_macs": {}}
 
 
 def test_render_compare_shows_both_sides_and_the_ratio(search):
@@ -419,9 +425,10 @@ def test_render_compare_shows_both_sides_and_the_ratio(search):
     assert "per-pattern ranking" in text
     rows = {label: next(line for line in text.splitlines() if f"│ {label} " in line)
             for label in ("2x2 r1", "2x2 r2", "4x4 r1")}
-    assert "<- one-round blocks" in rows["2x2 r1"] and "and rank" not in rows["2x2 r1"]
-    assert "<- one-round blocks and rank" in rows["2x2 r2"] and "<-" not in rows["4x4 r1"]
-    assert "one-round pick equals the per-pattern best (2x2 r1) by blocks" in text
+    assert "same as one-round" in text  # every column has a header
+    assert rows["2x2 r1"].split("│")[-2].strip() == "blocks"
+    assert rows["2x2 r2"].split("│")[-2].strip() == "blocks and rank" and rows["4x4 r1"].split("│")[-2].strip() == ""
+    assert "one-round pick equals the per-pattern best (2x2 r1) by blocks; its blocks rank 1 of 3" in text
     assert "rank: one-round r2, per-pattern best r1 (different)" in text
     assert "per_pattern / one_round" in text and "0.40x" in text
 
@@ -448,3 +455,40 @@ def test_compare_ranks_the_majority_pick_among_global_patterns():
     agreement = _agreement(one_round, ranking)
     assert agreement["position"] is None  # a mixed per-layer pick is no global pattern
     assert agreement["majority_block"] == "4x4" and agreement["majority_position"] == 2
+
+
+def test_agreement_of_a_pick_no_pattern_matches_is_a_sentence(search):
+    data = compare_data(load_studies("demo"))
+    data["agreement"]["position"] = None
+    text = render(render_compare, data)
+    assert "its blocks are none of the 3 patterns trained per pattern" in text
+    assert "rank at" not in text
+
+
+# ----------------------------------------------------------------------------- cost curves
+
+
+def test_cost_curve_is_best_val_accuracy_against_cumulative_macs_and_time_in_trial_order(search):
+    one, per = load_studies("demo")
+    curve = cost_curve(one)
+    assert [p["trial"] for p in curve["points"]] == [0, 1, 2, 3]
+    assert [p["best"] for p in curve["points"]] == [0.80, 0.85, 0.85, 0.85]
+    assert [p["train_macs"] for p in curve["points"]] == [5 * 10**6, 10**7, 10**7, 10**7]
+    assert [p["wall_time"] for p in curve["points"]][:2] == [20.0, 40.0]
+    assert curve["macs_unknown"] == 2  # the failed and the pruned trial
+    reused = cost_curve(per)["points"]
+    assert reused[4]["train_macs"] == reused[3]["train_macs"]  # a duplicate trained nothing
+
+
+def test_reach_says_what_each_strategy_paid_for_the_lower_final_best(search):
+    reached = reach([cost_curve(s) for s in load_studies("demo")])
+    assert reached["target"] == 0.85
+    assert reached["by_study"]["demo:one_round"] == {"trial": 1, "train_macs": 10**7, "wall_time": 40.0}
+    assert reached["by_study"]["demo:per_pattern"] == {"trial": 1, "train_macs": 2 * 10**6, "wall_time": 200.0}
+
+
+def test_compare_shows_the_cost_curves_and_what_reaching_the_target_cost(search):
+    text = render(render_compare, compare_data(load_studies("demo")))
+    assert "best val accuracy vs cumulative training cost (trial order)" in text
+    assert "to reach 85.00% val accuracy (the lowest final best):" in text
+    assert "demo:per_pattern: after trial 1, 2M training MACs, 3m20s" in text

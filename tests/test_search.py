@@ -7,10 +7,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
 
-from kronsearch.search import run_search
-from kronsearch.space import SpaceError
+from kronsearch.search import describe_seed, run_search
+from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
 
 
@@ -65,6 +66,18 @@ def test_per_layer_blocks_give_one_parameter_per_layer(write_space):
     run_search(write_space(search={"strategy": "per_pattern", "per_layer_blocks": True},
                            model={"include": ["*"]}), progress=False)
     assert set(trials_of("tiny:per_pattern")[0].params) == {"rank", "lambda2", "block:layers.0", "block:head"}
+
+
+def test_hybrid_message_says_what_a_mixed_selection_seeded(write_space):
+    space = load_space(write_space(search={"strategy": "hybrid"}))
+    source = create_trial(value=0.9, params={"rank": 1, "lambda1": 0.1, "lambda2": 1e-4},
+                          distributions={"rank": IntDistribution(1, 2), "lambda1": FloatDistribution(0.01, 0.3),
+                                         "lambda2": FloatDistribution(1e-5, 1e-3)},
+                          user_attrs={"metrics": {"selected": {"a": "2x2", "b": "2x2", "c": "4x4"}}})
+    text = describe_seed(space, source)
+    assert "starts with block 2x2 on every layer, rank 1, lambda2 0.0001" in text
+    assert "the block most layers of one_round trial" in text and "(2x2 on 2, 4x4 on 1)" in text
+    assert "'s selection" not in text
 
 
 def test_hybrid_seeds_per_pattern_with_the_one_round_pick(write_space):

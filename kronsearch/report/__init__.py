@@ -3,7 +3,8 @@
 The data functions (`show_data`, `compare_data` and the trial helpers) return plain dicts and lists,
 JSON-able as they are (what `--format json` prints); `render_show` and `render_compare` draw them as
 rich tables. `kronsearch.report.trials` holds the trial helpers and number formats, `.show` and
-`.compare` the two commands; every public name is importable from `kronsearch.report`.
+`.compare` the two commands, `.cost` best accuracy against cumulative cost; every public name is
+importable from `kronsearch.report`.
 """
 
 from kronsearch.report.compare import (
@@ -16,6 +17,7 @@ from kronsearch.report.compare import (
     strategy_compute,
     trial_pattern,
 )
+from kronsearch.report.cost import cost_curve, reach
 from kronsearch.report.show import render_show, show_data, study_report, trial_row
 from kronsearch.report.trials import (
     FINISHED,
@@ -42,9 +44,10 @@ from kronsearch.report.trials import (
 )
 
 __all__ = [
-    "FINISHED", "KINDS", "SCALAR_METRICS", "artifact_dirs", "best_one_round", "best_trials", "block_for", "compare_data",
-    "default_trial", "describe_blocks", "duration", "fmt_count", "fmt_params", "fmt_pct", "fmt_seconds",
-    "metrics", "norm_block", "objectives", "pattern_label", "pattern_ranking", "render_compare", "render_show",
-    "same_blocks", "show_data", "strategy_compute", "study_report", "study_strategy", "trial_kind", "trial_pattern",
-    "trial_history", "trial_rank", "trial_row", "val_accuracy",
+    "FINISHED", "KINDS", "SCALAR_METRICS", "artifact_dirs", "best_one_round", "best_trials", "block_for",
+    "compare_data", "cost_curve", "default_trial", "describe_blocks", "duration", "fmt_count", "fmt_params",
+    "fmt_pct", "fmt_seconds", "metrics", "norm_block", "objectives", "pattern_label", "pattern_ranking",
+    "reach", "render_compare", "render_show", "same_blocks", "show_data", "strategy_compute", "study_report",
+    "study_strategy", "trial_history", "trial_kind", "trial_pattern", "trial_rank", "trial_row",
+    "val_accuracy",
 ]

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import (FINISHED, KINDS, _or, best_one_round, describe_blocks, duration, fmt_count,
                                       fmt_pct, fmt_seconds, metrics, norm_block, study_strategy, trial_kind,
                                       trial_rank, val_accuracy)
@@ -83,8 +84,11 @@ def strategy_compute(entries: Iterable[tuple[str, FrozenTrial]]) -> dict:
         "trials": len(counted), "duplicates": len(finished) - len(counted),
         "wall_time": sum(_or(duration(t), 0.0) for t in counted),
         "train_macs_total": sum(m for m in macs if m is not None),
-        "trials_without_macs": sum(m is None for m in macs),
+        "without_macs": dict(Counter(t.state.name.lower() for t, m in zip(counted, macs) if m is None)),
     }
+
+
+STATE_WORDS = {"pruned": "pruned", "fail": "failed", "complete": "complete"}
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -127,9 +131,11 @@ def compare_data(studies: Sequence[optuna.Study]) -> dict:
                      "ties are ranked by fewer training MACs")
     compute = {kind: strategy_compute(pools[kind]) for kind in KINDS}
     for kind, c in compute.items():
-        if c["trials_without_macs"]:
-            notes.append(f"{c['trials_without_macs']} finished {kind} trial(s) recorded no train_macs_total "
-                         "(not in the MACs sum)")
+        if c["without_macs"]:
+            which = " and ".join(f"{n} {STATE_WORDS.get(state, state)}" for state, n in sorted(c["without_macs"].items()))
+            notes.append(f"{which} {kind} trial(s) stopped before recording train_macs_total: their training MACs "
+                         "are missing from the MACs sums (a lower bound), their wall time is counted")
+    curves = [cost_curve(s) for s in studies]
     hashes = {s.user_attrs.get("space_hash") for s in studies} - {None}
     if len(hashes) > 1:
         notes.append("the studies were run on different search spaces (their space_hash differ)")
@@ -141,6 +147,8 @@ def compare_data(studies: Sequence[optuna.Study]) -> dict:
         "compute": {**compute, "ratio": {
             key: _ratio(compute["per_pattern"][key], compute["one_round"][key])
             for key in ("wall_time", "train_macs_total")}},
+        "cost_curves": curves,
+        "reach": reach(curves),
         "notes": notes,
     }
 
@@ -171,6 +179,13 @@ def _agreement(one_round: dict | None, ranking: list[dict]) -> dict | None:
     }
 
 
+def _same_as_pick(one: Mapping | None, entry: Mapping) -> str:
+    """'blocks' or 'blocks and rank' when a ranked pattern is the one-round pick, else ''."""
+    if one is None or not same_blocks(one["selected"], entry):
+        return ""
+    return "blocks and rank" if entry["rank"] == one["rank"] else "blocks"
+
+
 def render_compare(data: Mapping, console: Console) -> None:
     """Draw compare_data: the pick per layer next to the ranking, the agreement and the compute."""
     one, ranking, agreement = data["one_round"], data["per_pattern"]["ranking"], data["agreement"]
@@ -193,25 +208,27 @@ def render_compare(data: Mapping, console: Console) -> None:
         tables.append(pick)
     if ranking:
         rank_table = Table(title="per-pattern ranking (best val acc per pattern)", title_justify="left")
-        for column, justify in (("pos", "right"), ("pattern", "left"), ("val acc", "right"), ("test acc", "right"),
-                                ("train MACs", "right"), ("trial", "left"), ("n", "right"), ("", "left")):
+        marks = [_same_as_pick(one, entry) for entry in ranking]
+        columns = [("pos", "right"), ("pattern", "left"), ("val acc", "right"), ("test acc", "right"),
+                   ("train MACs", "right"), ("trial", "left"), ("n", "right")]
+        if any(marks):
+            columns.append(("same as one-round", "left"))
+        for column, justify in columns:
             rank_table.add_column(column, justify=justify)
-        for entry in ranking:
-            mark = ""
-            if one is not None and same_blocks(one["selected"], entry):
-                mark = "<- one-round blocks" + (" and rank" if entry["rank"] == one["rank"] else "")
-            rank_table.add_row(str(entry["position"]), escape(entry["label"]), fmt_pct(entry["val_accuracy"]),
-                               fmt_pct(entry["test_accuracy"]), fmt_count(entry["train_macs"]),
-                               escape(f"{entry['study']} #{entry['trial']}"), str(entry["trials"]), mark)
+        for entry, mark in zip(ranking, marks):
+            cells = [str(entry["position"]), escape(entry["label"]), fmt_pct(entry["val_accuracy"]),
+                     fmt_pct(entry["test_accuracy"]), fmt_count(entry["train_macs"]),
+                     escape(f"{entry['study']} #{entry['trial']}"), str(entry["trials"])]
+            rank_table.add_row(*cells, *([mark] if any(marks) else []))
         tables.append(rank_table)
     if tables:
         console.print(Columns(tables, padding=(0, 4)))
     if agreement is not None:
-        where = (f"position {agreement['position']} of {agreement['patterns']}" if agreement["position"]
-                 else f"not among the {agreement['patterns']} per-pattern patterns")
+        where = (f"its blocks rank {agreement['position']} of {agreement['patterns']}" if agreement["position"]
+                 else f"its blocks are none of the {agreement['patterns']} patterns trained per pattern")
         same = "equals" if agreement["same_as_best"] else "differs from"
         console.print(f"one-round pick {same} the per-pattern best ({escape(agreement['best_label'])}) by blocks; "
-                      f"its blocks rank at {where}", highlight=False)
+                      f"{where}", highlight=False)
         console.print(f"rank: one-round r{agreement['one_round_rank']}, per-pattern best r{agreement['best_rank']} "
                       f"({'same' if agreement['same_rank_as_best'] else 'different'}); blocks and rank together: "
                       f"{'position ' + str(agreement['position_with_rank']) if agreement['position_with_rank'] else 'not found'}",
@@ -220,6 +237,7 @@ def render_compare(data: Mapping, console: Console) -> None:
             console.print(f"the block most layers picked, {agreement['majority_block']}, used for every layer: "
                           f"position {agreement['majority_position']} of {agreement['patterns']}", highlight=False)
     _render_compute(data["compute"], console)
+    render_cost(data["cost_curves"], data["reach"], console)
     for note in data["notes"]:
         console.print(f"note: {escape(note)}", highlight=False)
 

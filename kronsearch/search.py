@@ -14,7 +14,6 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -27,9 +26,10 @@ from rich.table import Table
 from kronsearch.costs import model_cost
 from kronsearch.patterns import format_block, kron_macs, kron_params
 from kronsearch.space import Space, load_space
-from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors, study_name
+from kronsearch.storage import (STUDIES_DIR, StorageError, artifact_dir_record, default_storage_url, storage_errors,
+                                study_artifacts_dir, study_name)
 from kronsearch.strategies import counts_toward_budget, find_duplicate, finished, seed_hybrid, seed_params, suggest
-from kronsearch.study import open_study, process_started, recover_dead_trials, worker_alive, worker_id
+from kronsearch.study import open_study, recover_dead_trials, worker_alive
 from kronsearch.trainer import EpochReport, TrainingDiverged
 from kronsearch.trial import TrialSpec, build_trial_model, run_trial, trial_config
 
@@ -128,12 +128,9 @@ def trial_failure(err: BaseException) -> str | None:
 
 
 def begin_trial(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
-    """Tag a new trial with its kind and the process that owns it, and sample its pattern."""
+    """Tag a new trial with its kind and sample its pattern (its process is tagged by the storage as
+    the trial starts: storage.OwnedTrialStorage)."""
     trial.set_user_attr("kind", kind)
-    trial.set_user_attr("worker", worker_id())
-    started = process_started(os.getpid())
-    if started is not None:
-        trial.set_user_attr("worker_started", started)
     return suggest(trial, space, kind)
 
 
@@ -153,7 +150,8 @@ def trial_artifact_dir(space: Space, folder: Path, number: int) -> Path | None:
 def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: dict,
                  artifact_dir: Path | None) -> list[float]:
     """Record a trained trial's results; returns its objective values."""
-    record(trial, metrics, trial_config(space, spec), str(artifact_dir) if artifact_dir else None)
+    record(trial, metrics, trial_config(space, spec),
+           artifact_dir_record(trial.study.study_name, trial.number) if artifact_dir else None)
     return objective_values(space, metrics)
 
 
@@ -250,17 +248,13 @@ class Budget:
 
     def claimed(self, study: optuna.Study, below: int | None = None) -> int:
         """Finished trials plus trials running in live processes on this host (numbered below `below`)."""
-        host, now = socket.gethostname(), datetime.now()
-        count = 0
+        host, count = socket.gethostname(), 0
         for t in study.get_trials(deepcopy=False):  # one snapshot
             if counts_toward_budget(t, self.kind):
                 count += 1
             elif (t.state == TrialState.RUNNING and (below is None or t.number < below)
                   and (self.kind is None or t.user_attrs.get("kind", self.kind) == self.kind)):
-                if "worker" in t.user_attrs:
-                    count += worker_alive(t, host) is True
-                else:  # just asked for by some process, which is about to tag it
-                    count += t.datetime_start is not None and (now - t.datetime_start).total_seconds() < 60
+                count += worker_alive(t, host) is True  # every trial is tagged with its process as it starts
         return count
 
     def surplus(self, study: optuna.Study, number: int) -> bool:
@@ -280,7 +274,7 @@ def run_local(study: optuna.Study, space: Space, kind: str, target: int, budget_
     remaining = budget.remaining(study)
     if remaining == 0:
         return
-    folder = Path(study.user_attrs["artifacts_dir"])
+    folder = study_artifacts_dir(study)
     study.optimize(make_objective(space, kind, folder, progress, budget), n_trials=remaining,
                    timeout=space.search["timeout"], catch=(TrialFailed, TrialSkipped), callbacks=[budget],
                    gc_after_trial=True)

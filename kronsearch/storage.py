@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
 
 STUDIES_DIR = Path("studies")
 STRATEGIES = ("one_round", "per_pattern", "hybrid")
@@ -94,27 +100,137 @@ def storage_errors(url: str, doing: str = "open") -> Iterator[None]:
         raise storage_error(url, err, doing) from err
 
 
-def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+class OwnedTrialStorage(optuna.storages.RDBStorage):
+    """An RDBStorage in which every trial this process starts carries `owner` (user attrs, e.g. the
+    process's host:pid) from the very transaction that starts it: a new trial (study.ask) and a queued
+    one (enqueue_trial, then ask) alike. So no RUNNING trial ever lacks its owner, wherever the process
+    is killed (see study.recover_dead_trials). Taking a queued trial relies on RDBStorage's session
+    helpers (Optuna 4 and 5); test_reliability checks both paths.
+    """
+
+    def __init__(self, url: str, owner: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.owner = owner
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        if template_trial is None:  # study.ask(): a new RUNNING trial, created with its owner
+            template_trial = FrozenTrial(
+                number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                datetime_complete=None, params={}, distributions={}, user_attrs=dict(self.owner), system_attrs={},
+                intermediate_values={}, trial_id=-1)
+        return super()._create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        try:  # a queued trial taken by study.ask(): WAITING -> RUNNING and the owner in one transaction
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if trial.state != TrialState.WAITING:
+                    return False
+                trial.state, trial.datetime_start = TrialState.RUNNING, datetime.now()
+                for key, value in self.owner.items():
+                    self._set_trial_attr_without_commit(session, rdb_models.TrialUserAttributeModel, trial_id, key, value)
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+
+def artifact_root(url: str, studies_dir: str | os.PathLike = STUDIES_DIR) -> Path:
+    """The folder trial artifact paths are stored relative to: the folder of the storage file (SQLite
+    or journal), so a moved studies folder keeps working; studies_dir for a database server."""
+    path = _storage_file(url)
+    return (Path(studies_dir) if path is None else path.parent).resolve()  # resolved now: the cwd may change
+
+
+def _storage_file(url: str) -> Path | None:
+    """The file of a SQLite URL or a journal file path; None for a database server or :memory:."""
+    if "://" not in url:
+        return Path(url)
+    if not url.startswith("sqlite:"):
+        return None
+    try:
+        database = sqlalchemy.engine.make_url(url).database
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    return Path(database) if database and database != ":memory:" else None
+
+
+def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = None,
+                 create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL; SQLite files get a generous lock timeout for concurrent writers.
 
+    owner: user attrs written atomically into every trial this process starts (OwnedTrialStorage).
+    create=False (show, compare, export, plot): an existing storage only. A missing file is StudyNotFound
+    and is not created (SQLite's mode=rw), no table is created, and the schema is never migrated.
     Raises StorageError when it cannot be opened.
     """
+    file = _storage_file(url)
+    if not create and file is not None and not file.is_file():
+        raise StudyNotFound(f"no storage file {file} ({url}); nothing was created. Check the path, or run "
+                            f"`kronsearch run` first")
     for attempt in range(attempts):
         try:
-            if url.startswith("sqlite:///"):
-                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-            return optuna.storages.RDBStorage(url) if "://" in url else optuna.storages.JournalStorage(
-                optuna.storages.journal.JournalFileBackend(url))
+            storage = _open(url, file, owner, create)
+            storage.kronsearch_root = artifact_root(url)  # see study_artifacts_root
+            return storage
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
             # another process creating the same new storage's tables at this very moment
             racing = "already exists" in str(err) or "UNIQUE constraint failed" in str(err)
-            if not racing or attempt == attempts - 1:
+            if not racing or not create or attempt == attempts - 1:
                 raise storage_error(url, err) from err
             time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, RuntimeError,
                 ImportError) as err:
             raise storage_error(url, err) from err
     raise AssertionError("unreachable")
+
+
+def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: bool) -> optuna.storages.BaseStorage:
+    if "://" not in url:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:") and file is not None:
+        engine_kwargs["connect_args"] = {"timeout": 60}
+        if not create:  # sqlite3 would create a missing file (say, one deleted since the check above)
+            uri = f"{file.resolve().as_uri()}?mode=rw"
+            engine_kwargs["creator"] = lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+    if not create:
+        return optuna.storages.RDBStorage(url, engine_kwargs, skip_table_creation=True)
+    if owner is not None:
+        return OwnedTrialStorage(url, owner, engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(url, engine_kwargs)
+
+
+def study_artifacts_root(study: optuna.Study) -> Path:
+    """artifact_root of the storage `study` was opened from (by open_storage)."""
+    storage = getattr(study._storage, "_backend", study._storage)  # noqa: SLF001 - optuna wraps RDB storages in a cache
+    return getattr(storage, "kronsearch_root", getattr(study._storage, "kronsearch_root", STUDIES_DIR))  # noqa: SLF001
+
+
+def study_artifacts_dir(study: optuna.Study) -> Path:
+    """Where this study's trial folders go now: <artifact root>/<search>/<strategy>."""
+    search, strategy = split_study_name(study.study_name)
+    return artifacts_dir(search, strategy or "", study_artifacts_root(study))
+
+
+def artifact_dir_record(study_name: str, number: int) -> str:
+    """A trial's "artifact_dir" user attr: its folder relative to the artifact root."""
+    search, strategy = split_study_name(study_name)
+    return f"{search}/{strategy}/trial-{number}"
+
+
+def artifact_dir_candidates(study: optuna.Study, recorded: str | None) -> list[Path]:
+    """Where a trial's folder may be, best first: the recorded path under the study's artifact root
+    (an absolute path, as kronsearch 0.1 stored, as is), then that folder's name under the study's
+    artifacts folder (a study moved since it was written)."""
+    if not recorded:
+        return []
+    path = Path(recorded)
+    found = [path if path.is_absolute() else study_artifacts_root(study) / path]
+    moved = study_artifacts_dir(study) / path.name
+    return found + ([moved] if moved != found[0] else [])
 
 
 def storage_for(study: str, storage_url: str | None) -> str:
@@ -132,7 +248,7 @@ def storage_for(study: str, storage_url: str | None) -> str:
 def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Study]:
     """'N:S' -> that study; 'N' -> every study of search N in the storage, in strategy order."""
     url = storage_for(study, storage_url)
-    storage = open_storage(url)
+    storage = open_storage(url, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     search, strategy = split_study_name(study)
     wanted = [study] if strategy else [n for n in names if split_study_name(n)[0] == search]

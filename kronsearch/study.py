@@ -2,8 +2,10 @@
 trials whose process died.
 
 Every trial stores the process that runs it (user attrs "worker" = host:pid and "worker_started"),
-so a later run on the same host can tell a trial cut off by a crash from one another live process
-is still running.
+written in the same transaction that starts the trial (storage.OwnedTrialStorage), so a later run on
+the same host can tell a trial cut off by a crash, however early, from one another live process is
+still running. Trial artifact paths are stored relative to the storage file's folder
+(storage.artifact_root), so a studies folder can be moved or copied and resumed.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ from optuna.trial import FrozenTrial, TrialState
 import kronsearch
 from kronsearch.patterns import format_block
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import artifacts_dir, open_storage, study_name
+from kronsearch.storage import artifact_root, artifacts_dir, open_storage, study_name
 
 
 def worker_id() -> str:
     """host:pid of this process, stored on every trial it runs (to detect trials of dead processes)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_attrs() -> dict[str, str]:
+    """The user attrs naming this process, written into every trial it starts (storage.OwnedTrialStorage)."""
+    started = process_started(os.getpid())
+    return {"worker": worker_id(), **({"worker_started": started} if started is not None else {})}
 
 
 def process_started(pid: int) -> str | None:
@@ -126,9 +134,10 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
 
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:
     """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, owner=worker_attrs())
+    storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)
     name = study_name(space.name, strategy)
-    folder = artifacts_dir(space.name, strategy, studies_dir)
+    folder = artifacts_dir(space.name, strategy, root)
     if fresh:
         try:
             optuna.delete_study(study_name=name, storage=storage)
@@ -147,7 +156,7 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     if "space_hash" not in study.user_attrs:
         attrs = {"space_hash": identity_hash(identity), "space_path": str(Path(space.path).resolve()), "space": space.raw,
                  "strategy": strategy, "objectives": space.search["objectives"],
-                 "kronsearch_version": kronsearch.__version__, "artifacts_dir": str(folder.resolve())}
+                 "kronsearch_version": kronsearch.__version__, "artifacts_dir": folder.relative_to(root).as_posix()}
         for key, value in attrs.items():
             study.set_user_attr(key, value)
     return study
@@ -232,7 +241,8 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     recovered = []
     for trial in trials:
         if trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs and trial.number not in retried:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            queued = trial.system_attrs.get("fixed_params", {})  # a queued trial cut off before it sampled
+            study.enqueue_trial({**queued, **trial.params}, user_attrs={"retry_of": trial.number})
             recovered.append(trial.number)
     return recovered
 

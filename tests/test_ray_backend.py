@@ -105,11 +105,11 @@ def test_ray_study_matches_the_local_backends(ray_cluster, write_space, workdir)
         assert r.user_attrs["config"] == loc.user_attrs["config"]
         assert r.values == loc.values
         assert r.intermediate_values == loc.intermediate_values  # one report per epoch
-        history = json.loads((Path(r.user_attrs["artifact_dir"]) / "history.json").read_text())
+        history = json.loads((Path("studies", r.user_attrs["artifact_dir"]) / "history.json").read_text())
         assert list(r.intermediate_values) == [1] and r.intermediate_values[1] == history[0]["val_accuracy"]
         assert r.user_attrs["worker"].endswith(f":{os.getpid()}")  # the driver owns the trial
         assert not r.user_attrs["ray_worker"].endswith(f":{os.getpid()}")  # a Ray worker trained it
-        assert (Path(r.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+        assert (Path("studies", r.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
     text = console.export_text()
     assert f"ray: cluster with {os.cpu_count()} CPUs, 0 GPUs; up to 2 trials at a time" in text
     assert all(f"trial {n} one_round: val" in text for n in range(3))

@@ -20,17 +20,20 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from safetensors import SafetensorError
+from typer.testing import CliRunner
 
 from kronsearch import kronify, load_plan, search, trial as trial_module
 from kronsearch.search import Budget, run_search
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
 from kronsearch.space import MAX_CANDIDATES, MAX_EPOCHS, SpaceError, load_space
-from kronsearch.storage import StorageError, default_storage_url, load_studies, open_storage
+from kronsearch.cli import app
+from kronsearch.storage import StorageError, artifact_dir_candidates, default_storage_url, load_studies, open_storage
 from kronsearch.strategies import finished
 from kronsearch.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 
@@ -73,6 +76,26 @@ from kronsearch.cli import main
 Path(f"ready-{os.getpid()}").touch()
 while not Path("go").exists():
     time.sleep(0.01)
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+main()
+"""
+
+
+# `kronsearch run tiny.yaml` SIGKILLed the moment trial KILL_AT exists in the storage, before any
+# kronsearch code has seen it (the sampler's before_trial is the first code called with a new trial).
+RUN_KILLED_AT_CREATION = """
+import os, signal, sys
+import kronsearch.study as study
+from kronsearch.cli import main
+
+real = study.PerTrialSeedSampler.before_trial
+
+def killed(self, s, trial):
+    if trial.number == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, s, trial)
+
+study.PerTrialSeedSampler.before_trial = killed
 sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
 main()
 """
@@ -144,7 +167,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_and_retries_the_cut_off_trial(writ
     cut = running[0]
     assert cut.user_attrs["worker"] == f"{worker_id().rpartition(':')[0]}:{proc.pid}"
     first = trials()[0]
-    saved = digest(Path(first.user_attrs["artifact_dir"]))
+    saved = digest(Path("studies", first.user_attrs["artifact_dir"]))
 
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=TIMEOUT)
@@ -156,7 +179,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_and_retries_the_cut_off_trial(writ
     assert "trials [1] were interrupted" in output.getvalue()
     every = assert_no_trial_lost_or_duplicated(3)
     assert every[0].state == TrialState.COMPLETE and every[0].values == first.values
-    assert digest(Path(first.user_attrs["artifact_dir"])) == saved
+    assert digest(Path("studies", first.user_attrs["artifact_dir"])) == saved
     assert every[1].state == TrialState.FAIL
     assert f":{proc.pid} died" in every[1].user_attrs["interrupted"]
     (retry,) = [t for t in every if t.user_attrs.get("retry_of") == 1]
@@ -164,6 +187,29 @@ def test_sigkill_mid_trial_then_rerun_resumes_and_retries_the_cut_off_trial(writ
 
     run_search(path, progress=False)  # a finished study: nothing re-queued, nothing trained
     assert len(trials()) == len(every)
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["new-trial", "queued-trial"])
+def test_a_kill_right_after_a_trial_is_created_is_recovered_by_the_next_run(write_space, workdir, python, queued):
+    """The trial's process is written in the transaction that starts it, so no kill leaves a RUNNING
+    trial that no run can recover (it used to stay RUNNING forever, and the next run ended one short)."""
+    path = write_space(search={"trials": 2, "save_weights": False})
+    run_search(path, trials=1, progress=False)
+    if queued:  # taken from Optuna's queue (WAITING -> RUNNING), as a retried configuration is
+        study = optuna.load_study(study_name=STUDY, storage=open_storage(default_storage_url("tiny")))
+        study.enqueue_trial({"lambda1": 0.05})
+    proc = python(RUN_KILLED_AT_CREATION, KILL_AT="1")
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+    cut = trials()[1]
+    assert cut.state == TrialState.RUNNING and cut.user_attrs["worker"].endswith(f":{proc.pid}")
+
+    summary = run_search(path, progress=False)  # right away: no waiting for a timeout
+    assert summary.completed == 2
+    every = assert_no_trial_lost_or_duplicated(2)
+    assert every[1].state == TrialState.FAIL and f":{proc.pid} died" in every[1].user_attrs["interrupted"]
+    if queued:
+        assert [t.params["lambda1"] for t in every if t.user_attrs.get("retry_of") == 1] == [0.05]
 
 
 def test_ctrl_c_stops_after_saving_says_how_to_resume_and_the_trial_is_retried(write_space, workdir, python):
@@ -179,7 +225,7 @@ def test_ctrl_c_stops_after_saving_says_how_to_resume_and_the_trial_is_retried(w
     assert "Traceback" not in err
     first, stopped = trials()
     assert first.state == TrialState.COMPLETE
-    assert (Path(first.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+    assert (Path("studies", first.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
     assert stopped.state == TrialState.FAIL and "Ctrl-C" in stopped.user_attrs["interrupted"]
     assert "fail_reason" not in stopped.user_attrs  # does not count against the budget
 
@@ -323,6 +369,43 @@ def test_resuming_samples_new_configurations_instead_of_replaying_old_ones(write
     assert_no_trial_lost_or_duplicated(2)
 
 
+def test_a_moved_studies_folder_resumes_in_its_new_place(write_space, workdir, monkeypatch):
+    old, new = workdir / "old", workdir / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    path = write_space("old/tiny.yaml", search={"trials": 2})
+    run_search(path, trials=1, progress=False)
+    old.rename(new)
+    monkeypatch.chdir(new)
+    run_search(new / "tiny.yaml", progress=False)
+    assert not old.exists()  # nothing written where the study used to be
+    first, second = assert_no_trial_lost_or_duplicated(2)
+    assert second.user_attrs["artifact_dir"] == "tiny/one_round/trial-1"  # relative to the storage's folder
+    for trial in (first, second):
+        assert (new / "studies" / "tiny" / "one_round" / f"trial-{trial.number}" / "model.safetensors").is_file()
+    (study,) = load_studies(STUDY)
+    assert artifact_dir_candidates(study, first.user_attrs["artifact_dir"])[0] == \
+        new / "studies" / "tiny" / "one_round" / "trial-0"
+
+
+@pytest.mark.parametrize("command", [["show", "tiny"], ["compare", "tiny"], ["plot", "tiny", "--out", "plots"],
+                                     ["export", "tiny:one_round", "--out", "best.yaml"]],
+                         ids=lambda c: c[0])
+def test_a_read_command_never_creates_a_storage(workdir, command):
+    result = CliRunner().invoke(app, [*command, "--storage", "sqlite:///typo.db"])
+    assert result.exit_code == 2, result.output
+    assert "no storage file typo.db" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+def test_a_read_command_neither_creates_tables_in_nor_changes_an_existing_file(workdir):
+    (workdir / "empty.db").write_bytes(b"")
+    with pytest.raises(StorageError, match="empty.db"):
+        load_studies("tiny", "sqlite:///empty.db")
+    assert (workdir / "empty.db").read_bytes() == b""
+    assert sorted(p.name for p in workdir.iterdir()) == ["empty.db"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Storage failures: a clear StorageError, nothing already saved lost
 
@@ -374,7 +457,7 @@ def test_a_full_disk_while_saving_weights_stops_the_run_and_loses_nothing(write_
     path = write_space(search={"trials": 3})
     run_search(path, trials=1, progress=False)
     (first,) = trials()
-    saved = digest(Path(first.user_attrs["artifact_dir"]))
+    saved = digest(Path("studies", first.user_attrs["artifact_dir"]))
     real = trial_module.save_artifacts
 
     def full_disk(folder: Path, *args, **kwargs):
@@ -384,15 +467,15 @@ def test_a_full_disk_while_saving_weights_stops_the_run_and_loses_nothing(write_
     with pytest.raises(StorageError, match="cannot save the trial's weights and metrics .* No space left on device"):
         run_search(path, progress=False)
     kept, cut = trials()
-    assert kept.state == TrialState.COMPLETE and digest(Path(kept.user_attrs["artifact_dir"])) == saved
+    assert kept.state == TrialState.COMPLETE and digest(Path("studies", kept.user_attrs["artifact_dir"])) == saved
     assert cut.state == TrialState.FAIL and "No space left on device" in cut.user_attrs["interrupted"]
 
     monkeypatch.setattr(trial_module, "save_artifacts", real)
     run_search(path, progress=False)
     every = assert_no_trial_lost_or_duplicated(3)
     (retry,) = [t for t in every if t.user_attrs.get("retry_of") == cut.number]
-    assert retry.params == cut.params and (Path(retry.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
-    assert digest(Path(kept.user_attrs["artifact_dir"])) == saved
+    assert retry.params == cut.params and (Path("studies", retry.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+    assert digest(Path("studies", kept.user_attrs["artifact_dir"])) == saved
 
 
 def test_a_full_disk_as_safetensors_reports_it_is_a_storage_error_and_leaves_no_partial_file(

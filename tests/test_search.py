@@ -28,16 +28,16 @@ def test_one_round_trials_record_selection_norms_and_weights(write_space):
         assert set(trial.params) == {"rank", "lambda1", "lambda2"}
         metrics = trial.user_attrs["metrics"]
         assert set(metrics["selected"]) == {"layers.0"} and metrics["selected"]["layers.0"] in ("2x2", "4x4")
-        history = json.loads((Path(trial.user_attrs["artifact_dir"]) / "history.json").read_text())
+        history = json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "history.json").read_text())
         assert set(history[0]["candidate_norms"]["layers.0"]) == {"2x2", "4x4"}
         assert trial.values[0] == metrics["val_accuracy"]
-        assert (Path(trial.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+        assert (Path("studies", trial.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
 
 
 def test_per_epoch_history_is_in_the_trial_folder_and_intermediate_values_not_in_user_attrs(write_space):
     run_search(write_space(train={"epochs": 2}), progress=False)
     for trial in trials_of("tiny:one_round"):
-        history = json.loads((Path(trial.user_attrs["artifact_dir"]) / "history.json").read_text())
+        history = json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "history.json").read_text())
         assert [e["epoch"] for e in history] == [1, 2]
         assert trial.intermediate_values == {e["epoch"]: e["val_accuracy"] for e in history}
         assert "history" not in trial.user_attrs
@@ -47,7 +47,7 @@ def test_per_epoch_history_is_in_the_trial_folder_and_intermediate_values_not_in
 def test_user_attrs_keep_scalars_selection_and_plan_and_the_rest_stays_in_metrics_json(write_space):
     run_search(write_space(search={"trials": 1}), progress=False)
     (trial,) = trials_of("tiny:one_round")
-    saved = json.loads((Path(trial.user_attrs["artifact_dir"]) / "metrics.json").read_text())
+    saved = json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "metrics.json").read_text())
     kept = trial.user_attrs["metrics"]
     assert "layer_sparsity" in saved and "layer_sparsity" not in kept
     assert kept["plan"] == saved["plan"] and kept["selected"] == saved["selected"]

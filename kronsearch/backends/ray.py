@@ -79,7 +79,7 @@ from rich.markup import escape
 
 from kronsearch.search import Budget, begin_trial, copy_duplicate, describe, finish_trial, trial_artifact_dir, trial_failure
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import StorageError
+from kronsearch.storage import StorageError, study_artifacts_dir
 from kronsearch.study import worker_id
 from kronsearch.strategies import find_duplicate
 from kronsearch.trial import TrialSpec, run_trial
@@ -175,7 +175,7 @@ class _RayRun:
 
     def __init__(self, study: optuna.Study, space: Space, kind: str, budget: Budget, console: Console) -> None:
         self.study, self.space, self.kind, self.budget, self.console = study, space, kind, budget, console
-        self.folder = Path(study.user_attrs["artifacts_dir"])
+        self.folder = study_artifacts_dir(study)
         self.single = len(space.search["objectives"]) == 1
         backend = space.backend
         self.cpu, self.gpu = backend["resources_per_trial"]["cpu"], backend["resources_per_trial"]["gpu"]

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.patterns import format_block, parse_block
-from kronsearch.storage import split_study_name
+from kronsearch.storage import artifact_dir_candidates, split_study_name
 
 KINDS = ("one_round", "per_pattern")
 HISTORY_FILE = "history.json"
@@ -123,15 +123,9 @@ def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, Froze
 
 
 def artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:
-    """Where the trial's folder may be: artifact_dir as recorded, then under the study's artifacts_dir."""
-    recorded = trial.user_attrs.get("artifact_dir")
-    if not recorded:
-        return []
-    folders = [Path(recorded)]
-    root = study.user_attrs.get("artifacts_dir")
-    if root and not Path(recorded).is_absolute():
-        folders.append(Path(root) / Path(recorded).name)
-    return folders
+    """Where the trial's folder may be, best first (storage.artifact_dir_candidates: relative to the
+    storage file's folder, so a moved studies folder still works)."""
+    return artifact_dir_candidates(study, trial.user_attrs.get("artifact_dir"))
 
 
 def trial_history(study: optuna.Study, trial: FrozenTrial) -> list[dict]:

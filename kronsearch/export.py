@@ -29,7 +29,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.plan import parse_plan
-from kronsearch.report import SCALAR_METRICS, artifact_dirs, default_trial, metrics, study_strategy, trial_kind
+from kronsearch.report import (SCALAR_METRICS, artifact_dirs, default_trial, full_config, metrics, study_strategy,
+                               trial_kind)
 from kronsearch.storage import write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
@@ -82,10 +83,10 @@ def display_storage(url: str | None) -> str | None:
     return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url)
 
 
-def lambdas(trial: FrozenTrial, study: optuna.Study | None = None) -> dict[str, float]:
+def lambdas(trial: FrozenTrial, study: optuna.Study) -> dict[str, float]:
     """lambda1 and lambda2 from the params (else the trial config); per_pattern trials have no lambda1."""
-    train = (trial.user_attrs.get("config") or {}).get("train") or {}
-    kind = trial_kind(trial, study_strategy(study) if study is not None else None)
+    train = full_config(study, trial)["train"]
+    kind = trial_kind(trial, study_strategy(study))
     keys = ("lambda2",) if kind == "per_pattern" else ("lambda1", "lambda2")
     out = {}
     for key in keys:
@@ -102,7 +103,7 @@ def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str |
     if not isinstance(plan, dict):
         raise ExportError(f"trial {trial.number} of {study.study_name!r} recorded no final plan (metrics.plan)")
     layers = {name: pattern.to_dict() for name, pattern in parse_plan(plan).items()}
-    config = trial.user_attrs.get("config") or {}
+    config = full_config(study, trial)
     return {
         "layers": layers,
         "lambdas": lambdas(trial, study),
@@ -151,14 +152,14 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ExportError(f"cannot read weights {path}: {err}") from None
 
 
-def bsr_tensors(trial: FrozenTrial, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+def bsr_tensors(study: optuna.Study, trial: FrozenTrial, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
     """Every KronLinear layer's merged weight in BSR form, keyed "<layer>.bsr.{crow_indices,col_indices,values}".
 
     Rebuilds the trial's model (config model/data + metrics.plan), loads `state_dict` into it and
     merges each layer with the trial's pruning threshold. Returns the tensors and string metadata
     (per layer: size and block) for the safetensors header.
     """
-    config = trial.user_attrs.get("config") or {}
+    config = full_config(study, trial)
     try:
         name, options = config["model"]["name"], config["model"].get("options") or {}
         input_shape, num_classes = tuple(config["data"]["input_shape"]), int(config["data"]["num_classes"])
@@ -225,7 +226,7 @@ def export_trial(
         source = weights_path(study, chosen)
         state_dict = load_weights(source)
         if bsr:
-            sparse = bsr_tensors(chosen, state_dict)
+            sparse = bsr_tensors(study, chosen, state_dict)
     # The pattern file goes last: it only changes once the weights it describes are in place.
     result = ExportResult(study.study_name, chosen.number, Path(out))
     if weights is not None:

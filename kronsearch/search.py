@@ -85,13 +85,31 @@ def study_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in STUDY_RECORDS or v is None or isinstance(v, (int, float, str))}
 
 
-def record(trial: optuna.Trial | FrozenTrial, metrics: dict, config: dict, artifact_dir: str | None,
-           set_attr: Callable[[str, object], None] | None = None) -> None:
-    """Store a finished trial's results as user attrs; per-epoch and per-layer detail is in artifact_dir."""
-    set_attr = set_attr or trial.set_user_attr
-    set_attr("metrics", study_metrics(metrics))
-    set_attr("config", config)
-    set_attr("artifact_dir", artifact_dir)
+SHARED_CONFIG = ("space", "seed", "data", "model")
+
+
+def split_config(config: dict) -> tuple[dict, dict]:
+    """(what every trial of a study shares: space, seed, data, model, train but its lambdas; the trial's own part).
+
+    The shared part is stored once, as the study's "trial_config" user attr; report.full_config merges them.
+    """
+    train = config.get("train") or {}
+    own_train = {k: train[k] for k in ("lambda1", "lambda2") if k in train}
+    shared = {k: config[k] for k in SHARED_CONFIG if k in config}
+    shared["train"] = {k: v for k, v in train.items() if k not in own_train}
+    own = {k: v for k, v in config.items() if k not in SHARED_CONFIG and k != "train"}
+    return shared, {**own, "train": own_train}
+
+
+def record(trial: optuna.Trial, metrics: dict, config: dict, artifact_dir: str | None) -> None:
+    """Store a finished trial's results as user attrs; per-epoch and per-layer detail is in artifact_dir,
+    and the config every trial shares is the study's "trial_config" (see split_config)."""
+    shared, own = split_config(config)
+    if "trial_config" not in trial.study.user_attrs:
+        trial.study.set_user_attr("trial_config", shared)
+    trial.set_user_attr("metrics", study_metrics(metrics))
+    trial.set_user_attr("config", own)
+    trial.set_user_attr("artifact_dir", artifact_dir)
 
 
 def objective_values(space: Space, metrics: dict) -> list[float]:

@@ -266,6 +266,10 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         train[key] = c.typed(train[key], f"train.{key}", float, "a number >= 0", lambda v: 0 <= v < 1e6)
     if train["threads"] is not None:
         c.integer(train["threads"], "train.threads", 1, 1024)
+    if train["select_epochs"] is not None:
+        train["select_epochs"] = c.typed(train["select_epochs"], "train.select_epochs", float,
+                                         "a number of epochs > 0 and <= train.epochs (or null: a quarter of them)",
+                                         lambda v: 0 < v <= train["epochs"])
     if train["max_grad_norm"] is not None:
         train["max_grad_norm"] = c.typed(train["max_grad_norm"], "train.max_grad_norm", float, "a number > 0",
                                          lambda v: v > 0)

@@ -1,8 +1,10 @@
 """The trainer: one training function for dense, Kronecker and pattern-selection models.
 
-train(model, data, config, callback) runs the selection phase (every candidate of every
-PatternSelectLinear competing under the selection penalty), keeps each layer's winner, optionally
-fine-tunes the winners alone, and returns the metrics the search optimizes.
+train(model, data, config, callback) runs one continuous training. With PatternSelectLinear layers
+the first `select_epochs` hold each layer's contest (kronsearch/selection.py): losers leave as soon
+as they reach exactly 0, and the winner goes on under the same optimizer state and schedule.
+`finetune_epochs` optionally adds epochs of the final model under a fresh schedule. Returns the
+metrics the search optimizes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
 from kronsearch.patterns import format_block
 from kronsearch.plan import model_plan
+from kronsearch.selection import GateSelection, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -34,8 +37,9 @@ SCHEDULES = ("cosine", "constant")
 class TrainConfig:
     """How to train. lambda1 weighs the group penalty, lambda2 the l1 penalty on every S."""
 
-    epochs: int = 10  # selection phase (or the whole run for a model without candidates)
-    finetune_epochs: int = 0  # after selection: the winners alone, losers dropped
+    epochs: int = 10  # the whole continuous run, selection included
+    finetune_epochs: int = 0  # optional extra epochs of the final model, fresh optimizer and schedule
+    select_epochs: float | None = None  # selection budget within `epochs`; None: a quarter of them
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -59,6 +63,7 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1, "lr": self.lr > 0, "s_lr_scale": self.s_lr_scale > 0,
             "weight_decay": self.weight_decay >= 0, "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
+            "select_epochs": self.select_epochs is None or 0 < self.select_epochs <= self.epochs,
             # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "threads": self.threads is None or self.threads >= 1,
@@ -68,7 +73,12 @@ class TrainConfig:
         if bad:
             raise ValueError(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, counts and rates positive, "
-                             f"warmup_epochs <= epochs, max_grad_norm None or > 0)")
+                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, max_grad_norm None or > 0)")
+
+    @property
+    def selection_epochs(self) -> float:
+        """The selection budget in epochs (`select_epochs`, else a quarter of `epochs`)."""
+        return self.select_epochs if self.select_epochs is not None else self.epochs / 4
 
 
 @dataclass
@@ -76,12 +86,13 @@ class EpochReport:
     """What the trainer knows after one epoch; handed to the callback."""
 
     epoch: int  # 1-based, counting across phases
-    phase: str  # "train", "select" or "finetune"
+    phase: str  # "select" while some layer's contest runs, "train" otherwise, "finetune"
     train_loss: float  # task loss, mean over the epoch
-    penalty: float  # the regularization term, mean over the epoch
-    val_accuracy: float
+    penalty: float  # the regularization term (selection_penalty + regularizer), mean over the epoch
+    val_accuracy: float  # of the model that will be kept: while selecting, each layer's leader alone
     block_sparsity: float  # overall, over the Kronecker layers
-    candidate_norms: dict[str, dict[str, float]]  # layer -> candidate block -> ||W_k||_F
+    candidate_norms: dict[str, dict[str, float]]  # layer -> live candidate block -> ||W_k||_F
+    live_candidates: dict[str, list[str]]  # layer -> candidates still in the layer at the epoch's end
     lr: float
     seconds: float
 
@@ -96,11 +107,12 @@ class TrainResult:
     layer_sparsity: dict[str, float]
     train_params: int  # trainable parameters while training (the selection phase, candidates included)
     train_macs: int  # forward MACs per sample while training
-    train_macs_total: int  # forward MACs over every sample of every epoch, all phases
+    train_macs_total: int  # forward MACs over every sample of every epoch, as the live set shrank
     final_params: int
     final_macs: int
     inference_nonzeros: int  # weight entries after merging, dense layers counted as dense
     selected: dict[str, str]  # layer -> winning block (pattern selection only)
+    decisions: dict[str, dict]  # layer -> {block, epoch (fractional, of the choice), by, loser_share}
     plan: dict[str, dict]  # layer -> {block, rank} of the final model
     wall_time: float
     history: list[EpochReport] = field(default_factory=list)
@@ -211,11 +223,13 @@ def train(
 ) -> TrainResult:
     """Train `model` on `data` and measure it. The callback may raise (e.g. optuna.TrialPruned) to stop.
 
-    Models with PatternSelectLinear layers are finalized after the selection phase (each layer
-    keeps its winner); `finetune_epochs` then trains the winners alone. Raises TrainingDiverged on a
-    non-finite loss. The test split is only evaluated once, at the end.
+    Models with PatternSelectLinear layers run each layer's contest within the first
+    `select_epochs` and end as their winners (finalized); `finetune_epochs` then trains the final
+    model under a fresh schedule. lambda2 acts by a proximal step on every S (exact zeros), lambda1
+    through the selection gates. Raises TrainingDiverged on a non-finite loss. The test split is
+    only evaluated once, at the end.
 
-    Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the penalty of every step;
+    Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the loss of every step;
     `after_step(step, total_steps)` runs after every optimizer step (step is 1-based within the
     phase; the gradients of that step are still in `.grad`).
     """
@@ -227,26 +241,26 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     train_x, train_y = (t.to(device) for t in data.train.tensors)
     val_x, val_y = (t.to(device) for t in data.val.tensors)
-    selecting = any(isinstance(m, PatternSelectLinear) for m in model.modules())
+    select_layers = [n for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)]
     training_cost = model_cost(model, data.input_shape, config.threshold).total
+    steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
     history: list[EpochReport] = []
-    phases = [("select" if selecting else "train", config.epochs, config.lambda1)]
-    if selecting and config.finetune_epochs:
-        phases.append(("finetune", config.finetune_epochs, 0.0))
+    phases = [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = 0
-    selections: dict = {}
+    selection: GateSelection | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[status]}"), disable=not config.progress, transient=True) as bar:
-        for phase, epochs, lambda1 in phases:
-            if phase == "finetune":
-                selections = finalize_model(model)
-            phase_macs = model_cost(model, data.input_shape, config.threshold).total.macs
+        for phase, epochs in phases:
             optimizer = make_optimizer(model, config)
-            steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+            if phase == "train" and select_layers:
+                selection = GateSelection(model, optimizer, round(config.selection_epochs * steps_per_epoch),
+                                          config.lambda1)
+            sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
             total_steps = epochs * steps_per_epoch
             warmup = round(config.warmup_epochs * steps_per_epoch) if phase != "finetune" else 0
             schedule = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s: lr_factor(s, total_steps, warmup, config.schedule))
+            s_params = s_parameters(model)
             task = bar.add_task(phase, total=total_steps, status="")
             for _ in range(epochs):
                 epoch_start = time.perf_counter()
@@ -255,52 +269,88 @@ def train(
                 for i in range(0, len(order), config.batch_size):
                     batch = order[i:i + config.batch_size]
                     loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
-                    penalty = selection_penalty(model, lambda1, config.lambda2)
-                    if regularizer is not None:
-                        penalty = penalty + regularizer(model)
-                    total = loss + penalty
+                    extra = regularizer(model) if regularizer is not None else loss.new_zeros(())
+                    total = loss + extra
                     if not torch.isfinite(total):
                         raise TrainingDiverged(
-                            f"non-finite loss ({loss.item()} + penalty {penalty.item()}) in {phase} epoch "
+                            f"non-finite loss ({loss.item()} + regularizer {extra.item()}) in {phase} epoch "
                             f"{len(history) + 1}, step {i // config.batch_size + 1}")
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
                     if config.max_grad_norm:
                         nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    if selection is not None and not selection.done:
+                        selection.measure()
                     optimizer.step()
+                    prox_l1_(optimizer, s_params, config.lambda2)
+                    if selection is not None and not selection.done and selection.step():
+                        s_params = s_parameters(model)
+                        sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
                     schedule.step()
                     if after_step is not None:
                         after_step(schedule.last_epoch, total_steps)
+                    macs_total += sample_macs * len(batch)
+                    with torch.no_grad():
+                        penalty = selection_penalty(model, config.lambda1 if phase == "train" else 0.0,
+                                                    config.lambda2) + extra
                     task_sum += loss.item() * len(batch)
                     penalty_sum += penalty.item() * len(batch)
                     bar.advance(task)
-                macs_total += phase_macs * len(order)
-                val = accuracy(model, val_x, val_y, config.batch_size)
-                report = EpochReport(
-                    epoch=len(history) + 1, phase=phase, train_loss=task_sum / len(order),
-                    penalty=penalty_sum / len(order), val_accuracy=val,
-                    block_sparsity=block_sparsity(model, config.threshold)[0],
-                    candidate_norms=candidate_norms(model),
-                    # the base lr; param group 0 may be S's, which runs at s_lr_scale times it
-                    lr=config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule),
-                    seconds=time.perf_counter() - epoch_start)
+                report = epoch_report(model, selection if phase == "train" else None, config, len(history) + 1,
+                                      phase, (task_sum / len(order), penalty_sum / len(order)),
+                                      (val_x, val_y), time.perf_counter() - epoch_start,
+                                      config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule))
                 history.append(report)
-                bar.update(task, status=f"loss {report.train_loss:.3f} val {val:.3f}")
+                bar.update(task, status=f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
                 if callback is not None:
                     callback(report)
             bar.remove_task(task)
-    if selecting and not selections:
-        selections = finalize_model(model)
+            if selection is not None and phase == "train":
+                selection.finish()
+                finalize_model(model)
+    decisions = selection_records(selection, steps_per_epoch) if selection is not None else {}
     final_cost = model_cost(model, data.input_shape, config.threshold).total
     overall, layers = block_sparsity(model, config.threshold)
     test_x, test_y = (t.to(device) for t in data.test.tensors)
+    plan = model_plan(model)
     return TrainResult(
         val_accuracy=accuracy(model, val_x, val_y, config.batch_size),
         test_accuracy=accuracy(model, test_x, test_y, config.batch_size),
         block_sparsity=overall, layer_sparsity=layers,
         train_params=training_cost.params, train_macs=training_cost.macs, train_macs_total=macs_total,
         final_params=final_cost.params, final_macs=final_cost.macs, inference_nonzeros=final_cost.nonzeros,
-        selected={name: format_block(block) for name, (block, _) in selections.items()},
-        plan={name: p.to_dict() for name, p in model_plan(model).items()},
+        selected={name: format_block(plan[name].block) for name in select_layers},
+        decisions=decisions,
+        plan={name: p.to_dict() for name, p in plan.items()},
         wall_time=time.perf_counter() - start, history=history, model=model,
     )
+
+
+def epoch_report(model: nn.Module, selection: GateSelection | None, config: TrainConfig, epoch: int, phase: str,
+                 losses: tuple[float, float], val: tuple[Tensor, Tensor], seconds: float, lr: float) -> EpochReport:
+    """Measure the model after an epoch. While a contest runs, validation uses each layer's leader
+    alone, so the pruner compares the models trials will keep, not a sum of candidates."""
+    if selection is not None and not selection.done:
+        with selection.leaders_only():
+            val_accuracy = accuracy(model, *val, config.batch_size)
+        phase = "select"
+    else:
+        val_accuracy = accuracy(model, *val, config.batch_size)
+    return EpochReport(
+        epoch=epoch, phase=phase, train_loss=losses[0], penalty=losses[1], val_accuracy=val_accuracy,
+        block_sparsity=block_sparsity(model, config.threshold)[0], candidate_norms=candidate_norms(model),
+        live_candidates={n: list(m.branches) for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)},
+        lr=lr,  # the base lr; param group 0 may be S's, which runs at s_lr_scale times it
+        seconds=seconds)
+
+
+def selection_records(selection: GateSelection, steps_per_epoch: int) -> dict[str, dict]:
+    """layer -> {block, epoch, by, loser_share, loser_norm_at_removal} of each layer's choice.
+
+    epoch is fractional (the step of the choice / steps per epoch); loser_share is the losers' part of
+    sum_k ||W_k|| at the choice; loser_norm_at_removal the largest ||W_k|| a loser had as it left.
+    """
+    return {name: {"block": d.block, "epoch": round(d.step / steps_per_epoch, 3), "by": d.by,
+                   "loser_share": round(d.loser_share, 4),
+                   "loser_norm_at_removal": selection.removed_norms.get(name, 0.0)}
+            for name, d in selection.decisions.items()}

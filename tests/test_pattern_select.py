@@ -1,8 +1,7 @@
-"""PatternSelectLinear: candidate block shapes in one layer, a group-lasso penalty, and picking the winner."""
+"""PatternSelectLinear: candidate block shapes in one layer, their norms and penalty, removal, the winner."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -33,14 +32,11 @@ def model_with_both_kinds() -> nn.Sequential:
 
 
 def hand_penalty(model: nn.Sequential, lambda1: float, lambda2: float) -> torch.Tensor:
-    """lambda1 * sum_k ||S_k||_2 / sqrt(|S_k|) + lambda2 * sum over every S of ||S||_1, written out.
-
-    The group term is the RMS of S_k (see pattern_select.py for why not Yuan & Lin's sqrt(|S_k|) * ||S_k||_2).
-    """
+    """lambda1 * sum_k ||W_k||_F (W_k materialized) + lambda2 * sum over every S of ||S||_1, written out."""
     select, kron = model[0], model[2]
-    branch_s = [select.branches[name].s for name in ("2x2", "4x4", "1x8")]
-    group = sum(s.pow(2).mean().sqrt() for s in branch_s)
-    l1 = sum(s.abs().sum() for s in branch_s) + kron.s.abs().sum()
+    branches = [select.branches[name] for name in ("2x2", "4x4", "1x8")]
+    group = sum(b.materialize().norm() for b in branches)
+    l1 = sum(b.s.abs().sum() for b in branches) + kron.s.abs().sum()
     return lambda1 * group + lambda2 * l1
 
 
@@ -52,21 +48,62 @@ def test_forward_is_the_sum_of_the_candidate_branches_plus_one_shared_bias():
     assert all(branch.bias is None for branch in layer.branches.values())
 
 
-def test_selection_penalty_equals_lambda1_times_the_rms_of_each_s_k_plus_lambda2_times_the_l1_of_every_s():
+def test_selection_penalty_equals_lambda1_times_each_candidates_weight_norm_plus_lambda2_times_every_l1():
     model = model_with_both_kinds()
     torch.testing.assert_close(selection_penalty(model, 0.3, 0.07), hand_penalty(model, 0.3, 0.07))
 
 
-def test_selection_penalty_gradient_wrt_each_s_k_is_the_group_lasso_and_l1_subgradient():
-    model = model_with_both_kinds()
-    lambda1, lambda2 = 0.3, 0.07
-    branch_s = [model[0].branches[name].s for name in ("2x2", "4x4", "1x8")]
-    got = torch.autograd.grad(selection_penalty(model, lambda1, lambda2), branch_s)
-    by_hand = torch.autograd.grad(hand_penalty(model, lambda1, lambda2), branch_s)
-    for s, g, h in zip(branch_s, got, by_hand):
-        analytic = lambda1 * s / (s.norm() * math.sqrt(s.numel())) + lambda2 * s.sign()
-        torch.testing.assert_close(g, analytic)
-        torch.testing.assert_close(g, h)
+def test_candidate_norms_equal_the_frobenius_norm_of_each_materialized_w_k_and_are_differentiable():
+    layer = select_layer(rank=3)
+    expected = torch.stack([b.materialize().norm() for b in layer.branches.values()])
+    torch.testing.assert_close(layer.candidate_norms(), expected)
+    s = layer.branches["4x4"].s
+    got, = torch.autograd.grad(layer.candidate_norms()[1], s)
+    by_hand, = torch.autograd.grad(layer.branches["4x4"].materialize().norm(), s)
+    torch.testing.assert_close(got, by_hand)
+
+
+@pytest.mark.parametrize("rescale", ["s_by_c_and_a_by_1_over_c", "a_by_c_and_b_by_1_over_c"])
+def test_candidate_norms_do_not_change_when_factors_are_rescaled_against_each_other(rescale):
+    layer = select_layer()
+    before = layer.candidate_norms()
+    branch = layer.branches["2x2"]
+    with torch.no_grad():
+        first, second = (branch.s, branch.a) if rescale.startswith("s_") else (branch.a, branch.b)
+        first.mul_(7.0)
+        second.div_(7.0)
+    torch.testing.assert_close(layer.candidate_norms(), before)
+
+
+def test_remove_drops_the_candidate_from_the_forward_and_returns_its_parameters():
+    layer = select_layer()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    gone = layer.branches["4x4"]
+    params = layer.remove("4x4")
+    assert list(layer.branches) == ["2x2", "1x8"]
+    assert {id(p) for p in params} == {id(p) for p in gone.parameters()}
+    expected = layer.branches["2x2"](x) + layer.branches["1x8"](x) + layer.bias
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_remove_refuses_an_unknown_or_the_last_candidate():
+    layer = select_layer()
+    with pytest.raises(KeyError, match="no live candidate '8x8'; live: 2x2, 4x4, 1x8"):
+        layer.remove("8x8")
+    layer.remove("2x2")
+    layer.remove("4x4")
+    with pytest.raises(ValueError, match="last candidate"):
+        layer.remove("1x8")
+
+
+def test_only_computes_with_one_candidate_inside_the_block_and_restores_all_after():
+    layer = select_layer()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    full = layer(x)
+    with layer.only("1x8"):
+        torch.testing.assert_close(layer(x), layer.branches["1x8"](x) + layer.bias)
+    assert list(layer.branches) == ["2x2", "4x4", "1x8"]
+    torch.testing.assert_close(layer(x), full)
 
 
 def test_selection_penalty_of_plain_kron_layers_is_the_l1_term_only():

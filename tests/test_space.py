@@ -27,6 +27,8 @@ BAD_SPACES = [
     ({"train": {"epochs": 0}}, "train.epochs: must be an integer in [1, 10000]"),
     ({"train": {"epochs": "ten"}}, "train.epochs"),
     ({"train": {"optimizer": "lbfgs"}}, "train.optimizer: must be one of adam, adamw, sgd"),
+    ({"train": {"select_epochs": 2}}, "train.select_epochs: must be a number of epochs > 0 and <= train.epochs"),
+    ({"train": {"select_epochs": "soon"}}, "train.select_epochs"),
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; allowed: epochs"),
     ({"search": {"strategy": "grid"}}, "search.strategy: must be one of one_round, per_pattern, hybrid"),
     ({"search": {"trials": 0}}, "search.trials"),

@@ -1,22 +1,27 @@
-"""PatternSelectLinear: several candidate block shapes in one layer, competing under a group lasso.
+"""PatternSelectLinear: several candidate block shapes in one layer, competing for one weight.
 
-The choices PAPER.md section 2 leaves open, made here:
-- The group of candidate k is its S_k: S_k = 0 switches the whole candidate off, whatever its A, B.
-- Group norms are divided by sqrt(group size): candidate k pays ||S_k||_2 / sqrt(|S_k|), the RMS of
-  S_k. At the start (S all ones) every candidate pays 1 whatever its number of blocks, so the
-  many-block small candidates are not charged for their size. Yuan & Lin's weighting,
-  sqrt(|S_k|) * ||S_k||_2, charges by entry count; with it the largest block won every time we
-  tried (digits, and synthetic tasks with a planted 4x4 block), while the RMS form recovers
-  planted 4x4, 2x8 and 8x2 blocks.
-- The winner is the candidate with the largest ||W_k||_F: the one carrying most of the weight,
-  whatever the S/A scale split inside it.
+W = sum_k W_k with W_k = sum_i (S_k ⊙ A_{k,i}) ⊗ B_{k,i}, one candidate k per block shape. The
+layer only holds the candidates and measures them; the competition itself (who stays, who
+leaves, when) is run by the trainer (kronsearch/selection.py), which removes a candidate with
+`remove` once its S_k is exactly zero.
+
+Choices PAPER.md section 2 leaves open, made here:
+- A candidate is measured by its whole contribution ||W_k||_F (from the factors, through the
+  r x r Gram matrices, never building W_k). Every W_k has the layer's shape, so these norms compare
+  candidates of any block size directly, and they do not change when a candidate's factors are
+  rescaled against each other (S by c and A by 1/c, or A by c and B by 1/c). The group penalty is
+  lambda1 * sum_k ||W_k||_F, weight 1 for every candidate. The previous group, the RMS of S_k,
+  depended on that split: Adam grew A as the penalty shrank S, and a candidate died at a step set
+  by its size, not by the data (measured: 2x2/4x4/8x8 died at steps 28/54/104 on every seed).
+- The winner is the live candidate with the largest ||W_k||_F.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -95,19 +100,40 @@ class PatternSelectLinear(nn.Module):
             terms.append((factors, branch.b, cheaper_order(*factors.shape[1:], *branch.b.shape[1:], factors.shape[0])))
         return kron_forward(x, terms, self.bias, self.compute)
 
-    def group_norms(self) -> Tensor:
-        """||S_k||_2 / sqrt(|S_k|) for every candidate, differentiable: (K,)."""
-        return torch.stack([b.s.norm() / math.sqrt(b.s.numel()) for b in self.branches.values()])
+    def candidate_norms(self) -> Tensor:
+        """||W_k||_F of every live candidate, differentiable: (K,), in `branches` order.
+
+        ||sum_i C_i ⊗ B_i||_F^2 = sum_ij <C_i, C_j> <B_i, B_j> with C_i = S ⊙ A_i: O(r^2 (m1 n1 + h w)).
+        """
+        norms = []
+        for branch in self.branches.values():
+            c = branch.factors().flatten(1)
+            b = branch.b.flatten(1)
+            norms.append(((c @ c.t()) * (b @ b.t())).sum().clamp_min(0).sqrt())
+        return torch.stack(norms)
 
     @torch.no_grad()
     def weight_norms(self) -> dict[str, float]:
-        """||W_k||_F per candidate, from the factors: ||sum_i C_i ⊗ B_i||^2 = sum_ij <C_i,C_j><B_i,B_j>."""
-        norms = {}
-        for name, branch in self.branches.items():
-            c = branch.factors().flatten(1)
-            b = branch.b.flatten(1)
-            norms[name] = ((c @ c.t()) * (b @ b.t())).sum().clamp_min(0).sqrt().item()
-        return norms
+        """{candidate block name: ||W_k||_F} for every live candidate."""
+        return dict(zip(self.branches, self.candidate_norms().tolist()))
+
+    def remove(self, name: str) -> list[nn.Parameter]:
+        """Drop candidate `name` from the layer (W loses W_k); return its parameters, for the optimizer."""
+        if name not in self.branches:
+            raise KeyError(f"no live candidate {name!r}; live: {', '.join(self.branches)}")
+        if len(self.branches) == 1:
+            raise ValueError(f"{name} is the last candidate of the layer; a layer keeps one")
+        return list(self.branches.pop(name).parameters())
+
+    @contextmanager
+    def only(self, name: str) -> Iterator[None]:
+        """Within the block, the layer computes x W_name^T + b alone (the others are kept, not used)."""
+        live = self.branches
+        self.branches = nn.ModuleDict({name: live[name]})
+        try:
+            yield
+        finally:
+            self.branches = live
 
     def selected(self) -> tuple[Block, dict[str, float]]:
         """The winning block (largest ||W_k||_F) and every candidate's ||W_k||_F."""
@@ -133,12 +159,13 @@ class PatternSelectLinear(nn.Module):
 
 
 def selection_penalty(model: nn.Module, lambda1: float, lambda2: float) -> Tensor:
-    """lambda1 * sum of group norms (PatternSelectLinear) + lambda2 * sum of ||S||_1 (every KronLinear).
+    """lambda1 * sum_k ||W_k||_F (PatternSelectLinear) + lambda2 * sum of ||S||_1 (every KronLinear).
 
-    A scalar tensor on the model's device; zero for a model without Kronecker layers.
+    The objective the trainer's proximal steps minimize (it never back-propagates through it; it
+    reports it). A scalar tensor on the model's device; zero for a model without Kronecker layers.
     Candidates inside a PatternSelectLinear are KronLinear modules, so the l1 term covers them once.
     """
-    group = [m.group_norms().sum() for m in model.modules() if isinstance(m, PatternSelectLinear)]
+    group = [m.candidate_norms().sum() for m in model.modules() if isinstance(m, PatternSelectLinear)]
     l1 = [m.s.abs().sum() for m in model.modules() if isinstance(m, KronLinear)]
     zero = next(model.parameters()).new_zeros(())
     return lambda1 * sum(group, zero) + lambda2 * sum(l1, zero)

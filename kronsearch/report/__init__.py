@@ -33,6 +33,7 @@ from kronsearch.report.trials import (
     fmt_params,
     fmt_pct,
     fmt_seconds,
+    full_config,
     metrics,
     norm_block,
     objectives,
@@ -46,8 +47,8 @@ from kronsearch.report.trials import (
 __all__ = [
     "FINISHED", "KINDS", "SCALAR_METRICS", "artifact_dirs", "best_one_round", "best_trials", "block_for",
     "compare_data", "cost_curve", "default_trial", "describe_blocks", "duration", "fmt_count", "fmt_params",
-    "fmt_pct", "fmt_seconds", "metrics", "norm_block", "objectives", "pattern_label", "pattern_ranking",
-    "reach", "render_compare", "render_show", "same_blocks", "show_data", "strategy_compute", "study_report",
-    "study_strategy", "trial_history", "trial_kind", "trial_pattern", "trial_rank", "trial_row",
-    "val_accuracy",
+    "fmt_pct", "fmt_seconds", "full_config", "metrics", "norm_block", "objectives", "pattern_label",
+    "pattern_ranking", "reach", "render_compare", "render_show", "same_blocks", "show_data",
+    "strategy_compute", "study_report", "study_strategy", "trial_history", "trial_kind", "trial_pattern",
+    "trial_rank", "trial_row", "val_accuracy",
 ]

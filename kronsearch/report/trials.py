@@ -122,6 +122,12 @@ def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, Froze
     return max(found, key=lambda st: (_or(val_accuracy(st[1]), -math.inf), -st[1].number))
 
 
+def full_config(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """The trial's resolved config: the study's shared "trial_config" with the trial's own "config" on top."""
+    shared, own = study.user_attrs.get("trial_config") or {}, trial.user_attrs.get("config") or {}
+    return {**shared, **own, "train": {**(shared.get("train") or {}), **(own.get("train") or {})}}
+
+
 def artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:
     """Where the trial's folder may be, best first (storage.artifact_dir_candidates: relative to the
     storage file's folder, so a moved studies folder still works)."""

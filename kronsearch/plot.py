@@ -1,4 +1,5 @@
-"""PNG plots of studies: optimization history, accuracy vs training MACs (Pareto front), selection trajectories.
+"""PNG plots of studies: optimization history, accuracy vs training MACs (Pareto front), best accuracy vs
+cumulative cost, selection trajectories.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend
 state), so the functions are safe to call from scripts, notebooks and tests alike.
@@ -22,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
-from kronsearch.report import (best_one_round, metrics, norm_block, study_strategy, trial_history, trial_kind,
-                               val_accuracy)
+from kronsearch.report import (best_one_round, cost_curve, metrics, norm_block, study_strategy, trial_history,
+                               trial_kind, val_accuracy)
 from kronsearch.storage import split_study_name
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
@@ -93,7 +94,7 @@ def plot_history(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Pa
     ax.set_ylabel("val accuracy")
     ax.set_title("Optimization history")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -138,8 +139,37 @@ def plot_pareto(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Pat
     ax.set_ylabel("val accuracy")
     ax.set_title("Accuracy vs training compute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_outside(ax)
     return _save(fig, path)
+
+
+def plot_cost(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
+    """Best val accuracy so far against cumulative training MACs (left) and wall time (right), one step
+    line per study in trial order (report.cost_curve): which strategy reaches an accuracy cheaper.
+    None if no study has a complete trial."""
+    curves = [c for c in (cost_curve(s) for s in studies) if any(p["best"] is not None for p in c["points"])]
+    if not curves:
+        return None
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for index, curve in enumerate(curves):
+        points = [p for p in curve["points"] if p["best"] is not None]
+        for ax, key in zip(axes, ("train_macs", "wall_time")):
+            ax.step([p[key] for p in points], [p["best"] for p in points], where="post", color=f"C{index}",
+                    marker="o", markersize=3, linewidth=1.6, label=curve["study"] if key == "wall_time" else None)
+    axes[0].set_xlabel("cumulative training MACs")
+    axes[1].set_xlabel("cumulative wall time (s)")
+    axes[0].set_ylabel("best val accuracy so far")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle("Best accuracy against the search's cost")
+    _legend_outside(axes[1])
+    return _save(fig, path)
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, where it cannot cover a point."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
@@ -196,15 +226,14 @@ def _epoch_ticks(ax, epochs: list[int]) -> None:
 
 
 def plot_prefix(studies: Sequence[optuna.Study]) -> str:
-    """File name prefix: 'vit-one_round' for one study, 'vit' for several of one search."""
-    if len(studies) == 1:
-        return studies[0].study_name.replace(":", "-")
+    """File name prefix: the search's name, whether one or all of its studies are plotted (so `plot vit` and
+    `plot vit:one_round` replace the same files); 'studies' for several searches."""
     searches = {split_study_name(s.study_name)[0] for s in studies}
     return searches.pop() if len(searches) == 1 else "studies"
 
 
 def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, prefix: str | None = None) -> PlotResult:
-    """Write <prefix>-history.png, <prefix>-pareto.png and <prefix>-selection.png into out_dir."""
+    """Write <prefix>-history.png, -pareto.png, -cost.png and -selection.png into out_dir."""
     out_dir = Path(out_dir)
     prefix = prefix or plot_prefix(studies)
     result = PlotResult()
@@ -212,6 +241,7 @@ def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, pr
     for kind, draw, why in (
         ("history", plot_history, f"no complete trial in {names}"),
         ("pareto", plot_pareto, f"no complete trial with val accuracy and training MACs in {names}"),
+        ("cost", plot_cost, f"no complete trial in {names}"),
         ("selection", plot_selection, f"no one_round trial with candidate norms in {names}"),
     ):
         path = draw(studies, out_dir / f"{prefix}-{kind}.png")

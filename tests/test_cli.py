@@ -166,15 +166,23 @@ def test_export_negative_trial_is_a_usage_error(cli, demo):
 def test_plot_writes_pngs_and_prints_paths(cli, demo):
     result = cli("plot", "demo", "--out", "plots")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines() == [f"wrote plots/demo-{k}.png" for k in ("history", "pareto", "selection")]
-    assert all((demo / "plots" / f"demo-{k}.png").stat().st_size > 1000 for k in ("history", "pareto", "selection"))
+    kinds = ("history", "pareto", "cost", "selection")
+    assert result.stdout.splitlines() == [f"wrote plots/demo-{k}.png" for k in kinds]
+    assert all((demo / "plots" / f"demo-{k}.png").stat().st_size > 1000 for k in kinds)
+
+
+def test_plot_of_the_search_and_of_one_study_replace_the_same_files(cli, demo):
+    assert cli("plot", "demo", "--out", "plots").exit_code == 0
+    assert cli("plot", "demo:one_round", "--out", "plots").exit_code == 0
+    assert sorted(p.name for p in (demo / "plots").iterdir()) == [
+        "demo-cost.png", "demo-history.png", "demo-pareto.png", "demo-selection.png"]
 
 
 def test_plot_without_one_round_notes_the_skip(cli, demo):
     result = cli("plot", "demo:per_pattern", "--out", "plots")
     assert result.exit_code == 0
     assert result.stdout.splitlines()[0].startswith("note: skipped selection plot")
-    assert not (demo / "plots" / "demo-per_pattern-selection.png").exists()
+    assert not (demo / "plots" / "demo-selection.png").exists()
 
 
 def test_plot_of_a_study_without_complete_trials_fails(cli, workdir):

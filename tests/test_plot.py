@@ -26,22 +26,22 @@ def assert_png(path, min_width=400):
     assert image.shape[1] >= min_width and image.std() > 0.05  # a drawn figure, not a blank canvas
 
 
-def test_plot_studies_writes_three_pngs(studies, tmp_path):
+def test_plot_studies_writes_four_pngs(studies, tmp_path):
     result = plot_studies(studies, tmp_path / "plots")
-    assert [p.name for p in result.paths] == ["demo-history.png", "demo-pareto.png", "demo-selection.png"]
+    assert [p.name for p in result.paths] == ["demo-history.png", "demo-pareto.png", "demo-cost.png",
+                                              "demo-selection.png"]
     assert result.notes == []
     for path in result.paths:
         assert_png(path)
 
 
-def test_plot_prefix_names_the_study_or_the_search(studies):
-    assert plot_prefix(studies) == "demo"
-    assert plot_prefix(studies[:1]) == "demo-one_round"
+def test_plotting_a_search_or_one_of_its_studies_writes_the_same_file_names(studies):
+    assert plot_prefix(studies) == plot_prefix(studies[:1]) == plot_prefix(studies[1:]) == "demo"
 
 
 def test_selection_is_skipped_without_a_one_round_trial(studies, tmp_path):
     result = plot_studies(studies[1:], tmp_path)
-    assert [p.name for p in result.paths] == ["demo-per_pattern-history.png", "demo-per_pattern-pareto.png"]
+    assert [p.name for p in result.paths] == ["demo-history.png", "demo-pareto.png", "demo-cost.png"]
     assert result.notes == ["skipped selection plot: no one_round trial with candidate norms in demo:per_pattern"]
 
 
@@ -73,7 +73,7 @@ def test_hybrid_study_plots_selection_from_its_one_round_trials(tmp_path, monkey
     build_hybrid(tmp_path)
     result = plot_studies(load_studies("hyb"), tmp_path)
     # the hybrid fixture's one-round trial recorded no history: the plot is skipped, with a note
-    assert [p.name for p in result.paths] == ["hyb-hybrid-history.png", "hyb-hybrid-pareto.png"]
+    assert [p.name for p in result.paths] == ["hyb-history.png", "hyb-pareto.png", "hyb-cost.png"]
     assert len(result.notes) == 1 and "selection" in result.notes[0]
 
 
@@ -81,8 +81,43 @@ def test_nothing_complete_means_no_plots(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'e.db'}", study_name="e:one_round")
     study.add_trial(create_trial(state=TrialState.FAIL))
     result = plot_studies([study], tmp_path / "out")
-    assert result.paths == [] and len(result.notes) == 3
+    assert result.paths == [] and len(result.notes) == 4
     assert not (tmp_path / "out").exists()
+
+
+def drawn_figure(monkeypatch) -> dict:
+    """Catch the figure kplot._save is handed (drawn, so legends and axes have their final places)."""
+    caught = {}
+    real_save = kplot._save
+
+    def spy(fig, path):
+        caught["figure"] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(kplot, "_save", spy)
+    return caught
+
+
+@pytest.mark.parametrize("draw", [kplot.plot_pareto, kplot.plot_history, kplot.plot_cost])
+def test_legends_cover_no_point(studies, tmp_path, monkeypatch, draw):
+    caught = drawn_figure(monkeypatch)
+    draw(studies, tmp_path / "p.png")
+    fig = caught["figure"]
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_cost_plot_draws_best_accuracy_against_cumulative_macs_and_time(studies, tmp_path, monkeypatch):
+    caught = drawn_figure(monkeypatch)
+    kplot.plot_cost(studies, tmp_path / "c.png")
+    macs_ax, time_ax = caught["figure"].axes
+    one_round = macs_ax.get_lines()[0]
+    assert list(one_round.get_xdata()) == [5 * 10**6, 10**7, 10**7, 10**7]
+    assert list(one_round.get_ydata()) == [0.80, 0.85, 0.85, 0.85]
+    assert [line.get_label() for line in time_ax.get_lines()] == ["demo:one_round", "demo:per_pattern"]
 
 
 @pytest.mark.parametrize("points, front", [

@@ -116,6 +116,8 @@ def run(
                              dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet)
         if dry_run and summary.plan_text:
             typer.echo(summary.plan_text)
+        if summary.failed:
+            raise _fail(summary.message, EXIT_FAILURE)
         typer.echo(summary.message)
 
 

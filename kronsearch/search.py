@@ -27,7 +27,7 @@ from kronsearch.costs import model_cost
 from kronsearch.patterns import format_block, kron_macs, kron_params
 from kronsearch.space import Space, load_space
 from kronsearch.storage import (STUDIES_DIR, StorageError, artifact_dir_record, default_storage_url, storage_errors,
-                                study_artifacts_dir, study_name)
+                                storage_reason, study_artifacts_dir, study_name)
 from kronsearch.strategies import counts_toward_budget, find_duplicate, finished, seed_hybrid, seed_params, suggest
 from kronsearch.study import open_study, recover_dead_trials, worker_alive
 from kronsearch.trainer import EpochReport, TrainingDiverged
@@ -38,14 +38,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 class _NotHandledHere(logging.Filter):
     """Optuna logs every failed trial with a traceback (and then "Trial N failed with value None.").
-    Failures kronsearch reports itself are not logged again: a trial failure or a skipped trial (the
-    one-line trial summary), Ctrl-C and a StorageError (the CLI's one-line error)."""
+    kronsearch reports every failure itself, in one line, so none is logged again: a trial failure or
+    a skipped trial in the trial summary; anything that stops the run (Ctrl-C, a full disk, a bug) as
+    the exception run_search raises, which the CLI prints as its one-line error."""
 
     dropped = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (TrialFailed, TrialSkipped, KeyboardInterrupt, StorageError)):
+        if record.exc_info:
             self.dropped = str(record.msg).partition(" failed with parameters")[0]  # "Trial N"
             return False
         return not (self.dropped and str(record.msg).startswith(f"{self.dropped} failed with value"))
@@ -73,6 +73,7 @@ class RunSummary:
     completed: int = 0
     message: str = ""
     best: dict = field(default_factory=dict)
+    failed: bool = False  # trials finished but none completed (`kronsearch run` exits 1)
 
 
 # Per-layer records the readers need from the study; every other non-scalar metric (layer_sparsity, ...)
@@ -178,8 +179,8 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
     """The Optuna objective of the local backend: suggest, dedupe, train, record.
 
     With a budget, a trial that starts when other processes have already claimed the budget is
-    skipped (TrialSkipped). A Ctrl-C or a StorageError (e.g. a full disk while saving weights) marks
-    the trial "interrupted" (re-queued on resume) and stops the run.
+    skipped (TrialSkipped). A Ctrl-C or a storage failure (a full disk while saving weights or
+    recording results) marks the trial "interrupted" (re-queued on resume) and stops the run.
     """
     objective = _make_objective(space, kind, folder, progress, budget)
 
@@ -191,6 +192,9 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
             raise
         except StorageError as err:
             _mark_interrupted(trial, str(err))
+            raise
+        except optuna.exceptions.StorageInternalError as err:  # a full disk or a lost database while recording
+            _mark_interrupted(trial, f"storage error: {storage_reason(err)}")
             raise
 
     return interruptible
@@ -361,7 +365,13 @@ def run_search(
     done = finished(study)
     summary = RunSummary(names, url, completed=len(done))
     complete = [t for t in done if t.state == TrialState.COMPLETE]
-    if complete and len(study.directions) == 1:
+    if done and not complete:
+        reason, count = Counter(t.user_attrs.get("fail_reason", "")[:300] for t in done).most_common(1)[0]
+        summary.failed = True
+        summary.message = (f"study {names[0]}: no trial completed ({trials_finished(len(done))}); the most common "
+                           f"reason ({count} of {len(done)}): {reason or 'none recorded'}. Inspect: kronsearch show "
+                           f"{names[0]}")
+    elif complete and len(study.directions) == 1:
         best = study.best_trial
         summary.best = {"trial": best.number, "val_accuracy": best.values[0]}
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; best trial {best.number} "

@@ -68,22 +68,31 @@ class StorageError(RuntimeError):
     """A storage that cannot be opened or written (unwritable folder, full disk, corrupt file, bad URL)."""
 
 
-def storage_error(url: str, err: BaseException, doing: str = "open") -> StorageError:
-    """A StorageError naming the storage, the underlying problem and what to do about it."""
+def storage_reason(err: BaseException) -> str:
+    """The database's or the OS's own words for a storage failure ("database or disk is full")."""
     cause = err
     while cause.__cause__ is not None and not isinstance(cause, (OSError, sqlalchemy.exc.DBAPIError)):
         cause = cause.__cause__  # optuna wraps SQLAlchemy errors in StorageInternalError
     if isinstance(cause, sqlalchemy.exc.DBAPIError):
-        reason = str(cause.orig)
-    elif isinstance(cause, OSError):
-        reason = f"{cause.strerror or cause}" + (f": {cause.filename}" if cause.filename else "")
-    else:
-        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        return str(cause.orig)
+    if isinstance(cause, OSError):
+        return f"{cause.strerror or cause}" + (f": {cause.filename}" if cause.filename else "")
+    return str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+
+
+def storage_error(url: str, err: BaseException, doing: str = "open") -> StorageError:
+    """A StorageError naming the storage, the underlying problem and what to do about it."""
+    reason = storage_reason(err)
     hint = ""
     lowered = reason.lower()
     if "not a database" in lowered or "malformed" in lowered:
         hint = "; the file is corrupt or not an Optuna SQLite file (it was left untouched): move it aside or pass " \
                "another --storage"
+    elif "readonly" in lowered:  # SQLite writes a journal next to the file: both must be writable
+        file = _storage_file(url)
+        where = f"{file} and its folder {file.parent.resolve()}" if file is not None else "the database"
+        hint = (f"; make {where} writable (e.g. chmod u+w), or run elsewhere with --storage pointing to a writable "
+                f"place; nothing saved was changed")
     elif "unable to open" in lowered or "permission" in lowered or "read-only" in lowered:
         hint = "; check that its folder exists and is writable"
     elif "full" in lowered or "no space" in lowered:

@@ -57,8 +57,11 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with ray_session(None) as started:
             assert started and ray.is_initialized()
             assert ray.cluster_resources()["CPU"] == os.cpu_count()
+            session = TEMP_DIR / ray.get_runtime_context().get_session_name()
+            assert session.is_dir()
             yield crash_log
     assert not ray.is_initialized()
+    assert not session.exists(), f"Ray session folder {session} left behind"
     deadline = time.monotonic() + 15
     while (left := ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.25)

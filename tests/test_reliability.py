@@ -14,6 +14,7 @@ import io
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -33,7 +35,8 @@ from kronsearch.search import Budget, run_search
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
 from kronsearch.space import MAX_CANDIDATES, MAX_EPOCHS, SpaceError, load_space
 from kronsearch.cli import app
-from kronsearch.storage import StorageError, artifact_dir_candidates, default_storage_url, load_studies, open_storage
+from kronsearch.storage import (StorageError, artifact_dir_candidates, default_storage_url, load_studies, open_storage,
+                                storage_error)
 from kronsearch.strategies import finished
 from kronsearch.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 
@@ -96,6 +99,27 @@ def killed(self, s, trial):
     return real(self, s, trial)
 
 study.PerTrialSeedSampler.before_trial = killed
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+main()
+"""
+
+
+# `kronsearch run tiny.yaml` on a disk that fills up as the first trial's results are recorded.
+RUN_DISK_FULL = """
+import sqlite3, sys
+import optuna, sqlalchemy.exc
+from kronsearch.cli import main
+
+real = optuna.storages.RDBStorage.set_trial_user_attr
+
+def full(self, trial_id, key, value):
+    if key == "metrics":
+        full_disk = sqlite3.OperationalError("database or disk is full")
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from \\
+            sqlalchemy.exc.OperationalError("INSERT INTO trial_user_attributes", {}, full_disk)
+    return real(self, trial_id, key, value)
+
+optuna.storages.RDBStorage.set_trial_user_attr = full
 sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
 main()
 """
@@ -266,6 +290,17 @@ def test_out_of_memory_fails_the_trial_with_the_reason_and_the_search_goes_on(wr
     failed, complete = trials()
     assert failed.state == TrialState.FAIL and complete.state == TrialState.COMPLETE
     assert failed.user_attrs["fail_reason"] == "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB"
+
+
+def test_a_run_whose_trials_all_failed_says_why_and_exits_1(write_space, monkeypatch):
+    def diverges(*args, **kwargs):
+        raise search.TrainingDiverged("non-finite loss nan in select epoch 1, step 1")
+
+    monkeypatch.setattr(search, "run_trial", diverges)
+    result = CliRunner().invoke(app, ["run", str(write_space(search={"trials": 3})), "--quiet"])
+    assert result.exit_code == 1
+    assert "error: study tiny:one_round: no trial completed (3 trials finished); the most common reason (3 of 3): " \
+           "diverged: non-finite loss nan in select epoch 1, step 1" in result.output
 
 
 @pytest.mark.parametrize(("error", "reason"), [
@@ -476,6 +511,29 @@ def test_a_full_disk_while_saving_weights_stops_the_run_and_loses_nothing(write_
     (retry,) = [t for t in every if t.user_attrs.get("retry_of") == cut.number]
     assert retry.params == cut.params and (Path("studies", retry.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
     assert digest(Path("studies", kept.user_attrs["artifact_dir"])) == saved
+
+
+def test_a_full_disk_in_the_database_prints_one_clean_line_and_the_trial_is_retried(write_space, workdir, python):
+    path = write_space(search={"trials": 1, "save_weights": False})
+    proc = python(RUN_DISK_FULL)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 1
+    assert err.splitlines() == ["error: cannot write to the study storage sqlite:///studies/tiny.db: database or disk "
+                                "is full; free some disk space and re-run to resume (finished trials are kept)"]
+    (cut,) = trials()
+    assert cut.state == TrialState.FAIL and "database or disk is full" in cut.user_attrs["interrupted"]
+    run_search(path, progress=False)
+    every = assert_no_trial_lost_or_duplicated(1)
+    assert every[-1].user_attrs["retry_of"] == cut.number and every[-1].params == cut.params
+
+
+def test_a_read_only_database_says_what_to_do():
+    readonly = sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("attempt to write a readonly "
+                                                                                       "database"))
+    message = str(storage_error("sqlite:///studies/tiny.db", readonly, "write to"))
+    assert message.startswith("cannot write to the study storage sqlite:///studies/tiny.db: attempt to write a "
+                              "readonly database; make studies/tiny.db and its folder ")
+    assert "writable (e.g. chmod u+w), or run elsewhere with --storage" in message
 
 
 def test_a_full_disk_as_safetensors_reports_it_is_a_storage_error_and_leaves_no_partial_file(

@@ -37,10 +37,11 @@ Failures
 Clusters
 - backend.address null: start a new local Ray on this machine (even if RAY_ADDRESS is set) with
   os.cpu_count() CPUs and every GPU, no dashboard, temp and log files in <system temp
-  dir>/kronsearch-ray, token auth off unless RAY_AUTH_MODE says otherwise; it is shut down when the
-  stage ends (a hybrid search starts it once per stage). "auto": join the cluster started with `ray start` on this
-  machine; "ray://host:port": join a remote cluster through Ray Client. A cluster that was joined is
-  left running (the driver only disconnects). If this process is already connected to Ray
+  dir>/kronsearch-ray, token auth off unless RAY_AUTH_MODE says otherwise; it is shut down, and its
+  session folder there deleted, when the stage ends (a hybrid search starts it once per stage).
+  "auto": join the cluster started with `ray start` on this machine; "ray://host:port": join a
+  remote cluster through Ray Client. A cluster that was joined is left running (the driver only
+  disconnects). If this process is already connected to Ray
   (ray.is_initialized()), that connection is used and left open.
 - Every node needs kronsearch (same version) and the dataset at the space's data.root.
 
@@ -63,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -148,16 +150,33 @@ def ray_session(address: str | None) -> Iterator[bool]:
     if ray.is_initialized():
         yield False
         return
+    session = None
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 would write a token to ~/.ray
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=str(TEMP_DIR),
                  logging_level=logging.WARNING)
+        session = TEMP_DIR / ray.get_runtime_context().get_session_name()
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     try:
         yield address is None
     finally:
         ray.shutdown()  # stops a local Ray; only disconnects from a joined cluster
+        if session is not None:
+            remove_session(session)
+
+
+def remove_session(session: Path) -> None:
+    """Delete the session folder (logs, sockets, spilled objects) of a local Ray this process stopped, and
+    session_latest if it points there; other sessions in TEMP_DIR (other runs' Rays) are left alone."""
+    latest = session.parent / "session_latest"
+    if latest.is_symlink() and Path(os.readlink(latest)).name == session.name:
+        latest.unlink(missing_ok=True)
+    for _ in range(3):  # a stopping daemon may still write a last log line
+        shutil.rmtree(session, ignore_errors=True)
+        if not session.exists():
+            return
+        time.sleep(0.2)
 
 
 @dataclass

@@ -15,7 +15,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -27,7 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
+from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
+from kronsearch.loading import model_bsr_tensors
 from kronsearch.plan import parse_plan
 from kronsearch.report import (SCALAR_METRICS, artifact_dirs, default_trial, full_config, metrics, study_strategy,
                                trial_kind)
@@ -152,7 +152,8 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ExportError(f"cannot read weights {path}: {err}") from None
 
 
-def bsr_tensors(study: optuna.Study, trial: FrozenTrial, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+def bsr_tensors(study: optuna.Study, trial: FrozenTrial,
+                state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
     """Every KronLinear layer's merged weight in BSR form, keyed "<layer>.bsr.{crow_indices,col_indices,values}".
 
     Rebuilds the trial's model (config model/data + metrics.plan), loads `state_dict` into it and
@@ -177,16 +178,7 @@ def bsr_tensors(study: optuna.Study, trial: FrozenTrial, state_dict: dict[str, t
         raise ExportError(f"trial {trial.number}: the saved weights do not fit the rebuilt model: "
                           f"{str(err).splitlines()[0]}") from None
     threshold = float((config.get("train") or {}).get("threshold", DEFAULT_THRESHOLD))
-    tensors, layers = {}, {}
-    for layer, module in model.named_modules():
-        if isinstance(module, KronLinear):
-            with warnings.catch_warnings():  # torch: "Sparse BSR tensor support is in beta state"
-                warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
-                bsr = module.to_bsr(threshold)
-            for part in ("crow_indices", "col_indices", "values"):
-                tensors[f"{layer}.bsr.{part}"] = getattr(bsr, part)().detach().contiguous().clone()
-            layers[layer] = f"size={module.out_features}x{module.in_features} block={module.block[0]}x{module.block[1]}"
-    return tensors, {"format": "kronsearch-bsr", "threshold": str(threshold), **{f"layer:{k}": v for k, v in layers.items()}}
+    return model_bsr_tensors(model, threshold)
 
 
 def _copy_into(source: Path, f: IO[bytes]) -> None:

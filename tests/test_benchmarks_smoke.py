@@ -27,3 +27,13 @@ def test_layer_speed_smoke():
     ]
     mac_ratios = [float(row.split("|")[7]) for row in rows]
     assert mac_ratios == [0.125, 0.083, 0.083, 0.068]
+
+
+def test_bsr_inference_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bsr_inference.py"), "--smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        (s, b) for s in ("50%", "75%", "90%") for b in ("1", "256")]
+    assert all(float(r[-1]) > 0 for r in rows)  # the BSR / dense time ratio
+    assert "Warning" not in result.stderr

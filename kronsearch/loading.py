@@ -1,0 +1,143 @@
+"""Load an exported model in one call: the pattern file (`kronsearch export --out`) says which model and
+which pattern, the weights file holds what was trained, and the optional BSR file the merged block-sparse
+weights for inference.
+
+    model = kronsearch.load_model("best.yaml", "best.safetensors")              # KronLinear layers
+    fast = kronsearch.load_model("best.yaml", "best.safetensors", bsr="best.bsr.safetensors")  # BSRLinear
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from kronsearch.layers.kron_linear import BSRLinear, KronLinear
+from kronsearch.layers.kronify import kronify
+from kronsearch.models import build_model
+from kronsearch.plan import parse_plan
+from kronsearch.yamlfile import read_yaml_file
+
+BSR_PARTS = ("crow_indices", "col_indices", "values")
+BSR_FORMAT = "kronsearch-bsr"
+
+
+def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | None = None, *,
+               bsr: str | os.PathLike | None = None) -> nn.Module:
+    """The searched model of an exported pattern file, its plan applied, in eval mode.
+
+    weights: the exported weights (.safetensors, or a .pt state dict read with weights_only=True);
+    without them the Kronecker factors are freshly initialized. bsr: the `--bsr` file; every
+    KronLinear is then replaced by a BSRLinear running from its merged block-sparse weight (for
+    inference only; needs `weights` for the biases and the dense layers). Raises ValueError naming the
+    file and the key for a pattern file that does not describe a model, FileNotFoundError for a
+    missing file.
+    """
+    document, _ = read_yaml_file(pattern_file, "pattern file", ValueError)
+    model = _build(pattern_file, document)
+    if weights is not None:
+        state = read_state_dict(weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{weights}: these weights do not fit the model of {pattern_file}: "
+                             f"{str(err).splitlines()[0]}") from None
+    if bsr is not None:
+        if weights is None:
+            raise ValueError(f"{bsr}: a BSR file holds only the merged Kronecker weights; give the weights file too "
+                             f"(biases and dense layers)")
+        to_bsr_modules(model, bsr)
+    return model.eval()
+
+
+def _build(pattern_file: str | os.PathLike, document: object) -> nn.Module:
+    if not isinstance(document, Mapping):
+        raise ValueError(f"{pattern_file}: a pattern file is a mapping with layers, model and data")
+    model, data = document.get("model"), document.get("data")
+    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+        raise ValueError(f"{pattern_file}: key 'model' must be {{name, options}} as `kronsearch export` writes it")
+    if not isinstance(data, Mapping) or "input_shape" not in data or "num_classes" not in data:
+        raise ValueError(f"{pattern_file}: key 'data' must give input_shape and num_classes "
+                         f"as `kronsearch export` writes them")
+    if not isinstance(document.get("layers"), Mapping):
+        raise ValueError(f"{pattern_file}: key 'layers' must map layer names to {{block, rank}}")
+    try:
+        net = build_model(model["name"], tuple(data["input_shape"]), int(data["num_classes"]),
+                          **(model.get("options") or {}))
+        plan = parse_plan(document["layers"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{pattern_file}: {err}") from None
+    kronify(net, plan)
+    return net
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a .pt file (torch.load with weights_only=True: no pickled code)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    elif path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        raise ValueError(f"{path}: weights must be a .safetensors or .pt file")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return state
+
+
+@contextmanager
+def _quiet_bsr_beta() -> Iterator[None]:
+    with warnings.catch_warnings():  # torch: "Sparse BSR tensor support is in beta state"
+        warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+        yield
+
+
+def model_bsr_tensors(model: nn.Module, threshold: float) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The `--bsr` file of a model: every KronLinear's merged weight in BSR form ("<layer>.bsr.<part>"; blocks
+    with |S| <= threshold dropped) and the safetensors header (format, threshold, each layer's size and block)."""
+    tensors, header = {}, {"format": BSR_FORMAT, "threshold": str(threshold)}
+    for layer, module in model.named_modules():
+        if isinstance(module, KronLinear):
+            with _quiet_bsr_beta():
+                bsr = module.to_bsr(threshold)
+            for part in BSR_PARTS:
+                tensors[f"{layer}.bsr.{part}"] = getattr(bsr, part)().detach().contiguous().clone()
+            header[f"layer:{layer}"] = (f"size={module.out_features}x{module.in_features} "
+                                        f"block={module.block[0]}x{module.block[1]}")
+    return tensors, header
+
+
+def to_bsr_modules(model: nn.Module, bsr: str | os.PathLike) -> list[str]:
+    """Replace every KronLinear of `model` by a BSRLinear from the `--bsr` file; returns the replaced names."""
+    tensors = load_file(str(bsr))
+    with safe_open(str(bsr), "pt") as f:
+        header = f.metadata() or {}
+    if header.get("format") != BSR_FORMAT:
+        raise ValueError(f"{bsr}: not a kronsearch BSR file (written by `kronsearch export --bsr`)")
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, KronLinear):
+            continue
+        missing = [p for p in BSR_PARTS if f"{name}.bsr.{p}" not in tensors]
+        if missing:
+            raise ValueError(f"{bsr}: layer {name!r} has no {', '.join(missing)}")
+        crow, col, values = (tensors[f"{name}.bsr.{p}"] for p in BSR_PARTS)
+        try:
+            with _quiet_bsr_beta():
+                weight = torch.sparse_bsr_tensor(crow, col, values, size=(module.out_features, module.in_features),
+                                                 check_invariants=True)  # the file may come from anywhere
+        except RuntimeError as err:
+            raise ValueError(f"{bsr}: layer {name!r} is not a valid {module.out_features}x{module.in_features} "
+                             f"BSR weight: {str(err).splitlines()[0]}") from None
+        bias = None if module.bias is None else module.bias.detach().clone()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, BSRLinear(weight, bias))
+        replaced.append(name)
+    return replaced

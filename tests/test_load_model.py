@@ -1,0 +1,125 @@
+"""kronsearch.load_model: an exported pattern file (+ weights, + the --bsr file) back to a working model,
+and the README's snippets for it, run as written on a real export of the shipped ViT space."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import kronsearch
+from kronsearch import BSRLinear, KronLinear, load_model
+from kronsearch.cli import app
+from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
+from kronsearch.space import load_space
+from kronsearch.storage import load_studies
+from kronsearch.trainer import accuracy
+from kronsearch.trial import load_space_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, one_torch_thread) -> Path:
+    """search_spaces/vit.yaml cut to one 1-epoch trial, run and exported with --weights and --bsr."""
+    folder = tmp_path_factory.mktemp("vit-export")
+    space = yaml.safe_load((ROOT / "search_spaces" / "vit.yaml").read_text())
+    space["data"]["limit"] = 300
+    space["train"].update(epochs=1, finetune_epochs=0, warmup_epochs=0)
+    space["search"]["trials"] = 1
+    (folder / "vit.yaml").write_text(yaml.safe_dump(space))
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for args in (["run", "vit.yaml", "--quiet"],
+                     ["export", "vit-digits:one_round", "--out", "best.yaml", "--weights", "best.safetensors", "--bsr"]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, (result.stdout, result.stderr)
+    return folder
+
+
+def test_load_model_reproduces_the_trials_test_accuracy(exported, monkeypatch):
+    monkeypatch.chdir(exported)
+    model = load_model("best.yaml", "best.safetensors")
+    (study,) = load_studies("vit-digits:one_round")
+    data = load_space_data(load_space("vit.yaml"))
+    assert not model.training
+    assert accuracy(model, *data.test.tensors, batch_size=64) == pytest.approx(
+        study.best_trial.user_attrs["metrics"]["test_accuracy"])
+
+
+def test_the_bsr_file_gives_a_bsr_model_that_predicts_like_the_merged_weights(exported):
+    model = load_model(exported / "best.yaml", exported / "best.safetensors")
+    fast = load_model(exported / "best.yaml", exported / "best.safetensors", bsr=exported / "best.bsr.safetensors")
+    assert not any(isinstance(m, KronLinear) for m in fast.modules())
+    assert sum(isinstance(m, BSRLinear) for m in fast.modules()) == 8  # qkv, proj, fc1, fc2 of both blocks
+    for name, module in list(model.named_modules()):  # the reference: each layer merged in place
+        if isinstance(module, KronLinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, BSRLinear.from_kron(module, DEFAULT_THRESHOLD))
+    x = torch.randn(32, 1, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x))
+
+
+def test_pt_weights_load_like_safetensors(exported):
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "vit-digits:one_round", "--storage",
+                                 f"sqlite:///{exported / 'studies' / 'vit-digits.db'}", "--out",
+                                 str(exported / "pt.yaml"), "--weights", str(exported / "best.pt")])
+    assert result.exit_code == 0, result.stderr
+    x = torch.randn(4, 1, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(load_model(exported / "pt.yaml", exported / "best.pt")(x),
+                                   load_model(exported / "best.yaml", exported / "best.safetensors")(x))
+
+
+def test_a_pattern_file_without_a_model_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("layers: {fc1: {block: 4x4, rank: 1}}\n")
+    with pytest.raises(ValueError, match=r"plan.yaml: key 'model' must be \{name, options\}"):
+        load_model(path)
+
+
+def test_a_bsr_file_needs_the_weights_file(exported):
+    with pytest.raises(ValueError, match="give the weights file too"):
+        load_model(exported / "best.yaml", bsr=exported / "best.bsr.safetensors")
+
+
+def test_a_bsr_file_with_broken_indices_is_refused_naming_the_layer(exported, tmp_path):
+    tensors = load_file(str(exported / "best.bsr.safetensors"))
+    with safe_open(str(exported / "best.bsr.safetensors"), "pt") as f:
+        header = f.metadata()
+    key = next(k for k in tensors if k.endswith(".bsr.col_indices"))
+    tensors[key] = tensors[key] + 1000  # columns past the weight's width
+    save_file(tensors, str(tmp_path / "bad.bsr.safetensors"), metadata=header)
+    with pytest.raises(ValueError, match=rf"bad.bsr.safetensors: layer '{key.split('.bsr.')[0]}' is not a valid"):
+        load_model(exported / "best.yaml", exported / "best.safetensors", bsr=tmp_path / "bad.bsr.safetensors")
+
+
+def test_weights_of_another_format_are_refused(exported):
+    with pytest.raises(ValueError, match=r"best.bin: weights must be a .safetensors or .pt file"):
+        load_model(exported / "best.yaml", exported / "best.bin")
+
+
+def readme_snippets(section: str) -> list[str]:
+    """The python code blocks of one README section (from its heading to the next heading)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(section, 1)[1].split("\n#", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+def test_readme_snippets_for_exported_models_run_as_written(exported, monkeypatch):
+    monkeypatch.chdir(exported)
+    snippets = readme_snippets("### Using the exported model")
+    assert len(snippets) >= 2
+    scope: dict = {}
+    for snippet in snippets:
+        exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    assert isinstance(scope["model"], torch.nn.Module) and "kronsearch" in scope and kronsearch.load_model

@@ -39,10 +39,9 @@ import time
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from kronsearch.layers.kron_ops import kron_matmul, kron_weight
+from kronsearch.layers.kron_ops import kron_matmul, merged_linear
 
 log = logging.getLogger("kronsearch")
 
@@ -87,10 +86,7 @@ def compute_choices() -> dict[tuple, str]:
 def kron_linear(x: Tensor, terms: Sequence[Term], bias: Tensor | None, path: str) -> Tensor:
     """x (N, n) -> (N, m) = x (sum of the terms' C ⊗ B)^T + bias, along `path` (one of PATHS)."""
     if path == "merged":
-        weight = kron_weight(*terms[0][:2])
-        for factors, blocks, _ in terms[1:]:
-            weight = weight + kron_weight(factors, blocks)
-        return F.linear(x, weight, bias)
+        return merged_linear(x, [(factors, blocks) for factors, blocks, _ in terms], bias)
     fixed = {"order1": 1, "order2": 2}.get(path)
     y = None
     for factors, blocks, order in terms:

@@ -31,8 +31,8 @@ LeNet-5: fc1 (120x400) and fc2 (84x120) 4x4, fc3 (10x84) 2x2 (4 does not divide 
 ViT: patch 4, dim 64, depth 2, heads 2, mlp ratio 2 (qkv 192x64, proj 64x64, fc1 128x64, fc2 64x128);
 the blocks' Linears 4x4, the 10x64 head dense (4 does not divide 10), patch embedding dense. The ViT
 table adds the block-size selection experiment: 2x2, 4x4, 8x8 each trained alone against one round
-(candidates 2x2/4x4/8x8, `--epochs - 1` selection epochs with lambda1 `--lambda1`, then 1 finetune
-epoch of the winners; lambda2 `--select-lambda2` for all of them).
+(candidates 2x2/4x4/8x8, one continuous run of `--epochs` with lambda1 `--lambda1`, each layer deciding
+within its first quarter; lambda2 `--select-lambda2` for all of them).
 
 Columns: test acc (top-1, full test set); block sparsity (area-weighted fraction of zero blocks over
 the decomposed layers); train params (trainable while training); train MACs (forward MACs per
@@ -224,10 +224,8 @@ def table_vit(data: DataSplits, args) -> list[str]:
             alone.setdefault(format_block(b), []).append(t.kron(dict.fromkeys(layers, b), 1, seed, args.select_lambda2))
         model = t.model(seed)
         kronify(model, candidates=candidates, include=["blocks.*"])
-        epochs = max(1, args.epochs - 1)
-        result = train(model, data, TrainConfig(epochs=epochs, finetune_epochs=1 if args.epochs > 1 else 0,
-                                                lr=args.lr, lambda1=args.lambda1, lambda2=args.select_lambda2, seed=seed,
-                                                progress=False))
+        result = train(model, data, TrainConfig(epochs=args.epochs, lr=args.lr, lambda1=args.lambda1,
+                                                lambda2=args.select_lambda2, seed=seed, progress=False))
         t.log(f"one round seed {seed}: {result.selected}, acc {result.test_accuracy:.4f}")
         one_round.append(result)
     for label, rs in alone.items():
@@ -258,7 +256,7 @@ def derived_space(source: Path, folder: Path, args, smoke: bool) -> Path:
     raw = yaml.safe_load(source.read_text())
     raw["name"] = raw["name"] + "-bench"
     raw["train"]["epochs"] = args.search_epochs
-    raw["train"]["finetune_epochs"] = 1 if args.search_epochs > 1 else 0
+    raw["train"].pop("finetune_epochs", None)  # one continuous run per trial, the same epochs for every strategy
     raw["train"]["warmup_epochs"] = 0
     if args.search_limit and raw["data"]["name"] != "digits":
         raw["data"]["limit"] = args.search_limit
@@ -340,7 +338,7 @@ def table_search(args, smoke: bool) -> list[str]:
                              f"{fmt(data['compute']['ratio']['wall_time'])}, MACs "
                              f"{fmt(data['compute']['ratio']['train_macs_total'])}")
     settings = (f"trials {args.search_trials} per strategy (hybrid: its default max(1, trials // 3) one-round "
-                f"trials first), epochs {args.search_epochs} (of which finetune {1 if args.search_epochs > 1 else 0}), "
+                f"trials first), epochs {args.search_epochs} (one continuous run, no finetune), "
                 f"pruner none, fashion-mnist limit "
                 f"{args.search_limit}")
     return out + ["", "Agreement (kronsearch.report.compare_data):"] + notes + ["", f"Settings: {settings}."]
@@ -442,7 +440,7 @@ def parse_args(argv):
     p.add_argument("--lambda2", type=float, default=1e-4, help="Kronecker l1: start of the bisection (default 1e-4)")
     p.add_argument("--select-lambda2", type=float, default=1e-4,
                    help="l1 of the vit table's block-size selection runs, alone and one round (default 1e-4)")
-    p.add_argument("--lambda1", type=float, default=0.1, help="group weight of the one round (vit table)")
+    p.add_argument("--lambda1", type=float, default=0.1, help="gate shrink lambda1 of the one round (vit table)")
     p.add_argument("--probes", type=int, default=4, help="max trainings of the lambda2 bisection (default 4)")
     p.add_argument("--strengths", default="1e-4,1e-3,1e-2", help="group-lasso strengths tried on seed 0")
     p.add_argument("--search-trials", type=int, default=6)

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/selection.py: `--smoke` runs without Fashion-MNIST and prints the table."""
+"""Smoke test of benchmarks/selection.py: `--smoke` runs without Fashion-MNIST and prints the summary table."""
 
 from __future__ import annotations
 
@@ -9,23 +9,28 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("synthetic", "vit-digits", "mlp-fashion", "lenet5-fashion")
 
 
-def test_selection_smoke():
+def run_script(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "selection.py"), "--smoke"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "selection.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_selection_smoke_prints_one_summary_row_per_task_with_every_metric():
+    done = run_script("--smoke")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "| model | run | blocks | test acc | block sparsity | train params | train MACs/sample | wall s |" in out
-    rows = [line for line in out.splitlines() if re.match(r"\| (linear|lenet5) \|", line)]
-    # linear: 4 candidates alone + the one round; lenet5: 2x2, 4x4, 8x8 alone (16x16 divides no layer) + one round
-    assert [r.split(" | ")[0:2] for r in rows] == (
-        [["| linear", f"{c} alone"] for c in ("2x2", "4x4 -> 2x8", "8x8 -> 5x16", "16x16 -> 10x32")]
-        + [["| linear", "**one round**"]]
-        + [["| lenet5", f"{c} alone"] for c in ("2x2", "4x4", "8x8")]
-        + [["| lenet5", "**one round**"]])
-    assert all(len(r.split(" | ")) == 8 for r in rows)
-    assert "lenet5.fc3 (10x84): candidates 2x2; dropped 4x4, 8x8, 16x16 (do not divide)" in out
-    assert re.search(r"\*\*linear\*\*: best alone .* wall time x[\d.]+ \(CPU time x[\d.]+\), train_macs_total x[\d.]+", out)
-    assert re.search(r"\*\*lenet5\*\*: best alone .* wall time x[\d.]+ \(CPU time x[\d.]+\), train_macs_total x[\d.]+", out)
+    assert out.count("| task | pick right | regret | regret: smallest | regret: largest |") == 1
+    rows = [line for line in out.splitlines() if re.match(r"\| [a-z0-9-]+ \| \d+/1 \|", line)]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(TASKS)
+    assert all(len(r.strip("|").split("|")) == 14 for r in rows)
+    for task in TASKS:  # one line per (task, seed): every candidate alone, the lambda1 kept, the pick, the cost
+        assert re.search(rf"  {task} seed 0: alone .* lambda1 [\d.]+ \(val .*\) picked .* cost x[\d.]+ MACs", out)
+
+
+def test_selection_rejects_an_unknown_task_naming_the_allowed_ones():
+    done = run_script("--tasks", "imagenet")
+    assert done.returncode == 2
+    assert "--tasks: unknown ['imagenet']; allowed: synthetic, vit-digits, mlp-fashion, lenet5-fashion" in done.stderr

@@ -2,7 +2,10 @@
 
 A search named N with strategy S is the Optuna study "N:S". By default every study of N is in the
 SQLite file studies/N.db under the working directory, which `optuna` and optuna-dashboard open as
-sqlite:///studies/N.db; trial artifacts (weights, metrics) go to studies/N/S/trial-<number>/.
+sqlite:///studies/N.db; trial artifacts (weights, metrics) go to studies/N/S/trial-<number>/, and the
+study records them relative to the storage file's folder (artifact_root), so a moved folder still works.
+Trials started by `kronsearch run` carry their process from the moment they start (OwnedTrialStorage).
+Read commands open storages with create=False: nothing is created, migrated or written.
 
 Several `kronsearch run` processes may share one SQLite file. It stays in SQLite's default
 rollback-journal mode with a 60 s busy timeout: Optuna's writes are short transactions, and Python's
@@ -122,12 +125,7 @@ class OwnedTrialStorage(optuna.storages.RDBStorage):
         self.owner = owner
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        if template_trial is None:  # study.ask(): a new RUNNING trial, created with its owner
-            template_trial = FrozenTrial(
-                number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                datetime_complete=None, params={}, distributions={}, user_attrs=dict(self.owner), system_attrs={},
-                intermediate_values={}, trial_id=-1)
-        return super()._create_new_trial(study_id, template_trial)
+        return super()._create_new_trial(study_id, template_trial or _owned_trial(self.owner))
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         if state != TrialState.RUNNING:
@@ -144,6 +142,32 @@ class OwnedTrialStorage(optuna.storages.RDBStorage):
         except sqlalchemy.exc.IntegrityError:
             return False
         return True
+
+
+class OwnedTrialJournalStorage(optuna.storages.JournalStorage):
+    """A journal-file storage whose new trials carry `owner` from the log entry that creates them. A
+    queued trial is tagged by the next entries, just after it starts (a journal entry holds one change)."""
+
+    def __init__(self, backend: optuna.storages.journal.BaseJournalBackend, owner: dict[str, Any]) -> None:
+        super().__init__(backend)
+        self.owner = owner
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return super().create_new_trial(study_id, template_trial or _owned_trial(self.owner))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        started = super().set_trial_state_values(trial_id, state, values)
+        if started and state == TrialState.RUNNING:
+            for key, value in self.owner.items():
+                self.set_trial_user_attr(trial_id, key, value)
+        return started
+
+
+def _owned_trial(owner: dict[str, Any]) -> FrozenTrial:
+    """The template of a new RUNNING trial that carries its owner's user attrs."""
+    return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                       datetime_complete=None, params={}, distributions={}, user_attrs=dict(owner), system_attrs={},
+                       intermediate_values={}, trial_id=-1)
 
 
 def artifact_root(url: str, studies_dir: str | os.PathLike = STUDIES_DIR) -> Path:
@@ -177,7 +201,8 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     """
     file = _storage_file(url)
     if not create and file is not None and not file.is_file():
-        raise StudyNotFound(f"no storage file {file} ({url}); nothing was created. Check the path, or run "
+        given = f" ({url})" if url != str(file) else ""
+        raise StudyNotFound(f"no storage file {file}{given}; nothing was created. Check the path, or run "
                             f"`kronsearch run` first")
     for attempt in range(attempts):
         try:
@@ -198,7 +223,8 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
 
 def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: bool) -> optuna.storages.BaseStorage:
     if "://" not in url:
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+        backend = optuna.storages.journal.JournalFileBackend(url)
+        return OwnedTrialJournalStorage(backend, owner) if owner is not None else optuna.storages.JournalStorage(backend)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:") and file is not None:
         engine_kwargs["connect_args"] = {"timeout": 60}

@@ -218,12 +218,14 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Re-queue the configurations of trials that were cut off; returns their trial numbers.
 
-    A SIGKILLed (or OOM-killed) `kronsearch run` leaves its trial RUNNING: when its process on this
-    host is gone (pid and start time), the trial is marked FAIL with user attr "interrupted". Trials
-    stopped by Ctrl-C or by a storage error are FAIL with "interrupted" already. Each interrupted
-    trial's params are enqueued once (the new trial has user attr "retry_of"); interrupted trials do
-    not count against the budget. Live processes' trials are left alone, so processes can share a
-    study; RUNNING trials of other hosts are left alone too (their liveness cannot be checked here).
+    A SIGKILLed (or OOM-killed) `kronsearch run` leaves its trial RUNNING, tagged with its process
+    however early the kill came: when that process on this host is gone (pid and start time), the
+    trial is marked FAIL with user attr "interrupted". Trials stopped by Ctrl-C or by a storage error
+    are FAIL with "interrupted" already. Each interrupted trial's params (or, for a queued trial cut
+    off before it sampled, its queued params) are enqueued once (the new trial has user attr
+    "retry_of"); interrupted trials do not count against the budget. Live processes' trials are left
+    alone, so processes can share a study; RUNNING trials of other hosts, or with no process (from
+    another tool), are left alone too (their liveness cannot be checked here).
     """
     host = socket.gethostname()
     storage = study._storage  # the storage object of this very study  # noqa: SLF001

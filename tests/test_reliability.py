@@ -8,10 +8,13 @@ tagged with its process, exactly as a long training would be.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
+import json
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -28,6 +31,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from kronsearch import kronify, load_plan, search, trial as trial_module
@@ -35,9 +39,9 @@ from kronsearch.search import Budget, run_search
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
 from kronsearch.space import MAX_CANDIDATES, MAX_EPOCHS, SpaceError, load_space
 from kronsearch.cli import app
-from kronsearch.storage import (StorageError, artifact_dir_candidates, default_storage_url, load_studies, open_storage,
-                                storage_error)
-from kronsearch.strategies import finished
+from kronsearch.storage import (StorageError, StudyNotFound, artifact_dir_candidates, default_storage_url, load_studies,
+                                open_storage, storage_error)
+from kronsearch.strategies import counts_toward_budget, finished
 from kronsearch.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +124,14 @@ def full(self, trial_id, key, value):
     return real(self, trial_id, key, value)
 
 optuna.storages.RDBStorage.set_trial_user_attr = full
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+main()
+"""
+
+
+RUN = """
+import sys
+from kronsearch.cli import main
 sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
 main()
 """
@@ -236,6 +248,17 @@ def test_a_kill_right_after_a_trial_is_created_is_recovered_by_the_next_run(writ
         assert [t.params["lambda1"] for t in every if t.user_attrs.get("retry_of") == 1] == [0.05]
 
 
+@pytest.mark.parametrize("url", ["sqlite:///studies.db", "studies.log"], ids=["sqlite", "journal-file"])
+def test_every_trial_a_run_starts_names_its_process_from_the_start(workdir, url):
+    owner = {"worker": worker_id()}
+    study = optuna.create_study(study_name="s", storage=open_storage(url, owner=owner))
+    new = study.ask()
+    study.enqueue_trial({"x": 1.0})
+    queued = study.ask()
+    assert [t.user_attrs for t in study.get_trials()] == [owner, owner]
+    assert (new.number, queued.number) == (0, 1)
+
+
 def test_ctrl_c_stops_after_saving_says_how_to_resume_and_the_trial_is_retried(write_space, workdir, python):
     path = write_space(search={"trials": 3})
     run_search(path, trials=1, progress=False)  # trial 0, finished before the run that gets interrupted
@@ -260,18 +283,25 @@ def test_ctrl_c_stops_after_saving_says_how_to_resume_and_the_trial_is_retried(w
     assert retry.state == TrialState.COMPLETE and retry.params == cut.params
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_space, workdir):
-    path = write_space(search={"trials": 3, "save_weights": False}, space={"lambda1": {"low": 0.01, "high": 1e300}})
-    space = load_space(path)
-    (workdir / "studies").mkdir()
-    study = open_study(space, "one_round", default_storage_url("tiny"), False, workdir / "studies")
-    for lambda1 in (1e300, 0.01, 0.02):  # a penalty of 1e300 * |S| overflows float32 at the first step
+def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_space, monkeypatch):
+    real = search.run_trial
+
+    def run_trial(space, spec, *args, **kwargs):  # the first trial trains with a learning rate of 1e30
+        if spec.lambda1 == 0.05:
+            space = dataclasses.replace(space, train={**space.train, "lr": 1e30})
+        return real(space, spec, *args, **kwargs)
+
+    monkeypatch.setattr(search, "run_trial", run_trial)
+    path = write_space(search={"trials": 3, "save_weights": False})
+    Path("studies").mkdir()
+    study = open_study(load_space(path), "one_round", default_storage_url("tiny"), False, Path("studies"))
+    for lambda1 in (0.05, 0.01, 0.02):
         study.enqueue_trial({"lambda1": lambda1})
     summary = run_search(path, progress=False)
     assert summary.completed == 3
     diverged, *rest = trials()
     assert diverged.state == TrialState.FAIL
-    assert re.match(r"diverged: non-finite loss .* in select epoch 1, step 1", diverged.user_attrs["fail_reason"])
+    assert re.match(r"diverged: non-finite (loss|weights)", diverged.user_attrs["fail_reason"]), diverged.user_attrs
     assert [t.state for t in rest] == [TrialState.COMPLETE] * 2
 
 
@@ -321,6 +351,68 @@ def test_a_bug_in_a_trial_is_not_swallowed_as_a_trial_failure(write_space, monke
     monkeypatch.setattr(search, "run_trial", lambda *a, **k: [][0])
     with pytest.raises(IndexError):
         run_search(write_space(), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash fuzz: `kronsearch run` SIGKILLed at random moments, from its first second to its last trial
+
+
+def fuzz_snapshot() -> list[FrozenTrial] | None:
+    """The study's trials as a killed run left them; None while no run got as far as creating it."""
+    try:
+        (study,) = load_studies(STUDY)
+    except (StudyNotFound, StorageError):
+        return None
+    every = study.get_trials()
+    complete = [t for t in every if t.state == TrialState.COMPLETE]
+    first_with = {}
+    for trial in complete:  # no configuration trained twice unless declared a duplicate of a complete trial
+        key = tuple(sorted(trial.params.items()))
+        if key in first_with:
+            assert trial.user_attrs.get("duplicate_of") == first_with[key], (trial.number, trial.user_attrs)
+        first_with.setdefault(key, trial.number)
+    for trial in complete:  # every complete trial's weights and metrics load
+        folder = artifact_dir_candidates(study, trial.user_attrs["artifact_dir"])[0]
+        assert load_file(folder / "model.safetensors") and json.loads((folder / "metrics.json").read_text())
+    return every
+
+
+def crash_fuzz(path: Path, python, seed: int, kills: int, trials: int) -> None:
+    """`kills` runs SIGKILLed at seeded random delays from their start (the first within its first
+    second), each checked as it is left, then one clean run that must finish exactly `trials`."""
+    rng = random.Random(seed)
+    delays = [rng.uniform(0, 1)] + [rng.uniform(0, 12) for _ in range(kills - 1)]
+    finished_before, running_before = 0, set()
+    for delay in delays:
+        proc = python(RUN)
+        time.sleep(delay)
+        proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+        every = fuzz_snapshot()
+        if every is None:
+            assert finished_before == 0
+            continue
+        done = [t for t in every if counts_toward_budget(t)]
+        assert len(done) >= finished_before  # nothing finished is ever lost
+        if any(t.user_attrs.get("worker", "").endswith(f":{proc.pid}") for t in every):  # it got past recovery
+            assert not {t.number for t in every if t.state == TrialState.RUNNING} & running_before
+        finished_before = len(done)
+        running_before = {t.number for t in every if t.state == TrialState.RUNNING}
+    summary = run_search(path, progress=False)
+    assert summary.completed == trials
+    every = fuzz_snapshot()
+    assert len([t for t in every if counts_toward_budget(t)]) == trials
+    assert not [t.number for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_crash_fuzz_kills_at_random_moments_lose_nothing_and_the_next_run_finishes_the_budget(write_space, python):
+    crash_fuzz(write_space(search={"trials": 4}), python, seed=0, kills=5, trials=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(1, 4))
+def test_crash_fuzz_long(write_space, python, seed):
+    crash_fuzz(write_space(search={"trials": 8}), python, seed=seed, kills=15, trials=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,11 +47,15 @@ from torch import nn
 
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
+from kronsearch.patterns import kron_macs, kron_params
 
 GATE_TRAVEL = 12.0
 """How far a gate can move over the selection budget at a pull one scale away from lambda1."""
 FADE_FRACTION = 0.1
 """Losers fade to 0 over this fraction of the selection budget after a choice made at the budget."""
+TIE = 0.1
+"""At the budget, gates within this fraction of the largest count as equally good, and the cheapest of
+them (fewest MACs per input row, then fewest parameters) wins."""
 PUSH_EMA = 0.9
 """Smoothing of the per-layer push scale (about ten steps)."""
 
@@ -205,13 +209,22 @@ class GateSelection:
         gates.update(new)
 
     def _choose(self, name: str) -> None:
-        """The budget is spent: the largest gate wins, the others start fading to 0."""
-        gates = self.gates[name]
-        winner = max(gates, key=gates.get)
+        """The budget is spent: the cheapest of the gates within TIE of the largest wins, the others fade to 0."""
+        gates, layer = self.gates[name], self.layers[name]
+        top = max(gates.values())
+        tied = [k for k, g in gates.items() if g >= (1 - TIE) * top]
+        winner = min(tied, key=lambda k: self._cost(layer, k))
         norms = {k: g * self.reference[name][k] for k, g in gates.items()}
         share = 1.0 - norms[winner] / sum(norms.values())
         self.decisions[name] = Decision(winner, self.steps, "budget", share)
         self.fading[name] = {k: g / self.fade_steps for k, g in gates.items() if k != winner}
+
+    @staticmethod
+    def _cost(layer: PatternSelectLinear, candidate: str) -> tuple[int, int]:
+        """(MACs per input row, parameters) of one candidate alone."""
+        block, rank = layer.branches[candidate].block, layer.rank
+        return (kron_macs(layer.out_features, layer.in_features, block, rank),
+                kron_params(layer.out_features, layer.in_features, block, rank))
 
     def _rescale(self, name: str) -> None:
         """S_k *= g_k * ||W_k(0)|| / ||W_k|| for every live candidate still governed by its gate."""

@@ -14,7 +14,7 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.models import build_model
 from kronsearch.patterns import format_block
-from kronsearch.selection import GateSelection, drop_from_optimizer, prox_l1_
+from kronsearch.selection import TIE, GateSelection, drop_from_optimizer, prox_l1_
 from kronsearch.trainer import TrainConfig, make_optimizer, seed_everything, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -189,6 +189,23 @@ def test_at_the_budget_the_largest_gate_wins_and_the_others_fade_to_exactly_zero
     assert list(model[0].branches) == [decision.block]
     assert fades[:10] == [3] * 10 and fades[-1] == 1
     assert selection.removed_norms["0"] == 0.0 and selection.done
+
+
+def test_at_the_budget_gates_within_tie_of_the_largest_go_to_the_cheapest_candidate():
+    model = select_model()
+    selection = GateSelection(model, make_optimizer(model, TrainConfig()), select_steps=1, lambda1=0.0)
+    selection.gates["0"].update({"2x2": 1.0, "4x4": 1.0 - TIE / 2, "8x8": 0.5})
+    selection._choose("0")
+    assert selection.decisions["0"].block == "4x4"  # 2x2 leads by less than TIE, 4x4 costs fewer MACs
+    assert set(selection.fading["0"]) == {"2x2", "8x8"}
+
+
+def test_at_the_budget_a_lead_beyond_tie_wins_whatever_it_costs():
+    model = select_model()
+    selection = GateSelection(model, make_optimizer(model, TrainConfig()), select_steps=1, lambda1=0.0)
+    selection.gates["0"].update({"2x2": 1.0, "4x4": 1.0 - 2 * TIE, "8x8": 0.5})
+    selection._choose("0")
+    assert selection.decisions["0"].block == "2x2"
 
 
 # --------------------------------------------------------------------------------- the trainer's run

@@ -7,32 +7,45 @@ Two proximal steps follow every optimizer step (the loss itself carries no penal
   diagonal preconditioner, so lambda2 keeps the meaning it had as a subgradient penalty (a block
   dies when its loss gradient stays below lambda2) but the entry lands on exactly 0 and stays
   there instead of jittering around it. Under SGD the threshold is lr * lambda2.
-- `GateSelection`, lambda1 * sum_k ||W_k||_F per PatternSelectLinear: every candidate k has a
-  gate g_k, its norm relative to the start (||W_k|| = g_k * ||W_k at step 0||). After the optimizer
-  moved S, A and B, S_k is rescaled so that ||W_k|| is exactly its gate's: the optimizer shapes a
-  candidate, the gate alone sets how much of it the layer uses. The gate follows the data:
-      g_k <- max(0, g_k + rate * (push_k / scale - lambda1)),  push_k = -<dL/dW, W_k / ||W_k||>
-  push_k is the first-order loss decrease per unit of ||W_k|| (= -<dL/dS_k, S_k> / ||W_k||, as W_k
-  is linear in S_k), scale an EMA of the RMS of the pushes in the layer, so lambda1 has no units:
-  a candidate survives while its direction pulls at least lambda1 of a typical pull. Nothing in the
-  rule depends on how a candidate splits its norm between S, A and B, or on its size; rate =
-  GATE_TRAVEL / select_steps makes a gate's reach the same for any run length and learning rate.
-
-Measured before this design (Fashion-MNIST MLP-256, 10k examples, 8 epochs, candidates 2x2..16x16;
-planted 4x4 and 8x8 synthetic tasks, 20 epochs; seeds 0-1; decision at 25% of the steps):
-- prox only (plain SGD on S, group prox S_k *= max(0, 1 - eta*lambda1/||S_k||)): lambda1 1 killed
-  everything but 2x2 by steps ~40 on both planted tasks (test 0.57 against 0.97 for the planted block
-  alone); lambda1 0.1 picked right but ended 1.5-2 points under the planted block alone.
-- single-path race (each step trains one sampled candidate, the worst by validation accuracy leaves
-  at 3 points of the first 25%): wrong on 1 of 4 planted runs (2x2 on a planted 8x8) and 2.3 points
-  under the best alone on Fashion-MNIST seed 1, since the winner trained a quarter of the early steps.
-- gates (this module): right on all 4 planted runs with a final accuracy within 0.3 point of the
-  planted block alone; Fashion-MNIST 0.1-0.3 point under the best alone at lambda1 0.5.
+- `GateSelection`, the contest inside every PatternSelectLinear: every candidate k has a gate g_k,
+  its norm relative to the start (||W_k|| = g_k * ||W_k at step 0||). After the optimizer moved S,
+  A and B, S_k is rescaled so that ||W_k|| is exactly its gate's: the optimizer shapes a candidate,
+  the gate alone sets how much of it the layer uses. The gate follows the data:
+      g_k <- max(0, g_k + rate * ((push_k - mean_j push_j) / scale - lambda1))
+      push_k = -<dL/dW, W_k / ||W_k||> = -<dL/dS_k, S_k> / ||W_k||   (W_k is linear in S_k)
+  push_k is the first-order loss decrease per unit of ||W_k||; scale is an EMA of the RMS of the
+  pushes in the layer, so lambda1 has no units. A candidate that pulls harder than the layer's
+  average grows, a weaker one shrinks, and lambda1 shrinks all of them: with lambda1 = 0 the contest
+  is zero-sum. Nothing in the rule depends on how a candidate splits its norm between S, A and B,
+  or on its size; rate = GATE_TRAVEL / select_steps gives a gate the same reach for any run length
+  and learning rate.
 
 A layer's contest ends when one candidate is left, or at the budget (`select_steps`): then the
-largest gate is chosen and the others fade linearly to exactly 0 over FADE_FRACTION of the budget,
-so the winner absorbs their share while training goes on. A candidate whose S_k reached 0 leaves
-the layer and its parameters leave the optimizer at once.
+largest gate wins, or the cheapest candidate among the gates within TIE of it, and the others fade
+linearly to exactly 0 over FADE_FRACTION of the budget, so the winner absorbs their share while
+training goes on. A candidate whose gate reached 0 is exactly zero; it leaves the layer and its
+parameters leave the optimizer at once.
+
+Designs measured against each other (synthetic: a linear layer with a planted block, 4x4/8x8/2x8/
+8x2/2x2 on seeds 0-4, candidates 2x2/4x4/8x8/2x8/8x2, 10 epochs; Fashion-MNIST MLP-256, 10k examples,
+8 epochs, candidates 2x2..16x16; benchmarks/selection.py unless marked prototype; "cost" is the
+one round's training MACs over one training of its pick alone):
+- prox only (prototype: plain SGD on S, group prox S_k *= max(0, 1 - eta*lambda1/||S_k||), seeds 0-1
+  of planted 8x8 and 4x4): lambda1 1 left only 2x2 by step ~40 on every run (test 0.57 where the
+  planted block alone reaches 0.97); lambda1 0.1 picked right but ended 1.5-2.3 points under it.
+- single-path race (prototype: each step trains one sampled candidate, the worst by validation
+  accuracy leaves at 3 points of the first 25%): 3 of 4 planted runs right, and on Fashion-MNIST
+  seed 1 2.3 points under the best alone (the winner trained a quarter of the early steps).
+- gates against lambda1 alone, g_k += rate * (push_k / scale - lambda1), GATE_TRAVEL 4, budget 25%:
+  synthetic 5/5 right but no candidate left early (cost 1.5-3.4x, mean 2.3x); budget 10% or 15%:
+  3/5 right. Fashion-MNIST: mean regret 0.37 point, final gap -0.76, cost 1.46x.
+- gates against the strongest pull, push_k - lambda1 * max_j push_j: 3/5 right (2x2, the fastest
+  early learner, ended the planted 2x8 and 8x2).
+- gates against the layer's mean (this module), GATE_TRAVEL 12: synthetic 5/5 right, final gap
+  +0.5 point, cost 1.8x; Fashion-MNIST regret 0.29, final gap -0.72, cost 1.09x. GATE_TRAVEL 4:
+  5/5, cost 2.3x; 24: 4/5, cost 1.4x (noise decides sooner).
+- TIE 0.1 against none, on the digits ViT: mean regret 1.56 against 1.84 point (seed noise is
+  about a point there); it is kept because equal candidates should cost the least.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Choices PAPER.md section 2 leaves open, made here:
 - A candidate is measured by its whole contribution ||W_k||_F (from the factors, through the
   r x r Gram matrices, never building W_k). Every W_k has the layer's shape, so these norms compare
   candidates of any block size directly, and they do not change when a candidate's factors are
-  rescaled against each other (S by c and A by 1/c, or A by c and B by 1/c). The group penalty is
+  rescaled against each other (S by c and A by 1/c, or A by c and B by 1/c). The group term is
   lambda1 * sum_k ||W_k||_F, weight 1 for every candidate. The previous group, the RMS of S_k,
   depended on that split: Adam grew A as the penalty shrank S, and a candidate died at a step set
   by its size, not by the data (measured: 2x2/4x4/8x8 died at steps 28/54/104 on every seed).
@@ -161,8 +161,10 @@ class PatternSelectLinear(nn.Module):
 def selection_penalty(model: nn.Module, lambda1: float, lambda2: float) -> Tensor:
     """lambda1 * sum_k ||W_k||_F (PatternSelectLinear) + lambda2 * sum of ||S||_1 (every KronLinear).
 
-    The objective the trainer's proximal steps minimize (it never back-propagates through it; it
-    reports it). A scalar tensor on the model's device; zero for a model without Kronecker layers.
+    The penalty the trainer reports per epoch; it does not back-propagate through it: lambda2 acts by a
+    proximal step on S, lambda1 through the selection gates (kronsearch/selection.py), which shrink
+    every ||W_k|| at a rate lambda1 in units of the layer's pulls. A scalar tensor on the model's
+    device; zero for a model without Kronecker layers.
     Candidates inside a PatternSelectLinear are KronLinear modules, so the l1 term covers them once.
     """
     group = [m.candidate_norms().sum() for m in model.modules() if isinstance(m, PatternSelectLinear)]

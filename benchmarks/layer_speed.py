@@ -1,20 +1,22 @@
-"""Forward+backward speed of KronLinear against nn.Linear, next to their MAC ratio.
+"""Forward+backward speed of KronLinear (factored, merged, auto) against nn.Linear, next to their MAC ratio.
 
     python benchmarks/layer_speed.py                 # batch 256, float32, all cores
     python benchmarks/layer_speed.py --smoke         # a few repetitions, for CI
 
 For every shape it times one training step of a layer (forward, then backward of a fixed output
 gradient into the input and every parameter; gradients are reset to None as zero_grad does) and
-prints a markdown table: time ratio = KronLinear / nn.Linear, MAC ratio = kron_macs / (in * out).
+prints a markdown table: time ratio = KronLinear / nn.Linear, MAC ratio = kron_macs / (in * out), for
+each compute path of KronLinear (`compute=`: factored in the MAC-cheaper order, merged, and auto with
+the path it chose; kronsearch/layers/compute.py).
 
-Timing: a warm-up, then `--repeats` pairs. Each pair runs both layers back to back, alternating
+Timing: a warm-up, then `--repeats` pairs per path. Each pair runs both layers back to back, alternating
 which goes first, and records the pair's time ratio; the table reports the median of those ratios
 (and the median time of each layer). Pairing makes slow drifts of the machine (other processes,
 clock changes) cancel in the ratio. A busy machine still skews it (a 2-thread step stalls whenever
 another process holds a core, and the Kronecker step has more, smaller products than the dense
 one), so the load average is printed before and after.
 
-Why KronLinear is fast, and what was tried: the docstring of kronsearch/layers/kron_ops.py.
+Why KronLinear is fast, and what was tried: the docstrings of kronsearch/layers/kron_ops.py and compute.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from kronsearch import KronLinear
+from kronsearch.layers.compute import compute_choices
 from kronsearch.patterns import format_block, kron_macs
 
 SHAPES = [  # (out, in, block (h, w), rank), nn.Linear's (out, in) orientation
@@ -48,9 +51,10 @@ def step_time(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def measure(out_features: int, in_features: int, block, rank: int, batch: int, repeats: int, warmup: int):
-    """(median kron seconds, median dense seconds, median paired ratio)."""
-    kron = KronLinear(in_features, out_features, block, rank)
+def measure(out_features: int, in_features: int, block, rank: int, batch: int, repeats: int, warmup: int,
+            compute: str = "factored") -> tuple[float, float, float]:
+    """(median kron seconds, median dense seconds, median paired ratio) of KronLinear(compute=compute)."""
+    kron = KronLinear(in_features, out_features, block, rank, compute=compute)
     dense = nn.Linear(in_features, out_features)
     x = torch.randn(batch, in_features, requires_grad=True)
     grad = torch.randn(batch, out_features)
@@ -79,13 +83,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(f"batch {args.batch}, float32, {torch.get_num_threads()} threads, median of {repeats} paired "
           f"forward+backward steps; load average before: {os.getloadavg()[0]:.2f}\n")
-    print("| out x in | block | rank | KronLinear ms | nn.Linear ms | time ratio | MAC ratio | time / MAC ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| out x in | block | rank | factored ms | nn.Linear ms | factored time ratio | MAC ratio "
+          "| merged time ratio | auto time ratio | auto's path |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for out_features, in_features, block, rank in SHAPES:
-        kron_s, dense_s, ratio = measure(out_features, in_features, block, rank, args.batch, repeats, warmup)
+        shape = (out_features, in_features, block, rank, args.batch, repeats, warmup)
+        kron_s, dense_s, ratio = measure(*shape, compute="factored")
+        merged = measure(*shape, compute="merged")[2]
+        auto = measure(*shape, compute="auto")[2]
+        auto_path = list(compute_choices().values())[-1]  # this shape's, timed by the auto run just above
         mac_ratio = kron_macs(out_features, in_features, block, rank) / (out_features * in_features)
         print(f"| {out_features} x {in_features} | {format_block(block)} | {rank} | {kron_s * 1e3:.3f} | "
-              f"{dense_s * 1e3:.3f} | {ratio:.3f} | {mac_ratio:.3f} | {ratio / mac_ratio:.2f} |", flush=True)
+              f"{dense_s * 1e3:.3f} | {ratio:.3f} | {mac_ratio:.3f} | {merged:.3f} | {auto:.3f} | {auto_path} |",
+              flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (other processes skew the ratios)")
 
 

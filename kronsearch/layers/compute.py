@@ -8,12 +8,12 @@ each term with factors C = S ⊙ A (r, m1, n1) and blocks B (r, h, w). The paths
   are memory-bound: at 2x2 blocks a ViT-tiny layer took 7-9x as long as nn.Linear.
 - "factored": every term in its own order (`KronLinear.order`, the one with fewer MACs).
 - "merged": W is built once per call (`kron_weight`, r*m*n multiply-adds per term, all terms summed
-  into one W), then one GEMM as nn.Linear does. Autograd's backward is one GEMM for dx, one for dW,
-  and dW reduced onto each term's C and B (r*m*n). So K candidates cost one GEMM plus K builds, not K
-  factored products. Parameters, gradients and optimizer state stay the factors; what it saves for
-  backward is x (as nn.Linear) and W (m*n, the size of the dense weight's gradient, which this path
-  never keeps). Measured at 4160 rows (ViT-tiny, batch 64): 1.04-1.15x nn.Linear's forward+backward
-  per layer, the build and its reduction being the difference.
+  into one W), then one GEMM as nn.Linear does; backward is one GEMM for dx, one for dW, and dW
+  projected onto each term's C and B (r*m*n), with W rebuilt rather than saved (`merged_linear`).
+  So K candidates cost one GEMM plus K builds, not K factored products. Parameters, gradients and
+  optimizer state stay the factors; saved for backward are x (as nn.Linear) and the factors.
+  ViT-tiny training step (BENCHMARKS.md table 5, 1 thread): 0.99-1.04x the dense step, peak memory
+  1.00-1.01x dense, where the factored path took 1.0-8x the time and 1.25x the memory.
 
 `compute` modes, per layer or as the process default (`set_default_compute`): "factored", "merged",
 or "auto". "auto" times the paths once per key (layer shape and blocks, rows rounded to a power of 2,
@@ -22,8 +22,8 @@ records, backward into x and the factors, and keeps the fastest for the rest of 
 cudnn.benchmark does); `compute_choices()` shows what it chose. A one-layer KronLinear chooses among
 order1, order2 and merged, a PatternSelectLinear between factored and merged. Why time instead of a
 cost model: the crossover moves with the GEMM library, the thread count and the block, and on this
-machine it did not follow the MAC counts (at 8x8 blocks order 2 beat merged on one ViT-tiny layer
-and lost on another of the same MACs). Because of that, "auto" may pick differently in two
+machine the MAC counts did not predict it (at 8x8 blocks the factored path took 0.79-1.01x
+nn.Linear's time across ViT-tiny's layers, merged about 1.0x; at 16x16 factored 0.33-0.47x). Because of that, "auto" may pick differently in two
 processes, and their results then differ by float rounding; pin "factored" or "merged" for bitwise
 reproducibility across processes. The timing uses its own random generator and does not touch the
 global one. On CUDA the same timing runs with the device synchronized around each call; no GPU was
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections.abc import Sequence
 
@@ -47,8 +46,11 @@ log = logging.getLogger("kronsearch")
 
 COMPUTE_MODES = ("auto", "factored", "merged")
 PATHS = ("factored", "order1", "order2", "merged")
-TIMED_ROUNDS = 5
-"""Interleaved timing rounds per path after one warm-up each; the median round decides."""
+TIMED_ROUNDS = 7
+"""Interleaved timing rounds per path after one warm-up each; each path's fastest round decides.
+
+The minimum, not the median: other processes only ever add time, and on the shared 2-core machine
+a median of 5 once picked order 2 for a 3072x768 16x16 layer that ran 1.4x slower than order 1."""
 
 Term = tuple[Tensor, Tensor, int]
 """(factors C (r, m1, n1), blocks B (r, h, w), the term's factored order 1 or 2)."""
@@ -129,7 +131,7 @@ def choose_path(x: Tensor, terms: Sequence[Term]) -> str:
 
 def time_paths(rows: int, in_features: int, terms: Sequence[Term], dtype: torch.dtype, device: torch.device,
                grad: bool) -> dict[str, float]:
-    """Median seconds per call of each candidate path on random data of these shapes.
+    """Fastest seconds per call of each candidate path on random data of these shapes.
 
     With `grad`, a call is forward plus backward into x and every C and B (as in training).
     """
@@ -162,4 +164,4 @@ def time_paths(rows: int, in_features: int, terms: Sequence[Term], dtype: torch.
     for round_ in range(TIMED_ROUNDS):
         for path in paths[round_ % len(paths):] + paths[:round_ % len(paths)]:
             samples[path].append(once(path))
-    return {path: statistics.median(s) for path, s in samples.items()}
+    return {path: min(s) for path, s in samples.items()}

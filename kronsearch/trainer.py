@@ -277,6 +277,7 @@ def train(
                             f"{len(history) + 1}, step {i // config.batch_size + 1}")
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
+                    macs_total += sample_macs * len(batch)  # what this step's forward cost
                     if config.max_grad_norm:
                         nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     if selection is not None and not selection.done:
@@ -284,12 +285,11 @@ def train(
                     optimizer.step()
                     prox_l1_(optimizer, s_params, config.lambda2)
                     if selection is not None and not selection.done and selection.step():
-                        s_params = s_parameters(model)
+                        # a candidate left: count the smaller model from the next step on
                         sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
                     schedule.step()
                     if after_step is not None:
                         after_step(schedule.last_epoch, total_steps)
-                    macs_total += sample_macs * len(batch)
                     with torch.no_grad():
                         penalty = selection_penalty(model, config.lambda1 if phase == "train" else 0.0,
                                                     config.lambda2) + extra

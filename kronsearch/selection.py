@@ -110,7 +110,7 @@ class Decision:
 
     block: str  # the winner
     step: int  # optimizer step of the choice (1-based)
-    by: str  # "survivor": every other candidate reached 0; "budget": largest gate at the budget
+    by: str  # "survivor": every other candidate reached 0; "budget": chosen at the budget (largest gate or TIE)
     loser_share: float  # sum of the losers' ||W_k|| / sum of all, at the choice (0 for a survivor)
 
 

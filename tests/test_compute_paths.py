@@ -202,6 +202,12 @@ def test_an_unknown_compute_mode_raises_naming_the_allowed_ones(make):
         make()
 
 
+def test_an_unknown_path_raises_naming_the_paths():
+    terms = [(torch.randn(1, 2, 2), torch.randn(1, 2, 2), 1)]
+    with pytest.raises(ValueError, match="path must be one of 'factored', 'order1', 'order2', 'merged'"):
+        kron_linear(torch.randn(3, 4), terms, None, "fast")
+
+
 def test_a_compute_attribute_changed_to_an_unknown_mode_raises_at_the_next_call():
     layer = KronLinear(8, 8, (2, 2))
     layer.compute = "fast"

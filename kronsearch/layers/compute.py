@@ -12,8 +12,10 @@ each term with factors C = S ⊙ A (r, m1, n1) and blocks B (r, h, w). The paths
   projected onto each term's C and B (r*m*n), with W rebuilt rather than saved (`merged_linear`).
   So K candidates cost one GEMM plus K builds, not K factored products. Parameters, gradients and
   optimizer state stay the factors; saved for backward are x (as nn.Linear) and the factors.
-  ViT-tiny training step (BENCHMARKS.md table 5, 1 thread): 0.99-1.04x the dense step, peak memory
-  1.00-1.01x dense, where the factored path took 1.0-8x the time and 1.25x the memory.
+  ViT-tiny training step (BENCHMARKS.md table 5, 1 thread, two runs): 0.99-1.07x the dense step
+  for one block and 1.11-1.12x for three candidates, peak memory 1.00-1.01x (1.03x) dense; the
+  factored path took 0.45x (16x16) to 7.5x (2x2) and 10.3x (three candidates), at 1.25x (1.80x)
+  the memory: it saves its intermediate product for backward.
 
 `compute` modes, per layer or as the process default (`set_default_compute`): "factored", "merged",
 or "auto". "auto" times the paths once per key (layer shape and blocks, rows rounded to a power of 2,
@@ -23,11 +25,12 @@ cudnn.benchmark does); `compute_choices()` shows what it chose. A one-layer Kron
 order1, order2 and merged, a PatternSelectLinear between factored and merged. Why time instead of a
 cost model: the crossover moves with the GEMM library, the thread count and the block, and on this
 machine the MAC counts did not predict it (at 8x8 blocks the factored path took 0.79-1.01x
-nn.Linear's time across ViT-tiny's layers, merged about 1.0x; at 16x16 factored 0.33-0.47x). Because of that, "auto" may pick differently in two
-processes, and their results then differ by float rounding; pin "factored" or "merged" for bitwise
-reproducibility across processes. The timing uses its own random generator and does not touch the
-global one. On CUDA the same timing runs with the device synchronized around each call; no GPU was
-available to measure it, so no CUDA-specific rule is coded.
+nn.Linear's time across ViT-tiny's layers, merged about 1.0x; at 16x16 factored 0.33-0.47x).
+Being timed, "auto" may pick differently in two processes, whose results then differ by float
+rounding; pin "factored" or "merged" for bitwise reproducibility across processes. The timing uses
+its own random generator and does not touch the global one. On CUDA the same timing runs, with the
+device synchronized around each call; no GPU was available to measure it, so no CUDA-specific rule
+is coded.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ a median of 5 once picked order 2 for a 3072x768 16x16 layer that ran 1.4x slowe
 Term = tuple[Tensor, Tensor, int]
 """(factors C (r, m1, n1), blocks B (r, h, w), the term's factored order 1 or 2)."""
 
-_default_compute = "auto"
+_default_compute = "factored"
+"""Factored until set otherwise: bit-for-bit the results, MAC counts (kronsearch.costs, checked against
+torch's FlopCounterMode) and cross-process reproducibility the project had before the other paths."""
 _choices: dict[tuple, str] = {}
 
 
@@ -68,7 +73,7 @@ def check_compute(compute: str | None) -> str | None:
 
 
 def set_default_compute(compute: str) -> None:
-    """The mode of every layer whose own `compute` is None ("auto" when the process starts)."""
+    """The mode of every layer whose own `compute` is None ("factored" when the process starts)."""
     global _default_compute
     if compute is None:
         raise ValueError(f"the default compute must be one of {', '.join(map(repr, COMPUTE_MODES))}, got None")
@@ -81,12 +86,14 @@ def default_compute() -> str:
 
 
 def compute_choices() -> dict[tuple, str]:
-    """What "auto" chose so far: {(shapes, rows bucket, dtype, device, grad): path}."""
+    """What "auto" chose so far: {(in_features, term shapes, rows bucket, dtype, device, grad): path}."""
     return dict(_choices)
 
 
 def kron_linear(x: Tensor, terms: Sequence[Term], bias: Tensor | None, path: str) -> Tensor:
     """x (N, n) -> (N, m) = x (sum of the terms' C ⊗ B)^T + bias, along `path` (one of PATHS)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
     if path == "merged":
         return merged_linear(x, [(factors, blocks) for factors, blocks, _ in terms], bias)
     fixed = {"order1": 1, "order2": 2}.get(path)

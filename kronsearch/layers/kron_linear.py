@@ -31,7 +31,7 @@ class KronLinear(nn.Module):
         bias: learn an additive bias like nn.Linear.
         compute: "factored" (never build W), "merged" (build W once per call, one GEMM), "auto"
             (the faster of those, timed once per shape) or None to follow the process default
-            (`kronsearch.layers.compute.set_default_compute`, "auto" unless changed). Every path
+            (`kronsearch.layers.compute.set_default_compute`, "factored" unless changed). Every path
             computes the same function and gradients; see kronsearch/layers/compute.py.
     """
 

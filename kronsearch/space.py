@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from kronsearch.data import _SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
+from kronsearch.layers.compute import COMPUTE_MODES
 from kronsearch.models import MODELS, ModelError, build_model, model_size
 from kronsearch.patterns import MAX_RANK, Block, format_block, parse_block, valid_blocks
 from kronsearch.storage import STRATEGIES
@@ -260,6 +261,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     c.integer(train["batch_size"], "train.batch_size", 1, 1_000_000)
     c.choice(train["optimizer"], "train.optimizer", OPTIMIZERS)
     c.choice(train["schedule"], "train.schedule", SCHEDULES)
+    c.choice(train["compute"], "train.compute", COMPUTE_MODES)
     for key in ("lr", "s_lr_scale"):
         train[key] = c.typed(train[key], f"train.{key}", float, "a number > 0", lambda v: 0 < v < 1e6)
     for key in ("weight_decay", "momentum", "warmup_epochs", "threshold"):

@@ -164,7 +164,7 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
 
 # Keys that do not change a study's results: its budget, where it runs, and where its data is found.
 NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights"),
-                "train": ("device", "threads"), "data": ("root",)}
+                "train": ("device", "threads", "compute"), "data": ("root",)}
 
 
 def space_identity(space: Space) -> dict:
@@ -211,8 +211,8 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
             f"{space.path}: {', '.join(changed)} changed since study {study.study_name!r} was created in "
             f"{storage_url}; its trials were run on the old values, so it is not resumed. Re-run with --fresh to "
             f"delete it and start over, or give the search a new name (the file's name:) to keep both. "
-            f"The budget (search.trials, search.timeout), train.device, train.threads, data.root and comments "
-            f"may change freely")
+            f"The budget (search.trials, search.timeout), train.device, train.threads, train.compute, data.root "
+            f"and comments may change freely")
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kronsearch.costs import model_cost
 from kronsearch.data import DataSplits
+from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
 from kronsearch.patterns import format_block
@@ -54,6 +55,10 @@ class TrainConfig:
     threshold: float = DEFAULT_THRESHOLD  # |S| <= threshold counts as a pruned block
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    # how the Kronecker layers run while training (kronsearch/layers/compute.py): "auto" times the
+    # factored and merged paths once per layer shape and keeps the faster (the one round's candidates
+    # then cost one GEMM); "factored" is bit-for-bit reproducible across processes
+    compute: str = "auto"
     threads: int | None = None  # torch CPU threads (process-wide); None keeps torch's default. Small models run fastest on 1
     progress: bool = True
 
@@ -68,11 +73,13 @@ class TrainConfig:
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "threads": self.threads is None or self.threads >= 1,
             "optimizer": self.optimizer in OPTIMIZERS, "schedule": self.schedule in SCHEDULES,
+            "compute": self.compute in COMPUTE_MODES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
-                             f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, counts and rates positive, "
+                             f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
+                             f"counts and rates positive, "
                              f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, max_grad_norm None or > 0)")
 
     @property
@@ -248,8 +255,9 @@ def train(
     phases = [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = 0
     selection: GateSelection | None = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[status]}"), disable=not config.progress, transient=True) as bar:
+    with default_compute_as(config.compute), Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), disable=not config.progress, transient=True) as bar:
         for phase, epochs in phases:
             optimizer = make_optimizer(model, config)
             if phase == "train" and select_layers:

@@ -124,8 +124,8 @@ def test_model_cost_nonzeros_count_surviving_blocks_of_kron_layers_and_every_wei
     layer = model.layers[0]
     with torch.no_grad():
         layer.s[:, ::3] = 0.0  # 8 x 112 grid: columns 0, 3, ..., 111 -> 38 of 112 pruned
-        layer.s[0, 1] = 1e-3  # at or below the default threshold: pruned too
-    alive = 8 * (112 - 38) - 1
+        layer.s[0, 1] = 1e-30  # not exactly 0: alive (the proximal steps leave pruned blocks at exactly 0)
+    alive = 8 * (112 - 38)
     cost = model_cost(model, MNIST)
     assert cost.layers["layers.0"].nonzeros == kron_nonzeros((4, 7), alive) == alive * 28
     assert cost.layers["head"].nonzeros == 10 * 32

@@ -29,6 +29,7 @@ BAD_SPACES = [
     ({"train": {"optimizer": "lbfgs"}}, "train.optimizer: must be one of adam, adamw, sgd"),
     ({"train": {"select_epochs": 2}}, "train.select_epochs: must be a number of epochs > 0 and <= train.epochs"),
     ({"train": {"select_epochs": "soon"}}, "train.select_epochs"),
+    ({"train": {"compute": "fast"}}, "train.compute: must be one of auto, factored, merged"),
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; allowed: epochs"),
     ({"search": {"strategy": "grid"}}, "search.strategy: must be one of one_round, per_pattern, hybrid"),
     ({"search": {"trials": 0}}, "search.trials"),

@@ -10,6 +10,7 @@ from torch import nn
 
 from kronsearch.costs import model_cost
 from kronsearch.data import load_dataset
+from kronsearch.layers.compute import default_compute
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.pattern_select import PatternSelectLinear
@@ -275,11 +276,22 @@ def test_make_optimizer_gives_s_its_scaled_lr_and_no_weight_decay(optimizer, cls
     ("s_lr_scale", 0.0), ("weight_decay", -0.1), ("lambda1", -1.0), ("lambda2", -1e-4),
     ("warmup_epochs", 11.0), ("warmup_epochs", -1.0), ("threshold", -0.01), ("optimizer", "rmsprop"),
     ("schedule", "step"), ("max_grad_norm", -1.0), ("max_grad_norm", 0.0), ("select_epochs", 0.0),
-    ("select_epochs", 10.5),
+    ("select_epochs", 10.5), ("compute", "fast"),
 ])
 def test_invalid_setting_raises_value_error_naming_it(setting, value):
     with pytest.raises(ValueError, match=rf"\b{setting}="):
         TrainConfig(**{"epochs": 10, setting: value})
+
+
+def test_training_runs_under_its_compute_mode_and_restores_the_process_default(digits):
+    seed_everything(0)
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=(32,))
+    kronify(model, candidates=[(2, 2), (4, 4)], include=["layers.0"])
+    before = default_compute()
+    seen = []
+    train(model, digits, TrainConfig(epochs=1, compute="merged", progress=False),
+          callback=lambda report: seen.append(default_compute()))
+    assert seen == ["merged"] and default_compute() == before
 
 
 # --------------------------------------------------------------------------------- learning rate

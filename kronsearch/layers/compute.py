@@ -38,7 +38,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -83,6 +84,17 @@ def set_default_compute(compute: str) -> None:
 def default_compute() -> str:
     """The process-wide compute mode."""
     return _default_compute
+
+
+@contextmanager
+def default_compute_as(compute: str) -> Iterator[None]:
+    """Within the block the process default is `compute`; the previous default is restored after."""
+    previous = _default_compute
+    set_default_compute(compute)
+    try:
+        yield
+    finally:
+        set_default_compute(previous)
 
 
 def compute_choices() -> dict[tuple, str]:

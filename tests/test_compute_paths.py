@@ -13,6 +13,7 @@ from torch import nn
 from kronsearch import KronLinear, PatternSelectLinear
 from kronsearch.layers import compute
 from kronsearch.layers.compute import candidate_paths, kron_linear, set_default_compute
+from tests.randomize import randomized
 
 FAST = settings(max_examples=40, deadline=None)
 side = st.integers(1, 4)
@@ -23,16 +24,6 @@ def fresh_dispatch(monkeypatch):
     """Each test starts with the "auto" default and nothing timed yet, and leaves both as they were."""
     monkeypatch.setattr(compute, "_default_compute", "auto")
     monkeypatch.setattr(compute, "_choices", {})
-
-
-def randomized(module: nn.Module, seed: int) -> nn.Module:
-    """Every parameter N(0, 1) in float64 (S included, so it is not all ones)."""
-    torch.manual_seed(seed)
-    module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p))
-    return module
 
 
 def output_and_gradients(module: nn.Module, x: torch.Tensor, grad_out_seed: int = 1):

@@ -8,18 +8,9 @@ import torch
 from torch import nn
 
 from kronsearch import KronLinear, PatternSelectLinear, finalize_model, selection_penalty
+from tests.randomize import randomized
 
 CANDIDATES = [(2, 2), (4, 4), (1, 8)]
-
-
-def randomized(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter N(0, 1), in float64 (S included, so it has signs and varied magnitudes)."""
-    torch.manual_seed(seed)
-    module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p))
-    return module
 
 
 def select_layer(rank: int = 2, bias: bool = True, seed: int = 0) -> PatternSelectLinear:

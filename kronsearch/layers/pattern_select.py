@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from kronsearch.layers.compute import check_compute, kron_forward
 from kronsearch.layers.kron_linear import KronLinear
-from kronsearch.layers.kron_ops import cheaper_order
 from kronsearch.patterns import Block, format_block, valid_blocks
 
 
@@ -94,10 +93,7 @@ class PatternSelectLinear(nn.Module):
         """
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
-        terms = []
-        for branch in self.branches.values():
-            factors = branch.factors()
-            terms.append((factors, branch.b, cheaper_order(*factors.shape[1:], *branch.b.shape[1:], factors.shape[0])))
+        terms = [(branch.factors(), branch.b, branch.order) for branch in self.branches.values()]
         return kron_forward(x, terms, self.bias, self.compute)
 
     def candidate_norms(self) -> Tensor:

@@ -147,10 +147,6 @@ class GateSelection:
         """Every layer chose and every loser is gone."""
         return not self.open_layers and not self.fading
 
-    def live(self) -> dict[str, list[str]]:
-        """layer -> its live candidates."""
-        return {n: list(m.branches) for n, m in self.layers.items()}
-
     def leader(self, layer: str) -> str:
         """The chosen candidate, or the one with the largest gate while the contest runs."""
         if layer in self.decisions:

@@ -35,7 +35,7 @@ from torch import nn
 from kronsearch import KronLinear, PatternSelectLinear, kronify, selection_penalty
 from kronsearch.layers.compute import compute_choices
 from kronsearch.models import build_model
-from kronsearch.patterns import format_block
+from kronsearch.layers.blocks import format_block
 
 VIT_TINY = {"patch_size": 4, "dim": 192, "depth": 12, "heads": 3, "mlp_ratio": 4.0}
 BLOCKS = [(2, 2), (4, 4), (8, 8), (16, 16)]

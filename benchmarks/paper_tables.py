@@ -36,7 +36,7 @@ within its first quarter; lambda2 `--select-lambda2` for all of them).
 
 Columns: test acc (top-1, full test set); block sparsity (area-weighted fraction of zero blocks over
 the decomposed layers); train params (trainable while training); train MACs (forward MACs per
-sample while training, kronsearch.costs); inference nnz (non-zero weight entries after merging);
+sample while training, kronsearch.layers.costs); inference nnz (non-zero weight entries after merging);
 setting (tuned lambda2 / strength).
 
 Table 4 (search): search_spaces/vit.yaml and search_spaces/lenet5.yaml, rewritten into a temporary
@@ -80,12 +80,12 @@ sys.path.insert(0, str(HERE))
 from selection import fashion_mnist, stat, upsampled_digits  # noqa: E402
 
 from kronsearch.baselines import METHODS, train_baseline  # noqa: E402
-from kronsearch.costs import model_cost  # noqa: E402
+from kronsearch.layers.costs import model_cost  # noqa: E402
 from kronsearch.data import DataSplits  # noqa: E402
 from kronsearch.layers.kronify import kronify  # noqa: E402
 from kronsearch.models import build_model  # noqa: E402
-from kronsearch.patterns import format_block  # noqa: E402
-from kronsearch.plan import LayerPattern  # noqa: E402
+from kronsearch.layers.blocks import format_block  # noqa: E402
+from kronsearch.layers.plan import LayerPattern  # noqa: E402
 from kronsearch.trainer import TrainConfig, TrainResult, seed_everything, train  # noqa: E402
 
 TABLES = ("linear", "lenet5", "vit", "search", "speed")
@@ -355,7 +355,7 @@ def layer_speed_rows(repeats: int, smoke: bool) -> list[str]:
     try:
         import layer_speed
         measure, shapes = layer_speed.measure, layer_speed.SHAPES
-        from kronsearch.patterns import kron_macs
+        from kronsearch.layers.blocks import kron_macs
     except (ImportError, AttributeError) as err:
         print(f"  [speed] layer_speed import failed ({err}); running it as a subprocess", file=sys.stderr)
         done = subprocess.run([sys.executable, str(HERE / "layer_speed.py")] + (["--smoke"] if smoke else

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from kronsearch.data import DataSplits
-from kronsearch.patterns import Block, format_block, valid_blocks
+from kronsearch.layers.blocks import Block, format_block, valid_blocks
 from kronsearch.trainer import TrainConfig, TrainResult, accuracy, resolve_device, train
 
 METHODS: tuple[str, ...] = ("dense", "group_lasso", "elastic_group_lasso", "rigl", "iterative_pruning")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from kronsearch.patterns import divisors
+from kronsearch.layers.blocks import divisors
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 ENV_VAR = "KRONSEARCH_DATA"

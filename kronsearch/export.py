@@ -28,7 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.loading import model_bsr_tensors
-from kronsearch.plan import parse_plan
+from kronsearch.layers.plan import parse_plan
 from kronsearch.report import (SCALAR_METRICS, artifact_dirs, default_trial, full_config, metrics, study_strategy,
                                trial_kind)
 from kronsearch.storage import write_atomic

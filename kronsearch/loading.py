@@ -22,8 +22,8 @@ from torch import nn
 from kronsearch.layers.kron_linear import BSRLinear, KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
-from kronsearch.plan import parse_plan
-from kronsearch.yamlfile import read_yaml_file
+from kronsearch.layers.plan import parse_plan
+from kronsearch.layers.yamlfile import read_yaml_file
 
 BSR_PARTS = ("crow_indices", "col_indices", "values")
 BSR_FORMAT = "kronsearch-bsr"

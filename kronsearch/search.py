@@ -23,8 +23,8 @@ from rich import get_console
 from rich.console import Console
 from rich.table import Table
 
-from kronsearch.costs import model_cost
-from kronsearch.patterns import format_block, kron_macs, kron_params
+from kronsearch.layers.costs import model_cost
+from kronsearch.layers.blocks import format_block, kron_macs, kron_params
 from kronsearch.space import Space, load_space
 from kronsearch.storage import (STUDIES_DIR, StorageError, artifact_dir_record, default_storage_url, storage_errors,
                                 storage_reason, study_artifacts_dir, study_name)

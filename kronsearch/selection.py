@@ -63,7 +63,7 @@ from torch import nn
 
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
-from kronsearch.patterns import kron_macs, kron_params
+from kronsearch.layers.blocks import kron_macs, kron_params
 
 GATE_TRAVEL = 12.0
 """How far a gate can move over the selection budget at a pull one scale away from lambda1."""

@@ -3,7 +3,7 @@
 Every problem is a SpaceError naming the file, the key path and what is allowed. A file looks like
 search_spaces/vit.yaml; the sections are name, seed, data, model, train, search, backend, space.
 
-Space files may come from anywhere, so reading one is bounded (kronsearch.yamlfile: size, UTF-8,
+Space files may come from anywhere, so reading one is bounded (kronsearch.layers.yamlfile: size, UTF-8,
 no aliases, nesting depth, no key given twice); numbers are finite and within limits (MAX_EPOCHS,
 MAX_TRIALS, MAX_RANK, MAX_CANDIDATES blocks per list, MAX_MODEL_PARAMS, MAX_LINEAR_LAYERS,
 MAX_SYNTHETIC_VALUES); the model's size is computed before it is built, and it is then built on the
@@ -36,10 +36,10 @@ from torch import nn
 from kronsearch.data import _SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
 from kronsearch.layers.compute import COMPUTE_MODES
 from kronsearch.models import MODELS, ModelError, build_model, model_size
-from kronsearch.patterns import MAX_RANK, Block, format_block, parse_block, valid_blocks
+from kronsearch.layers.blocks import MAX_RANK, Block, format_block, parse_block, valid_blocks
 from kronsearch.storage import STRATEGIES
 from kronsearch.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
-from kronsearch.yamlfile import read_yaml_file
+from kronsearch.layers.yamlfile import read_yaml_file
 
 MAX_EPOCHS = 10_000
 MAX_CANDIDATES = 32  # per layer: every candidate is a full KronLinear in the one-round model
@@ -107,7 +107,7 @@ class Space:
 
 
 def read_yaml(path: str | os.PathLike) -> tuple[dict, bytes]:
-    """Parse a space file safely (see kronsearch.yamlfile): bounded, UTF-8, no aliases or repeated keys,
+    """Parse a space file safely (see kronsearch.layers.yamlfile): bounded, UTF-8, no aliases or repeated keys,
     a mapping at the top."""
     raw, data = read_yaml_file(path, "space file", SpaceError)
     if not isinstance(raw, dict):

@@ -14,7 +14,7 @@ from collections import Counter
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kronsearch.patterns import format_block
+from kronsearch.layers.blocks import format_block
 from kronsearch.space import FloatRange, Space
 from kronsearch.trial import TrialSpec
 

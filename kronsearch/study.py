@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import kronsearch
-from kronsearch.patterns import format_block
+from kronsearch.layers.blocks import format_block
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import artifact_root, artifacts_dir, open_storage, study_name
 

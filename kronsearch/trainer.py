@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from kronsearch.costs import model_cost
+from kronsearch.layers.costs import model_cost
 from kronsearch.data import DataSplits
 from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
-from kronsearch.patterns import format_block
-from kronsearch.plan import model_plan
+from kronsearch.layers.blocks import format_block
+from kronsearch.layers.plan import model_plan
 from kronsearch.selection import GateSelection, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

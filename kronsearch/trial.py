@@ -20,8 +20,8 @@ from safetensors.torch import save as safetensors_bytes
 from kronsearch.data import DataSplits, load_dataset
 from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
-from kronsearch.patterns import parse_block
-from kronsearch.plan import LayerPattern
+from kronsearch.layers.blocks import parse_block
+from kronsearch.layers.plan import LayerPattern
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, write_atomic
 from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train

@@ -23,7 +23,7 @@ from kronsearch.export import (
 )
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.models import build_model
-from kronsearch.plan import LayerPattern
+from kronsearch.layers.plan import LayerPattern
 from kronsearch.storage import load_studies, write_atomic
 from tests.test_report import build_search
 

@@ -42,7 +42,7 @@ from kronsearch.cli import app
 from kronsearch.storage import (StorageError, StudyNotFound, artifact_dir_candidates, default_storage_url, load_studies,
                                 open_storage, storage_error)
 from kronsearch.strategies import counts_toward_budget, finished
-from kronsearch.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
+from kronsearch.layers.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "tiny:one_round"

@@ -13,7 +13,7 @@ from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.models import build_model
-from kronsearch.patterns import format_block
+from kronsearch.layers.blocks import format_block
 from kronsearch.selection import TIE, GateSelection, drop_from_optimizer, prox_l1_
 from kronsearch.trainer import TrainConfig, make_optimizer, seed_everything, train
 

@@ -44,6 +44,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_ops import kron_matmul, merged_linear
 
 log = logging.getLogger("kronsearch")
@@ -60,15 +61,15 @@ Term = tuple[Tensor, Tensor, int]
 """(factors C (r, m1, n1), blocks B (r, h, w), the term's factored order 1 or 2)."""
 
 _default_compute = "factored"
-"""Factored until set otherwise: bit-for-bit the results, MAC counts (kronsearch.costs, checked against
+"""Factored until set otherwise: bit-for-bit the results, MAC counts (kronsearch.layers.costs, checked against
 torch's FlopCounterMode) and cross-process reproducibility the project had before the other paths."""
 _choices: dict[tuple, str] = {}
 
 
 def check_compute(compute: str | None) -> str | None:
-    """`compute` if it is a mode or None (follow the process default); else ValueError naming the modes."""
+    """`compute` if it is a mode or None (follow the process default); else BadInput naming the modes."""
     if compute is not None and compute not in COMPUTE_MODES:
-        raise ValueError(f"compute must be one of {', '.join(map(repr, COMPUTE_MODES))} (or None for the "
+        raise BadInput(f"compute must be one of {', '.join(map(repr, COMPUTE_MODES))} (or None for the "
                          f"default set by set_default_compute), got {compute!r}")
     return compute
 
@@ -77,7 +78,7 @@ def set_default_compute(compute: str) -> None:
     """The mode of every layer whose own `compute` is None ("factored" when the process starts)."""
     global _default_compute
     if compute is None:
-        raise ValueError(f"the default compute must be one of {', '.join(map(repr, COMPUTE_MODES))}, got None")
+        raise BadInput(f"the default compute must be one of {', '.join(map(repr, COMPUTE_MODES))}, got None")
     _default_compute = check_compute(compute)
 
 
@@ -105,7 +106,7 @@ def compute_choices() -> dict[tuple, str]:
 def kron_linear(x: Tensor, terms: Sequence[Term], bias: Tensor | None, path: str) -> Tensor:
     """x (N, n) -> (N, m) = x (sum of the terms' C ⊗ B)^T + bias, along `path` (one of PATHS)."""
     if path not in PATHS:
-        raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
+        raise BadInput(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
     if path == "merged":
         return merged_linear(x, [(factors, blocks) for factors, blocks, _ in terms], bias)
     fixed = {"order1": 1, "order2": 2}.get(path)

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from kronsearch.layers.blocks import Block, check_block, format_block
 from kronsearch.layers.compute import check_compute, kron_forward
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_ops import cheaper_order, kron_weight
-from kronsearch.patterns import Block, check_block, format_block
 
 DEFAULT_THRESHOLD = 0.0
 """|S| at or below this counts as a pruned block: the trainer's proximal steps leave pruned blocks at exactly 0."""
@@ -52,7 +53,7 @@ class KronLinear(nn.Module):
         self.compute = check_compute(compute)
         self.block: Block = check_block(out_features, in_features, block)
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+            raise BadInput(f"rank must be an integer >= 1, got {rank!r}")
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
@@ -94,7 +95,7 @@ class KronLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features) along the `compute` path (factored: in `self.order`)."""
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+            raise BadInput(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
         return kron_forward(x, [(self.factors(), self.b, self.order)], self.bias, self.compute)
 
     def materialize(self) -> Tensor:
@@ -184,7 +185,7 @@ class BSRLinear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
         if weight.layout != torch.sparse_bsr:
-            raise ValueError(f"BSRLinear needs a torch.sparse_bsr weight, got layout {weight.layout}")
+            raise BadInput(f"BSRLinear needs a torch.sparse_bsr weight, got layout {weight.layout}")
         self.out_features, self.in_features = weight.shape
         crow = weight.crow_indices()
         self.register_buffer("weight", weight)

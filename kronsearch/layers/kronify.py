@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from kronsearch.layers.blocks import Block, format_block, valid_blocks
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
-from kronsearch.patterns import Block, format_block, valid_blocks
+from kronsearch.layers.plan import parse_plan
 
 log = logging.getLogger("kronsearch")
 
@@ -81,18 +83,16 @@ def kronify(
     Kronecker approximation of the existing weights, for converting a pretrained model).
     A plan naming a layer that is not an nn.Linear, or a block that does not divide it, is an error.
     """
-    from kronsearch.plan import parse_plan
-
     if sum(x is not None for x in (plan, block, candidates)) != 1:
-        raise ValueError("kronify takes exactly one of: plan, block=, candidates=")
+        raise BadInput("kronify takes exactly one of: plan, block=, candidates=")
     if init not in ("random", "dense"):
-        raise ValueError(f"init must be 'random' or 'dense', got {init!r}")
+        raise BadInput(f"init must be 'random' or 'dense', got {init!r}")
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     patterns = parse_plan(plan) if plan is not None else None
     if patterns is not None:
         unknown = sorted(set(patterns) - set(linears))
         if unknown:
-            raise ValueError(f"plan names layers that are not nn.Linear in this model: {unknown}; "
+            raise BadInput(f"plan names layers that are not nn.Linear in this model: {unknown}; "
                              f"nn.Linear layers: {sorted(linears)}")
     changes, replacements = [], {}
     for name, linear in linears.items():
@@ -123,7 +123,7 @@ def _to_kron(name: str, linear: nn.Linear, block: Block, rank: int, init: str, s
     if block not in valid_blocks(*shape):
         if strict:
             valid = ", ".join(format_block(b) for b in valid_blocks(*shape))
-            raise ValueError(f"plan block {format_block(block)} does not divide layer {name!r} of shape "
+            raise BadInput(f"plan block {format_block(block)} does not divide layer {name!r} of shape "
                              f"(out={shape[0]}, in={shape[1]}); valid blocks: {valid}")
         return LayerChange(name, shape, "dense", reason=f"block {format_block(block)} does not divide it"), None
     if init == "dense":

@@ -26,9 +26,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from kronsearch.layers.blocks import Block, format_block, valid_blocks
 from kronsearch.layers.compute import check_compute, kron_forward
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import KronLinear
-from kronsearch.patterns import Block, format_block, valid_blocks
 
 
 class PatternSelectLinear(nn.Module):
@@ -61,7 +62,7 @@ class PatternSelectLinear(nn.Module):
         self.candidates: list[Block] = [c for c in kept if c in valid]
         shape = f"(out={out_features}, in={in_features})"
         if not self.candidates:
-            raise ValueError(
+            raise BadInput(
                 f"no candidate block in {[format_block(c) for c in kept]} divides a layer of shape {shape}; "
                 f"valid blocks: {', '.join(format_block(b) for b in sorted(valid))}"
             )
@@ -92,7 +93,7 @@ class PatternSelectLinear(nn.Module):
         Merged, all live candidates are summed into one W and cost one GEMM (kronsearch/layers/compute.py).
         """
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+            raise BadInput(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
         terms = [(branch.factors(), branch.b, branch.order) for branch in self.branches.values()]
         return kron_forward(x, terms, self.bias, self.compute)
 
@@ -118,7 +119,7 @@ class PatternSelectLinear(nn.Module):
         if name not in self.branches:
             raise KeyError(f"no live candidate {name!r}; live: {', '.join(self.branches)}")
         if len(self.branches) == 1:
-            raise ValueError(f"{name} is the last candidate of the layer; a layer keeps one")
+            raise BadInput(f"{name} is the last candidate of the layer; a layer keeps one")
         return list(self.branches.pop(name).parameters())
 
     @contextmanager

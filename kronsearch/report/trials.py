@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kronsearch.patterns import format_block, parse_block
+from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.storage import artifact_dir_candidates, split_study_name
 
 KINDS = ("one_round", "per_pattern")

@@ -17,7 +17,7 @@ from torch import nn
 
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
-from kronsearch.patterns import kron_macs
+from kronsearch.layers.blocks import kron_macs
 
 
 @dataclass

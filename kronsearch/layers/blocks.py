@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_ops import contraction_macs
 
 Block = tuple[int, int]
@@ -33,7 +34,7 @@ def format_block(block: Sequence[int]) -> str:
 
 
 def parse_block(text: str | Sequence[int]) -> Block:
-    """'4x8', [4, 8] or (4, 8) -> (4, 8). Raises ValueError on anything else (sides < 1 included)."""
+    """'4x8', [4, 8] or (4, 8) -> (4, 8). Raises BadInput on anything else (sides < 1 included)."""
     block = None
     if isinstance(text, str):
         parts = text.lower().split("x")
@@ -43,20 +44,20 @@ def parse_block(text: str | Sequence[int]) -> Block:
             isinstance(v, int) and not isinstance(v, bool) for v in text):
         block = int(text[0]), int(text[1])
     if block is None:
-        raise ValueError(f"a block is written 'HxW' (e.g. '4x4') or [H, W] with positive integers, got {text!r}")
+        raise BadInput(f"a block is written 'HxW' (e.g. '4x4') or [H, W] with positive integers, got {text!r}")
     if min(block) < 1:
-        raise ValueError(f"block sides must be >= 1, got {text!r}")
+        raise BadInput(f"block sides must be >= 1, got {text!r}")
     return block
 
 
 def check_block(out_features: int, in_features: int, block: Sequence[int], layer: str = "layer") -> Block:
-    """Return block as a tuple, or raise ValueError naming the layer shape and the valid blocks."""
+    """Return block as a tuple, or raise BadInput naming the layer shape and the valid blocks."""
     if len(block) != 2:
-        raise ValueError(f"a block is (h, w), two integers; got {tuple(block)!r}")
+        raise BadInput(f"a block is (h, w), two integers; got {tuple(block)!r}")
     h, w = block
     if h < 1 or w < 1 or out_features % h or in_features % w:
         valid = ", ".join(format_block(b) for b in valid_blocks(out_features, in_features))
-        raise ValueError(
+        raise BadInput(
             f"block {format_block(block)} does not divide {layer} of shape "
             f"(out={out_features}, in={in_features}); valid blocks: {valid}"
         )

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kronsearch.data import _SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
+from kronsearch.data import SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
 from kronsearch.layers.compute import COMPUTE_MODES
 from kronsearch.models import MODELS, ModelError, build_model, model_size
 from kronsearch.layers.blocks import MAX_RANK, Block, format_block, parse_block, valid_blocks
@@ -229,7 +229,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     except (DatasetError, FileNotFoundError, TypeError) as err:
         raise c.fail("data", str(err)) from None
     if data["name"] == "synthetic":
-        sizes = {**_SYNTHETIC_DEFAULTS, **(data["options"] or {})}
+        sizes = {**SYNTHETIC_DEFAULTS, **(data["options"] or {})}
         values = (sizes["n_train"] + sizes["n_test"]) * math.prod(input_shape)
         if values > MAX_SYNTHETIC_VALUES:
             raise c.fail("data.options", f"(n_train + n_test) * in_features = {values:,}; at most "

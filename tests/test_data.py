@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from kronsearch import data
+from kronsearch.data import folders, idx
 from kronsearch.data import DATASETS, DatasetError, DatasetNotFoundError, find_root, load_dataset
 from tests.datafiles import IDX_CODES, IDX_FILES, cifar_batch, write_cifar10, write_cifar100, write_idx, write_idx_dataset
 
@@ -31,7 +32,7 @@ def no_default_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Pa
     """Point $KRONSEARCH_DATA and the system folder at empty tmp folders; returns both."""
     env, system = tmp_path / "env", tmp_path / "system"
     monkeypatch.setenv("KRONSEARCH_DATA", str(env))
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", system)
+    monkeypatch.setattr(folders, "SYSTEM_DATA_DIR", system)
     return env, system
 
 
@@ -161,7 +162,7 @@ def test_read_idx_reads_back_any_array(tmp_path_factory: pytest.TempPathFactory,
                                        shape: list[int], dtype: type, gz: bool) -> None:
     array = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
     path = tmp_path_factory.mktemp("idx") / ("a.idx" + (".gz" if gz else ""))
-    np.testing.assert_array_equal(data.read_idx(write_idx(path, array)), array)
+    np.testing.assert_array_equal(idx.read_idx(write_idx(path, array)), array)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -233,7 +234,7 @@ def test_missing_dataset_error_lists_every_place_looked_and_how_to_get_it(
     message = str(err.value)
     assert isinstance(err.value, FileNotFoundError)
     assert name in message and hint in message and "KRONSEARCH_DATA" in message
-    for subdir in data._FOLDERS[name].subdirs:
+    for subdir in folders.FOLDERS[name].subdirs:
         assert str(env / subdir) in message and str(system / subdir) in message
 
 

@@ -58,7 +58,7 @@ def test_bad_space_file_is_rejected_with_the_key_and_what_is_allowed(write_space
 
 def test_missing_dataset_is_reported_before_training(write_space, monkeypatch, tmp_path):
     monkeypatch.setenv("KRONSEARCH_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.setattr("kronsearch.data.SYSTEM_DATA_DIR", tmp_path / "nothing")
+    monkeypatch.setattr("kronsearch.data.folders.SYSTEM_DATA_DIR", tmp_path / "nothing")
     path = write_space(data={"name": "mnist", "limit": None})
     with pytest.raises(SpaceError, match="dataset 'mnist' not found") as err:
         load_space(path)

@@ -141,7 +141,7 @@ class _MergedLinear(torch.autograd.Function):
         if any(ctx.needs_input_grad[2:]):
             grad_w = grad.t() @ x
             for k in range(0, len(pairs), 2):
-                (rank, m1, n1), (_, h, w) = pairs[k].shape, pairs[k + 1].shape
+                (_, m1, n1), (_, h, w) = pairs[k].shape, pairs[k + 1].shape
                 blocks_view = grad_w.view(m1, h, n1, w)
                 grad_pairs[k] = torch.einsum("paqb,iab->ipq", blocks_view, pairs[k + 1])
                 # the einsum "paqb,ipq->iab" (a permute copy and a GEMM) took 4x as long at 2x2 blocks

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from kronsearch.data import DataSplits
 from kronsearch.layers.blocks import Block, format_block, valid_blocks
+from kronsearch.layers.errors import BadInput
 from kronsearch.trainer import TrainConfig, TrainResult, accuracy, resolve_device, train
 
 METHODS: tuple[str, ...] = ("dense", "group_lasso", "elastic_group_lasso", "rigl", "iterative_pruning")
@@ -229,12 +230,12 @@ def train_baseline(
 
     block: one (h, w) for every layer, or {layer: (h, w)}. strength: group lasso weight; l1:
     elastic_group_lasso's l1 weight; rigl_every: steps between mask updates (default: about 20 updates over the first rigl_end of the training); rounds: pruning rounds
-    of iterative_pruning. Raises ValueError for an unknown method or a target outside [0, 1).
+    of iterative_pruning. Raises BadInput for an unknown method or a target outside [0, 1).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown baseline method {method!r}; methods: {', '.join(METHODS)}")
+        raise BadInput(f"unknown baseline method {method!r}; methods: {', '.join(METHODS)}")
     if not 0.0 <= target_sparsity < 1.0:
-        raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
+        raise BadInput(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
     blocks = layer_blocks(model, block, include, exclude)  # layer -> its block
     layers = {n: model.get_submodule(n) for n in blocks}
     if method == "dense":

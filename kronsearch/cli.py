@@ -19,7 +19,8 @@ from rich.console import Console
 
 import kronsearch
 
-from kronsearch.storage import StorageError, StudyNotFound, load_studies, storage_for
+from kronsearch.errors import BadInput, RunFailure
+from kronsearch.storage import load_studies, storage_for
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same command to resume"
@@ -62,18 +63,16 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 @contextmanager
 def _errors(interrupted: str = "interrupted") -> Iterator[None]:
-    """Turn exceptions into a one-line stderr message and an exit code."""
-    from kronsearch.export import ExportError
-
+    """Turn exceptions into a one-line stderr message and an exit code, by class (kronsearch.errors)."""
     try:
         yield
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
         raise _fail(interrupted, EXIT_INTERRUPTED) from None
-    except (StudyNotFound, ValueError) as err:  # includes kronsearch.space.SpaceError and ModelError
+    except BadInput as err:  # SpaceError, ModelError, DatasetError, StudyNotFound, bad blocks and files
         raise _fail(_one_line(err), EXIT_BAD_INPUT) from None
-    except (OSError, StorageError, ExportError) as err:
+    except (RunFailure, OSError) as err:  # StorageError, ExportError, a missing dataset, a full disk
         raise _fail(_one_line(err), EXIT_FAILURE) from None
     except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback
         raise _fail(f"{type(err).__name__}: {_one_line(err)}", EXIT_FAILURE) from None

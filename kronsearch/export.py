@@ -26,9 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
-from kronsearch.loading import model_bsr_tensors
 from kronsearch.layers.plan import parse_plan
+from kronsearch.loading import model_bsr_tensors
 from kronsearch.report import (SCALAR_METRICS, artifact_dirs, default_trial, full_config, metrics, study_strategy,
                                trial_kind)
 from kronsearch.storage import write_atomic
@@ -36,8 +37,12 @@ from kronsearch.storage import write_atomic
 WEIGHTS_FILE = "model.safetensors"
 
 
-class ExportError(RuntimeError):
+class ExportError(RunFailure):
     """The trial's recorded data is not enough to export what was asked (e.g. no model config)."""
+
+
+class MissingWeights(ExportError, FileNotFoundError):
+    """The trial's saved weights are not where the study says (or it saved none)."""
 
 
 @dataclass
@@ -57,19 +62,19 @@ class ExportResult:
 def find_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     """Trial `number` of the study (must be COMPLETE), or the default: the best / best-val Pareto trial.
 
-    Raises ValueError for an unknown number or a trial that did not complete.
+    Raises BadInput for an unknown number or a trial that did not complete.
     """
     if number is None:
         return default_trial(study)
     trials = study.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
     if not found:
-        raise ValueError(f"study {study.study_name!r} has no trial {number} (it has {len(trials)} trials, "
+        raise BadInput(f"study {study.study_name!r} has no trial {number} (it has {len(trials)} trials, "
                          f"numbered from 0)")
     trial = found[0]
     if trial.state != TrialState.COMPLETE:
         reason = trial.user_attrs.get("fail_reason")
-        raise ValueError(f"trial {number} of {study.study_name!r} is {trial.state.name}, not COMPLETE"
+        raise BadInput(f"trial {number} of {study.study_name!r} is {trial.state.name}, not COMPLETE"
                          + (f" ({reason})" if reason else "") + "; only complete trials can be exported")
     return trial
 
@@ -123,7 +128,7 @@ def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str |
 
 
 def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
-    """The trial's model.safetensors; follows "duplicate_of" to the trial that trained. FileNotFoundError if absent."""
+    """The trial's model.safetensors; follows "duplicate_of" to the trial that trained. MissingWeights if absent."""
     tried: list[Path] = []
     seen: set[int] = set()
     current: FrozenTrial | None = trial
@@ -138,7 +143,7 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
         current = next((t for t in study.get_trials(deepcopy=False) if t.number == original), None) \
             if original is not None else None
     where = ", ".join(str(p) for p in tried) or "the trial has no artifact_dir"
-    raise FileNotFoundError(f"trial {trial.number} of {study.study_name!r} has no saved weights: "
+    raise MissingWeights(f"trial {trial.number} of {study.study_name!r} has no saved weights: "
                             f"{where} does not exist")
 
 
@@ -205,11 +210,11 @@ def export_trial(
 
     weights: copy model.safetensors there (a ".pt" suffix writes a torch state dict with torch.save).
     bsr: also write "<weights stem>.bsr.safetensors" with every KronLinear's merged BSR weight.
-    Raises ValueError (bad request: unknown/non-complete trial, --bsr without weights),
-    FileNotFoundError (the trial's weights are missing) or ExportError (the trial lacks recorded data).
+    Raises BadInput (bad request: unknown/non-complete trial, --bsr without weights),
+    MissingWeights (the trial's weights are missing) or ExportError (the trial lacks recorded data).
     """
     if bsr and weights is None:
-        raise ValueError("--bsr needs --weights FILE (the BSR file is written next to it)")
+        raise BadInput("--bsr needs --weights FILE (the BSR file is written next to it)")
     chosen = find_trial(study, trial)
     document = pattern_document(study, chosen, storage_url)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()

@@ -19,11 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import BSRLinear, KronLinear
 from kronsearch.layers.kronify import kronify
-from kronsearch.models import build_model
 from kronsearch.layers.plan import parse_plan
 from kronsearch.layers.yamlfile import read_yaml_file
+from kronsearch.models import build_model
 
 BSR_PARTS = ("crow_indices", "col_indices", "values")
 BSR_FORMAT = "kronsearch-bsr"
@@ -36,22 +37,22 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
     weights: the exported weights (.safetensors, or a .pt state dict read with weights_only=True);
     without them the Kronecker factors are freshly initialized. bsr: the `--bsr` file; every
     KronLinear is then replaced by a BSRLinear running from its merged block-sparse weight (for
-    inference only; needs `weights` for the biases and the dense layers). Raises ValueError naming the
+    inference only; needs `weights` for the biases and the dense layers). Raises BadInput naming the
     file and the key for a pattern file that does not describe a model, FileNotFoundError for a
     missing file.
     """
-    document, _ = read_yaml_file(pattern_file, "pattern file", ValueError)
+    document, _ = read_yaml_file(pattern_file, "pattern file", BadInput)
     model = _build(pattern_file, document)
     if weights is not None:
         state = read_state_dict(weights)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"{weights}: these weights do not fit the model of {pattern_file}: "
+            raise BadInput(f"{weights}: these weights do not fit the model of {pattern_file}: "
                              f"{str(err).splitlines()[0]}") from None
     if bsr is not None:
         if weights is None:
-            raise ValueError(f"{bsr}: a BSR file holds only the merged Kronecker weights; give the weights file too "
+            raise BadInput(f"{bsr}: a BSR file holds only the merged Kronecker weights; give the weights file too "
                              f"(biases and dense layers)")
         to_bsr_modules(model, bsr)
     return model.eval()
@@ -59,21 +60,21 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
 
 def _build(pattern_file: str | os.PathLike, document: object) -> nn.Module:
     if not isinstance(document, Mapping):
-        raise ValueError(f"{pattern_file}: a pattern file is a mapping with layers, model and data")
+        raise BadInput(f"{pattern_file}: a pattern file is a mapping with layers, model and data")
     model, data = document.get("model"), document.get("data")
     if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
-        raise ValueError(f"{pattern_file}: key 'model' must be {{name, options}} as `kronsearch export` writes it")
+        raise BadInput(f"{pattern_file}: key 'model' must be {{name, options}} as `kronsearch export` writes it")
     if not isinstance(data, Mapping) or "input_shape" not in data or "num_classes" not in data:
-        raise ValueError(f"{pattern_file}: key 'data' must give input_shape and num_classes "
+        raise BadInput(f"{pattern_file}: key 'data' must give input_shape and num_classes "
                          f"as `kronsearch export` writes them")
     if not isinstance(document.get("layers"), Mapping):
-        raise ValueError(f"{pattern_file}: key 'layers' must map layer names to {{block, rank}}")
+        raise BadInput(f"{pattern_file}: key 'layers' must map layer names to {{block, rank}}")
     try:
         net = build_model(model["name"], tuple(data["input_shape"]), int(data["num_classes"]),
                           **(model.get("options") or {}))
         plan = parse_plan(document["layers"])
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{pattern_file}: {err}") from None
+        raise BadInput(f"{pattern_file}: {err}") from None
     kronify(net, plan)
     return net
 
@@ -86,9 +87,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     elif path.suffix == ".safetensors":
         state = load_file(str(path))
     else:
-        raise ValueError(f"{path}: weights must be a .safetensors or .pt file")
+        raise BadInput(f"{path}: weights must be a .safetensors or .pt file")
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict")
+        raise BadInput(f"{path}: not a state dict")
     return state
 
 
@@ -120,21 +121,21 @@ def to_bsr_modules(model: nn.Module, bsr: str | os.PathLike) -> list[str]:
     with safe_open(str(bsr), "pt") as f:
         header = f.metadata() or {}
     if header.get("format") != BSR_FORMAT:
-        raise ValueError(f"{bsr}: not a kronsearch BSR file (written by `kronsearch export --bsr`)")
+        raise BadInput(f"{bsr}: not a kronsearch BSR file (written by `kronsearch export --bsr`)")
     replaced = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, KronLinear):
             continue
         missing = [p for p in BSR_PARTS if f"{name}.bsr.{p}" not in tensors]
         if missing:
-            raise ValueError(f"{bsr}: layer {name!r} has no {', '.join(missing)}")
+            raise BadInput(f"{bsr}: layer {name!r} has no {', '.join(missing)}")
         crow, col, values = (tensors[f"{name}.bsr.{p}"] for p in BSR_PARTS)
         try:
             with _quiet_bsr_beta():
                 weight = torch.sparse_bsr_tensor(crow, col, values, size=(module.out_features, module.in_features),
                                                  check_invariants=True)  # the file may come from anywhere
         except RuntimeError as err:
-            raise ValueError(f"{bsr}: layer {name!r} is not a valid {module.out_features}x{module.in_features} "
+            raise BadInput(f"{bsr}: layer {name!r} is not a valid {module.out_features}x{module.in_features} "
                              f"BSR weight: {str(err).splitlines()[0]}") from None
         bias = None if module.bias is None else module.bias.detach().clone()
         parent_name, _, child = name.rpartition(".")

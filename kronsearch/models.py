@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kronsearch.layers.errors import BadInput
+
 MODELS: tuple[str, ...] = ("linear", "mlp", "lenet5", "vit")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -40,7 +42,7 @@ LENET5_MIN_SIDE = 12
 """Smallest image side LeNet-5 accepts: with padding 2 the conv stack maps 12 -> 1."""
 
 
-class ModelError(ValueError):
+class ModelError(BadInput):
     """Unknown model name, unknown option or an option value the model cannot use."""
 
 

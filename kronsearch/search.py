@@ -23,8 +23,9 @@ from rich import get_console
 from rich.console import Console
 from rich.table import Table
 
-from kronsearch.layers.costs import model_cost
 from kronsearch.layers.blocks import format_block, kron_macs, kron_params
+from kronsearch.layers.costs import model_cost
+from kronsearch.layers.errors import KronsearchError, RunFailure
 from kronsearch.space import Space, load_space
 from kronsearch.storage import (STUDIES_DIR, StorageError, artifact_dir_record, default_storage_url, storage_errors,
                                 storage_reason, study_artifacts_dir, study_name)
@@ -54,11 +55,11 @@ class _NotHandledHere(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_NotHandledHere())
 
 
-class TrialFailed(Exception):
+class TrialFailed(RunFailure):
     """A trial that cannot finish (diverged, out of memory, CUDA error); recorded as FAIL, the study goes on."""
 
 
-class TrialSkipped(Exception):
+class TrialSkipped(KronsearchError):
     """A trial started after other processes had already met the budget: FAIL with user attr "skipped",
     not trained and not counted."""
 

@@ -34,12 +34,13 @@ import torch
 from torch import nn
 
 from kronsearch.data import SYNTHETIC_DEFAULTS, DATASETS, DatasetError, dataset_shape, find_root
-from kronsearch.layers.compute import COMPUTE_MODES
-from kronsearch.models import MODELS, ModelError, build_model, model_size
 from kronsearch.layers.blocks import MAX_RANK, Block, format_block, parse_block, valid_blocks
+from kronsearch.layers.compute import COMPUTE_MODES
+from kronsearch.layers.errors import BadInput
+from kronsearch.layers.yamlfile import read_yaml_file
+from kronsearch.models import MODELS, ModelError, build_model, model_size
 from kronsearch.storage import STRATEGIES
 from kronsearch.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
-from kronsearch.layers.yamlfile import read_yaml_file
 
 MAX_EPOCHS = 10_000
 MAX_CANDIDATES = 32  # per layer: every candidate is a full KronLinear in the one-round model
@@ -59,7 +60,7 @@ BACKENDS = ("local", "ray")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("lambda1", "lambda2", "seed", "progress"))
 
 
-class SpaceError(ValueError):
+class SpaceError(BadInput):
     """A space file that cannot be run; the message names the file, the key and what is allowed."""
 
 

@@ -38,11 +38,13 @@ from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch.layers.errors import BadInput, RunFailure
+
 STUDIES_DIR = Path("studies")
 STRATEGIES = ("one_round", "per_pattern", "hybrid")
 
 
-class StudyNotFound(LookupError):
+class StudyNotFound(BadInput, LookupError):
     """No such study in the storage; the message says where it looked and what exists."""
 
 
@@ -67,7 +69,7 @@ def artifacts_dir(search: str, strategy: str, studies_dir: str | os.PathLike = S
     return Path(studies_dir) / search / strategy
 
 
-class StorageError(RuntimeError):
+class StorageError(RunFailure):
     """A storage that cannot be opened or written (unwritable folder, full disk, corrupt file, bad URL)."""
 
 

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from kronsearch.layers.costs import model_cost
 from kronsearch.data import DataSplits
+from kronsearch.layers.blocks import format_block
 from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
+from kronsearch.layers.costs import model_cost
+from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
-from kronsearch.layers.blocks import format_block
 from kronsearch.layers.plan import model_plan
 from kronsearch.selection import GateSelection, prox_l1_, s_parameters
 
@@ -77,7 +78,7 @@ class TrainConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
+            raise BadInput(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
                              f"counts and rates positive, "
                              f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, max_grad_norm None or > 0)")
@@ -132,7 +133,7 @@ class TrainResult:
         return out
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailure):
     """The loss became NaN or infinite; the message says when."""
 
 
@@ -149,7 +150,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        raise BadInput(f"device {device!r} asked for, but torch sees no CUDA device")
     return resolved
 
 

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.blocks import format_block, parse_block
+from kronsearch.layers.errors import BadInput
 from kronsearch.storage import artifact_dir_candidates, split_study_name
 
 KINDS = ("one_round", "per_pattern")
@@ -106,10 +107,10 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def default_trial(study: optuna.Study) -> FrozenTrial:
-    """The best trial, or the Pareto-front trial with the highest val_accuracy. ValueError if none completed."""
+    """The best trial, or the Pareto-front trial with the highest val_accuracy. BadInput if none completed."""
     front = best_trials(study)
     if not front:
-        raise ValueError(f"study {study.study_name!r} has no complete trial")
+        raise BadInput(f"study {study.study_name!r} has no complete trial")
     return max(front, key=lambda t: (_or(val_accuracy(t), -math.inf), -t.number))
 
 

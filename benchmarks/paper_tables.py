@@ -273,7 +273,8 @@ def derived_space(source: Path, folder: Path, args, smoke: bool) -> Path:
 def cost_to_best(study) -> dict:
     import optuna
 
-    from kronsearch.report import duration, metrics, val_accuracy
+    from kronsearch.record import metrics, val_accuracy
+    from kronsearch.report import duration
     trials = [t for t in study.get_trials(deepcopy=False)
               if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                              optuna.trial.TrialState.FAIL)]

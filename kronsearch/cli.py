@@ -1,7 +1,7 @@
 """The `kronsearch` command line: run, show, compare, export, plot.
 
 The commands only parse arguments and print; the work is done by kronsearch.search (run),
-kronsearch.report (show, compare), kronsearch.export and kronsearch.plot, which can be used from
+kronsearch.report (show, compare), kronsearch.report.export and kronsearch.report.plot, which can be used from
 Python directly. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted. Errors are
 one line on stderr ("error: ..."), never a traceback.
 """
@@ -20,6 +20,7 @@ from rich.console import Console
 import kronsearch
 
 from kronsearch.errors import BadInput, RunFailure
+from kronsearch.record import Strategy
 from kronsearch.storage import load_studies, storage_for
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -97,7 +98,7 @@ def _print_json(data: object) -> None:
 def run(
     space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The search space YAML file.")],
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
-    strategy: Annotated[Optional[Literal["one_round", "per_pattern", "hybrid"]], typer.Option(
+    strategy: Annotated[Optional[Strategy], typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
     storage: StorageOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the existing study and start over.")] = False,
@@ -111,7 +112,7 @@ def run(
     with _errors(RUN_INTERRUPTED):
         from kronsearch.search import run_search
 
-        summary = run_search(space, trials=trials, strategy=strategy, storage=storage, fresh=fresh,
+        summary = run_search(space, trials=trials, strategy=strategy and strategy.value, storage=storage, fresh=fresh,
                              dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet)
         if dry_run and summary.plan_text:
             typer.echo(summary.plan_text)
@@ -169,7 +170,7 @@ def export(
     storage: StorageOpt = None,
 ) -> None:
     """Export one trial's pattern (and weights) from a single study."""
-    from kronsearch.export import export_trial
+    from kronsearch.report.export import export_trial
 
     with _errors():
         found = load_studies(study, storage)
@@ -190,7 +191,7 @@ def plot(
     storage: StorageOpt = None,
 ) -> None:
     """Plot optimization history, accuracy vs training MACs, and one-round selection trajectories."""
-    from kronsearch.plot import plot_studies
+    from kronsearch.report.plot import plot_studies
 
     with _errors():
         result = plot_studies(load_studies(study, storage), out)

@@ -39,7 +39,7 @@ from kronsearch.layers.compute import COMPUTE_MODES
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.yamlfile import read_yaml_file
 from kronsearch.models import MODELS, ModelError, build_model, model_size
-from kronsearch.storage import STRATEGIES
+from kronsearch.record import STRATEGIES
 from kronsearch.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 
 MAX_EPOCHS = 10_000

@@ -39,24 +39,13 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.errors import BadInput, RunFailure
+from kronsearch.record import STRATEGIES, split_study_name
 
 STUDIES_DIR = Path("studies")
-STRATEGIES = ("one_round", "per_pattern", "hybrid")
 
 
 class StudyNotFound(BadInput, LookupError):
     """No such study in the storage; the message says where it looked and what exists."""
-
-
-def study_name(search: str, strategy: str) -> str:
-    """The Optuna study name of one strategy of a search."""
-    return f"{search}:{strategy}"
-
-
-def split_study_name(name: str) -> tuple[str, str | None]:
-    """'vit:one_round' -> ('vit', 'one_round'); 'vit' -> ('vit', None)."""
-    search, _, strategy = name.partition(":")
-    return search, strategy or None
 
 
 def default_storage_url(search: str, studies_dir: str | os.PathLike = STUDIES_DIR) -> str:

@@ -1,4 +1,4 @@
-"""Strategies: how an Optuna trial turns into a TrialSpec, and what a finished trial records.
+"""Strategies: how an Optuna trial turns into a TrialSpec, duplicates, and the hybrid's seed.
 
 - one_round: a trial is one pattern-selection training over every candidate block; it searches
   rank, lambda1 and lambda2, and records the selected block per layer.
@@ -15,10 +15,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.blocks import format_block
+from kronsearch.record import Strategy, StudyRecord, TrialRecord, best_one_round, enqueue_seed
 from kronsearch.space import FloatRange, Space
-from kronsearch.trial import TrialSpec
-
-KINDS = ("one_round", "per_pattern")
+from kronsearch.trial_run import TrialSpec
 
 
 def _suggest_lambda(trial: optuna.Trial, name: str, spec: FloatRange) -> float:
@@ -33,7 +32,7 @@ def global_block_choices(space: Space) -> list[str]:
 def suggest(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
     """Sample one trial's pattern from the space (define-by-run)."""
     rank = trial.suggest_categorical("rank", space.ranks)
-    if kind == "one_round":
+    if kind == Strategy.ONE_ROUND:
         lambda1 = _suggest_lambda(trial, "lambda1", space.lambda1)
         lambda2 = _suggest_lambda(trial, "lambda2", space.lambda2)
         candidates = {glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()}
@@ -49,32 +48,12 @@ def suggest(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
     return TrialSpec(kind, rank, 0.0, lambda2, plan=plan)
 
 
-def finished(study: optuna.Study, kind: str | None = None) -> list[FrozenTrial]:
-    """Trials that count against the budget: complete, pruned, or failed with a recorded reason
-    (diverged, out of memory). Trials cut off by a crash do not count: their configuration is retried."""
-    return [t for t in study.get_trials(deepcopy=False) if counts_toward_budget(t, kind)]
-
-
-def counts_toward_budget(t: FrozenTrial, kind: str | None = None) -> bool:
-    """Whether `t` is one of finished(study, kind) (for counting over one snapshot of the trials)."""
-    return (kind is None or t.user_attrs.get("kind") == kind) and (
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))
-
-
 def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> FrozenTrial | None:
     """An earlier complete trial of the same kind with exactly these params, if any."""
     for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if earlier.number != trial.number and earlier.user_attrs.get("kind") == kind and earlier.params == trial.params:
+        if earlier.number != trial.number and TrialRecord.of(earlier).kind == kind and earlier.params == trial.params:
             return earlier
     return None
-
-
-def best_one_round(study: optuna.Study) -> FrozenTrial | None:
-    """The complete one_round trial with the highest val_accuracy."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("kind") == "one_round"]
-    return max(done, key=lambda t: t.values[0], default=None)
 
 
 def seed_params(space: Space, source: FrozenTrial) -> dict:
@@ -82,7 +61,7 @@ def seed_params(space: Space, source: FrozenTrial) -> dict:
 
     Without per-layer blocks, the block most layers selected stands for all of them.
     """
-    selected = source.user_attrs["metrics"]["selected"]
+    selected = TrialRecord.of(source).metrics["selected"]
     params = {"rank": source.params["rank"], "lambda2": source.params["lambda2"]}
     if space.search["per_layer_blocks"]:
         params.update({f"block:{layer}": block for layer, block in selected.items()})
@@ -93,11 +72,11 @@ def seed_params(space: Space, source: FrozenTrial) -> dict:
 
 def seed_hybrid(study: optuna.Study, space: Space) -> int | None:
     """Enqueue the best one-round pick as the first per_pattern trial (once). Returns its source trial."""
-    if study.user_attrs.get("hybrid_seeded_from") is not None:
+    if StudyRecord.of(study).hybrid_seeded_from is not None:
         return None
-    source = best_one_round(study)
-    if source is None or not source.user_attrs["metrics"]["selected"]:
+    best = best_one_round([study])
+    if best is None or not TrialRecord.of(best[1]).metrics["selected"]:
         return None
-    study.enqueue_trial(seed_params(space, source), user_attrs={"seeded_from": source.number})
-    study.set_user_attr("hybrid_seeded_from", source.number)
+    source = best[1]
+    enqueue_seed(study, seed_params(space, source), source.number)
     return source.number

@@ -24,9 +24,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import kronsearch
+from kronsearch import record
 from kronsearch.layers.blocks import format_block
+from kronsearch.record import StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import artifact_root, artifacts_dir, open_storage, study_name
+from kronsearch.storage import artifact_root, artifacts_dir, open_storage
 
 
 def worker_id() -> str:
@@ -62,12 +64,13 @@ def worker_alive(trial: FrozenTrial, host: str | None = None) -> bool | None:
     This process's own pid counts as dead unless the start time says it is this very process: a
     trial is only asked about while this process runs none (recovery) or is excluded by the caller.
     """
-    worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    rec = TrialRecord.of(trial)
+    worker_host, _, pid = (rec.worker or "").rpartition(":")
     if worker_host != (host or socket.gethostname()) or not pid.isdigit():
         return None
     pid = int(pid)
     if Path("/proc/self/stat").is_file():  # Linux: a pid and its start time identify a process
-        started, now = trial.user_attrs.get("worker_started"), process_started(pid)
+        started, now = rec.worker_started, process_started(pid)
         return now is not None and (started == now if started is not None else pid != os.getpid())
     return pid != os.getpid() and _alive(pid)
 
@@ -151,14 +154,13 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     _check_same_space(study, space, identity, storage_url)
     if [d.name.lower() for d in study.directions] != directions:
         raise SpaceError(f"{space.path}: search.objectives differ from study {name!r}'s; use --fresh")
-    if "space_identity" not in study.user_attrs:
-        study.set_user_attr("space_identity", identity)
-    if "space_hash" not in study.user_attrs:
-        attrs = {"space_hash": identity_hash(identity), "space_path": str(Path(space.path).resolve()), "space": space.raw,
-                 "strategy": strategy, "objectives": space.search["objectives"],
-                 "kronsearch_version": kronsearch.__version__, "artifacts_dir": folder.relative_to(root).as_posix()}
-        for key, value in attrs.items():
-            study.set_user_attr(key, value)
+    stored = StudyRecord.of(study)
+    if stored.space_identity is None:
+        write_study(study, space_identity=identity)
+    if stored.space_hash is None:
+        write_study(study, space_hash=identity_hash(identity), space_path=str(Path(space.path).resolve()),
+                    space=space.raw, strategy=strategy, objectives=space.search["objectives"],
+                    kronsearch_version=kronsearch.__version__, artifacts_dir=folder.relative_to(root).as_posix())
     return study
 
 
@@ -199,10 +201,10 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
 
 def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage_url: str) -> None:
     """Refuse to resume a study whose results were produced by a different space (SpaceError, exit 2)."""
-    stored = study.user_attrs.get("space_identity")
-    if stored is not None:
-        changed = changed_keys(stored, identity)
-    elif "space_hash" in study.user_attrs and study.user_attrs["space_hash"] != space.sha256:
+    stored = StudyRecord.of(study)
+    if stored.space_identity is not None:
+        changed = changed_keys(stored.space_identity, identity)
+    elif stored.space_hash is not None and stored.space_hash != space.sha256:
         changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
     else:
         return
@@ -228,23 +230,16 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     another tool), are left alone too (their liveness cannot be checked here).
     """
     host = socket.gethostname()
-    storage = study._storage  # the storage object of this very study  # noqa: SLF001
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if worker_alive(trial, host) is not False:
-            continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "interrupted",  # noqa: SLF001
-                                        f"process {trial.user_attrs['worker']} died during the trial")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process starting at the same moment recovered it first
+        if worker_alive(trial, host) is False:
+            record.interrupt_dead(study, trial, f"process {TrialRecord.of(trial).worker} died during the trial")
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {TrialRecord.of(t).retry_of for t in trials}
     recovered = []
     for trial in trials:
-        if trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs and trial.number not in retried:
-            queued = trial.system_attrs.get("fixed_params", {})  # a queued trial cut off before it sampled
-            study.enqueue_trial({**queued, **trial.params}, user_attrs={"retry_of": trial.number})
+        if (trial.state == TrialState.FAIL and TrialRecord.of(trial).interrupted is not None
+                and trial.number not in retried):
+            record.requeue(study, trial)
             recovered.append(trial.number)
     return recovered
 

@@ -15,7 +15,7 @@ from kronsearch.models import build_model
 from kronsearch.storage import load_studies
 from kronsearch.trainer import accuracy
 from kronsearch.space import load_space
-from kronsearch.trial import load_space_data
+from kronsearch.trial_run import load_space_data
 
 
 def invoke(*args) -> object:

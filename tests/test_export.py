@@ -1,4 +1,4 @@
-"""Tests for kronsearch.export: the pattern file, weights copies, BSR export, atomic writes, refusals."""
+"""Tests for kronsearch.report.export: the pattern file, weights copies, BSR export, atomic writes, refusals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from kronsearch import load_plan
-from kronsearch.export import (
+from kronsearch.report.export import (
     ExportError,
     bsr_path,
     display_storage,

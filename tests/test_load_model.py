@@ -20,7 +20,7 @@ from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.space import load_space
 from kronsearch.storage import load_studies
 from kronsearch.trainer import accuracy
-from kronsearch.trial import load_space_data
+from kronsearch.trial_run import load_space_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for kronsearch.plot: which PNGs are written, what they contain, and when a plot is skipped."""
+"""Tests for kronsearch.report.plot: which PNGs are written, what they contain, and when a plot is skipped."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from kronsearch import plot as kplot
-from kronsearch.plot import pareto_front, plot_prefix, plot_selection, plot_studies
+from kronsearch.report import plot as kplot
+from kronsearch.report.plot import pareto_front, plot_prefix, plot_selection, plot_studies
 from kronsearch.storage import load_studies
 from tests.test_report import build_hybrid, build_search
 

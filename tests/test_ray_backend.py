@@ -23,7 +23,7 @@ from kronsearch.backends.ray import CRASH_HOOK_ENV, TEMP_DIR, check_cluster, che
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
-from kronsearch.strategies import finished
+from kronsearch.record import finished
 
 RAY = {"name": "ray", "max_concurrent": 2, "max_retries": 1, "resources_per_trial": {"cpu": 1, "gpu": 0}}
 CRASH_SEARCH = "ray-crash"  # the search whose trial 0 kills its worker (see the module fixture)

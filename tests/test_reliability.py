@@ -34,14 +34,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from kronsearch import kronify, load_plan, search, trial as trial_module
-from kronsearch.search import Budget, run_search
+from kronsearch import kronify, load_plan, trial_run as trial_module
+from kronsearch.backends import base, local
+from kronsearch.trainer import TrainingDiverged
+from kronsearch.backends.base import Budget, TrialSkipped
+from kronsearch.backends.local import make_objective
+from kronsearch.search import run_search
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
 from kronsearch.space import MAX_CANDIDATES, MAX_EPOCHS, SpaceError, load_space
 from kronsearch.cli import app
 from kronsearch.storage import (StorageError, StudyNotFound, artifact_dir_candidates, default_storage_url, load_studies,
                                 open_storage, storage_error)
-from kronsearch.strategies import counts_toward_budget, finished
+from kronsearch.record import counts_toward_budget, finished
 from kronsearch.layers.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +58,10 @@ import os, signal, sys, time
 from pathlib import Path
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the parent ignores
-import kronsearch.search as search
+import kronsearch.backends.local as local
 from kronsearch.cli import main
 
-real, calls = search.run_trial, []
+real, calls = local.run_trial, []
 
 def run_trial(*args, **kwargs):
     calls.append(1)
@@ -66,7 +70,7 @@ def run_trial(*args, **kwargs):
         time.sleep(300)
     return real(*args, **kwargs)
 
-search.run_trial = run_trial
+local.run_trial = run_trial
 sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
 main()
 """
@@ -284,14 +288,14 @@ def test_ctrl_c_stops_after_saving_says_how_to_resume_and_the_trial_is_retried(w
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_space, monkeypatch):
-    real = search.run_trial
+    real = local.run_trial
 
     def run_trial(space, spec, *args, **kwargs):  # the first trial trains with a learning rate of 1e30
         if spec.lambda1 == 0.05:
             space = dataclasses.replace(space, train={**space.train, "lr": 1e30})
         return real(space, spec, *args, **kwargs)
 
-    monkeypatch.setattr(search, "run_trial", run_trial)
+    monkeypatch.setattr(local, "run_trial", run_trial)
     path = write_space(search={"trials": 3, "save_weights": False})
     Path("studies").mkdir()
     study = open_study(load_space(path), "one_round", default_storage_url("tiny"), False, Path("studies"))
@@ -306,7 +310,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_sp
 
 
 def test_out_of_memory_fails_the_trial_with_the_reason_and_the_search_goes_on(write_space, monkeypatch):
-    real, calls = search.run_trial, []
+    real, calls = local.run_trial, []
 
     def run_trial(*args, **kwargs):
         calls.append(1)
@@ -314,7 +318,7 @@ def test_out_of_memory_fails_the_trial_with_the_reason_and_the_search_goes_on(wr
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "run_trial", run_trial)
+    monkeypatch.setattr(local, "run_trial", run_trial)
     summary = run_search(write_space(search={"trials": 2, "save_weights": False}), progress=False)
     assert summary.completed == 2
     failed, complete = trials()
@@ -324,9 +328,9 @@ def test_out_of_memory_fails_the_trial_with_the_reason_and_the_search_goes_on(wr
 
 def test_a_run_whose_trials_all_failed_says_why_and_exits_1(write_space, monkeypatch):
     def diverges(*args, **kwargs):
-        raise search.TrainingDiverged("non-finite loss nan in select epoch 1, step 1")
+        raise TrainingDiverged("non-finite loss nan in select epoch 1, step 1")
 
-    monkeypatch.setattr(search, "run_trial", diverges)
+    monkeypatch.setattr(local, "run_trial", diverges)
     result = CliRunner().invoke(app, ["run", str(write_space(search={"trials": 3})), "--quiet"])
     assert result.exit_code == 1
     assert "error: study tiny:one_round: no trial completed (3 trials finished); the most common reason (3 of 3): " \
@@ -338,17 +342,17 @@ def test_a_run_whose_trials_all_failed_says_why_and_exits_1(write_space, monkeyp
     (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
                   "you tried to allocate 80000000000 bytes"), "out of memory: [enforce fail"),
     (MemoryError(), "out of memory"),
-    (search.TrainingDiverged("non-finite loss"), "diverged: non-finite loss"),
+    (TrainingDiverged("non-finite loss"), "diverged: non-finite loss"),
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),  # a bug: raised, not recorded
     (StorageError("cannot save"), None),  # stops the run instead (see the full disk test)
 ], ids=["cuda-error", "cpu-oom", "memory-error", "diverged", "bug", "storage"])
 def test_which_exceptions_are_trial_failures(error, reason):
-    got = search.trial_failure(error)
+    got = base.trial_failure(error)
     assert got == reason if reason is None else got.startswith(reason)
 
 
 def test_a_bug_in_a_trial_is_not_swallowed_as_a_trial_failure(write_space, monkeypatch):
-    monkeypatch.setattr(search, "run_trial", lambda *a, **k: [][0])
+    monkeypatch.setattr(local, "run_trial", lambda *a, **k: [][0])
     with pytest.raises(IndexError):
         run_search(write_space(), progress=False)
 
@@ -452,8 +456,8 @@ def test_a_trial_started_beyond_the_budget_claimed_by_a_live_process_is_skipped(
         claimed.set_user_attr("worker_started", process_started(sleeper.pid))
         budget = Budget(2, None, console=Console(quiet=True))
         assert budget.claimed(study) == 2
-        objective = search.make_objective(load_space(path), "one_round", workdir / "studies", False, budget)
-        study.optimize(objective, n_trials=1, catch=(search.TrialSkipped,))
+        objective = make_objective(load_space(path), "one_round", workdir / "studies", False, budget)
+        study.optimize(objective, n_trials=1, catch=(TrialSkipped,))
         skipped = study.get_trials()[-1]
         assert skipped.number == 2 and skipped.state == TrialState.FAIL and "budget" in skipped.user_attrs["skipped"]
         assert "metrics" not in skipped.user_attrs and len(finished(study)) == 1  # not trained, not counted
@@ -816,7 +820,7 @@ def test_names_that_could_escape_the_studies_folder_are_refused(write_space, nam
 
 
 def test_no_unsafe_unpickling_in_the_package():
-    """torch.load only with weights_only=True; pickle only through data.py's restricted unpickler."""
+    """torch.load only with weights_only=True; pickle only through data/cifar.py's restricted unpickler."""
     offenders = []
     for path in sorted((REPO / "kronsearch").rglob("*.py")):
         text = path.read_text(encoding="utf-8")
@@ -831,8 +835,8 @@ def test_no_unsafe_unpickling_in_the_package():
         for match in re.finditer(r"\b(pickle|cPickle|dill|joblib)\.(load|loads|Unpickler)\b|\bnp\.load\(.*allow_pickle"
                                  r"\s*=\s*True|\btorch\.serialization\.load\b", text):
             line = text[:match.start()].count("\n") + 1
-            if not (path.name == "data.py" and match.group(0) == "pickle.Unpickler"):
+            if not (path.name == "cifar.py" and match.group(0) == "pickle.Unpickler"):
                 offenders.append(f"{path.name}:{line}: {match.group(0)}")
     assert offenders == []
-    data_py = (REPO / "kronsearch" / "data.py").read_text(encoding="utf-8")
-    assert "class _ArrayUnpickler(pickle.Unpickler)" in data_py and "def find_class" in data_py
+    cifar_py = (REPO / "kronsearch" / "data" / "cifar.py").read_text(encoding="utf-8")
+    assert "class _ArrayUnpickler(pickle.Unpickler)" in cifar_py and "def find_class" in cifar_py

@@ -106,7 +106,7 @@ def trial_attrs(kind: str, root: Path, number: int, metrics: dict | None, **extr
 
 
 def save_history(folder: Path, history: list[dict]) -> None:
-    """The trial's history.json, as kronsearch.trial.save_artifacts writes it."""
+    """The trial's history.json, as kronsearch.trial_run.save_artifacts writes it."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "history.json").write_text(json.dumps(history), encoding="utf-8")
 

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from kronsearch.report import full_config
+from kronsearch.record import full_config
 from kronsearch.search import describe_seed, run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies

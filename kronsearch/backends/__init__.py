@@ -1,6 +1,7 @@
-"""Where trials run. The local backend (search.run_local) trains in this process; `ray` (backends.ray)
-fans trials out to a Ray cluster while this process keeps the Optuna study.
+"""Where trials run, behind one small interface (base.Backend; the trial life cycle in base).
 
-A backend is a function run(study, space, kind, target, budget_kind, progress, console) that runs
-trials of `kind` until `target` trials (of `budget_kind`, or of any kind) are finished.
+- local: trials one after another in this process (study.optimize);
+- ray: trials fanned out to a Ray cluster while this process keeps the Optuna study.
+
+Each backend imports base, never the reverse; kronsearch.search picks one from backend.name.
 """

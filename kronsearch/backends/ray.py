@@ -9,7 +9,7 @@ How a trial runs
   config, artifact_dir; plus ray_worker, the host:pid that trained it) and tells the study. The worker
   writes the trial's full per-epoch history to its artifact folder (history.json), as locally.
   At most backend.max_concurrent trials are in flight; the budget is the local backend's
-  (search.Budget: finished trials plus trials running in live processes on this host).
+  (backends.base.Budget: finished trials plus trials running in live processes on this host).
 - Each task reserves backend.resources_per_trial {cpu, gpu}, and torch in it uses int(cpu) threads.
   Ray sets CUDA_VISIBLE_DEVICES for a task with gpu > 0, so a trial sees only its own GPU(s), numbered
   from 0, and train.device "auto" (or "cuda") uses them. A fractional gpu (e.g. 0.5) packs several
@@ -21,7 +21,7 @@ How a trial runs
 
 Failures
 - An exception in the trial that is a trial failure (diverged, out of memory, CUDA error; see
-  search.trial_failure) makes it FAIL with that fail_reason; the search goes on. It is not retried.
+  backends.base.trial_failure) makes it FAIL with that fail_reason; the search goes on. It is not retried.
 - A worker that dies (segfault, the kernel's OOM killer, a lost node) is retried by Ray up to
   backend.max_retries times; after that the trial FAILs with fail_reason "worker died: ...".
 - Any other exception in a trial is a bug: its traceback is printed, the trial FAILs with
@@ -79,12 +79,12 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.markup import escape
 
-from kronsearch.search import Budget, begin_trial, copy_duplicate, describe, finish_trial, trial_artifact_dir, trial_failure
+from kronsearch import record
+from kronsearch.backends.base import Backend, Budget, describe, finish_trial, start_trial, trial_artifact_dir, trial_failure
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError, study_artifacts_dir
 from kronsearch.study import worker_id
-from kronsearch.strategies import find_duplicate
-from kronsearch.trial import TrialSpec, run_trial
+from kronsearch.trial_run import TrialSpec, run_trial
 
 TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 CRASH_HOOK_ENV = "KRONSEARCH_TEST_CRASH_TRIAL"
@@ -228,20 +228,18 @@ class _RayRun:
                and (self.deadline is None or time.monotonic() < self.deadline)
                and self.budget.claimed(self.study) < self.budget.target):
             trial = self.asked = self.study.ask()
-            spec = begin_trial(trial, self.space, self.kind)
-            if self.budget.surplus(self.study, trial.number):  # another process took the last slot meanwhile
-                trial.set_user_attr("skipped", "not trained: other processes had already met the budget")
+            started = start_trial(trial, self.space, self.kind, self.budget)
+            if started.skipped:  # another process took the last slot meanwhile
                 self.tell(trial)
                 self.asked = None
                 return
-            duplicate = find_duplicate(self.study, trial, self.kind)
             leader = next((job for job in self.running.values() if job.trial.params == trial.params), None)
-            if duplicate is not None:
-                self.tell(trial, copy_duplicate(trial, duplicate))
+            if started.duplicate_values is not None:
+                self.tell(trial, started.duplicate_values)
             elif leader is not None:
                 leader.twins.append(trial)
             else:
-                self.submit(trial, spec)
+                self.submit(trial, started.spec)
             self.asked = None
 
     def submit(self, trial: optuna.Trial, spec: TrialSpec, twins: list[optuna.Trial] | None = None) -> None:
@@ -272,14 +270,14 @@ class _RayRun:
             frozen = self.fail(job.trial, f"worker died ({1 + self.max_retries} attempts): "
                                           f"{type(err).__name__}: {detail}")
         else:
-            job.trial.set_user_attr("ray_worker", executor)
             if self.single:
                 for epoch in history:
                     job.trial.report(epoch["val_accuracy"], epoch["epoch"])
-            frozen = self.tell(job.trial, finish_trial(job.trial, self.space, job.spec, metrics, job.artifact_dir))
+            frozen = self.tell(job.trial, finish_trial(job.trial, self.space, job.spec, metrics, job.artifact_dir,
+                                                       ray_worker=executor))
         if frozen.state == TrialState.COMPLETE:
             for twin in job.twins:
-                self.tell(twin, copy_duplicate(twin, frozen))
+                self.tell(twin, record.copy_duplicate(twin, frozen))
         elif job.twins:  # like the local backend, a twin of a failed trial trains itself
             self.submit(job.twins[0], job.spec, job.twins[1:])
         del self.running[ref]
@@ -290,7 +288,7 @@ class _RayRun:
         return frozen
 
     def fail(self, trial: optuna.Trial, reason: str) -> FrozenTrial:
-        trial.set_user_attr("fail_reason", reason)
+        record.fail(trial, reason)
         return self.tell(trial)
 
     def abandon(self, why: str) -> None:
@@ -312,29 +310,31 @@ class _RayRun:
 
 
 def requeue_interrupted(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
-    """FAIL a trial that was cut off, as the local backend does (user attr "interrupted", which
-    strategies.finished does not count), and enqueue its params again (user attr "retry_of"), as
-    study.recover_dead_trials would on the next run. A trial already finished is left alone.
+    """FAIL a trial that was cut off, as the local backend does (record.interrupt: not counted against
+    the budget), and enqueue its params again (record.requeue), as study.recover_dead_trials would on
+    the next run. A trial already finished is left alone.
     """
     if study._storage.get_trial(trial._trial_id).state.is_finished():  # noqa: SLF001 - this study's storage
         return
-    trial.set_user_attr("interrupted", why)
-    study.tell(trial, state=TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    record.interrupt(trial, why)
+    record.requeue(study, study.tell(trial, state=TrialState.FAIL))
 
 
-def run_ray(study: optuna.Study, space: Space, kind: str, target: int, budget_kind: str | None,
-            progress: bool, console: Console) -> None:
-    """Run trials of `kind` on Ray until `target` are finished (see the module doc); same contract as run_local."""
-    budget = Budget(target, budget_kind, console)
-    if budget.remaining(study) == 0:
-        return
-    check_resources(space)
-    with ray_session(space.backend["address"]) as own:
-        check_cluster(space, own, console)
-        total = ray.cluster_resources()
-        console.print(f"ray: {'local' if own else 'cluster'} with {total.get('CPU', 0):g} CPUs, "
-                      f"{total.get('GPU', 0):g} GPUs; up to {space.backend['max_concurrent']} trials at a time, "
-                      f"each {space.backend['resources_per_trial']['cpu']:g} CPU, "
-                      f"{space.backend['resources_per_trial']['gpu']:g} GPU")
-        _RayRun(study, space, kind, budget, console).run()
+class RayBackend(Backend):
+    """Trials as Ray tasks, this process keeping the study (see the module doc)."""
+
+    name = "ray"
+
+    def run(self, study: optuna.Study, space: Space, kind: str, budget: Budget, progress: bool,
+            console: Console) -> None:
+        if budget.remaining(study) == 0:
+            return
+        check_resources(space)
+        with ray_session(space.backend["address"]) as own:
+            check_cluster(space, own, console)
+            total = ray.cluster_resources()
+            console.print(f"ray: {'local' if own else 'cluster'} with {total.get('CPU', 0):g} CPUs, "
+                          f"{total.get('GPU', 0):g} GPUs; up to {space.backend['max_concurrent']} trials at a time, "
+                          f"each {space.backend['resources_per_trial']['cpu']:g} CPU, "
+                          f"{space.backend['resources_per_trial']['gpu']:g} GPU")
+            _RayRun(study, space, kind, budget, console).run()

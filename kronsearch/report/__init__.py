@@ -1,10 +1,12 @@
-"""Reading finished studies: `show` (trials, best trial or Pareto front) and `compare` (one-round vs per-pattern).
+"""Reading finished studies: show, compare, export, plot, and the dry-run plan.
 
-The data functions (`show_data`, `compare_data` and the trial helpers) return plain dicts and lists,
-JSON-able as they are (what `--format json` prints); `render_show` and `render_compare` draw them as
-rich tables. `kronsearch.report.trials` holds the trial helpers and number formats, `.show` and
-`.compare` the two commands, `.cost` best accuracy against cumulative cost; every public name is
-importable from `kronsearch.report`.
+The study is read through kronsearch.record. The data functions (`show_data`, `compare_data` and
+the trial helpers) return plain dicts and lists, JSON-able as they are (what `--format json`
+prints); `render_show` and `render_compare` draw them as rich tables. One module per concern:
+`trials` (trial helpers, number formats), `show`, `compare`, `cost` (best accuracy against
+cumulative cost), `plan` (the dry run), `export` (pattern, weights, BSR files) and `plot`
+(matplotlib figures, imported only when used). The names below are importable from
+`kronsearch.report`.
 """
 
 from kronsearch.report.compare import (
@@ -20,11 +22,8 @@ from kronsearch.report.compare import (
 from kronsearch.report.cost import cost_curve, reach
 from kronsearch.report.show import render_show, show_data, study_report, trial_row
 from kronsearch.report.trials import (
-    FINISHED,
-    KINDS,
     SCALAR_METRICS,
     artifact_dirs,
-    best_one_round,
     best_trials,
     default_trial,
     describe_blocks,
@@ -33,22 +32,17 @@ from kronsearch.report.trials import (
     fmt_params,
     fmt_pct,
     fmt_seconds,
-    full_config,
-    metrics,
     norm_block,
     objectives,
-    study_strategy,
-    trial_kind,
     trial_history,
     trial_rank,
-    val_accuracy,
 )
 
 __all__ = [
-    "FINISHED", "KINDS", "SCALAR_METRICS", "artifact_dirs", "best_one_round", "best_trials", "block_for",
+    "SCALAR_METRICS", "artifact_dirs", "best_trials", "block_for",
     "compare_data", "cost_curve", "default_trial", "describe_blocks", "duration", "fmt_count", "fmt_params",
-    "fmt_pct", "fmt_seconds", "full_config", "metrics", "norm_block", "objectives", "pattern_label",
+    "fmt_pct", "fmt_seconds", "norm_block", "objectives", "pattern_label",
     "pattern_ranking", "reach", "render_compare", "render_show", "same_blocks", "show_data",
-    "strategy_compute", "study_report", "study_strategy", "trial_history", "trial_kind", "trial_pattern",
-    "trial_rank", "trial_row", "val_accuracy",
+    "strategy_compute", "study_report", "trial_history", "trial_pattern",
+    "trial_rank", "trial_row",
 ]

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kronsearch.record import (FINISHED, KINDS, StudyRecord, TrialRecord, best_one_round, metrics, study_strategy,
+                               trial_kind, val_accuracy)
 from kronsearch.report.cost import cost_curve, reach, render_cost
-from kronsearch.report.trials import (FINISHED, KINDS, _or, best_one_round, describe_blocks, duration, fmt_count,
-                                      fmt_pct, fmt_seconds, metrics, norm_block, study_strategy, trial_kind,
-                                      trial_rank, val_accuracy)
+from kronsearch.report.trials import describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds, norm_block, trial_rank
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:
@@ -66,7 +66,7 @@ def pattern_ranking(entries: Iterable[tuple[str, FrozenTrial]]) -> list[dict]:
             "study": study_name, "trial": best.number, "trials": len(members),
         })
     # Ties on val accuracy go to the pattern that trains cheaper (fewer MACs per sample).
-    ranking.sort(key=lambda e: (-e["val_accuracy"], _or(e["train_macs"], math.inf), e["label"]))
+    ranking.sort(key=lambda e: (-e["val_accuracy"], math.inf if e["train_macs"] is None else e["train_macs"], e["label"]))
     for position, entry in enumerate(ranking, 1):
         entry["position"] = position
     return ranking
@@ -78,11 +78,11 @@ def strategy_compute(entries: Iterable[tuple[str, FrozenTrial]]) -> dict:
     Trials that reused another trial's result ("duplicate_of") trained nothing and are not counted.
     """
     finished = [t for _, t in entries if t.state in FINISHED]
-    counted = [t for t in finished if t.user_attrs.get("duplicate_of") is None]
+    counted = [t for t in finished if TrialRecord.of(t).duplicate_of is None]
     macs = [metrics(t).get("train_macs_total") for t in counted]
     return {
         "trials": len(counted), "duplicates": len(finished) - len(counted),
-        "wall_time": sum(_or(duration(t), 0.0) for t in counted),
+        "wall_time": sum(duration(t) or 0.0 for t in counted),
         "train_macs_total": sum(m for m in macs if m is not None),
         "without_macs": dict(Counter(t.state.name.lower() for t, m in zip(counted, macs) if m is None)),
     }
@@ -136,7 +136,7 @@ def compare_data(studies: Sequence[optuna.Study]) -> dict:
             notes.append(f"{which} {kind} trial(s) stopped before recording train_macs_total: their training MACs "
                          "are missing from the MACs sums (a lower bound), their wall time is counted")
     curves = [cost_curve(s) for s in studies]
-    hashes = {s.user_attrs.get("space_hash") for s in studies} - {None}
+    hashes = {StudyRecord.of(s).space_hash for s in studies} - {None}
     if len(hashes) > 1:
         notes.append("the studies were run on different search spaces (their space_hash differ)")
     return {

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kronsearch.report.trials import (FINISHED, duration, fmt_count, fmt_pct, fmt_seconds, metrics, study_strategy,
-                                      val_accuracy)
+from kronsearch.record import FINISHED, TrialRecord, metrics, study_strategy, val_accuracy
+from kronsearch.report.trials import duration, fmt_count, fmt_pct, fmt_seconds
 
 
 def cost_curve(study: optuna.Study) -> dict:
@@ -29,7 +29,7 @@ def cost_curve(study: optuna.Study) -> dict:
     """
     points, best, macs, wall, unknown = [], None, 0, 0.0, 0
     for trial in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
-        if trial.user_attrs.get("duplicate_of") is None:
+        if TrialRecord.of(trial).duplicate_of is None:
             spent = metrics(trial).get("train_macs_total")
             unknown += spent is None
             macs += spent or 0

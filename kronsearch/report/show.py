@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from kronsearch.record import StudyRecord, TrialRecord, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_count,
-                                      fmt_params, fmt_pct, fmt_seconds, metrics, norm_block, objectives,
-                                      study_strategy, trial_kind)
+                                      fmt_params, fmt_pct, fmt_seconds, norm_block, objectives)
 
 
 def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
@@ -33,8 +33,8 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "selected": {layer: norm_block(b) for layer, b in (m.get("selected") or {}).items()},
         "duration": duration(trial),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
-        "duplicate_of": trial.user_attrs.get("duplicate_of"),
-        "fail_reason": trial.user_attrs.get("fail_reason"),
+        "duplicate_of": TrialRecord.of(trial).duplicate_of,
+        "fail_reason": TrialRecord.of(trial).fail_reason,
     }
 
 
@@ -47,8 +47,8 @@ def study_report(study: optuna.Study) -> dict:
         "study": study.study_name,
         "strategy": study_strategy(study),
         "objectives": objs,
-        "space_hash": study.user_attrs.get("space_hash"),
-        "space_path": study.user_attrs.get("space_path"),
+        "space_hash": StudyRecord.of(study).space_hash,
+        "space_path": StudyRecord.of(study).space_path,
         "counts": dict(Counter(r["state"] for r in rows)),
         "trials": rows,
         "best": {"kind": "best" if len(objs) == 1 else "pareto_front",

@@ -9,64 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput
-from kronsearch.storage import artifact_dir_candidates, split_study_name
+from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics
+from kronsearch.storage import artifact_dir_candidates
 
-KINDS = ("one_round", "per_pattern")
 HISTORY_FILE = "history.json"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SCALAR_METRICS = ("val_accuracy", "test_accuracy", "block_sparsity", "train_params", "train_macs",
                   "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
 
 # ----------------------------------------------------------------------------- trial helpers
 
 
-def metrics(trial: FrozenTrial) -> dict:
-    """The trial's "metrics" user attr ({} when it has none, e.g. a failed trial)."""
-    return trial.user_attrs.get("metrics") or {}
-
-
-def study_strategy(study: optuna.Study) -> str | None:
-    """one_round, per_pattern or hybrid: the "strategy" user attr, else the part after ':' in the name."""
-    return study.user_attrs.get("strategy") or split_study_name(study.study_name)[1]
-
-
-def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
-    """one_round or per_pattern: the "kind" user attr, else the study's strategy, else the params."""
-    kind = trial.user_attrs.get("kind")
-    if kind in KINDS:
-        return kind
-    if strategy in KINDS:
-        return strategy
-    if "lambda1" in trial.params:
-        return "one_round"
-    if any(p == "block" or p.startswith("block:") for p in trial.params):
-        return "per_pattern"
-    return None
-
-
-def val_accuracy(trial: FrozenTrial) -> float | None:
-    """metrics.val_accuracy, else the first objective value (always val_accuracy by contract)."""
-    value = metrics(trial).get("val_accuracy")
-    if value is None and trial.values:
-        value = trial.values[0]
-    return value
-
-
 def duration(trial: FrozenTrial) -> float | None:
     """Seconds the trial cost: metrics.wall_time, else start-to-end; a reused duplicate costs its own time."""
     wall = metrics(trial).get("wall_time")
-    if wall is not None and trial.user_attrs.get("duplicate_of") is None:
+    if wall is not None and TrialRecord.of(trial).duplicate_of is None:
         return float(wall)
     return trial.duration.total_seconds() if trial.duration is not None else None
 
@@ -89,7 +55,7 @@ def norm_block(block: Any) -> str:
 
 def objectives(study: optuna.Study) -> list[dict]:
     """[{metric, direction}] in the study's objective order (from its "objectives" user attr)."""
-    declared = study.user_attrs.get("objectives")
+    declared = StudyRecord.of(study).objectives
     if isinstance(declared, list) and len(declared) == len(study.directions):
         return [dict(o) for o in declared]
     return [{"metric": "val_accuracy" if i == 0 else f"objective_{i}", "direction": d.name.lower()}
@@ -111,28 +77,13 @@ def default_trial(study: optuna.Study) -> FrozenTrial:
     front = best_trials(study)
     if not front:
         raise BadInput(f"study {study.study_name!r} has no complete trial")
-    return max(front, key=lambda t: (_or(val_accuracy(t), -math.inf), -t.number))
-
-
-def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, FrozenTrial] | None:
-    """The complete one_round-kind trial with the highest val_accuracy over `studies`, with its study."""
-    found = [(s, t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if trial_kind(t, study_strategy(s)) == "one_round"]
-    if not found:
-        return None
-    return max(found, key=lambda st: (_or(val_accuracy(st[1]), -math.inf), -st[1].number))
-
-
-def full_config(study: optuna.Study, trial: FrozenTrial) -> dict:
-    """The trial's resolved config: the study's shared "trial_config" with the trial's own "config" on top."""
-    shared, own = study.user_attrs.get("trial_config") or {}, trial.user_attrs.get("config") or {}
-    return {**shared, **own, "train": {**(shared.get("train") or {}), **(own.get("train") or {})}}
+    return max(front, key=best_first)
 
 
 def artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:
     """Where the trial's folder may be, best first (storage.artifact_dir_candidates: relative to the
     storage file's folder, so a moved studies folder still works)."""
-    return artifact_dir_candidates(study, trial.user_attrs.get("artifact_dir"))
+    return artifact_dir_candidates(study, TrialRecord.of(trial).artifact_dir)
 
 
 def trial_history(study: optuna.Study, trial: FrozenTrial) -> list[dict]:
@@ -149,13 +100,10 @@ def trial_history(study: optuna.Study, trial: FrozenTrial) -> list[dict]:
             continue
         if isinstance(history, list):
             return [e for e in history if isinstance(e, dict)]
-    if isinstance(trial.user_attrs.get("history"), list):
-        return trial.user_attrs["history"]
+    legacy = TrialRecord.of(trial).history
+    if isinstance(legacy, list):
+        return legacy
     return [{"epoch": step, "val_accuracy": value} for step, value in sorted(trial.intermediate_values.items())]
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def describe_blocks(blocks: Mapping[str, str], max_layers: int = 3) -> str:

@@ -1,6 +1,6 @@
 """Export one trial of a study: its pattern file (YAML, readable by `kronsearch.load_plan`) and weights.
 
-    from kronsearch.export import export_trial
+    from kronsearch.report.export import export_trial
     result = export_trial(study, "best.yaml", weights="best.safetensors", bsr=True)
 
 Every file is written atomically (temp file in the same folder, fsync, os.replace), and nothing is
@@ -28,10 +28,12 @@ from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
+from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import parse_plan
 from kronsearch.loading import model_bsr_tensors
-from kronsearch.report import (SCALAR_METRICS, artifact_dirs, default_trial, full_config, metrics, study_strategy,
-                               trial_kind)
+from kronsearch.models import build_model
+from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
+from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, default_trial
 from kronsearch.storage import write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
@@ -73,7 +75,7 @@ def find_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
                          f"numbered from 0)")
     trial = found[0]
     if trial.state != TrialState.COMPLETE:
-        reason = trial.user_attrs.get("fail_reason")
+        reason = TrialRecord.of(trial).fail_reason
         raise BadInput(f"trial {number} of {study.study_name!r} is {trial.state.name}, not COMPLETE"
                          + (f" ({reason})" if reason else "") + "; only complete trials can be exported")
     return trial
@@ -119,9 +121,9 @@ def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str |
             "study": study.study_name,
             "trial": trial.number,
             "storage": display_storage(storage_url),
-            "space_hash": study.user_attrs.get("space_hash"),
-            "space_path": study.user_attrs.get("space_path"),
-            "kronsearch_version": study.user_attrs.get("kronsearch_version"),
+            "space_hash": StudyRecord.of(study).space_hash,
+            "space_path": StudyRecord.of(study).space_path,
+            "kronsearch_version": StudyRecord.of(study).kronsearch_version,
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
@@ -139,7 +141,7 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
             if path.is_file():
                 return path
             tried.append(path)
-        original = current.user_attrs.get("duplicate_of")
+        original = TrialRecord.of(current).duplicate_of
         current = next((t for t in study.get_trials(deepcopy=False) if t.number == original), None) \
             if original is not None else None
     where = ", ".join(str(p) for p in tried) or "the trial has no artifact_dir"
@@ -172,9 +174,6 @@ def bsr_tensors(study: optuna.Study, trial: FrozenTrial,
     except (KeyError, TypeError) as err:
         raise ExportError(f"trial {trial.number}: its config lacks the model/data needed to rebuild the model "
                           f"for --bsr (missing {err})") from None
-    from kronsearch.layers.kronify import kronify
-    from kronsearch.models import build_model
-
     model = build_model(name, input_shape, num_classes, **options)
     kronify(model, metrics(trial).get("plan") or {})
     try:

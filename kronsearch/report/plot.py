@@ -4,7 +4,7 @@ cumulative cost, selection trajectories.
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend
 state), so the functions are safe to call from scripts, notebooks and tests alike.
 
-    from kronsearch.plot import plot_studies
+    from kronsearch.report.plot import plot_studies
     result = plot_studies(load_studies("vit"), "plots/")   # result.paths, result.notes
 """
 
@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
-from kronsearch.report import (best_one_round, cost_curve, metrics, norm_block, study_strategy, trial_history,
-                               trial_kind, val_accuracy)
-from kronsearch.storage import split_study_name
+from kronsearch.record import best_one_round, metrics, split_study_name, study_strategy, trial_kind, val_accuracy
+from kronsearch.report.cost import cost_curve
+from kronsearch.report.trials import norm_block, trial_history
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
 

@@ -1,0 +1,115 @@
+"""The local backend: trials run one after another in this process, through Optuna's study.optimize.
+
+Several `kronsearch run` processes may share one study (see backends.base.Budget).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from rich import get_console
+from rich.console import Console
+
+from kronsearch import record
+from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, start_trial,
+                                      trial_artifact_dir, trial_failure)
+from kronsearch.space import Space
+from kronsearch.storage import StorageError, storage_reason, study_artifacts_dir
+from kronsearch.trainer import EpochReport
+from kronsearch.trial_run import run_trial
+
+
+class _NotHandledHere(logging.Filter):
+    """Optuna logs every failed trial with a traceback (and then "Trial N failed with value None.").
+    kronsearch reports every failure itself, in one line, so none is logged again: a trial failure or
+    a skipped trial in the trial summary; anything that stops the run (Ctrl-C, a full disk, a bug) as
+    the exception run_search raises, which the CLI prints as its one-line error."""
+
+    dropped = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            self.dropped = str(record.msg).partition(" failed with parameters")[0]  # "Trial N"
+            return False
+        return not (self.dropped and str(record.msg).startswith(f"{self.dropped} failed with value"))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NotHandledHere())
+
+
+def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[EpochReport], None]:
+    """Per-epoch callback: report val accuracy to Optuna and prune when the pruner says so."""
+
+    def report(epoch: EpochReport) -> None:
+        if not single_objective:
+            return
+        trial.report(epoch.val_accuracy, epoch.epoch)
+        if trial.should_prune():
+            record.fail(trial, f"pruned after epoch {epoch.epoch} (val accuracy {epoch.val_accuracy:.4f})")
+            raise optuna.TrialPruned()
+
+    return report
+
+
+def make_objective(space: Space, kind: str, folder: Path, progress: bool,
+                   budget: Budget | None = None) -> Callable[[optuna.Trial], list[float]]:
+    """The Optuna objective: start -> skip | duplicate | train -> finish (backends.base).
+
+    With a budget, a trial that starts when other processes have already claimed the budget is
+    skipped (TrialSkipped). A Ctrl-C or a storage failure (a full disk while saving weights or
+    recording results) marks the trial "interrupted" (re-queued on resume) and stops the run.
+    """
+    single = len(space.search["objectives"]) == 1
+    # The trainer's live progress bar draws on stdout; piped, it would only leave a blank line per trial.
+    bar = progress and get_console().is_terminal
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        started = start_trial(trial, space, kind, budget)
+        if started.skipped:
+            raise TrialSkipped(f"trial {trial.number} skipped")
+        if started.duplicate_values is not None:
+            return started.duplicate_values
+        artifact_dir = trial_artifact_dir(space, folder, trial.number)
+        try:
+            metrics, _ = run_trial(space, started.spec, artifact_dir, pruning_reporter(trial, single), bar)
+        except Exception as err:
+            reason = trial_failure(err)
+            if reason is None:
+                raise
+            record.fail(trial, reason)
+            raise TrialFailed(reason) from err
+        return finish_trial(trial, space, started.spec, metrics, artifact_dir)
+
+    def interruptible(trial: optuna.Trial) -> list[float]:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            record.interrupt(trial, "stopped by Ctrl-C (SIGINT)")
+            raise
+        except StorageError as err:
+            record.interrupt(trial, str(err))
+            raise
+        except optuna.exceptions.StorageInternalError as err:  # a full disk or a lost database while recording
+            record.interrupt(trial, f"storage error: {storage_reason(err)}")
+            raise
+
+    return interruptible
+
+
+class LocalBackend(Backend):
+    """Trials in this process, one at a time."""
+
+    name = "local"
+
+    def run(self, study: optuna.Study, space: Space, kind: str, budget: Budget, progress: bool,
+            console: Console) -> None:
+        remaining = budget.remaining(study)
+        if remaining == 0:
+            return
+        folder = study_artifacts_dir(study)
+        study.optimize(make_objective(space, kind, folder, progress, budget), n_trials=remaining,
+                       timeout=space.search["timeout"], catch=(TrialFailed, TrialSkipped), callbacks=[budget],
+                       gc_after_trial=True)

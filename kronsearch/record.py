@@ -1,0 +1,265 @@
+"""The trial record: what kronsearch stores in an Optuna study, written and read in this one module.
+
+The study is the one truthful record of a search, readable with the optuna CLI and
+optuna-dashboard. kronsearch's own bookkeeping lives in user attrs, one key per field of
+TrialRecord (per trial) and StudyRecord (per study); nothing else writes or reads those keys.
+Per-epoch histories and per-layer detail stay in the trial's artifact folder (history.json,
+metrics.json), not in the study.
+
+Trial states keep Optuna's meaning: COMPLETE, PRUNED (fail_reason says after which epoch),
+FAIL with fail_reason (a trial failure: diverged, out of memory; counts against the budget),
+FAIL with skipped (not trained, budget already met) or interrupted (cut off by a crash, Ctrl-C
+or a storage error; its configuration is re-queued with retry_of and it does not count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+class Strategy(StrEnum):
+    """How a search spends its trials. A trial's kind is one_round or per_pattern; hybrid runs both."""
+
+    ONE_ROUND = "one_round"
+    PER_PATTERN = "per_pattern"
+    HYBRID = "hybrid"
+
+
+STRATEGIES: tuple[str, ...] = tuple(Strategy)
+KINDS: tuple[str, ...] = (Strategy.ONE_ROUND, Strategy.PER_PATTERN)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+SHARED_CONFIG = ("space", "seed", "data", "model")  # stored once per study (StudyRecord.trial_config)
+STUDY_METRICS = ("selected", "plan")  # the per-layer metrics kept in the study besides the scalars
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial's kronsearch user attrs, typed; None where a trial has none."""
+
+    kind: str | None = None  # one_round or per_pattern
+    metrics: dict | None = None  # scalars, "selected" and "plan" (study_metrics)
+    config: dict | None = None  # the trial's own config; the shared part is StudyRecord.trial_config
+    artifact_dir: str | None = None  # relative to the storage's folder (storage.artifact_dir_record)
+    fail_reason: str | None = None  # a trial failure, or "pruned after epoch N"
+    skipped: str | None = None
+    interrupted: str | None = None
+    duplicate_of: int | None = None  # reuses that complete trial's results
+    retry_of: int | None = None  # re-queued configuration of that interrupted trial
+    seeded_from: int | None = None  # hybrid: the one_round trial whose pick this per_pattern trial trains
+    worker: str | None = None  # host:pid of the process that ran it (storage.OwnedTrialStorage)
+    worker_started: str | None = None  # that process's start time, so a reused pid is not mistaken for it
+    ray_worker: str | None = None  # host:pid of the Ray worker that trained it
+    history: list | None = None  # per-epoch history, kronsearch 0.1 only (now history.json)
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def reason(self) -> str:
+        """Why the trial did not complete ("" if it did, or nothing was recorded)."""
+        return self.fail_reason or self.skipped or self.interrupted or ""
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's kronsearch user attrs, typed; None where a study has none."""
+
+    strategy: str | None = None
+    objectives: list | None = None  # [{metric, direction}] in objective order
+    space: dict | None = None  # the space file as parsed
+    space_identity: dict | None = None  # the normalized space that decides whether a resume is allowed
+    space_hash: str | None = None
+    space_path: str | None = None
+    kronsearch_version: str | None = None
+    artifacts_dir: str | None = None
+    trial_config: dict | None = None  # what every trial shares (split_config)
+    hybrid_seeded_from: int | None = None
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyRecord:
+        attrs = study.user_attrs
+        return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
+
+
+def write_study(study: optuna.Study, **fields: Any) -> None:
+    """Set StudyRecord fields (names checked)."""
+    names = {f.name for f in dataclasses.fields(StudyRecord)}
+    for key, value in fields.items():
+        if key not in names:
+            raise TypeError(f"StudyRecord has no field {key!r}")
+        study.set_user_attr(key, value)
+
+
+# --------------------------------------------------------------------------------------- writing
+
+
+def start(trial: optuna.Trial, kind: str) -> None:
+    """Tag a new trial with its kind (its process is tagged by the storage as it starts)."""
+    trial.set_user_attr("kind", kind)
+
+
+def study_metrics(metrics: dict) -> dict:
+    """What of a trial's metrics goes into the study: the scalars, the selected blocks and the final plan."""
+    return {k: v for k, v in metrics.items() if k in STUDY_METRICS or v is None or isinstance(v, (int, float, str))}
+
+
+def split_config(config: dict) -> tuple[dict, dict]:
+    """(what every trial of a study shares: space, seed, data, model, train but its lambdas; the trial's own part)."""
+    train = config.get("train") or {}
+    own_train = {k: train[k] for k in ("lambda1", "lambda2") if k in train}
+    shared = {k: config[k] for k in SHARED_CONFIG if k in config}
+    shared["train"] = {k: v for k, v in train.items() if k not in own_train}
+    own = {k: v for k, v in config.items() if k not in SHARED_CONFIG and k != "train"}
+    return shared, {**own, "train": own_train}
+
+
+def save_results(trial: optuna.Trial, metrics: dict, config: dict, artifact_dir: str | None,
+                 ray_worker: str | None = None) -> None:
+    """Store a trained trial's results (the shared part of its config once per study)."""
+    shared, own = split_config(config)
+    if StudyRecord.of(trial.study).trial_config is None:
+        write_study(trial.study, trial_config=shared)
+    trial.set_user_attr("metrics", study_metrics(metrics))
+    trial.set_user_attr("config", own)
+    trial.set_user_attr("artifact_dir", artifact_dir)
+    if ray_worker is not None:
+        trial.set_user_attr("ray_worker", ray_worker)
+
+
+def fail(trial: optuna.Trial, reason: str) -> None:
+    """Record a trial failure (or a pruning) before the trial is told FAIL (or PRUNED)."""
+    trial.set_user_attr("fail_reason", reason)
+
+
+def skip(trial: optuna.Trial, why: str) -> None:
+    trial.set_user_attr("skipped", why)
+
+
+def interrupt(trial: optuna.Trial, why: str) -> None:
+    """Mark a trial cut off by Ctrl-C or a storage error; it is re-queued on resume (requeue)."""
+    try:
+        trial.set_user_attr("interrupted", why)
+    except Exception:  # noqa: BLE001 - the storage itself may be what failed; the run stops anyway
+        pass
+
+
+def interrupt_dead(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
+    """Mark a RUNNING trial whose process died as FAIL + interrupted; False if another process did first."""
+    storage = study._storage  # noqa: SLF001 - a FrozenTrial cannot be written through optuna.Trial
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", why)  # noqa: SLF001
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return True
+
+
+def copy_duplicate(trial: optuna.Trial, duplicate: FrozenTrial) -> list[float]:
+    """Make `trial` stand for an earlier trial with the same params; returns the values to tell."""
+    trial.set_user_attr("duplicate_of", duplicate.number)
+    for key in ("metrics", "config", "artifact_dir"):
+        trial.set_user_attr(key, duplicate.user_attrs.get(key))
+    return list(duplicate.values)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue an interrupted trial's configuration again (its queued params too, if it had not sampled)."""
+    queued = trial.system_attrs.get("fixed_params", {})
+    study.enqueue_trial({**queued, **trial.params}, user_attrs={"retry_of": trial.number})
+
+
+def enqueue_seed(study: optuna.Study, params: dict, source: int) -> None:
+    """Enqueue the hybrid's first per_pattern trial, seeded from one_round trial `source` (once per study)."""
+    study.enqueue_trial(params, user_attrs={"seeded_from": source})
+    write_study(study, hybrid_seeded_from=source)
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def metrics(trial: FrozenTrial) -> dict:
+    """The trial's metrics ({} when it has none, e.g. a failed trial)."""
+    return TrialRecord.of(trial).metrics or {}
+
+
+def study_name(search: str, strategy: str) -> str:
+    """The Optuna study name of one strategy of a search."""
+    return f"{search}:{strategy}"
+
+
+def split_study_name(name: str) -> tuple[str, str | None]:
+    """'vit:one_round' -> ('vit', 'one_round'); 'vit' -> ('vit', None)."""
+    search, _, strategy = name.partition(":")
+    return search, strategy or None
+
+
+def study_strategy(study: optuna.Study) -> str | None:
+    """one_round, per_pattern or hybrid: the study's strategy, else the part after ':' in its name."""
+    return StudyRecord.of(study).strategy or split_study_name(study.study_name)[1]
+
+
+def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
+    """one_round or per_pattern: the recorded kind, else the study's strategy, else told by the params."""
+    kind = TrialRecord.of(trial).kind
+    if kind in KINDS:
+        return kind
+    if strategy in KINDS:
+        return strategy
+    if "lambda1" in trial.params:
+        return Strategy.ONE_ROUND
+    if any(p == "block" or p.startswith("block:") for p in trial.params):
+        return Strategy.PER_PATTERN
+    return None
+
+
+def full_config(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """The trial's resolved config: the study's shared part with the trial's own on top (split_config's inverse)."""
+    shared, own = StudyRecord.of(study).trial_config or {}, TrialRecord.of(trial).config or {}
+    return {**shared, **own, "train": {**(shared.get("train") or {}), **(own.get("train") or {})}}
+
+
+def counts_toward_budget(t: FrozenTrial, kind: str | None = None) -> bool:
+    """Complete, pruned, or failed with a recorded reason, and of `kind` (any with None). Trials cut
+    off by a crash do not count: their configuration is retried."""
+    return (kind is None or TrialRecord.of(t).kind == kind) and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and TrialRecord.of(t).fail_reason is not None))
+
+
+def finished(study: optuna.Study, kind: str | None = None) -> list[FrozenTrial]:
+    """Trials that count against the budget (counts_toward_budget)."""
+    return [t for t in study.get_trials(deepcopy=False) if counts_toward_budget(t, kind)]
+
+
+def val_accuracy(trial: FrozenTrial) -> float | None:
+    """metrics.val_accuracy, else the first objective value (always val_accuracy by contract)."""
+    value = metrics(trial).get("val_accuracy")
+    if value is None and trial.values:
+        value = trial.values[0]
+    return value
+
+
+def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, FrozenTrial] | None:
+    """The complete one_round-kind trial with the highest val_accuracy over `studies` (the lower number
+    on a tie), with its study."""
+    found = [(s, t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if trial_kind(t, study_strategy(s)) == Strategy.ONE_ROUND]
+    if not found:
+        return None
+    return max(found, key=lambda st: best_first(st[1]))
+
+
+def best_first(trial: FrozenTrial) -> tuple[float, int]:
+    """Sort key: the higher val_accuracy (none counts lowest), then the lower trial number."""
+    value = val_accuracy(trial)
+    return (-math.inf if value is None else value, -trial.number)

@@ -37,7 +37,6 @@ weight entries of every nn.Linear and nn.Conv2d; wall_time and train_macs_total 
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -48,7 +47,9 @@ from torch import Tensor, nn
 
 from kronsearch.data import DataSplits
 from kronsearch.layers.blocks import Block, format_block, valid_blocks
+from kronsearch.layers.costs import area_weighted
 from kronsearch.layers.errors import BadInput
+from kronsearch.layers.kronify import matching_linears
 from kronsearch.trainer import TrainConfig, TrainResult, accuracy, resolve_device, train
 
 METHODS: tuple[str, ...] = ("dense", "group_lasso", "elastic_group_lasso", "rigl", "iterative_pruning")
@@ -64,11 +65,7 @@ def layer_blocks(model: nn.Module, block: BlockSpec, include: Sequence[str] = ("
     `block` is one (h, w) for every layer, or {layer name: (h, w)} (layers not named are not pruned).
     """
     out = {}
-    for n, m in model.named_modules():
-        if not isinstance(m, nn.Linear):
-            continue
-        if not any(fnmatch.fnmatchcase(n, g) for g in include) or any(fnmatch.fnmatchcase(n, g) for g in exclude):
-            continue
+    for n, m in matching_linears(model, include, exclude).items():
         b = block.get(n) if isinstance(block, Mapping) else block
         if b is not None and tuple(b) in valid_blocks(m.out_features, m.in_features):
             out[n] = (int(b[0]), int(b[1]))
@@ -127,9 +124,7 @@ def prune_to(layers: dict[str, nn.Linear], blocks: dict[str, Block], sparsity: f
 def layer_block_sparsity(layers: dict[str, nn.Linear], blocks: dict[str, Block]) -> tuple[float, dict[str, float]]:
     """(area-weighted overall, per layer) fraction of all-zero blocks."""
     per = {n: float((block_norms(m.weight, blocks[n]) == 0).float().mean()) for n, m in layers.items()}
-    areas = {n: m.weight.numel() for n, m in layers.items()}
-    total = sum(areas.values())
-    return (sum(per[n] * areas[n] for n in per) / total if total else 0.0), per
+    return area_weighted(per, {n: m.weight.numel() for n, m in layers.items()}), per
 
 
 @torch.no_grad()

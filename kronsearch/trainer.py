@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from kronsearch.data import DataSplits
 from kronsearch.layers.blocks import format_block
 from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
-from kronsearch.layers.costs import model_cost
+from kronsearch.layers.costs import area_weighted, model_cost
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
@@ -169,10 +169,7 @@ def candidate_norms(model: nn.Module) -> dict[str, dict[str, float]]:
 def block_sparsity(model: nn.Module, threshold: float) -> tuple[float, dict[str, float]]:
     """(overall, per layer) fraction of pruned blocks; the overall one is weighted by layer area."""
     layers = {n: m.block_sparsity(threshold) for n, m in kron_layers(model).items()}
-    areas = {n: m.in_features * m.out_features for n, m in kron_layers(model).items()}
-    total = sum(areas.values())
-    overall = sum(layers[n] * areas[n] for n in layers) / total if total else 0.0
-    return overall, layers
+    return area_weighted(layers, {n: m.in_features * m.out_features for n, m in kron_layers(model).items()}), layers
 
 
 @torch.no_grad()

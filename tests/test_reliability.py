@@ -41,7 +41,8 @@ from kronsearch.backends.base import Budget, TrialSkipped
 from kronsearch.backends.local import make_objective
 from kronsearch.search import run_search
 from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
-from kronsearch.space import MAX_CANDIDATES, MAX_EPOCHS, SpaceError, load_space
+from kronsearch.schema import MAX_CANDIDATES, MAX_EPOCHS
+from kronsearch.space import SpaceError, load_space
 from kronsearch.cli import app
 from kronsearch.storage import (StorageError, StudyNotFound, artifact_dir_candidates, default_storage_url, load_studies,
                                 open_storage, storage_error)

@@ -105,3 +105,9 @@ def model_cost(model: nn.Module, input_shape: Sequence[int], threshold: float = 
     layers = {n: Cost(_trainable(m), macs[n], _nonzeros(m, threshold)) for n, m in outermost.items()}
     total = Cost(_trainable(model), sum(macs.values()), sum(c.nonzeros for c in layers.values()))
     return ModelCost(total, layers)
+
+
+def area_weighted(fractions: dict[str, float], areas: dict[str, int]) -> float:
+    """The mean of per-layer fractions (e.g. block sparsity) weighted by layer area; 0 with no layers."""
+    total = sum(areas[n] for n in fractions)
+    return sum(fractions[n] * areas[n] for n in fractions) / total if total else 0.0

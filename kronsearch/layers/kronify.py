@@ -53,10 +53,17 @@ class KronifyReport:
         return "\n".join(lines)
 
 
-def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+def matches(name: str, include: Sequence[str], exclude: Sequence[str] = ()) -> bool:
+    """Whether a module name matches one of the `include` globs and none of the `exclude` ones (fnmatch)."""
     return any(fnmatch.fnmatchcase(name, g) for g in include) and not any(
         fnmatch.fnmatchcase(name, g) for g in exclude
     )
+
+
+def matching_linears(model: nn.Module, include: Sequence[str] = ("*",),
+                     exclude: Sequence[str] = ()) -> dict[str, nn.Linear]:
+    """name -> nn.Linear for the model's linear layers that `matches` selects, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, include, exclude)}
 
 
 def kronify(
@@ -102,7 +109,7 @@ def kronify(
                 changes.append(LayerChange(name, shape, "dense", reason="not in the plan"))
                 continue
             change, module = _to_kron(name, linear, patterns[name].block, patterns[name].rank, init, strict=True)
-        elif not _matches(name, include, exclude):
+        elif not matches(name, include, exclude):
             change, module = LayerChange(name, shape, "dense", reason="not matched by include/exclude"), None
         elif block is not None:
             change, module = _to_kron(name, linear, tuple(block), rank, init, strict=False)

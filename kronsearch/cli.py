@@ -1,8 +1,8 @@
 """The `kronsearch` command line: run, show, compare, export, plot.
 
-The commands only parse arguments and print; the work is done by kronsearch.search (run),
-kronsearch.report (show, compare), kronsearch.report.export and kronsearch.report.plot, which can be used from
-Python directly. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted. Errors are
+The commands only parse arguments and print; the work is done by kronsearch.search (run) and
+kronsearch.report (show, compare, and its export and plot modules), which can be used from Python
+directly. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted. Errors are
 one line on stderr ("error: ..."), never a traceback.
 """
 

@@ -103,6 +103,11 @@ def write_study(study: optuna.Study, **fields: Any) -> None:
 # --------------------------------------------------------------------------------------- writing
 
 
+def owner(worker: str, started: str | None) -> dict[str, str]:
+    """The fields naming the process that runs a trial, written as the trial is created (storage.OwnedTrialStorage)."""
+    return {"worker": worker, **({"worker_started": started} if started is not None else {})}
+
+
 def start(trial: optuna.Trial, kind: str) -> None:
     """Tag a new trial with its kind (its process is tagged by the storage as it starts)."""
     trial.set_user_attr("kind", kind)

@@ -39,7 +39,7 @@ def worker_id() -> str:
 def worker_attrs() -> dict[str, str]:
     """The user attrs naming this process, written into every trial it starts (storage.OwnedTrialStorage)."""
     started = process_started(os.getpid())
-    return {"worker": worker_id(), **({"worker_started": started} if started is not None else {})}
+    return record.owner(worker_id(), started)
 
 
 def process_started(pid: int) -> str | None:

@@ -1,8 +1,7 @@
 """Trial and study helpers shared by show, compare, plot and export, and the number formats they print.
 
-Everything is read from the storage contract of `kronsearch run`: trial user attrs "kind",
-"metrics", "config", "artifact_dir", "duplicate_of", "fail_reason", study user attrs "strategy",
-"objectives" and "artifacts_dir", and each trial's history.json in its artifact folder.
+Everything is read through kronsearch.record (what `kronsearch run` stores in the study) and from
+each trial's history.json in its artifact folder.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from kronsearch.data import DataSplits
+from kronsearch.data.batches import Batches
 from kronsearch.layers.blocks import Block, format_block, valid_blocks
 from kronsearch.layers.costs import area_weighted
 from kronsearch.layers.errors import BadInput
@@ -196,10 +197,9 @@ def _finish(result: TrainResult, model: nn.Module, data: DataSplits, config: Tra
                "plan": {n: {"block": format_block(b), "pruned_dense": True} for n, b in blocks.items()}}
     if remeasure:
         device = resolve_device(config.device)
-        val_x, val_y = (t.to(device) for t in data.val.tensors)
-        test_x, test_y = (t.to(device) for t in data.test.tensors)
-        changes["val_accuracy"] = accuracy(model, val_x, val_y, config.batch_size)
-        changes["test_accuracy"] = accuracy(model, test_x, test_y, config.batch_size)
+
+        changes["val_accuracy"] = accuracy(model, Batches(data.val, config.batch_size, device))
+        changes["test_accuracy"] = accuracy(model, Batches(data.test, config.batch_size, device))
     return replace(result, **changes)
 
 

@@ -12,7 +12,6 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -24,7 +23,7 @@ from kronsearch.layers.kron_linear import BSRLinear, KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import parse_plan
 from kronsearch.layers.yamlfile import read_yaml_file
-from kronsearch.models import build_model
+from kronsearch.references import build_configured_model, read_state_dict
 
 BSR_PARTS = ("crow_indices", "col_indices", "values")
 BSR_FORMAT = "kronsearch-bsr"
@@ -62,35 +61,21 @@ def _build(pattern_file: str | os.PathLike, document: object) -> nn.Module:
     if not isinstance(document, Mapping):
         raise BadInput(f"{pattern_file}: a pattern file is a mapping with layers, model and data")
     model, data = document.get("model"), document.get("data")
-    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
-        raise BadInput(f"{pattern_file}: key 'model' must be {{name, options}} as `kronsearch export` writes it")
+    if not isinstance(model, Mapping) or not isinstance(model.get("name") or model.get("factory"), str):
+        raise BadInput(f"{pattern_file}: key 'model' must be {{name, options}} (or {{factory, options}}) as "
+                       f"`kronsearch export` writes it")
     if not isinstance(data, Mapping) or "input_shape" not in data or "num_classes" not in data:
         raise BadInput(f"{pattern_file}: key 'data' must give input_shape and num_classes "
                          f"as `kronsearch export` writes them")
     if not isinstance(document.get("layers"), Mapping):
         raise BadInput(f"{pattern_file}: key 'layers' must map layer names to {{block, rank}}")
     try:
-        net = build_model(model["name"], tuple(data["input_shape"]), int(data["num_classes"]),
-                          **(model.get("options") or {}))
+        net = build_configured_model(model, tuple(data["input_shape"]), int(data["num_classes"]))
         plan = parse_plan(document["layers"])
     except (TypeError, ValueError) as err:
         raise BadInput(f"{pattern_file}: {err}") from None
     kronify(net, plan)
     return net
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a .pt file (torch.load with weights_only=True: no pickled code)."""
-    path = Path(path)
-    if path.suffix == ".pt":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    elif path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        raise BadInput(f"{path}: weights must be a .safetensors or .pt file")
-    if not isinstance(state, dict):
-        raise BadInput(f"{path}: not a state dict")
-    return state
 
 
 @contextmanager

@@ -109,16 +109,22 @@ TOP = {"name": text("a name of letters, digits, '.', '_' or '-'",
                     lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None),
        "seed": integer(0, 2**31 - 1, 0), "data": later(), "model": later(), "train": later({}),
        "search": later({}), "backend": later({}), "space": later()}
-DATA = {"name": choice(DATASETS), "root": text("a folder path", default=None, nullable=True),
+REFERENCE = text("'package.module:function'", lambda v: re.fullmatch(r"[\w.]+:[\w.]+", v) is not None, None, True)
+DATA = {"name": Rule(None, choices=DATASETS, nullable=True), "factory": REFERENCE,
+        "root": text("a folder path", default=None, nullable=True),
         "val_fraction": number("a number in (0, 0.5]", lambda v: 0 < v <= 0.5, 0.1),
         "limit": integer(10, 10**8, None, nullable=True), "options": later({})}
-MODEL = {"name": choice(MODELS), "options": later({}), "include": globs(["*"]), "exclude": globs([])}
+MODEL = {"name": text(f"one of {', '.join(MODELS)} or 'timm:<model name>'",
+                      lambda v: v in MODELS or (v.startswith("timm:") and len(v) > 5), None, True),
+         "factory": REFERENCE, "options": later({}), "include": globs(["*"]), "exclude": globs([]),
+         "checkpoint": text("a weights file (.safetensors or .pt)", default=None, nullable=True),
+         "init": choice(("random", "dense"), "random")}
 TRAIN_RULES = {
     "epochs": integer(1, MAX_EPOCHS), "finetune_epochs": integer(0, MAX_EPOCHS), "select_epochs": later(),
     "batch_size": integer(1, 1_000_000), "optimizer": choice(OPTIMIZERS), "schedule": choice(SCHEDULES),
     "compute": choice(COMPUTE_MODES), "lr": POSITIVE, "s_lr_scale": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "threshold": NON_NEGATIVE,
-    "threads": integer(1, 1024, nullable=True), "max_grad_norm": number("a number > 0", lambda v: v > 0, nullable=True),
+    "threads": integer(1, 1024, nullable=True), "workers": integer(0, 256), "max_grad_norm": number("a number > 0", lambda v: v > 0, nullable=True),
     "device": text("auto, cpu, cuda or cuda:N", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
 }
 # every TrainConfig field but those a trial sets itself, with TrainConfig's default

@@ -30,11 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kronsearch.data import SYNTHETIC_DEFAULTS, DatasetError, dataset_shape, find_root
+from kronsearch.data import SYNTHETIC_DEFAULTS, dataset_shape, find_root
 from kronsearch.layers.blocks import MAX_RANK, Block, format_block, valid_blocks
 from kronsearch.layers.kronify import matching_linears
 from kronsearch.layers.yamlfile import read_yaml_file
+from kronsearch.layers.errors import BadInput
 from kronsearch.models import ModelError, build_model, model_size
+from kronsearch.references import TIMM_PREFIX, FactoryFailed, build_configured_model, factory_data, load_checkpoint
 from kronsearch.schema import (BACKEND, DATA, MAX_CANDIDATES, MODEL, RESOURCES, SEARCH, SPACE,
                                TOP, TOP_LEVEL, TRAIN, Checker, FloatRange, SpaceError)
 from kronsearch.trainer import TrainConfig
@@ -111,6 +113,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     cli = dict(overrides or {})
 
     data = c.section(top["data"], "data", DATA)
+    _one_of(c, "data", data, "a dataset name (one of the built-in datasets)")
     if data["root"] is not None:
         root = Path(data["root"]).expanduser()
         root = root if root.is_absolute() else (Path(path).parent / root).resolve()
@@ -120,11 +123,15 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         data["root"] = str(root)
     c.keys(data["options"], "data.options")
     try:
-        input_shape, num_classes = dataset_shape(data["name"], **(data["options"] or {}))
-        if data["name"] not in ("digits", "synthetic"):
-            find_root(data["name"], data["root"])
-    except (DatasetError, FileNotFoundError, TypeError) as err:
-        raise c.fail("data", str(err)) from None
+        if data["factory"] is not None:
+            splits = factory_data(data["factory"], data["options"] or {})
+            input_shape, num_classes = splits.input_shape, splits.num_classes
+        else:
+            input_shape, num_classes = dataset_shape(data["name"], **(data["options"] or {}))
+            if data["name"] not in ("digits", "synthetic"):
+                find_root(data["name"], data["root"])
+    except (BadInput, FileNotFoundError, TypeError) as err:  # DatasetError, or a factory's problem
+        raise c.fail("data.factory" if data["factory"] else "data", str(err)) from None
     if data["name"] == "synthetic":
         sizes = {**SYNTHETIC_DEFAULTS, **(data["options"] or {})}
         values = (sizes["n_train"] + sizes["n_test"]) * math.prod(input_shape)
@@ -133,7 +140,8 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
                                          f"{MAX_SYNTHETIC_VALUES:,} values are allowed")
 
     model = c.section(top["model"], "model", MODEL)
-    layers = _decomposed_layers(c, model, input_shape, num_classes)
+    _one_of(c, "model", model, "a built-in model name or 'timm:<model name>'")
+    layers = _decomposed_layers(c, model, input_shape, num_classes, Path(path).parent)
 
     train = c.section(_with(top["train"], device=cli.get("device")), "train", TRAIN)
     if train["select_epochs"] is not None:
@@ -177,15 +185,45 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     return result
 
 
-def _decomposed_layers(c: Checker, model: dict, input_shape: tuple, num_classes: int) -> dict[str, tuple[int, int]]:
-    """layer -> (out, in) of the nn.Linear layers model.include/exclude select, from a model built on the
-    meta device (shapes only: nothing is allocated) once its size is known to be reasonable."""
-    _check_model_size(c, model["name"], input_shape, num_classes, model["options"] or {})
-    try:
-        with torch.device("meta"):
-            net = build_model(model["name"], input_shape, num_classes, **(model["options"] or {}))
-    except (ModelError, TypeError) as err:
-        raise c.fail("model.options", str(err)) from None
+def _one_of(c: Checker, section: str, values: dict, name_is: str) -> None:
+    """A section names its source once: `name` (built in) or `factory` (the user's code)."""
+    if (values["name"] is None) == (values["factory"] is None):
+        raise c.fail(section, f"give exactly one of name ({name_is}) or factory ('package.module:function')")
+
+
+def _decomposed_layers(c: Checker, model: dict, input_shape: tuple, num_classes: int,
+                       folder: Path) -> dict[str, tuple[int, int]]:
+    """layer -> (out, in) of the nn.Linear layers model.include/exclude select.
+
+    A built-in model is built on the meta device (shapes only: nothing is allocated) once its size
+    is known to be reasonable; a timm or factory model on the meta device too, or on the CPU if its
+    code cannot run there. A checkpoint (relative to the space file) is loaded into a CPU build, so
+    one for another architecture is refused here.
+    """
+    key = "model.factory" if model["factory"] else "model.name" if model["name"].startswith(TIMM_PREFIX) else None
+    if key is None:
+        _check_model_size(c, model["name"], input_shape, num_classes, model["options"] or {})
+        try:
+            with torch.device("meta"):
+                net = build_model(model["name"], input_shape, num_classes, **(model["options"] or {}))
+        except (ModelError, TypeError) as err:
+            raise c.fail("model.options", str(err)) from None
+    else:
+        try:
+            try:
+                with torch.device("meta"):
+                    net = build_configured_model(model, input_shape, num_classes)
+            except FactoryFailed:
+                net = build_configured_model(model, input_shape, num_classes)  # its code needs real tensors
+        except BadInput as err:
+            raise c.fail(key, str(err)) from None
+    if model["checkpoint"] is not None:
+        checkpoint = Path(model["checkpoint"]).expanduser()
+        model["checkpoint"] = str(checkpoint if checkpoint.is_absolute() else (folder / checkpoint).resolve())
+        try:
+            load_checkpoint(build_configured_model(model, input_shape, num_classes), model["checkpoint"])
+        except BadInput as err:
+            raise c.fail("model.checkpoint", str(err)) from None
     layers = {n: (m.out_features, m.in_features)
               for n, m in matching_linears(net, model["include"], model["exclude"]).items()}
     if not layers:

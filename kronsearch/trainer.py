@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from kronsearch.data import DataSplits
+from kronsearch.data.batches import Batches
 from kronsearch.layers.blocks import format_block
 from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
 from kronsearch.layers.costs import area_weighted, model_cost
@@ -60,6 +61,7 @@ class TrainConfig:
     # factored and merged paths once per layer shape and keeps the faster (the one round's candidates
     # then cost one GEMM); "factored" is bit-for-bit reproducible across processes
     compute: str = "auto"
+    workers: int = 0  # DataLoader worker processes for datasets that are not in-memory tensors (data factories)
     threads: int | None = None  # torch CPU threads (process-wide); None keeps torch's default. Small models run fastest on 1
     progress: bool = True
 
@@ -173,15 +175,12 @@ def block_sparsity(model: nn.Module, threshold: float) -> tuple[float, dict[str,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
-    """Top-1 accuracy in [0, 1]."""
+def accuracy(model: nn.Module, batches: Batches) -> float:
+    """Top-1 accuracy in [0, 1] over a split."""
     model.eval()
-    correct = sum(
-        (model(images[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum().item()
-        for i in range(0, len(labels), batch_size)
-    )
+    correct = sum((model(images).argmax(-1) == labels).sum().item() for images, labels in batches.ordered())
     model.train()
-    return correct / max(len(labels), 1)
+    return correct / max(len(batches), 1)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -244,11 +243,10 @@ def train(
         torch.set_num_threads(config.threads)
     model.to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
-    train_x, train_y = (t.to(device) for t in data.train.tensors)
-    val_x, val_y = (t.to(device) for t in data.val.tensors)
+    train_batches, val = (Batches(split, config.batch_size, device, config.workers) for split in (data.train, data.val))
     select_layers = [n for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)]
     training_cost = model_cost(model, data.input_shape, config.threshold).total
-    steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
     phases = [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = 0
@@ -270,20 +268,18 @@ def train(
             task = bar.add_task(phase, total=total_steps, status="")
             for _ in range(epochs):
                 epoch_start = time.perf_counter()
-                order = torch.randperm(len(train_y), generator=generator).to(device)
                 task_sum = penalty_sum = 0.0
-                for i in range(0, len(order), config.batch_size):
-                    batch = order[i:i + config.batch_size]
-                    loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
+                for step, (images, labels) in enumerate(train_batches.shuffled(generator)):
+                    loss = F.cross_entropy(model(images), labels)
                     extra = regularizer(model) if regularizer is not None else loss.new_zeros(())
                     total = loss + extra
                     if not torch.isfinite(total):
                         raise TrainingDiverged(
                             f"non-finite loss ({loss.item()} + regularizer {extra.item()}) in {phase} epoch "
-                            f"{len(history) + 1}, step {i // config.batch_size + 1}")
+                            f"{len(history) + 1}, step {step + 1}")
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
-                    macs_total += sample_macs * len(batch)  # what this step's forward cost
+                    macs_total += sample_macs * len(labels)  # what this step's forward cost
                     if config.max_grad_norm:
                         nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     if selection is not None and not selection.done:
@@ -299,12 +295,12 @@ def train(
                     with torch.no_grad():
                         penalty = selection_penalty(model, config.lambda1 if phase == "train" else 0.0,
                                                     config.lambda2) + extra
-                    task_sum += loss.item() * len(batch)
-                    penalty_sum += penalty.item() * len(batch)
+                    task_sum += loss.item() * len(labels)
+                    penalty_sum += penalty.item() * len(labels)
                     bar.advance(task)
                 report = epoch_report(model, selection if phase == "train" else None, config, len(history) + 1,
-                                      phase, (task_sum / len(order), penalty_sum / len(order)),
-                                      (val_x, val_y), time.perf_counter() - epoch_start,
+                                      phase, (task_sum / len(train_batches), penalty_sum / len(train_batches)),
+                                      val, time.perf_counter() - epoch_start,
                                       config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule))
                 history.append(report)
                 bar.update(task, status=f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
@@ -317,11 +313,10 @@ def train(
     decisions = selection_records(selection, steps_per_epoch) if selection is not None else {}
     final_cost = model_cost(model, data.input_shape, config.threshold).total
     overall, layers = block_sparsity(model, config.threshold)
-    test_x, test_y = (t.to(device) for t in data.test.tensors)
     plan = model_plan(model)
     return TrainResult(
-        val_accuracy=accuracy(model, val_x, val_y, config.batch_size),
-        test_accuracy=accuracy(model, test_x, test_y, config.batch_size),
+        val_accuracy=accuracy(model, val),
+        test_accuracy=accuracy(model, Batches(data.test, config.batch_size, device, config.workers)),
         block_sparsity=overall, layer_sparsity=layers,
         train_params=training_cost.params, train_macs=training_cost.macs, train_macs_total=macs_total,
         final_params=final_cost.params, final_macs=final_cost.macs, inference_nonzeros=final_cost.nonzeros,
@@ -333,15 +328,15 @@ def train(
 
 
 def epoch_report(model: nn.Module, selection: GateSelection | None, config: TrainConfig, epoch: int, phase: str,
-                 losses: tuple[float, float], val: tuple[Tensor, Tensor], seconds: float, lr: float) -> EpochReport:
+                 losses: tuple[float, float], val: Batches, seconds: float, lr: float) -> EpochReport:
     """Measure the model after an epoch. While a contest runs, validation uses each layer's leader
     alone, so the pruner compares the models trials will keep, not a sum of candidates."""
     if selection is not None and not selection.done:
         with selection.leaders_only():
-            val_accuracy = accuracy(model, *val, config.batch_size)
+            val_accuracy = accuracy(model, val)
         phase = "select"
     else:
-        val_accuracy = accuracy(model, *val, config.batch_size)
+        val_accuracy = accuracy(model, val)
     return EpochReport(
         epoch=epoch, phase=phase, train_loss=losses[0], penalty=losses[1], val_accuracy=val_accuracy,
         block_sparsity=block_sparsity(model, config.threshold)[0], candidate_norms=candidate_norms(model),

@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.data import DataSplits, load_dataset
 from kronsearch.layers.kronify import kronify
-from kronsearch.models import build_model
+from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.layers.blocks import parse_block
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.space import Space
@@ -53,6 +53,8 @@ def _cached_data(name: str, root: str | None, val_fraction: float, seed: int, li
 def load_space_data(space: Space) -> DataSplits:
     """The space's dataset, loaded once per process (every trial of a search uses the same splits)."""
     d = space.data
+    if d["factory"] is not None:
+        return factory_data(d["factory"], d["options"] or {})
     return _cached_data(d["name"], d["root"], d["val_fraction"], space.seed, d["limit"],
                         json.dumps(d["options"] or {}, sort_keys=True))
 
@@ -60,13 +62,16 @@ def load_space_data(space: Space) -> DataSplits:
 def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
     """The space's model with the spec's pattern applied (seeded, so a trial's init is reproducible)."""
     seed_everything(space.seed)
-    model = build_model(space.model["name"], space.input_shape, space.num_classes, **(space.model["options"] or {}))
+    model = build_configured_model(space.model, space.input_shape, space.num_classes)
+    if space.model["checkpoint"] is not None:
+        load_checkpoint(model, space.model["checkpoint"])
+    init = space.model["init"]
     if spec.kind == "one_round":
         for glob, blocks in spec.candidates.items():  # first matching glob wins: kronify skips replaced layers
             layers = [name for name in space.layers if fnmatchcase(name, glob)]
-            kronify(model, candidates=[parse_block(b) for b in blocks], rank=spec.rank, include=layers)
+            kronify(model, candidates=[parse_block(b) for b in blocks], rank=spec.rank, include=layers, init=init)
     else:
-        kronify(model, {layer: LayerPattern(parse_block(b), spec.rank) for layer, b in spec.plan.items()})
+        kronify(model, {layer: LayerPattern(parse_block(b), spec.rank) for layer, b in spec.plan.items()}, init=init)
     return model
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
+
+from kronsearch.cli import app
 
 TINY_SPACE = {
     "name": "tiny",
@@ -61,3 +64,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli():
+    """invoke(*args) -> click Result, with a wide terminal so rich tables are not squeezed."""
+    runner = CliRunner(env={"COLUMNS": "250"})
+    return lambda *args: runner.invoke(app, [str(a) for a in args])

@@ -21,13 +21,6 @@ COMMANDS = ("run", "show", "compare", "export", "plot")
 
 
 @pytest.fixture
-def cli():
-    """invoke(*args) -> click Result, with a wide terminal so rich tables are not squeezed."""
-    runner = CliRunner(env={"COLUMNS": "250"})
-    return lambda *args: runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture
 def demo(workdir):
     build_search(workdir)
     return workdir

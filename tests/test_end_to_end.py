@@ -13,6 +13,7 @@ from kronsearch import kronify, load_plan
 from kronsearch.cli import app
 from kronsearch.models import build_model
 from kronsearch.storage import load_studies
+from kronsearch.data.batches import Batches
 from kronsearch.trainer import accuracy
 from kronsearch.space import load_space
 from kronsearch.trial_run import load_space_data
@@ -57,5 +58,5 @@ def test_exported_pattern_and_weights_reproduce_the_trials_accuracy(searched, wo
     kronify(model, load_plan(workdir / "best.yaml"))
     model.load_state_dict(load_file(str(workdir / "best.safetensors")))
     data = load_space_data(space)
-    test_accuracy = accuracy(model, *data.test.tensors, batch_size=64)
+    test_accuracy = accuracy(model, Batches(data.test, 64, "cpu"))
     assert test_accuracy == pytest.approx(best.user_attrs["metrics"]["test_accuracy"])

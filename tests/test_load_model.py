@@ -19,6 +19,7 @@ from kronsearch.cli import app
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.space import load_space
 from kronsearch.storage import load_studies
+from kronsearch.data.batches import Batches
 from kronsearch.trainer import accuracy
 from kronsearch.trial_run import load_space_data
 
@@ -50,7 +51,7 @@ def test_load_model_reproduces_the_trials_test_accuracy(exported, monkeypatch):
     (study,) = load_studies("vit-digits:one_round")
     data = load_space_data(load_space("vit.yaml"))
     assert not model.training
-    assert accuracy(model, *data.test.tensors, batch_size=64) == pytest.approx(
+    assert accuracy(model, Batches(data.test, 64, "cpu")) == pytest.approx(
         study.best_trial.user_attrs["metrics"]["test_accuracy"])
 
 

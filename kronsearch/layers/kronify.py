@@ -87,7 +87,8 @@ def kronify(
       candidates=[(h, w), ...]: a PatternSelectLinear per matching layer (one-round selection);
             candidates that do not divide a layer are dropped for that layer.
     init: "random" (train from scratch) or "dense" (KronLinear.from_linear: the nearest
-    Kronecker approximation of the existing weights, for converting a pretrained model).
+    Kronecker approximation of the existing weights, for converting a pretrained model; with
+    candidates=, PatternSelectLinear.from_linear starts every candidate from it).
     A plan naming a layer that is not an nn.Linear, or a block that does not divide it, is an error.
     """
     if sum(x is not None for x in (plan, block, candidates)) != 1:
@@ -114,7 +115,7 @@ def kronify(
         elif block is not None:
             change, module = _to_kron(name, linear, tuple(block), rank, init, strict=False)
         else:
-            change, module = _to_select(name, linear, candidates, rank)
+            change, module = _to_select(name, linear, candidates, rank, init)
         if module is not None:
             replacements[name] = module
         else:
@@ -141,12 +142,15 @@ def _to_kron(name: str, linear: nn.Linear, block: Block, rank: int, init: str, s
     return LayerChange(name, shape, "kron", [block], rank), module
 
 
-def _to_select(name: str, linear: nn.Linear, candidates: Sequence[Sequence[int]], rank: int):
+def _to_select(name: str, linear: nn.Linear, candidates: Sequence[Sequence[int]], rank: int, init: str):
     shape = (linear.out_features, linear.in_features)
     fitting = [tuple(c) for c in candidates if tuple(c) in valid_blocks(*shape)]
     if not fitting:
         tried = ", ".join(format_block(c) for c in candidates)
         return LayerChange(name, shape, "dense", reason=f"no candidate of [{tried}] divides it"), None
-    w = linear.weight
-    module = PatternSelectLinear(shape[1], shape[0], fitting, rank, linear.bias is not None, w.device, w.dtype)
+    if init == "dense":
+        module = PatternSelectLinear.from_linear(linear, fitting, rank)
+    else:
+        w = linear.weight
+        module = PatternSelectLinear(shape[1], shape[0], fitting, rank, linear.bias is not None, w.device, w.dtype)
     return LayerChange(name, shape, "select", module.candidates, rank), module

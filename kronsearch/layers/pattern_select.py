@@ -87,6 +87,27 @@ class PatternSelectLinear(nn.Module):
                 bound = 1.0 / math.sqrt(self.in_features)
                 nn.init.uniform_(self.bias, -bound, bound)
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, candidates: Sequence[Sequence[int]], rank: int = 1) -> PatternSelectLinear:
+        """Every candidate starts as the nearest Kronecker sum of the same trained layer
+        (KronLinear.from_linear), scaled by 1/K so the K candidates together reproduce it as closely
+        as the best of them alone would; the bias is the layer's. The contest then starts from the
+        dense layer's function rather than from noise, with no candidate favoured.
+        """
+        weight = linear.weight
+        layer = cls(linear.in_features, linear.out_features, candidates, rank, linear.bias is not None,
+                    weight.device, weight.dtype)
+        share = 1.0 / len(layer.branches)
+        with torch.no_grad():
+            for block, branch in zip(layer.candidates, layer.branches.values()):
+                nearest = KronLinear.from_linear(linear, block, rank)
+                branch.s.copy_(nearest.s)
+                branch.a.copy_(nearest.a * share)
+                branch.b.copy_(nearest.b)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features): bias + sum over the live branches of x W_k^T.
 

@@ -31,7 +31,7 @@ from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import parse_plan
 from kronsearch.loading import model_bsr_tensors
-from kronsearch.models import build_model
+from kronsearch.references import build_configured_model
 from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, default_trial
 from kronsearch.storage import write_atomic
@@ -169,12 +169,12 @@ def bsr_tensors(study: optuna.Study, trial: FrozenTrial,
     """
     config = full_config(study, trial)
     try:
-        name, options = config["model"]["name"], config["model"].get("options") or {}
+        model_config = dict(config["model"])
         input_shape, num_classes = tuple(config["data"]["input_shape"]), int(config["data"]["num_classes"])
     except (KeyError, TypeError) as err:
         raise ExportError(f"trial {trial.number}: its config lacks the model/data needed to rebuild the model "
                           f"for --bsr (missing {err})") from None
-    model = build_model(name, input_shape, num_classes, **options)
+    model = build_configured_model(model_config, input_shape, num_classes)
     kronify(model, metrics(trial).get("plan") or {})
     try:
         model.load_state_dict(state_dict)

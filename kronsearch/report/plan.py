@@ -20,8 +20,11 @@ def render_plan(space: Space) -> str:
     console.print(f"search {space.name!r}: {space.search['strategy']}, {space.search['trials']} trials, "
                   f"objectives {', '.join(o['metric'] for o in space.search['objectives'])}, "
                   f"backend {space.backend['name']}")
-    console.print(f"data {space.data['name']} {tuple(space.input_shape)} -> {space.num_classes} classes; "
-                  f"model {space.model['name']} {space.model['options'] or ''}")
+    source = lambda section: section["name"] or f"factory {section['factory']}"  # noqa: E731
+    console.print(f"data {source(space.data)} {tuple(space.input_shape)} -> {space.num_classes} classes; "
+                  f"model {source(space.model)} {space.model['options'] or ''}"
+                  + (f", dense weights {space.model['checkpoint']} (init {space.model['init']})"
+                     if space.model["checkpoint"] else ""))
     rank = space.ranks[0]
     table = Table(title=f"decomposed layers (counts at rank {rank})")
     for column in ("layer", "shape", "dense params", "candidate", "params", "MACs/row"):

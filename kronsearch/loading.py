@@ -37,8 +37,7 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
     without them the Kronecker factors are freshly initialized. bsr: the `--bsr` file; every
     KronLinear is then replaced by a BSRLinear running from its merged block-sparse weight (for
     inference only; needs `weights` for the biases and the dense layers). Raises BadInput naming the
-    file and the key for a pattern file that does not describe a model, FileNotFoundError for a
-    missing file.
+    file and the key for a pattern file that does not describe a model, or a missing or unreadable file.
     """
     document, _ = read_yaml_file(pattern_file, "pattern file", BadInput)
     model = _build(pattern_file, document)

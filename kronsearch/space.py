@@ -114,6 +114,11 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
 
     data = c.section(top["data"], "data", DATA)
     _one_of(c, "data", data, "a dataset name (one of the built-in datasets)")
+    given = top["data"] if isinstance(top["data"], dict) else {}
+    for key in ("root", "val_fraction", "limit"):
+        if data["factory"] is not None and given.get(key) is not None:
+            raise c.fail(f"data.{key}", "does not apply to a data factory, which makes its own splits; pass what it "
+                                        "needs in data.options")
     if data["root"] is not None:
         root = Path(data["root"]).expanduser()
         root = root if root.is_absolute() else (Path(path).parent / root).resolve()

@@ -71,3 +71,14 @@ def cli():
     """invoke(*args) -> click Result, with a wide terminal so rich tables are not squeezed."""
     runner = CliRunner(env={"COLUMNS": "250"})
     return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def timm():
+    """The timm module, or a skip naming why it cannot be imported here: not installed, or a torchvision
+    built for another torch (PyPI's Linux torchvision is a CUDA build, which fails next to a CPU torch)."""
+    try:
+        import timm as module
+    except Exception as err:  # noqa: BLE001 - RuntimeError from torchvision's ops, not only ImportError
+        pytest.skip(f"timm cannot be imported here: {type(err).__name__}: {err}")
+    return module

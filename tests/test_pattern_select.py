@@ -174,3 +174,24 @@ def test_finalize_model_replaces_every_select_layer_in_place_and_returns_the_sel
     assert type(model[3]) is KronLinear and model[3].block == (2, 2)
     assert not any(isinstance(m, PatternSelectLinear) for m in model.modules())
     torch.testing.assert_close(model(x), before)
+
+
+def test_from_linear_starts_every_candidate_as_its_nearest_kronecker_sum_over_k():
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(16, 8)
+    layer = PatternSelectLinear.from_linear(dense, [(2, 2), (4, 4), (8, 4)], rank=2)
+    for block, branch in zip(layer.candidates, layer.branches.values()):
+        nearest = KronLinear.from_linear(dense, block, 2).materialize()
+        torch.testing.assert_close(branch.materialize(), nearest / 3)
+    torch.testing.assert_close(layer.bias, dense.bias)
+
+
+def test_from_linear_of_a_kronecker_weight_reproduces_the_dense_layer():
+    """At the rearrangement rank every candidate is exact, so the K shares add back up to W."""
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(16, 8)
+    with torch.no_grad():
+        dense.weight.copy_(torch.kron(torch.randn(2, 4), torch.randn(4, 4)))
+    layer = PatternSelectLinear.from_linear(dense, [(4, 4), (8, 4)], rank=4)  # both exact at rank 4
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-5)

@@ -23,15 +23,6 @@ FACTORY_MODEL = {"name": None, "factory": "examples.own_model:small_mlp", "optio
 FACTORY_DATA = {"name": None, "limit": None, "factory": "examples.own_model:noisy_digits", "options": {"noise": 0.1}}
 
 
-def timm_or_skip():
-    """timm, or a skip naming why it cannot be imported here (e.g. a torchvision built for another torch)."""
-    try:
-        import timm
-    except Exception as err:  # noqa: BLE001 - a CUDA torchvision next to a CPU torch fails with RuntimeError
-        pytest.skip(f"timm cannot be imported here: {type(err).__name__}: {err}")
-    return timm
-
-
 def write_checkpoint(path, model: nn.Module) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
@@ -74,6 +65,11 @@ def test_a_model_factory_returning_a_non_module_says_what_it_returned(tmp_path, 
 def test_a_model_needs_exactly_one_of_name_and_factory(cli, write_space):
     assert_error(cli("run", write_space(model={"factory": "examples.own_model:small_mlp"})), 2,
                  "model: give exactly one of name")
+
+
+def test_split_settings_given_to_a_data_factory_are_refused(cli, write_space):
+    assert_error(cli("run", write_space(model=FACTORY_MODEL, data={**FACTORY_DATA, "limit": 100})), 2,
+                 "data.limit: does not apply to a data factory")
 
 
 def test_a_data_factory_missing_a_part_names_it(tmp_path, monkeypatch):
@@ -168,16 +164,15 @@ TIMM_VIT = {"name": "timm:vit_tiny_patch16_224", "include": ["blocks.*"],
 
 
 @pytest.mark.parametrize("strategy", ["one_round", "per_pattern"])
-def test_a_timm_model_runs_end_to_end_through_the_cli(cli, write_space, strategy):
-    timm_or_skip()
+def test_a_timm_model_runs_end_to_end_through_the_cli(cli, write_space, strategy, timm):
     result = cli("run", write_space(model=TIMM_VIT, search={"strategy": strategy}), "--quiet")
     assert result.exit_code == 0, result.output
     (study,) = load_studies(f"tiny:{strategy}")
     assert any(t.state == TrialState.COMPLETE for t in study.trials)
 
 
-def test_an_exported_timm_pattern_applied_to_a_fresh_timm_model_reproduces_the_trial(cli, write_space, workdir):
-    timm = timm_or_skip()
+def test_an_exported_timm_pattern_applied_to_a_fresh_timm_model_reproduces_the_trial(cli, write_space, workdir,
+                                                                                     timm):
     assert cli("run", write_space(model=TIMM_VIT), "--quiet").exit_code == 0
     assert cli("export", "tiny:one_round", "--out", "best.yaml", "--weights", "best.safetensors").exit_code == 0
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, in_chans=1,

@@ -97,7 +97,7 @@ def test_relative_data_root_is_resolved_next_to_the_space_file(write_space, work
     assert space.data["root"] == str(workdir / "data")
 
 
-@pytest.mark.parametrize("name", ["vit", "linear", "lenet5", "vit_cifar100"])
+@pytest.mark.parametrize("name", ["vit", "linear", "lenet5", "vit_cifar100", "own_model"])
 def test_shipped_search_spaces_pass_a_dry_run(name, tmp_path, monkeypatch):
     write_idx_dataset(tmp_path / "fashion-mnist", gz=True)
     write_cifar100(tmp_path / "cifar100")
@@ -107,6 +107,12 @@ def test_shipped_search_spaces_pass_a_dry_run(name, tmp_path, monkeypatch):
     assert "decomposed layers" in summary.plan_text
     assert "one-round model (all candidates)" in summary.plan_text
     assert not (tmp_path / "studies").exists()
+
+
+def test_the_shipped_timm_space_passes_a_dry_run(tmp_path, monkeypatch, timm):
+    monkeypatch.chdir(tmp_path)
+    summary = run_search(REPO / "search_spaces" / "timm_vit.yaml", dry_run=True)
+    assert "blocks.1.mlp.fc2" in summary.plan_text
 
 
 def test_a_key_given_twice_is_refused_naming_both_lines(write_space):

@@ -354,8 +354,7 @@ def test_one_round_selection_recovers_the_planted_block(planted, seed):
 # --------------------------------------------------------------------------------- timm
 
 
-def test_kronify_replaces_the_linears_of_a_timm_vit():
-    timm = pytest.importorskip("timm")
+def test_kronify_replaces_the_linears_of_a_timm_vit(timm):
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=2,
                               num_classes=10)

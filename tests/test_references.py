@@ -159,8 +159,9 @@ def test_accuracy_is_the_same_over_a_dataset_and_over_its_tensors():
 
 # ---------------------------------------------------------------------------------------- timm
 
+TIMM_OPTIONS = {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 TIMM_VIT = {"name": "timm:vit_tiny_patch16_224", "include": ["blocks.*"],
-            "options": {"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}}
+            "options": {**TIMM_OPTIONS, "hidden": None}}  # None: drop the tiny space's mlp option
 
 
 @pytest.mark.parametrize("strategy", ["one_round", "per_pattern"])
@@ -176,7 +177,7 @@ def test_an_exported_timm_pattern_applied_to_a_fresh_timm_model_reproduces_the_t
     assert cli("run", write_space(model=TIMM_VIT), "--quiet").exit_code == 0
     assert cli("export", "tiny:one_round", "--out", "best.yaml", "--weights", "best.safetensors").exit_code == 0
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, in_chans=1,
-                              **TIMM_VIT["options"])
+                              **TIMM_OPTIONS)
     kronify(model, load_plan(workdir / "best.yaml"))
     from safetensors.torch import load_file
 

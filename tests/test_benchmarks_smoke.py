@@ -37,3 +37,25 @@ def test_bsr_inference_smoke():
         (s, b) for s in ("50%", "75%", "90%") for b in ("1", "256")]
     assert all(float(r[-1]) > 0 for r in rows)  # the BSR / dense time ratio
     assert "Warning" not in result.stderr
+
+
+def test_data_paths_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_paths.py"), "--smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| digits")]
+    assert [(r[0].strip(), r[2].strip()) for r in rows] == [("digits", "64"), ("digits", "256")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 and float(r[6]) > 0 for r in rows)  # epoch s per path, ratio
+
+
+def test_init_dense_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "init_dense.py"), "--smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith(("| mlp", "| lenet5"))]
+    assert [(r[0], r[1], r[4]) for r in rows] == [
+        (m, p, i) for m in ("mlp", "lenet5")
+        for p, i in [("dense (reference, seed 0)", "-"), ("one round", "dense"), ("one round", "random"),
+                     ("4x4", "dense"), ("4x4", "random")]]
+    picks = [r[9] for r in rows if r[1] == "one round"]
+    assert all(re.fullmatch(r"\d+x\d+", p) for p in picks[:2])  # the MLP's one hidden layer
+    assert all(re.fullmatch(r"\d+x\d+/\d+x\d+", p) for p in picks[2:])  # LeNet-5's fc1/fc2

@@ -14,6 +14,7 @@ or a storage error; its configuration is re-queued with retry_of and it does not
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -169,6 +170,19 @@ def interrupt_dead(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
     return True
 
 
+def interrupt_stale(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> None:
+    """Mark a trial whose heartbeat stopped (its process or host died) as interrupted, just before
+    Optuna's heartbeat check fails it (storage.OwnedTrialStorage); Optuna re-queues its configuration."""
+    storage.set_trial_user_attr(trial_id, "interrupted", why)
+
+
+def retry_template(trial: FrozenTrial) -> FrozenTrial:
+    """The stale trial as Optuna's heartbeat retry copies it: without its interrupted mark."""
+    template = copy.deepcopy(trial)
+    template.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "interrupted"}
+    return template
+
+
 def copy_duplicate(trial: optuna.Trial, duplicate: FrozenTrial) -> list[float]:
     """Make `trial` stand for an earlier trial with the same params; returns the values to tell."""
     trial.set_user_attr("duplicate_of", duplicate.number)
@@ -195,6 +209,16 @@ def enqueue_seed(study: optuna.Study, params: dict, source: int) -> None:
 def metrics(trial: FrozenTrial) -> dict:
     """The trial's metrics ({} when it has none, e.g. a failed trial)."""
     return TrialRecord.of(trial).metrics or {}
+
+
+def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of the trials whose configuration was already re-queued: by kronsearch (retry_of) or by
+    Optuna's heartbeat retry (its "failed_trial" system attr)."""
+    found = set()
+    for t in trials:
+        # t.system_attrs["failed_trial"] is RetryHeartbeatStaleTrialCallback.retried_trial_number(t), which warns
+        found |= {TrialRecord.of(t).retry_of, t.system_attrs.get("failed_trial")}
+    return found - {None}
 
 
 def study_name(search: str, strategy: str) -> str:

@@ -137,7 +137,7 @@ SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_
 BACKEND = {"name": choice(BACKENDS, "local"),
            "address": text("null, 'auto' or 'ray://host:port'", default=None, nullable=True),
            "resources_per_trial": later(None), "max_concurrent": integer(1, 10_000, 1),
-           "max_retries": integer(0, 100, 1)}
+           "max_retries": integer(0, 100, 1), "heartbeat": integer(1, 3600, 60, True)}
 RESOURCES = {key: number("a number >= 0", lambda v: 0 <= v <= 1024, default) for key, default in (("cpu", 1), ("gpu", 0))}
 SPACE = {"blocks": later(), "ranks": later([1]), "lambda1": later(), "lambda2": later()}
 OBJECTIVE = {"metric": choice(tuple(METRICS)), "direction": later(None)}

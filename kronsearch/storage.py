@@ -25,6 +25,7 @@ import random
 import sqlite3
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -38,6 +39,7 @@ from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import STRATEGIES, split_study_name
 
@@ -109,11 +111,34 @@ class OwnedTrialStorage(optuna.storages.RDBStorage):
     one (enqueue_trial, then ask) alike. So no RUNNING trial ever lacks its owner, wherever the process
     is killed (see study.recover_dead_trials). Taking a queued trial relies on RDBStorage's session
     helpers (Optuna 4 and 5); test_reliability checks both paths.
+
+    With `heartbeat` seconds, it is also Optuna's heartbeat storage: every running trial gets a
+    heartbeat (study.optimize beats by itself; the Ray backend through study.Heartbeats), and a RUNNING
+    trial without one for 3 x `heartbeat` seconds (its process or host died) is failed by
+    optuna.storages.fail_stale_trials, marked interrupted and its configuration retried once
+    (StaleTrialRetry). This recovers trials of other hosts, which the pid check cannot see.
     """
 
-    def __init__(self, url: str, owner: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
+    def __init__(self, url: str, owner: dict[str, Any], heartbeat: int | None = None, **kwargs: Any) -> None:
+        if heartbeat is not None:
+            kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                          heartbeat_stale_trial_callback=StaleTrialRetry())
+        with warnings.catch_warnings():  # heartbeat_interval is an ExperimentalWarning in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(url, **kwargs)
         self.owner = owner
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """The trials optuna.storages.fail_stale_trials is about to fail, each marked interrupted first
+        (record.interrupt_stale) while it can still be written; one another process failed meanwhile is left out."""
+        stale = []
+        for trial_id in super()._get_stale_trial_ids(study_id):
+            try:
+                record.interrupt_stale(self, trial_id, f"no heartbeat for {self.grace_period} s: its process or host died")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            stale.append(trial_id)
+        return stale
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         return super()._create_new_trial(study_id, template_trial or _owned_trial(self.owner))
@@ -133,6 +158,20 @@ class OwnedTrialStorage(optuna.storages.RDBStorage):
         except sqlalchemy.exc.IntegrityError:
             return False
         return True
+
+
+class StaleTrialRetry:
+    """Optuna's heartbeat_stale_trial_callback: retry a stale trial's configuration once
+    (RetryHeartbeatStaleTrialCallback, whose retry carries the "failed_trial" system attr read by
+    record.retried_numbers), without the interrupted mark the stale trial got (record.retry_template)."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():  # experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.retry(study, record.retry_template(trial))
 
 
 class OwnedTrialJournalStorage(optuna.storages.JournalStorage):
@@ -182,10 +221,12 @@ def _storage_file(url: str) -> Path | None:
 
 
 def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = None,
-                 create: bool = True) -> optuna.storages.BaseStorage:
+                 create: bool = True, heartbeat: int | None = None) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL; SQLite files get a generous lock timeout for concurrent writers.
 
     owner: user attrs written atomically into every trial this process starts (OwnedTrialStorage).
+    heartbeat: seconds between Optuna heartbeats of an RDB storage with an owner (OwnedTrialStorage);
+    a journal file has no heartbeat (its trials of dead processes are found by pid only).
     create=False (show, compare, export, plot): an existing storage only. A missing file is StudyNotFound
     and is not created (SQLite's mode=rw), no table is created, and the schema is never migrated.
     Raises StorageError when it cannot be opened.
@@ -197,7 +238,7 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
                             f"`kronsearch run` first")
     for attempt in range(attempts):
         try:
-            storage = _open(url, file, owner, create)
+            storage = _open(url, file, owner, create, heartbeat)
             storage.kronsearch_root = artifact_root(url)  # see study_artifacts_root
             return storage
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
@@ -212,7 +253,8 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     raise AssertionError("unreachable")
 
 
-def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: bool) -> optuna.storages.BaseStorage:
+def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: bool,
+          heartbeat: int | None) -> optuna.storages.BaseStorage:
     if "://" not in url:
         backend = optuna.storages.journal.JournalFileBackend(url)
         return OwnedTrialJournalStorage(backend, owner) if owner is not None else optuna.storages.JournalStorage(backend)
@@ -225,7 +267,7 @@ def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: boo
     if not create:
         return optuna.storages.RDBStorage(url, engine_kwargs, skip_table_creation=True)
     if owner is not None:
-        return OwnedTrialStorage(url, owner, engine_kwargs=engine_kwargs)
+        return OwnedTrialStorage(url, owner, heartbeat, engine_kwargs=engine_kwargs)
     return optuna.storages.RDBStorage(url, engine_kwargs)
 
 

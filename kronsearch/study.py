@@ -16,11 +16,14 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 import kronsearch
@@ -137,7 +140,7 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
 
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:
     """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
-    storage = open_storage(storage_url, owner=worker_attrs())
+    storage = open_storage(storage_url, owner=worker_attrs(), heartbeat=space.backend["heartbeat"])
     storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)
     name = study_name(space.name, strategy)
     folder = artifacts_dir(space.name, strategy, root)
@@ -234,7 +237,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if worker_alive(trial, host) is False:
             record.interrupt_dead(study, trial, f"process {TrialRecord.of(trial).worker} died during the trial")
     trials = study.get_trials(deepcopy=False)
-    retried = {TrialRecord.of(t).retry_of for t in trials}
+    retried = record.retried_numbers(trials)
     recovered = []
     for trial in trials:
         if (trial.state == TrialState.FAIL and TrialRecord.of(trial).interrupted is not None
@@ -252,3 +255,49 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """study.ask() for ask/tell backends, with the trial's first heartbeat when the storage has them: a
+    RUNNING trial without any heartbeat is never found stale, so it is recorded before anything else."""
+    with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize."
+        warnings.simplefilter("ignore", UserWarning)
+        trial = study.ask()
+    if is_heartbeat_enabled(study._storage):  # noqa: SLF001
+        study._storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+    return trial
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and retry once) trials whose heartbeat stopped (storage.StaleTrialRetry); study.optimize does
+    this before every trial by itself, ask/tell backends call it before asking."""
+    optuna.storages.fail_stale_trials(study)
+
+
+class Heartbeats:
+    """Beats every `heartbeat` seconds for the trials an ask/tell backend has in flight (study.optimize
+    beats by itself): `trials()` returns them. Does nothing when the storage has no heartbeat."""
+
+    def __init__(self, study: optuna.Study, trials: Callable[[], Iterable[optuna.Trial]]) -> None:
+        self.study, self.trials = study, trials
+        self.interval = study._storage.get_heartbeat_interval() if is_heartbeat_enabled(study._storage) else None  # noqa: SLF001
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="kronsearch-heartbeat")
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.interval):
+            for trial in list(self.trials()):
+                try:
+                    self.study._storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+                except Exception:  # noqa: BLE001 - a lost beat only brings the grace period nearer
+                    continue
+
+    def __enter__(self) -> Heartbeats:
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()

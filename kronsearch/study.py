@@ -271,7 +271,9 @@ def ask(study: optuna.Study) -> optuna.Trial:
 def fail_stale(study: optuna.Study) -> None:
     """Fail (and retry once) trials whose heartbeat stopped (storage.StaleTrialRetry); study.optimize does
     this before every trial by itself, ask/tell backends call it before asking."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 class Heartbeats:

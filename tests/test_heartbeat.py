@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from optuna.trial import TrialState
 
 from kronsearch.record import TrialRecord, finished
@@ -16,6 +17,9 @@ from kronsearch.search import run_search
 from kronsearch.space import load_space
 from kronsearch.storage import load_studies
 from kronsearch.study import open_study, recover_dead_trials
+
+from tests.test_ray_backend import RAY, ray_processes
+from tests.test_ray_cluster import left_running
 
 # Another host's `kronsearch run` that starts a trial (its first heartbeat included) and is then killed.
 OTHER_HOST = """
@@ -35,8 +39,9 @@ time.sleep(600)
 """
 
 
-def test_a_trial_of_a_killed_process_on_another_host_is_failed_by_its_heartbeat_and_retried_once(write_space):
-    path = write_space(backend={"heartbeat": 1})  # a trial without a beat for 3 s is stale
+@pytest.mark.parametrize("backend", [{"name": "local"}, RAY])  # on Ray, its searcher checks before every ask
+def test_a_trial_of_a_killed_process_on_another_host_is_failed_by_its_heartbeat_and_retried_once(write_space, backend):
+    path = write_space(backend={**backend, "heartbeat": 1})  # a trial without a beat for 3 s is stale
     other = subprocess.Popen([sys.executable, "-c", OTHER_HOST, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "0"
@@ -49,7 +54,9 @@ def test_a_trial_of_a_killed_process_on_another_host_is_failed_by_its_heartbeat_
     assert recover_dead_trials(study) == []  # another host's process: the pid check leaves it alone
     time.sleep(4.5)  # past the grace period (SQLite heartbeats have one-second resolution)
 
+    before = ray_processes()
     summary = run_search(path, progress=False)
+    assert left_running(before) == set()  # a Ray run stops its own Ray
     dead, retry, new = trials_of_tiny()
     assert dead.state == TrialState.FAIL
     assert TrialRecord.of(dead).interrupted == "no heartbeat for 3 s: its process or host died"

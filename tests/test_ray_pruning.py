@@ -1,0 +1,55 @@
+"""Pruning on Ray Tune: trials stopped mid-run by the study's pruner, the same study as the local backend's,
+and a run that starts its own Ray leaves no process and no session folder behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from kronsearch.backends.ray import TEMP_DIR
+from kronsearch.search import run_search
+from kronsearch.storage import load_studies
+
+from tests.test_ray_backend import RAY, ray_processes
+from tests.test_ray_cluster import left_running
+
+EPOCHS = 3
+# seed 1: trials 4 and 5 fall below the median of the first four at epoch 1 (the pruner's verdicts
+# start at epoch max(1, epochs // 3) after 3 complete trials); one trial at a time keeps the order
+PRUNING = {"seed": 1, "train": {"epochs": EPOCHS}, "search": {"trials": 6, "pruner": "median"},
+           "space": {"ranks": [1, 2], "lambda1": {"low": 0.01, "high": 0.3}},
+           "backend": {**RAY, "max_concurrent": 1}}
+
+
+@pytest.fixture
+def one_thread():
+    """As in the Ray workers (cpu: 1), so the local run's numbers match the Ray run's exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(write_space, workdir, one_thread):
+    path = write_space(**PRUNING)
+    processes = ray_processes()
+    sessions = set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()
+    run_search(path, progress=False)  # starts and stops its own local Ray
+    assert left_running(processes) == set()
+    assert (set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()) == sessions  # its session folder is gone
+    run_search(path, backend="local", progress=False, studies_dir="local-studies")
+
+    (ray_study,) = load_studies("tiny:one_round")
+    (local_study,) = load_studies("tiny:one_round", "sqlite:///local-studies/tiny.db")
+    remote, local = ray_study.get_trials(), local_study.get_trials()
+    pruned = [t for t in remote if t.state == TrialState.PRUNED]
+    assert pruned and all(len(t.intermediate_values) < EPOCHS for t in pruned)  # stopped mid-trial
+    assert all(t.user_attrs["fail_reason"].startswith("pruned after epoch ") for t in pruned)
+    for r, loc in zip(remote, local, strict=True):
+        assert (r.number, r.state, r.params, r.values) == (loc.number, loc.state, loc.params, loc.values)
+        assert r.intermediate_values == loc.intermediate_values
+        assert r.user_attrs.get("fail_reason") == loc.user_attrs.get("fail_reason")
+        timeless = [{k: v for k, v in (t.user_attrs.get("metrics") or {}).items() if k != "wall_time"} for t in (r, loc)]
+        assert timeless[0] == timeless[1]
+    assert sorted(p.name for p in workdir.iterdir()) == ["local-studies", "studies", "tiny.yaml"]  # no Ray files

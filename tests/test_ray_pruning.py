@@ -1,11 +1,15 @@
 """Pruning on Ray Tune: trials stopped mid-run by the study's pruner, the same study as the local backend's,
-and a run that starts its own Ray leaves no process and no session folder behind."""
+and a run that starts its own Ray leaves no process and no session folder behind (unless
+backend.keep_session asks to keep it)."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
 from optuna.trial import TrialState
+from rich.console import Console
 
 from kronsearch.backends.ray import TEMP_DIR
 from kronsearch.search import run_search
@@ -53,3 +57,17 @@ def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(w
         timeless = [{k: v for k, v in (t.user_attrs.get("metrics") or {}).items() if k != "wall_time"} for t in (r, loc)]
         assert timeless[0] == timeless[1]
     assert sorted(p.name for p in workdir.iterdir()) == ["local-studies", "studies", "tiny.yaml"]  # no Ray files
+
+
+def test_keep_session_keeps_the_runs_ray_and_tune_folders_and_says_where(write_space):
+    path = write_space(search={"trials": 1}, backend={**RAY, "keep_session": True})
+    sessions = set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()
+    console = Console(record=True, width=400)
+    run_search(path, console=console)
+    (kept,) = set(TEMP_DIR.iterdir()) - sessions
+    try:
+        assert f"kept in {kept}" in console.export_text()
+        assert sorted(p.name for p in kept.iterdir()) == ["ray", "tune"]
+        assert any((kept / "tune").rglob("result.json"))  # Tune's per-trial results, as its loggers wrote them
+    finally:
+        shutil.rmtree(kept)

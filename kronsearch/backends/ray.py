@@ -147,8 +147,9 @@ class RayBackend(Backend):
             with ray_session(space.backend["address"], self.folder) as own:
                 check_cluster(space, own, console)
                 total = ray.cluster_resources()
+                concurrent = space.backend["max_concurrent"]
                 console.print(f"ray: {'local' if own else 'cluster'} with {total.get('CPU', 0):g} CPUs, "
-                              f"{total.get('GPU', 0):g} GPUs; up to {space.backend['max_concurrent']} trials at a "
+                              f"{total.get('GPU', 0):g} GPUs; up to {concurrent} trial{'s' if concurrent > 1 else ''} at a "
                               f"time, each {space.backend['resources_per_trial']['cpu']:g} CPU, "
                               f"{space.backend['resources_per_trial']['gpu']:g} GPU")
                 yield

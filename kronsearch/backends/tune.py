@@ -88,6 +88,7 @@ class InFlight:
     spec: TrialSpec
     artifact_dir: Path | None
     twins: list[optuna.Trial] = field(default_factory=list)
+    reported: set[int] = field(default_factory=set)  # epochs told to Optuna (a retried attempt reports them again)
 
 
 class StudySearcher(Searcher):
@@ -148,8 +149,9 @@ class StudySearcher(Searcher):
         if job is None or not self.single or "epoch" not in result:
             return False
         step, value = int(result["epoch"]), float(result["val_accuracy"])
-        if step not in job.trial._cached_frozen_trial.intermediate_values:  # noqa: SLF001 - a retry re-reports
+        if step not in job.reported:
             job.trial.report(value, step)
+            job.reported.add(step)
         if job.trial.should_prune():
             self.pruned[trial_id] = f"pruned after epoch {step} (val accuracy {value:.4f})"
             return True

@@ -14,9 +14,8 @@ wall time at 2). On 2 idle cores the ideal speed-up is 2; other load on the mach
 
 Pruning: the same --prune-trials per_pattern configurations at max_concurrent 2, once with pruner none and
 once with the median pruner, which Ray Tune applies after every epoch (trials stop mid-run). Wall time
-and training MACs are compared: a per_pattern trial's forward cost per epoch is constant, so a trial
-pruned after e of E epochs spent e/E of the MACs its unpruned run (the same trial number, so the same
-configuration and seed) spent. Everything is written to a temporary folder, removed afterwards.
+and training MACs are compared: each trial's train_macs_total, which a pruned trial records up to the
+epoch it stopped after. Everything is written to a temporary folder, removed afterwards.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.backends.ray import ray_session
+from kronsearch.record import train_macs_total
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
 
@@ -66,14 +66,9 @@ def complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE]
 
 
-def training_macs(trials: list[FrozenTrial], unpruned: dict[int, FrozenTrial], epochs: int) -> float:
-    """Training MACs of a run: a complete trial's own count, a pruned one's share of its unpruned run's
-    (per_pattern: the same forward cost every epoch; see the module doc)."""
-    total = 0.0
-    for t in trials:
-        spent = unpruned[t.number].user_attrs["metrics"]["train_macs_total"]
-        total += spent if t.state == TrialState.COMPLETE else spent * len(t.intermediate_values) / epochs
-    return total
+def training_macs(trials: list[FrozenTrial]) -> int:
+    """Training MACs of a run: each trial's own count, a pruned one's up to the epoch it stopped after."""
+    return sum(train_macs_total(t) for t in trials)
 
 
 def main() -> None:
@@ -113,15 +108,14 @@ def main() -> None:
 
 def print_pruning(runs: list[tuple[str, float, list[FrozenTrial], float]], epochs: int) -> None:
     """The pruning table: each pruner's wall time and training MACs, and what the median pruner saved."""
-    unpruned = {t.number: t for t in runs[0][2]}
     print(f"{len(runs[0][2])} per_pattern trials of {epochs} epochs at max_concurrent 2, pruner none vs median "
           f"(the same configurations)\n")
     print("| pruner | wall time (s) | complete / pruned | epochs trained | training MACs | wall time saved | "
           "MACs saved | load avg before |")
     print("|---|---|---|---|---|---|---|---|")
-    base_wall, base_macs = runs[0][1], training_macs(runs[0][2], unpruned, epochs)
+    base_wall, base_macs = runs[0][1], training_macs(runs[0][2])
     for pruner, wall, trials, load in runs:
-        macs = training_macs(trials, unpruned, epochs)
+        macs = training_macs(trials)
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
         trained = sum(len(t.intermediate_values) for t in trials)
         print(f"| {pruner} | {wall:.1f} | {len(complete(trials))} / {pruned} | {trained} | {macs:.3g} | "

@@ -50,6 +50,7 @@ class TrialRecord:
     config: dict | None = None  # the trial's own config; the shared part is StudyRecord.trial_config
     artifact_dir: str | None = None  # relative to the storage's folder (storage.artifact_dir_record)
     fail_reason: str | None = None  # a trial failure, or "pruned after epoch N"
+    train_macs_total: int | None = None  # a pruned trial's forward MACs up to its last epoch (else in metrics)
     skipped: str | None = None
     interrupted: str | None = None
     duplicate_of: int | None = None  # reuses that complete trial's results
@@ -147,6 +148,13 @@ def fail(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr("fail_reason", reason)
 
 
+def prune(trial: optuna.Trial, epoch: int, val_accuracy: float, train_macs_total: int) -> None:
+    """Record a pruning before the trial is told PRUNED: after which epoch, at what val accuracy, and the
+    training MACs it had spent, so cost sums count pruned trials too."""
+    fail(trial, f"pruned after epoch {epoch} (val accuracy {val_accuracy:.4f})")
+    trial.set_user_attr("train_macs_total", train_macs_total)
+
+
 def skip(trial: optuna.Trial, why: str) -> None:
     trial.set_user_attr("skipped", why)
 
@@ -209,6 +217,13 @@ def enqueue_seed(study: optuna.Study, params: dict, source: int) -> None:
 def metrics(trial: FrozenTrial) -> dict:
     """The trial's metrics ({} when it has none, e.g. a failed trial)."""
     return TrialRecord.of(trial).metrics or {}
+
+
+def train_macs_total(trial: FrozenTrial) -> int | None:
+    """The forward MACs a trial trained: its metrics' count, or what a pruned trial had spent when it
+    stopped; None when unknown (a failed trial, or a trial pruned before kronsearch recorded it)."""
+    value = metrics(trial).get("train_macs_total")
+    return value if value is not None else TrialRecord.of(trial).train_macs_total
 
 
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:

@@ -105,6 +105,7 @@ class EpochReport:
     live_candidates: dict[str, list[str]]  # layer -> candidates still in the layer at the epoch's end
     lr: float
     seconds: float
+    train_macs_total: int  # forward MACs over every sample of the epochs so far (what a pruned trial spent)
 
 
 @dataclass
@@ -301,7 +302,8 @@ def train(
                 report = epoch_report(model, selection if phase == "train" else None, config, len(history) + 1,
                                       phase, (task_sum / len(train_batches), penalty_sum / len(train_batches)),
                                       val, time.perf_counter() - epoch_start,
-                                      config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule))
+                                      config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule),
+                                      macs_total)
                 history.append(report)
                 bar.update(task, status=f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
                 if callback is not None:
@@ -328,7 +330,7 @@ def train(
 
 
 def epoch_report(model: nn.Module, selection: GateSelection | None, config: TrainConfig, epoch: int, phase: str,
-                 losses: tuple[float, float], val: Batches, seconds: float, lr: float) -> EpochReport:
+                 losses: tuple[float, float], val: Batches, seconds: float, lr: float, macs_total: int) -> EpochReport:
     """Measure the model after an epoch. While a contest runs, validation uses each layer's leader
     alone, so the pruner compares the models trials will keep, not a sum of candidates."""
     if selection is not None and not selection.done:
@@ -342,7 +344,7 @@ def epoch_report(model: nn.Module, selection: GateSelection | None, config: Trai
         block_sparsity=block_sparsity(model, config.threshold)[0], candidate_norms=candidate_norms(model),
         live_candidates={n: list(m.branches) for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)},
         lr=lr,  # the base lr; param group 0 may be S's, which runs at s_lr_scale times it
-        seconds=seconds)
+        seconds=seconds, train_macs_total=macs_total)
 
 
 def selection_records(selection: GateSelection, steps_per_epoch: int) -> dict[str, dict]:

@@ -50,10 +50,12 @@ def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(w
     pruned = [t for t in remote if t.state == TrialState.PRUNED]
     assert pruned and all(len(t.intermediate_values) < EPOCHS for t in pruned)  # stopped mid-trial
     assert all(t.user_attrs["fail_reason"].startswith("pruned after epoch ") for t in pruned)
+    assert all(t.user_attrs["train_macs_total"] > 0 for t in pruned)  # what it trained before it stopped
     for r, loc in zip(remote, local, strict=True):
         assert (r.number, r.state, r.params, r.values) == (loc.number, loc.state, loc.params, loc.values)
         assert r.intermediate_values == loc.intermediate_values
         assert r.user_attrs.get("fail_reason") == loc.user_attrs.get("fail_reason")
+        assert r.user_attrs.get("train_macs_total") == loc.user_attrs.get("train_macs_total")
         timeless = [{k: v for k, v in (t.user_attrs.get("metrics") or {}).items() if k != "wall_time"} for t in (r, loc)]
         assert timeless[0] == timeless[1]
     assert sorted(p.name for p in workdir.iterdir()) == ["local-studies", "studies", "tiny.yaml"]  # no Ray files

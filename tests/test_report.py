@@ -23,7 +23,7 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 from safetensors.torch import save_file
 
-from kronsearch import kronify
+from kronsearch import kronify, record
 from kronsearch.models import build_model
 from kronsearch.report import (
     best_trials,
@@ -478,6 +478,17 @@ def test_cost_curve_is_best_val_accuracy_against_cumulative_macs_and_time_in_tri
     assert curve["macs_unknown"] == 2  # the failed and the pruned trial
     reused = cost_curve(per)["points"]
     assert reused[4]["train_macs"] == reused[3]["train_macs"]  # a duplicate trained nothing
+
+
+def test_a_pruned_trial_adds_the_macs_of_the_epochs_it_trained_to_the_sums_and_the_curve():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    record.prune(trial, 2, 0.35, 3 * 10**6)
+    study.tell(trial, state=TrialState.PRUNED)
+    curve = cost_curve(study)
+    assert curve["points"][0]["train_macs"] == 3 * 10**6 and curve["macs_unknown"] == 0
+    compute = strategy_compute(("one_round", t) for t in study.get_trials())
+    assert compute["train_macs_total"] == 3 * 10**6 and compute["without_macs"] == {}
 
 
 def test_reach_says_what_each_strategy_paid_for_the_lower_final_best(search):

@@ -103,6 +103,21 @@ def test_hybrid_seeds_per_pattern_with_the_one_round_pick(write_space):
     assert seeded.params["lambda2"] == first.params["lambda2"]
 
 
+def test_a_pruned_trial_records_after_which_epoch_and_the_training_macs_it_spent(write_space):
+    path = write_space(seed=1, train={"epochs": 3}, search={"trials": 6, "pruner": "median"},
+                       space={"ranks": [1, 2], "lambda1": {"low": 0.01, "high": 0.3}})
+    run_search(path, progress=False)
+    trials = trials_of("tiny:one_round")
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned
+    for trial in pruned:
+        epochs = len(trial.intermediate_values)
+        assert epochs < 3 and trial.user_attrs["fail_reason"].startswith(f"pruned after epoch {epochs} ")
+        assert 0 < trial.user_attrs["train_macs_total"]
+    complete = [t.user_attrs["metrics"]["train_macs_total"] for t in trials if t.state == TrialState.COMPLETE]
+    assert max(t.user_attrs["train_macs_total"] for t in pruned) < max(complete)  # fewer epochs, fewer MACs
+
+
 def test_an_already_trained_configuration_is_answered_from_the_earlier_trial(write_space):
     path = write_space(search={"strategy": "per_pattern", "trials": 3}, space={"blocks": ["2x2"]})
     run_search(path, progress=False)

@@ -220,6 +220,13 @@ def test_train_macs_total_of_a_selection_run_lies_between_the_final_and_the_all_
     assert result.final_macs * samples < result.train_macs_total < result.train_macs * samples
 
 
+def test_each_epoch_reports_the_training_macs_so_far_ending_at_the_runs_total(two_phase):
+    result, reports, _, _ = two_phase
+    totals = [r.train_macs_total for r in reports]
+    assert totals == sorted(totals) and len(set(totals)) == len(totals)  # grows every epoch
+    assert totals[-1] == result.train_macs_total
+
+
 def test_sparsity_is_a_fraction_per_kronecker_layer(two_phase):
     result, _, _, _ = two_phase
     kron = {n: m for n, m in result.model.named_modules() if isinstance(m, KronLinear)}

@@ -48,7 +48,7 @@ def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[E
             return
         trial.report(epoch.val_accuracy, epoch.epoch)
         if trial.should_prune():
-            record.fail(trial, f"pruned after epoch {epoch.epoch} (val accuracy {epoch.val_accuracy:.4f})")
+            record.prune(trial, epoch.epoch, epoch.val_accuracy, epoch.train_macs_total)
             raise optuna.TrialPruned()
 
     return report

@@ -64,7 +64,8 @@ def run_tune_trial(config: dict, space: Space) -> None:
         space = dataclasses.replace(space, train={**space.train, "device": "cpu"})
 
     def on_epoch(epoch) -> None:
-        tune.report({"epoch": epoch.epoch, "val_accuracy": epoch.val_accuracy})
+        tune.report({"epoch": epoch.epoch, "val_accuracy": epoch.val_accuracy,
+                     "train_macs_total": epoch.train_macs_total})
 
     try:
         metrics, _ = run_trial(space, TrialSpec(**config["spec"]), config["artifact_dir"], on_epoch, progress=False)
@@ -101,7 +102,7 @@ class StudySearcher(Searcher):
         self.folder, self.console, self.deadline = folder, console, deadline
         self.single = len(space.search["objectives"]) == 1
         self.running: dict[str, InFlight] = {}
-        self.pruned: dict[str, str] = {}
+        self.pruned: dict[str, dict] = {}  # Tune trial id -> the epoch report at which the pruner stopped it
         self.errors: dict[str, str] = {}  # the last error of each failed attempt (StudyScheduler)
         self.storage_error: str | None = None
 
@@ -153,7 +154,7 @@ class StudySearcher(Searcher):
             job.trial.report(value, step)
             job.reported.add(step)
         if job.trial.should_prune():
-            self.pruned[trial_id] = f"pruned after epoch {step} (val accuracy {value:.4f})"
+            self.pruned[trial_id] = result
             return True
         return False
 
@@ -164,7 +165,8 @@ class StudySearcher(Searcher):
             return
         result = result or {}
         if trial_id in self.pruned:
-            record.fail(job.trial, self.pruned.pop(trial_id))
+            last = self.pruned.pop(trial_id)
+            record.prune(job.trial, int(last["epoch"]), float(last["val_accuracy"]), int(last["train_macs_total"]))
             frozen = self.tell(job.trial, state=TrialState.PRUNED)
         elif error:
             frozen = self.fail(job.trial, self.errors.pop(trial_id, "error: no error recorded"))

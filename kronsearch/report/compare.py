@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kronsearch.record import (FINISHED, KINDS, StudyRecord, TrialRecord, best_one_round, metrics, study_strategy,
-                               trial_kind, val_accuracy)
+                               train_macs_total, trial_kind, val_accuracy)
 from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds, norm_block, trial_rank
 
@@ -79,7 +79,7 @@ def strategy_compute(entries: Iterable[tuple[str, FrozenTrial]]) -> dict:
     """
     finished = [t for _, t in entries if t.state in FINISHED]
     counted = [t for t in finished if TrialRecord.of(t).duplicate_of is None]
-    macs = [metrics(t).get("train_macs_total") for t in counted]
+    macs = [train_macs_total(t) for t in counted]
     return {
         "trials": len(counted), "duplicates": len(finished) - len(counted),
         "wall_time": sum(duration(t) or 0.0 for t in counted),

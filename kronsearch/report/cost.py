@@ -1,8 +1,9 @@
 """Best validation accuracy against cumulative training cost, trial by trial, for each strategy's study.
 
 A strategy's search is one study; its k-th point says what the best val accuracy was after its
-first k trials (trial order) and what those trials cost together: training MACs (metrics.
-train_macs_total) and wall time. A reused duplicate costs nothing. `reach` answers the question
+first k trials (trial order) and what those trials cost together: training MACs
+(record.train_macs_total: a complete trial's metrics, a pruned trial's epochs up to its pruning)
+and wall time. A reused duplicate costs nothing. `reach` answers the question
 these curves are for: which strategy reached a given accuracy cheaper.
 """
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kronsearch.record import FINISHED, TrialRecord, metrics, study_strategy, val_accuracy
+from kronsearch.record import FINISHED, TrialRecord, study_strategy, train_macs_total, val_accuracy
 from kronsearch.report.trials import duration, fmt_count, fmt_pct, fmt_seconds
 
 
@@ -24,13 +25,14 @@ def cost_curve(study: optuna.Study) -> dict:
     """{"study", "strategy", "points": [{trial, state, val_accuracy, best, train_macs, wall_time}], "macs_unknown"}.
 
     train_macs and wall_time are cumulative over the finished trials so far; best is the highest val
-    accuracy of a complete trial so far (None before the first). Trials that stopped before recording
-    train_macs_total (pruned, failed) add their wall time but no MACs; "macs_unknown" counts them.
+    accuracy of a complete trial so far (None before the first). A pruned trial adds the MACs of its
+    epochs (record.train_macs_total); trials whose MACs are unknown (failed, or pruned in a study
+    from before pruned trials kept it) add their wall time but no MACs; "macs_unknown" counts them.
     """
     points, best, macs, wall, unknown = [], None, 0, 0.0, 0
     for trial in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
         if TrialRecord.of(trial).duplicate_of is None:
-            spent = metrics(trial).get("train_macs_total")
+            spent = train_macs_total(trial)
             unknown += spent is None
             macs += spent or 0
             wall += duration(trial) or 0.0

@@ -129,7 +129,7 @@ TRAIN_RULES = {
 }
 # every TrainConfig field but those a trial sets itself, with TrainConfig's default
 TRAIN = {k: replace(TRAIN_RULES[k], default=getattr(TrainConfig, k))
-         for k in TrainConfig.__dataclass_fields__ if k not in ("lambda1", "lambda2", "seed", "progress")}
+         for k in TrainConfig.__dataclass_fields__ if k not in ("lambda1", "lambda2", "tolerance", "seed", "progress")}
 SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_TRIALS, 10),
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),
           "pruner": choice(PRUNERS, "median"), "timeout": number("seconds > 0", lambda v: v > 0, None, nullable=True),

@@ -53,6 +53,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     lambda1: float = 0.0
     lambda2: float = 0.0
+    # accuracy points: the contest keeps the cheapest candidate whose estimated accuracy is within this of
+    # the best candidate's (0: the most accurate); a space file sets it with search.tolerance
+    tolerance: float = 0.5
     max_grad_norm: float | None = None  # None: no clipping
     threshold: float = DEFAULT_THRESHOLD  # |S| <= threshold counts as a pruned block
     seed: int = 0
@@ -70,6 +73,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1, "finetune_epochs": self.finetune_epochs >= 0,
             "batch_size": self.batch_size >= 1, "lr": self.lr > 0, "s_lr_scale": self.s_lr_scale > 0,
             "weight_decay": self.weight_decay >= 0, "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
+            "tolerance": 0 <= self.tolerance <= 100,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
             "select_epochs": self.select_epochs is None or 0 < self.select_epochs <= self.epochs,
             # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)

@@ -1,0 +1,268 @@
+"""Which early signal predicts a candidate block's accuracy when it is trained alone?
+
+Full run (needs Fashion-MNIST: apt-get install dataset-fashion-mnist); tasks are independent, so two
+processes can share a 2-core machine:
+
+    python benchmarks/signals.py --tasks narrow-mlp,synthetic
+    python benchmarks/signals.py --tasks tie-mlp,lenet5-fashion
+
+Smoke run for CI (digits only, one seed, tiny budgets; its numbers mean nothing):
+
+    python benchmarks/signals.py --smoke
+
+Per task and seed, every candidate is trained alone (the ground truth: its final test accuracy on the
+full test set), then the one round runs and, at 5, 10, 25 and 50% of its steps, every live candidate
+of every contested layer is measured by each signal of `--contest`:
+
+- gate (the summed contest of kronsearch.selection.GateSelection, lambda1 0, budget 50% of the run):
+  the gate g_k; the push; the push per MAC of the candidate alone; the validation loss when the layer
+  runs the candidate alone (`only`, the other layers as they are); the validation-loss increase when
+  the candidate is removed from the sum. A candidate already gone ranks last.
+- race (kronsearch.selection.Race: each step trains one candidate per layer): the validation loss
+  and accuracy of the layer running the candidate, the other layers running their leaders.
+
+Reported per task and signal: Spearman's rank correlation of the signal with the candidates'
+accuracy alone (mean over layers and seeds), sign-adjusted so that +1 is a perfect predictor, next
+to the seed-to-seed spread (standard deviation) of the accuracies alone and the gap between the best
+and the worst candidate alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+import kronsearch.trainer as trainer_module
+from kronsearch.layers.blocks import kron_macs
+from kronsearch.layers.kronify import kronify
+from kronsearch.layers.pattern_select import PatternSelectLinear
+from kronsearch.layers.plan import LayerPattern
+from kronsearch.models import build_model
+from kronsearch.trainer import TrainConfig, seed_everything, train
+
+from selection import SMOKE_DATA, TASKS as SELECTION_TASKS, Task, alone_plan, layer_shapes, plan_label, run, \
+    fashion_mnist
+
+POINTS = (0.05, 0.10, 0.25, 0.50)
+TASKS = {
+    # a 64-wide hidden layer: a 16x16 block leaves S and A with 4 x 49 = 196 entries each
+    "narrow-mlp": Task("narrow-mlp", lambda seed, args: fashion_mnist(args.limit), "mlp", {"hidden": [64]},
+                       ("layers.0",), [(2, 2), (4, 4), (8, 8), (16, 16)], {"epochs": 6, "lr": 3e-3, "lambda2": 1e-4}),
+    # a 256-wide hidden layer: every block within about a point of the others (the tie task)
+    "tie-mlp": Task("tie-mlp", lambda seed, args: fashion_mnist(args.limit), "mlp", {"hidden": [256]},
+                    ("layers.0",), [(2, 2), (4, 4), (8, 8), (4, 16), (16, 4)],
+                    {"epochs": 6, "lr": 3e-3, "lambda2": 1e-4}),
+    "lenet5-fashion": SELECTION_TASKS["lenet5-fashion"],  # three layers, each with its own pick
+    "synthetic": SELECTION_TASKS["synthetic"],  # the planted block is enough, larger ones are not
+}
+
+
+@torch.no_grad()
+def val_loss_accuracy(model: nn.Module, data) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on the validation split."""
+    model.eval()
+    x, y = data.val.tensors
+    out = torch.cat([model(x[i:i + 2048]) for i in range(0, len(x), 2048)])
+    model.train()
+    return F.cross_entropy(out, y).item(), (out.argmax(-1) == y).float().mean().item()
+
+
+@contextmanager
+def without(layer: PatternSelectLinear, name: str) -> Iterator[None]:
+    """The layer computes the sum of its live candidates but `name`."""
+    live = layer.branches
+    layer.branches = nn.ModuleDict({k: v for k, v in live.items() if k != name})
+    try:
+        yield
+    finally:
+        layer.branches = live
+
+
+def gate_signals(model: nn.Module, data, contest) -> dict[str, dict[str, dict[str, float]]]:
+    """layer -> signal -> candidate -> value (higher predicts better), for every candidate of the layer."""
+    base = val_loss_accuracy(model, data)[0]
+    out = {}
+    for name, layer in contest.layers.items():
+        signals: dict[str, dict[str, float]] = {s: {} for s in ("gate", "push", "push per MAC", "only loss", "removal")}
+        for block in layer.candidates:
+            k = f"{block[0]}x{block[1]}"
+            if k not in layer.branches:
+                for s in signals:
+                    signals[s][k] = -float("inf")
+                continue
+            push = contest.pushes.get(name, {}).get(k, 0.0)
+            signals["gate"][k] = contest.gates[name][k]
+            signals["push"][k] = push
+            signals["push per MAC"][k] = push / kron_macs(layer.out_features, layer.in_features, block, layer.rank)
+            with layer.only(k):
+                signals["only loss"][k] = -val_loss_accuracy(model, data)[0]
+            if len(layer.branches) > 1:
+                with without(layer, k):
+                    signals["removal"][k] = val_loss_accuracy(model, data)[0] - base
+            else:
+                signals["removal"][k] = float("inf")
+        out[name] = signals
+    return out
+
+
+def race_signals(model: nn.Module, data, contest) -> dict[str, dict[str, dict[str, float]]]:
+    """layer -> signal -> candidate -> value, from the race's own validation of every live candidate."""
+    out = {}
+    for name, layer in contest.layers.items():
+        estimates = contest.measure_candidates(name)
+        out[name] = {"race val loss": {k: -e.loss for k, e in estimates.items()},
+                     "race val acc": {k: e.accuracy for k, e in estimates.items()}}
+        for block in layer.candidates:
+            k = f"{block[0]}x{block[1]}"
+            for s in out[name].values():
+                s.setdefault(k, -float("inf"))
+    return out
+
+
+def one_round_signals(task: Task, data, seed: int, contest_kind: str, args) -> dict[float, dict]:
+    """Run the one round once and return {fraction of the run: layer -> signal -> candidate -> value}."""
+    captured: list = []
+    original = trainer_module.GateSelection if contest_kind == "gate" else trainer_module.Race
+
+    class Captured(original):  # the trainer's own contest object, kept for the probes
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            captured.append(self)
+
+    name = "GateSelection" if contest_kind == "gate" else "Race"
+    setattr(trainer_module, name, Captured)
+    records: dict[float, dict] = {}
+    probe = gate_signals if contest_kind == "gate" else race_signals
+    holder: dict = {}
+
+    def after_step(step: int, total: int) -> None:
+        for point in POINTS:
+            if point not in records and step >= point * total and captured:
+                records[point] = probe(holder["model"], data, captured[-1])
+        if len(records) == len(POINTS):
+            raise StopIteration  # everything measured; the rest of the run is not needed
+
+    try:
+        def decompose(model: nn.Module) -> None:
+            kronify(model, candidates=task.candidates, include=task.include)
+            holder["model"] = model
+        seed_everything(seed)
+        model = build_model(task.model, data.input_shape, data.num_classes, **task.options)
+        decompose(model)
+        settings = {**task.train, "seed": seed, "progress": False, "lambda1": 0.0,
+                    "select_epochs": 0.5 * task.train["epochs"]}
+        try:
+            train(model, data, TrainConfig(**settings), after_step=after_step)
+        except StopIteration:
+            pass
+    finally:
+        setattr(trainer_module, name, original)
+    return records
+
+
+def correlations(records: dict[float, dict], alone: dict[str, float]) -> dict[tuple[str, float], list[float]]:
+    """(signal, point) -> Spearman's rho per layer with >= 3 candidates, against the accuracies alone."""
+    out: dict[tuple[str, float], list[float]] = {}
+    for point, layers in records.items():
+        for signals in layers.values():
+            for signal, values in signals.items():
+                keys = [k for k in values if k in alone]
+                if len(keys) < 3 or len({alone[k] for k in keys}) < 2:
+                    continue
+                finite = [max(min(values[k], 1e30), -1e30) for k in keys]
+                rho = spearmanr(finite, [alone[k] for k in keys]).statistic
+                if rho == rho:  # constant signals have no correlation
+                    out.setdefault((signal, point), []).append(float(rho))
+    return out
+
+
+def benchmark(task: Task, seeds: list[int], args: argparse.Namespace) -> list[str]:
+    """Train the candidates alone and probe the contests, seed by seed; return the task's table rows."""
+    rhos: dict[tuple[str, float], list[float]] = {}
+    accuracies: dict[str, list[float]] = {}
+    for seed in seeds:
+        data = task.data(seed, args)
+        shapes = layer_shapes(task, data)
+        alone = {}
+        for cand in task.candidates:
+            plan = alone_plan(cand, shapes, task.candidates)
+            result = run(task, data, seed, lambda m, p=plan: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
+            alone[f"{cand[0]}x{cand[1]}"] = result.test_accuracy
+            accuracies.setdefault(f"{cand[0]}x{cand[1]} ({plan_label(plan)})", []).append(result.test_accuracy)
+        for kind in args.contest:
+            for key, values in correlations(one_round_signals(task, data, seed, kind, args), alone).items():
+                rhos.setdefault(key, []).extend(values)
+        print(f"  {task.name} seed {seed}: alone " + ", ".join(f"{k} {v:.4f}" for k, v in alone.items()), flush=True)
+    spread = statistics.fmean(statistics.stdev(v) for v in accuracies.values()) if len(seeds) > 1 else float("nan")
+    means = {k: statistics.fmean(v) for k, v in accuracies.items()}
+    gap = 100 * (max(means.values()) - min(means.values()))
+    signals = list(dict.fromkeys(s for s, _ in rhos))
+    rows = []
+    for signal in signals:
+        cells = [f"{statistics.fmean(rhos[(signal, p)]):+.2f}" if (signal, p) in rhos else "-" for p in POINTS]
+        rows.append(f"| {task.name} | {signal} | " + " | ".join(cells) + f" | {100 * spread:.2f} | {gap:.2f} |")
+    print("  means alone: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in means.items()), flush=True)
+    return rows
+
+
+HEADER = ("| task | signal | " + " | ".join(f"rho at {int(100 * p)}%" for p in POINTS)
+          + " | seed spread alone (points) | best - worst alone (points) |\n|" + "---|" * (4 + len(POINTS)))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of %(default)s")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list (default %(default)s)")
+    parser.add_argument("--contest", default="gate,race", help="comma list of gate, race (default %(default)s)")
+    parser.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training examples (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
+    args = parser.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.contest = [c.strip() for c in args.contest.split(",") if c.strip()]
+    if not args.tasks or any(t not in TASKS for t in args.tasks):
+        parser.error(f"--tasks: a comma list of {', '.join(TASKS)}")
+    if not args.contest or any(c not in ("gate", "race") for c in args.contest):
+        parser.error("--contest: a comma list of gate, race")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as err:
+        parser.error(f"--seeds: a comma list of integers ({err})")
+    if not args.seeds or args.limit < 1 or args.threads < 1:
+        parser.error("--seeds needs a value; --limit and --threads must be >= 1")
+    if args.smoke:
+        args.seeds = args.seeds[:1]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows = []
+    for name in args.tasks:
+        task = TASKS[name]
+        if args.smoke:
+            task = replace(task, data=SMOKE_DATA.get("mlp-fashion", task.data) if name != "synthetic" else task.data,
+                           train={**task.train, "epochs": 2})
+        rows += benchmark(task, args.seeds, args)
+    print()
+    print(HEADER)
+    print("\n".join(rows))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

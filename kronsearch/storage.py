@@ -20,6 +20,7 @@ which storage; a storage file is never modified or replaced when it cannot be op
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sqlite3
@@ -41,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
-from kronsearch.record import STRATEGIES, split_study_name
+from kronsearch.record import STRATEGIES, StudyRecord, split_study_name
 
 STUDIES_DIR = Path("studies")
 
@@ -56,8 +57,20 @@ def default_storage_url(search: str, studies_dir: str | os.PathLike = STUDIES_DI
 
 
 def artifacts_dir(search: str, strategy: str, studies_dir: str | os.PathLike = STUDIES_DIR) -> Path:
-    """studies/<search>/<strategy>: trial-<n>/ folders with weights and metrics."""
+    """studies/<search>/<strategy>: the trial folders of a study created before they were keyed by storage."""
     return Path(studies_dir) / search / strategy
+
+
+def artifacts_folder(url: str, search: str, strategy: str) -> str:
+    """Where a new study's trial folders go, relative to artifact_root(url), keyed by storage and study so
+    two storages in one folder never share them: N/S for the default file N.db, <file name>-artifacts/N/S
+    for any other storage file, server-<hash of the URL>/N/S for a database server."""
+    file = storage_file(url)
+    if file is None:
+        key = "server-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    else:
+        key = "" if file.name == f"{search}.db" else f"{file.name}-artifacts/"
+    return f"{key}{search}/{strategy}"
 
 
 class StorageError(RunFailure):
@@ -85,7 +98,7 @@ def storage_error(url: str, err: BaseException, doing: str = "open") -> StorageE
         hint = "; the file is corrupt or not an Optuna SQLite file (it was left untouched): move it aside or pass " \
                "another --storage"
     elif "readonly" in lowered:  # SQLite writes a journal next to the file: both must be writable
-        file = _storage_file(url)
+        file = storage_file(url)
         where = f"{file} and its folder {file.parent.resolve()}" if file is not None else "the database"
         hint = (f"; make {where} writable (e.g. chmod u+w), or run elsewhere with --storage pointing to a writable "
                 f"place; nothing saved was changed")
@@ -203,11 +216,11 @@ def _owned_trial(owner: dict[str, Any]) -> FrozenTrial:
 def artifact_root(url: str, studies_dir: str | os.PathLike = STUDIES_DIR) -> Path:
     """The folder trial artifact paths are stored relative to: the folder of the storage file (SQLite
     or journal), so a moved studies folder keeps working; studies_dir for a database server."""
-    path = _storage_file(url)
+    path = storage_file(url)
     return (Path(studies_dir) if path is None else path.parent).resolve()  # resolved now: the cwd may change
 
 
-def _storage_file(url: str) -> Path | None:
+def storage_file(url: str) -> Path | None:
     """The file of a SQLite URL or a journal file path; None for a database server or :memory:."""
     if "://" not in url:
         return Path(url)
@@ -231,7 +244,10 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     and is not created (SQLite's mode=rw), no table is created, and the schema is never migrated.
     Raises StorageError when it cannot be opened.
     """
-    file = _storage_file(url)
+    file = storage_file(url)
+    if file is None and url.startswith("sqlite:"):
+        raise BadInput(f"storage {url} is an in-memory SQLite database: it holds nothing before or after this "
+                       f"process, and no folder would keep its trials' weights; give a file, e.g. sqlite:///x.db")
     if not create and file is not None and not file.is_file():
         given = f" ({url})" if url != str(file) else ""
         raise StudyNotFound(f"no storage file {file}{given}; nothing was created. Check the path, or run "
@@ -239,7 +255,7 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     for attempt in range(attempts):
         try:
             storage = _open(url, file, owner, create, heartbeat)
-            storage.kronsearch_root = artifact_root(url)  # see study_artifacts_root
+            storage.kronsearch_root, storage.kronsearch_url = artifact_root(url), url  # see study_artifacts_root
             return storage
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
             # another process creating the same new storage's tables at this very moment
@@ -271,22 +287,35 @@ def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: boo
     return optuna.storages.RDBStorage(url, engine_kwargs)
 
 
+def _opened_as(study: optuna.Study, attr: str, default: Any) -> Any:
+    """What open_storage noted on the storage `study` was opened from (optuna wraps RDB storages in a cache)."""
+    storage = getattr(study._storage, "_backend", study._storage)  # noqa: SLF001
+    return getattr(storage, attr, getattr(study._storage, attr, default))  # noqa: SLF001
+
+
 def study_artifacts_root(study: optuna.Study) -> Path:
     """artifact_root of the storage `study` was opened from (by open_storage)."""
-    storage = getattr(study._storage, "_backend", study._storage)  # noqa: SLF001 - optuna wraps RDB storages in a cache
-    return getattr(storage, "kronsearch_root", getattr(study._storage, "kronsearch_root", STUDIES_DIR))  # noqa: SLF001
+    return _opened_as(study, "kronsearch_root", STUDIES_DIR)
+
+
+def study_storage_url(study: optuna.Study) -> str | None:
+    """The URL `study` was opened from by open_storage (None for a study opened otherwise)."""
+    return _opened_as(study, "kronsearch_url", None)
 
 
 def study_artifacts_dir(study: optuna.Study) -> Path:
-    """Where this study's trial folders go now: <artifact root>/<search>/<strategy>."""
+    """Where this study's trial folders go now: the folder it recorded when it was created (see
+    artifacts_folder) under its artifact root; <artifact root>/<search>/<strategy> for older studies."""
+    recorded = StudyRecord.of(study).artifacts_dir
+    if recorded and not Path(recorded).is_absolute():
+        return study_artifacts_root(study) / recorded
     search, strategy = split_study_name(study.study_name)
     return artifacts_dir(search, strategy or "", study_artifacts_root(study))
 
 
-def artifact_dir_record(study_name: str, number: int) -> str:
+def artifact_dir_record(study: optuna.Study, number: int) -> str:
     """A trial's "artifact_dir" user attr: its folder relative to the artifact root."""
-    search, strategy = split_study_name(study_name)
-    return f"{search}/{strategy}/trial-{number}"
+    return (study_artifacts_dir(study) / f"trial-{number}").relative_to(study_artifacts_root(study)).as_posix()
 
 
 def artifact_dir_candidates(study: optuna.Study, recorded: str | None) -> list[Path]:

@@ -31,7 +31,11 @@ from kronsearch import record
 from kronsearch.layers.blocks import format_block
 from kronsearch.record import StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import artifact_root, artifacts_dir, open_storage
+from kronsearch.storage import StorageError, artifact_root, artifacts_folder, open_storage, study_artifacts_dir
+
+
+class StudyInUse(StorageError):
+    """A study another live process is running cannot be deleted (--fresh)."""
 
 
 def worker_id() -> str:
@@ -142,14 +146,10 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
     storage = open_storage(storage_url, owner=worker_attrs(), heartbeat=space.backend["heartbeat"])
     storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)
-    name = study_name(space.name, strategy)
-    folder = artifacts_dir(space.name, strategy, root)
+    name, folder = study_name(space.name, strategy), artifacts_folder(storage_url, space.name, strategy)
     if fresh:
-        try:
-            optuna.delete_study(study_name=name, storage=storage)
-        except KeyError:
-            pass
-        shutil.rmtree(folder, ignore_errors=True)
+        _delete_study(storage, name)
+        shutil.rmtree(root / folder, ignore_errors=True)
     directions = [o["direction"] for o in space.search["objectives"]]
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(space), pruner=make_pruner(space))
@@ -163,8 +163,24 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     if stored.space_hash is None:
         write_study(study, space_hash=identity_hash(identity), space_path=str(Path(space.path).resolve()),
                     space=space.raw, strategy=strategy, objectives=space.search["objectives"],
-                    kronsearch_version=kronsearch.__version__, artifacts_dir=folder.relative_to(root).as_posix())
+                    kronsearch_version=kronsearch.__version__, artifacts_dir=folder)
     return study
+
+
+def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
+    """--fresh: delete study `name` and its trial folders, unless a live process on this host is running one of
+    its trials (its trials would be renumbered under it). A missing study is nothing to delete."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_alive(t) is True]
+    if running:
+        raise StudyInUse(f"cannot --fresh study {name!r}: process {TrialRecord.of(running[0]).worker} is running its "
+                         f"trial {running[0].number}; stop that run first (or resume instead of --fresh)")
+    folder = study_artifacts_dir(study)
+    optuna.delete_study(study_name=name, storage=storage)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # Keys that do not change a study's results: its budget, where it runs, and where its data is found.

@@ -120,10 +120,15 @@ def run_trial(
 
 
 def save_artifacts(folder: Path, result: TrainResult, metrics: dict, history: list[dict], config: dict) -> None:
-    """trial-<n>/model.safetensors, metrics.json, history.json (per epoch) and config.json, each written atomically.
+    """trial-<n>/model.safetensors, metrics.json, history.json (per epoch) and config.json, each written atomically
+    (os.replace swaps a link planted as a file, never its target); a link planted as the folder is refused.
 
     The per-epoch history lives here, not in the study: it is read back by kronsearch.report.trial_history.
     """
+    if folder.is_symlink():  # planted: every file below would be written wherever it points
+        raise StorageError(f"the trial folder {folder} is a symbolic link to {os.path.realpath(folder)}; a run never "
+                           f"writes through a link out of its studies folder: remove the link and re-run")
+    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     write_atomic(folder / "model.safetensors", lambda f: f.write(safetensors_bytes(state)))
     for name, payload in (("metrics.json", metrics), ("history.json", history), ("config.json", config)):

@@ -92,7 +92,7 @@ def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: di
                  artifact_dir: Path | None, ray_worker: str | None = None) -> list[float]:
     """Record a trained trial's results; returns its objective values."""
     record.save_results(trial, metrics, trial_config(space, spec),
-                        artifact_dir_record(trial.study.study_name, trial.number) if artifact_dir else None,
+                        artifact_dir_record(trial.study, trial.number) if artifact_dir else None,
                         ray_worker)
     return [float(metrics[o["metric"]]) for o in space.search["objectives"]]
 

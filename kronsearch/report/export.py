@@ -34,7 +34,7 @@ from kronsearch.loading import model_bsr_tensors
 from kronsearch.references import build_configured_model
 from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, default_trial
-from kronsearch.storage import write_atomic
+from kronsearch.storage import storage_file, study_storage_url, write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -196,6 +196,24 @@ def bsr_path(weights: str | os.PathLike) -> Path:
     return weights.with_name(f"{weights.stem}.bsr.safetensors")
 
 
+def check_outputs(outputs: dict[str, Path], keep: list[Path]) -> None:
+    """Refuse (BadInput) outputs that name one file twice, or a file to keep: the study's storage, the trial's
+    weights, or any SQLite database (another storage). Paths are compared after resolving links."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        real = os.path.realpath(path)
+        if real in seen:
+            raise BadInput(f"{seen[real]} and {option} are both {path}: each output needs a file of its own")
+        seen[real] = option
+        kept = next((k for k in keep if os.path.realpath(k) == real), None)
+        if kept is None and path.is_file():
+            with path.open("rb") as f:
+                kept = path if f.read(16) == b"SQLite format 3\x00" else None
+        if kept is not None:
+            raise BadInput(f"{option} {path} would overwrite {kept}, a study storage or trial weights file; "
+                           f"write the export to another file")
+
+
 def export_trial(
     study: optuna.Study,
     out: str | os.PathLike,
@@ -217,9 +235,13 @@ def export_trial(
     chosen = find_trial(study, trial)
     document = pattern_document(study, chosen, storage_url)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
-    state_dict, source, sparse = None, None, None
-    if weights is not None:
-        source = weights_path(study, chosen)
+    source = weights_path(study, chosen) if weights is not None else None
+    outputs = {"--out": out, "--weights": weights, "--bsr": bsr_path(weights) if bsr else None}
+    url = storage_url or study_storage_url(study)
+    check_outputs({k: Path(v) for k, v in outputs.items() if v is not None},
+                  [p for p in (url and storage_file(url), source) if p])
+    state_dict, sparse = None, None
+    if source is not None:
         state_dict = load_weights(source)
         if bsr:
             sparse = bsr_tensors(study, chosen, state_dict)

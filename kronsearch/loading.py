@@ -23,15 +23,19 @@ from kronsearch.layers.kron_linear import BSRLinear, KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import parse_plan
 from kronsearch.layers.yamlfile import read_yaml_file
-from kronsearch.references import build_configured_model, read_state_dict
+from kronsearch.references import build_configured_model, read_state_dict, state_mismatch
 
 BSR_PARTS = ("crow_indices", "col_indices", "values")
 BSR_FORMAT = "kronsearch-bsr"
 
 
 def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | None = None, *,
-               bsr: str | os.PathLike | None = None) -> nn.Module:
+               bsr: str | os.PathLike | None = None, trust_code: bool = False) -> nn.Module:
     """The searched model of an exported pattern file, its plan applied, in eval mode.
+
+    A pattern file is data: loading it runs no code of its own. A `model.factory` (a Python function it
+    names) is imported and called only with trust_code=True, for a file you trust (as trust_remote_code);
+    built-in models are bounded as in space files (models.check_model_size) before anything is allocated.
 
     weights: the exported weights (.safetensors, or a .pt state dict read with weights_only=True);
     without them the Kronecker factors are freshly initialized. bsr: the `--bsr` file; every
@@ -40,14 +44,13 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
     file and the key for a pattern file that does not describe a model, or a missing or unreadable file.
     """
     document, _ = read_yaml_file(pattern_file, "pattern file", BadInput)
-    model = _build(pattern_file, document)
+    model = _build(pattern_file, document, trust_code)
     if weights is not None:
         state = read_state_dict(weights)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise BadInput(f"{weights}: these weights do not fit the model of {pattern_file}: "
-                             f"{str(err).splitlines()[0]}") from None
+        mismatch = state_mismatch(model, state)
+        if mismatch:
+            raise BadInput(f"{weights}: these weights do not fit the model of {pattern_file}: {mismatch}")
+        model.load_state_dict(state)
     if bsr is not None:
         if weights is None:
             raise BadInput(f"{bsr}: a BSR file holds only the merged Kronecker weights; give the weights file too "
@@ -56,13 +59,17 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
     return model.eval()
 
 
-def _build(pattern_file: str | os.PathLike, document: object) -> nn.Module:
+def _build(pattern_file: str | os.PathLike, document: object, trust_code: bool) -> nn.Module:
     if not isinstance(document, Mapping):
         raise BadInput(f"{pattern_file}: a pattern file is a mapping with layers, model and data")
     model, data = document.get("model"), document.get("data")
     if not isinstance(model, Mapping) or not isinstance(model.get("name") or model.get("factory"), str):
         raise BadInput(f"{pattern_file}: key 'model' must be {{name, options}} (or {{factory, options}}) as "
                        f"`kronsearch export` writes it")
+    if model.get("factory") and not trust_code:
+        raise BadInput(f"{pattern_file}: key model.factory names Python code ({model['factory']!r}) that loading "
+                       f"would import and call; a pattern file is loaded as data only. If you trust this file, "
+                       f"pass trust_code=True to load_model")
     if not isinstance(data, Mapping) or "input_shape" not in data or "num_classes" not in data:
         raise BadInput(f"{pattern_file}: key 'data' must give input_shape and num_classes "
                          f"as `kronsearch export` writes them")
@@ -71,8 +78,8 @@ def _build(pattern_file: str | os.PathLike, document: object) -> nn.Module:
     try:
         net = build_configured_model(model, tuple(data["input_shape"]), int(data["num_classes"]))
         plan = parse_plan(document["layers"])
-    except (TypeError, ValueError) as err:
-        raise BadInput(f"{pattern_file}: {err}") from None
+    except (TypeError, ValueError) as err:  # a ModelError too: an unknown model, or one over the size bounds
+        raise BadInput(f"{pattern_file}: keys model, data and layers: {err}") from None
     kronify(net, plan)
     return net
 

@@ -29,6 +29,8 @@ from torch import nn
 from kronsearch.layers.errors import BadInput
 
 MODELS: tuple[str, ...] = ("linear", "mlp", "lenet5", "vit")
+MAX_MODEL_PARAMS = 250_000_000  # the dense model: 1 GB of float32, 4 GB with gradients and Adam states
+MAX_LINEAR_LAYERS = 1024  # ViT-large has 97; each is a module (and up to 32 candidates) to build
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -361,4 +363,15 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; allowed models: {', '.join(MODELS)}")
     shape = _check_shape(input_shape, num_classes)
+    check_model_size(name, shape, num_classes, options)
     return _BUILDERS[name](shape, num_classes, options)
+
+
+def check_model_size(name: str, input_shape: Sequence[int], num_classes: int, options: Mapping[str, Any]) -> None:
+    """ModelError for a model over MAX_MODEL_PARAMS parameters or MAX_LINEAR_LAYERS nn.Linear layers, counted by
+    arithmetic (model_size) before anything is allocated; every build_model call is bounded by it."""
+    params, linears = model_size(name, input_shape, num_classes, **options) or (0, 0)
+    if params > MAX_MODEL_PARAMS:
+        raise ModelError(f"the model has {params:,} parameters; at most {MAX_MODEL_PARAMS:,} are allowed")
+    if linears > MAX_LINEAR_LAYERS:
+        raise ModelError(f"the model has {linears:,} nn.Linear layers; at most {MAX_LINEAR_LAYERS:,} are allowed")

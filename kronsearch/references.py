@@ -140,18 +140,23 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
 def load_checkpoint(net: nn.Module, path: str | os.PathLike) -> None:
     """Load dense weights into `net` before it is kronified; BadInput when they are for another architecture."""
     state = read_state_dict(path, "model.checkpoint")
+    mismatch = state_mismatch(net, state)
+    if mismatch:
+        raise BadInput(f"model.checkpoint: {path} does not fit this model (another architecture or options?): {mismatch}")
+    net.load_state_dict(state)
+
+
+def state_mismatch(net: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """What keeps `state` from loading into `net`: its missing, unexpected and mis-shaped tensors ("" if none)."""
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
-                 f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "",
-                 f"shape mismatch {'; '.join(shapes[:3])}" if shapes else ""]
-        raise BadInput(f"model.checkpoint: {path} does not fit this model (another architecture or options?): "
-                       + "; ".join(p for p in parts if p))
-    net.load_state_dict(state)
+    parts = [f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
+             f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "",
+             f"shape mismatch {'; '.join(shapes[:3])}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def factory_data(reference: str, options: Mapping[str, Any]) -> DataSplits:

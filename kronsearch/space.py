@@ -5,7 +5,7 @@ search_spaces/vit.yaml; the sections are name, seed, data, model, train, search,
 
 Space files may come from anywhere, so reading one is bounded (kronsearch.layers.yamlfile: size, UTF-8,
 no aliases, nesting depth, no key given twice); numbers are finite and within limits (MAX_EPOCHS,
-MAX_TRIALS, MAX_RANK, MAX_CANDIDATES blocks per list, MAX_MODEL_PARAMS, MAX_LINEAR_LAYERS,
+MAX_TRIALS, MAX_RANK, MAX_CANDIDATES blocks per list, models.MAX_MODEL_PARAMS and MAX_LINEAR_LAYERS,
 MAX_SYNTHETIC_VALUES); the model's size is computed before it is built, and it is then built on the
 meta device, so nothing big is allocated or built before training. train.device must exist here
 (cpu, cuda, cuda:N below the visible GPU count, auto; on Ray, the worker's GPUs are checked there).
@@ -35,15 +35,13 @@ from kronsearch.layers.blocks import MAX_RANK, Block, format_block, valid_blocks
 from kronsearch.layers.kronify import matching_linears
 from kronsearch.layers.yamlfile import read_yaml_file
 from kronsearch.layers.errors import BadInput
-from kronsearch.models import ModelError, build_model, model_size
+from kronsearch.models import ModelError, build_model
 from kronsearch.references import (TIMM_PREFIX, FactoryFailed, build_configured_model, factory_data, load_checkpoint,
                                    resolve)
 from kronsearch.schema import (BACKEND, DATA, MAX_CANDIDATES, MODEL, RESOURCES, SEARCH, SPACE,
                                TOP, TOP_LEVEL, TRAIN, Checker, FloatRange, SpaceError)
 from kronsearch.trainer import TrainConfig
 
-MAX_MODEL_PARAMS = 250_000_000  # the dense model: 1 GB of float32, 4 GB with gradients and Adam states
-MAX_LINEAR_LAYERS = 1024  # ViT-large has 97; each is a module (and up to 32 candidates) to build
 MAX_SYNTHETIC_VALUES = 500_000_000  # (n_train + n_test) * in_features of the synthetic dataset (2 GB)
 
 
@@ -213,8 +211,7 @@ def _decomposed_layers(c: Checker, model: dict, input_shape: tuple, num_classes:
     """
     key = "model.factory" if model["factory"] else "model.name" if model["name"].startswith(TIMM_PREFIX) else None
     if key is None:
-        _check_model_size(c, model["name"], input_shape, num_classes, model["options"] or {})
-        try:
+        try:  # build_model refuses a model too big to train by arithmetic (models.check_model_size) first
             with torch.device("meta"):
                 net = build_model(model["name"], input_shape, num_classes, **(model["options"] or {}))
         except (ModelError, TypeError) as err:
@@ -253,20 +250,6 @@ def _check_device_exists(c: Checker, device: str) -> None:
         allowed = ", ".join(["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else []))
         raise c.fail("train.device", f"{device!r} does not exist: torch sees {count} CUDA device"
                                      f"{'' if count == 1 else 's'} here; allowed: {allowed}")
-
-
-def _check_model_size(c: Checker, name: str, input_shape: tuple, num_classes: int, options: dict) -> None:
-    """Refuse a model too big to train (or even to build) by arithmetic, before building anything."""
-    size = model_size(name, input_shape, num_classes, **options)
-    if size is None:
-        return  # malformed options: build_model names the problem
-    params, linears = size
-    if params > MAX_MODEL_PARAMS:
-        raise c.fail("model.options", f"the model has {params:,} parameters; at most {MAX_MODEL_PARAMS:,} "
-                                      f"are allowed")
-    if linears > MAX_LINEAR_LAYERS:
-        raise c.fail("model.options", f"the model has {linears:,} nn.Linear layers; at most {MAX_LINEAR_LAYERS:,} "
-                                      f"are allowed")
 
 
 def _check_blocks_fit(c: Checker, space: Space) -> None:

@@ -25,6 +25,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch.trainer import TrainConfig
+
 
 class Strategy(StrEnum):
     """How a search spends its trials. A trial's kind is one_round or per_pattern; hybrid runs both."""
@@ -86,6 +88,7 @@ class StudyRecord:
     artifacts_dir: str | None = None
     trial_config: dict | None = None  # what every trial shares (split_config)
     hybrid_seeded_from: int | None = None
+    tolerance: float | None = None  # search.tolerance (accuracy points); None: a study from before it, read as 0.5
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
@@ -307,3 +310,9 @@ def best_first(trial: FrozenTrial) -> tuple[float, int]:
     """Sort key: the higher val_accuracy (none counts lowest), then the lower trial number."""
     value = val_accuracy(trial)
     return (-math.inf if value is None else value, -trial.number)
+
+
+def study_tolerance(study: optuna.Study) -> float:
+    """The study's search.tolerance in accuracy points (TrainConfig's default, 0.5, for studies from before it)."""
+    tolerance = StudyRecord.of(study).tolerance
+    return TrainConfig.tolerance if tolerance is None else float(tolerance)

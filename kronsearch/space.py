@@ -76,7 +76,8 @@ class Space:
         return []
 
     def train_config(self, **overrides: Any) -> TrainConfig:
-        return TrainConfig(**{**self.train, "seed": self.seed, **overrides})
+        """What a trial trains with: the train table, the seed and search.tolerance (the contest's pick)."""
+        return TrainConfig(**{**self.train, "seed": self.seed, "tolerance": self.search["tolerance"], **overrides})
 
 
 def read_yaml(path: str | os.PathLike) -> tuple[dict, bytes]:

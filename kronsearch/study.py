@@ -32,6 +32,7 @@ from kronsearch.layers.blocks import format_block
 from kronsearch.record import StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError, artifact_root, artifacts_folder, open_storage, study_artifacts_dir
+from kronsearch.trainer import TrainConfig
 
 
 class StudyInUse(StorageError):
@@ -160,6 +161,8 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     stored = StudyRecord.of(study)
     if stored.space_identity is None:
         write_study(study, space_identity=identity)
+    if stored.tolerance is None:
+        write_study(study, tolerance=space.search["tolerance"])
     if stored.space_hash is None:
         write_study(study, space_hash=identity_hash(identity), space_path=str(Path(space.path).resolve()),
                     space=space.raw, strategy=strategy, objectives=space.search["objectives"],
@@ -218,11 +221,20 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(top level)"]
 
 
+def _with_added_keys(identity: dict) -> dict:
+    """A stored identity with the keys added since its study was created at their defaults
+    (search.tolerance: 0.5), so such a study resumes and reads as made with them."""
+    search = identity.get("search")
+    if isinstance(search, dict) and "tolerance" not in search:
+        return {**identity, "search": {**search, "tolerance": TrainConfig.tolerance}}
+    return identity
+
+
 def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage_url: str) -> None:
     """Refuse to resume a study whose results were produced by a different space (SpaceError, exit 2)."""
     stored = StudyRecord.of(study)
     if stored.space_identity is not None:
-        changed = changed_keys(stored.space_identity, identity)
+        changed = changed_keys(_with_added_keys(stored.space_identity), identity)
     elif stored.space_hash is not None and stored.space_hash != space.sha256:
         changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
     else:

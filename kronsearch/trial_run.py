@@ -80,7 +80,8 @@ def trial_config(space: Space, spec: TrialSpec) -> dict:
     return {
         "space": space.name, "seed": space.seed,
         "data": {**space.data, "input_shape": list(space.input_shape), "num_classes": space.num_classes},
-        "model": space.model, "train": {**space.train, "lambda1": spec.lambda1, "lambda2": spec.lambda2},
+        "model": space.model,
+        "train": {**space.train, "tolerance": space.search["tolerance"], "lambda1": spec.lambda1, "lambda2": spec.lambda2},
         "pattern": asdict(spec),
     }
 

@@ -35,6 +35,9 @@ app = typer.Typer(
 StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help='A search "N" (all its strategy studies) or one study "N:S".')]
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
+ToleranceOpt = Annotated[Optional[float], typer.Option(
+    "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the best "
+                                          "val accuracy (default: the study's search.tolerance, 0.5).")]
 FormatOpt = Annotated[Literal["table", "json"], typer.Option("--format", help="Rich tables or JSON on stdout.")]
 
 
@@ -127,19 +130,21 @@ def _stdout() -> Console:
     return console if console.is_terminal else Console(width=100_000)
 
 
-@app.command(short_help="A study's trials and its best trial or Pareto front.")
+@app.command(short_help="A study's trials and its pick or Pareto front.")
 def show(
     study: StudyArg,
     storage: StorageOpt = None,
     output_format: FormatOpt = "table",
     wide: Annotated[bool, typer.Option("--wide", help="Every column (kind, training params, selection, notes) in "
                                                      "the table; the default fits 80 columns.")] = False,
+    tolerance: ToleranceOpt = None,
 ) -> None:
-    """List a study's trials and its best trial (one objective) or Pareto front (several)."""
+    """List a study's trials, its pick (the cheapest within --tolerance of the best val accuracy) and, with
+    several objectives, its Pareto front."""
     from kronsearch.report import render_show, show_data
 
     with _errors():
-        data = show_data(load_studies(study, storage))
+        data = show_data(load_studies(study, storage), tolerance)
         _print_json(data) if output_format == "json" else render_show(data, _stdout(), wide=wide)
 
 
@@ -148,12 +153,13 @@ def compare(
     studies: Annotated[list[str], typer.Argument(metavar="STUDY...", help='Studies to compare; "N" expands to all of N\'s studies.')],
     storage: StorageOpt = None,
     output_format: FormatOpt = "table",
+    tolerance: ToleranceOpt = None,
 ) -> None:
     """One-round selection against per-pattern training: picks, ranking, agreement and compute."""
     from kronsearch.report import compare_data, render_compare
 
     with _errors():
-        data = compare_data(_load(studies, storage))
+        data = compare_data(_load(studies, storage), tolerance)
         _print_json(data) if output_format == "json" else render_compare(data, _stdout())
 
 
@@ -162,12 +168,14 @@ def export(
     study: StudyArg,
     out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
     trial: Annotated[Optional[int], typer.Option(
-        "--trial", min=0, metavar="N", help="Trial number (default: the best; with several objectives the best-val Pareto trial).")] = None,
+        "--trial", min=0, metavar="N", help="Trial number (default: the pick, see --tolerance; with several objectives "
+                                            "the best-val Pareto trial).")] = None,
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", metavar="FILE", help="Also write the trial's weights: .safetensors (copied) or .pt (torch state dict).")] = None,
     bsr: Annotated[bool, typer.Option(
         "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to <weights stem>.bsr.safetensors.")] = False,
     storage: StorageOpt = None,
+    tolerance: ToleranceOpt = None,
 ) -> None:
     """Export one trial's pattern (and weights) from a single study."""
     from kronsearch.report.export import export_trial
@@ -178,7 +186,7 @@ def export(
             names = ", ".join(s.study_name for s in found)
             raise _fail(f"{study!r} names {len(found)} studies ({names}); pick one as N:S", EXIT_BAD_INPUT)
         result = export_trial(found[0], out, trial=trial, storage_url=storage_for(study, storage),
-                              weights=weights, bsr=bsr)
+                              weights=weights, bsr=bsr, tolerance=tolerance)
         typer.echo(f"exported trial {result.trial} of {result.study}")
         for path in result.paths():
             typer.echo(f"wrote {path}")

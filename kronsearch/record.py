@@ -316,3 +316,22 @@ def study_tolerance(study: optuna.Study) -> float:
     """The study's search.tolerance in accuracy points (TrainConfig's default, 0.5, for studies from before it)."""
     tolerance = StudyRecord.of(study).tolerance
     return TrainConfig.tolerance if tolerance is None else float(tolerance)
+
+
+def tolerance_pick(trials: Iterable[FrozenTrial], tolerance: float) -> FrozenTrial | None:
+    """The cost-aware pick: among complete trials whose val_accuracy is within `tolerance` accuracy points
+    (0.5 -> 0.005) of the best, the one with the fewest final_macs, then final_params, then the higher
+    val_accuracy, then the lower number. Tolerance 0 is the most accurate (ties go to the cheaper).
+    None when no complete trial has a val_accuracy."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and val_accuracy(t) is not None]
+    if not complete:
+        return None
+    floor = max(val_accuracy(t) for t in complete) - tolerance / 100 - 1e-12  # 1e-12: 0.86 - 0.005 in floats
+    return min((t for t in complete if val_accuracy(t) >= floor), key=cheapest_first)
+
+
+def cheapest_first(trial: FrozenTrial) -> tuple[float, float, float, int]:
+    """Sort key: fewer final_macs, then final_params (unknown counts highest), the higher val_accuracy, the lower number."""
+    m = metrics(trial)
+    cost = [math.inf if m.get(key) is None else m[key] for key in ("final_macs", "final_params")]
+    return (*cost, -val_accuracy(trial), trial.number)

@@ -54,7 +54,8 @@ def test_show_table(cli, demo):
     result = cli("show", "demo")
     assert result.exit_code == 0, result.stderr
     assert "demo:one_round: 4 trials" in result.stdout and "demo:per_pattern: 6 trials" in result.stdout
-    assert "best trial: #1" in result.stdout and "Pareto front of demo:per_pattern" in result.stdout
+    assert "pick (cheapest within 0.5 points of the best val 85.00%): #1" in result.stdout
+    assert "Pareto front of demo:per_pattern" in result.stdout
 
 
 def test_show_json(cli, demo):
@@ -92,7 +93,7 @@ def test_storage_that_is_not_a_database_fails_cleanly(cli, workdir):
 def test_compare_table_and_json(cli, demo):
     table = cli("compare", "demo")
     assert table.exit_code == 0, table.stderr
-    assert "one-round pick equals the per-pattern best (2x2 r1) by blocks" in table.stdout
+    assert "one-round pick equals the per-pattern pick (2x2 r1) by blocks" in table.stdout
     split = cli("compare", "demo:one_round", "demo:per_pattern", "demo:one_round", "--format", "json")
     data = json.loads(split.stdout)
     assert data["studies"] == ["demo:one_round", "demo:per_pattern"]  # repeats dropped

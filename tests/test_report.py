@@ -298,7 +298,8 @@ def test_default_trial_without_complete_trials_raises(tmp_path, monkeypatch):
 def test_render_show_prints_trials_and_best(search):
     text = render(render_show, show_data(load_studies("demo")))
     assert "demo:one_round: 4 trials (2 complete, 1 fail, 1 pruned)" in text
-    assert "best trial: #1  val 85.00%" in text
+    assert "pick (cheapest within 0.5 points of the best val 85.00%): #1  val 85.00%" in text
+    assert "pick among all complete trials (cheapest within 0.5 points of the best val 86.00%): #1" in text
     assert "Pareto front of demo:per_pattern (3 trials)" in text
     assert "diverged at [epoch 2]" in text  # brackets are shown, not eaten as rich markup
     assert "#4 same configuration as #1" in text and "#1 selected layers.0:2x2 head:2x2" in text
@@ -387,7 +388,7 @@ def test_compare_data_with_one_side_only_says_so(search):
     data = compare_data(load_studies("demo:one_round"))
     assert data["agreement"] is None and data["per_pattern"]["ranking"] == []
     assert any("no complete per_pattern trial" in n for n in data["notes"])
-    assert data["compute"]["ratio"]["wall_time"] == 0.0
+    assert data["compute"]["ratio"] == {"wall_time": None, "train_macs_total": None}  # nothing to divide
 
 
 def test_same_blocks_compares_per_layer_and_global_blocks():
@@ -428,8 +429,8 @@ def test_render_compare_shows_both_sides_and_the_ratio(search):
     assert "same as one-round" in text  # every column has a header
     assert rows["2x2 r1"].split("│")[-2].strip() == "blocks"
     assert rows["2x2 r2"].split("│")[-2].strip() == "blocks and rank" and rows["4x4 r1"].split("│")[-2].strip() == ""
-    assert "one-round pick equals the per-pattern best (2x2 r1) by blocks; its blocks rank 1 of 3" in text
-    assert "rank: one-round r2, per-pattern best r1 (different)" in text
+    assert "one-round pick equals the per-pattern pick (2x2 r1) by blocks; its blocks rank 1 of 3" in text
+    assert "rank: one-round r2, per-pattern pick r1 (different)" in text
     assert "per_pattern / one_round" in text and "0.40x" in text
 
 
@@ -452,7 +453,7 @@ def test_compare_ranks_the_majority_pick_among_global_patterns():
     one_round = {"selected": {"a": "4x4", "b": "4x4", "c": "2x2"}, "rank": 1}
     ranking = [{"block": b, "layer_blocks": {}, "rank": 1, "label": f"{b} r1", "position": i}
                for i, b in enumerate(["2x2", "4x4"], 1)]
-    agreement = _agreement(one_round, ranking)
+    agreement = _agreement(one_round, ranking, ranking[0])
     assert agreement["position"] is None  # a mixed per-layer pick is no global pattern
     assert agreement["majority_block"] == "4x4" and agreement["majority_position"] == 2
 

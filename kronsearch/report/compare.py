@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -13,10 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kronsearch.record import (FINISHED, KINDS, StudyRecord, TrialRecord, best_one_round, metrics, study_strategy,
-                               train_macs_total, trial_kind, val_accuracy)
+from kronsearch.record import (FINISHED, KINDS, StudyRecord, TrialRecord, metrics, study_strategy, study_tolerance,
+                               tolerance_pick, train_macs_total, trial_kind, val_accuracy)
 from kronsearch.report.cost import cost_curve, reach, render_cost
-from kronsearch.report.trials import describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds, norm_block, trial_rank
+from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
+                                      norm_block, trial_rank)
+from kronsearch.trainer import TrainConfig
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:
@@ -53,9 +55,7 @@ def pattern_ranking(entries: Iterable[tuple[str, FrozenTrial]]) -> list[dict]:
     for study_name, trial in entries:
         if trial.state != TrialState.COMPLETE or val_accuracy(trial) is None:
             continue
-        pattern = trial_pattern(trial)
-        key = (pattern["block"], tuple(pattern["layer_blocks"].items()), pattern["rank"])
-        groups.setdefault(key, []).append((study_name, trial))
+        groups.setdefault(_key(trial_pattern(trial)), []).append((study_name, trial))
     ranking = []
     for members in groups.values():
         study_name, best = max(members, key=lambda st: (val_accuracy(st[1]), -st[1].number))
@@ -91,15 +91,19 @@ def strategy_compute(entries: Iterable[tuple[str, FrozenTrial]]) -> dict:
 STATE_WORDS = {"pruned": "pruned", "fail": "failed", "complete": "complete"}
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
+def _ratios(by_kind: Mapping[str, dict]) -> dict[str, float | None]:
+    """per_pattern / one_round of wall time and training MACs; None unless both kinds trained something."""
+    one, per = by_kind["one_round"], by_kind["per_pattern"]
+    return {key: per[key] / one[key] if per["trials"] and one[key] else None for key in ("wall_time", "train_macs_total")}
 
 
-def compare_data(studies: Sequence[optuna.Study]) -> dict:
-    """`kronsearch compare` as data: the one-round pick, the per-pattern ranking, agreement and compute.
+def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None) -> dict:
+    """`kronsearch compare` as data: the one-round pick, the per-pattern ranking and pick, agreement and compute.
 
-    Trials are pooled by kind over `studies` (a hybrid study contributes to both sides). The ratios
-    are per_pattern / one_round: how many times more the per-pattern search cost.
+    Trials are grouped by kind over `studies` (a hybrid study contributes to both sides). Each side's
+    pick follows one rule (record.tolerance_pick at `tolerance` points, by default the studies'
+    search.tolerance), so both strategies are judged on one objective. Compute is summed per study
+    (its own per_pattern / one_round ratio) and, with several studies, pooled over them.
     """
     pools: dict[str, list[tuple[str, FrozenTrial]]] = {kind: [] for kind in KINDS}
     for study in studies:
@@ -107,19 +111,19 @@ def compare_data(studies: Sequence[optuna.Study]) -> dict:
             kind = trial_kind(trial, study_strategy(study))
             if kind in pools:
                 pools[kind].append((study.study_name, trial))
-    notes = []
+    points, notes = _tolerance(studies, tolerance)
     one_round = None
-    if (found := best_one_round(studies)) is not None:
-        study, trial = found
+    if (found := _pick(pools["one_round"], points)) is not None:
+        study_name, trial = found
         params = trial.params
         one_round = {
-            "study": study.study_name, "trial": trial.number, "val_accuracy": val_accuracy(trial),
-            "test_accuracy": metrics(trial).get("test_accuracy"), "rank": trial_rank(trial),
-            "lambda1": params.get("lambda1"), "lambda2": params.get("lambda2"),
+            "study": study_name, "trial": trial.number, "val_accuracy": val_accuracy(trial),
+            "test_accuracy": metrics(trial).get("test_accuracy"), "final_macs": metrics(trial).get("final_macs"),
+            "rank": trial_rank(trial), "lambda1": params.get("lambda1"), "lambda2": params.get("lambda2"),
             "selected": {layer: norm_block(b) for layer, b in (metrics(trial).get("selected") or {}).items()},
         }
         if not one_round["selected"]:
-            notes.append(f"one-round trial {trial.number} of {study.study_name} recorded no selected blocks")
+            notes.append(f"one-round trial {trial.number} of {study_name} recorded no selected blocks")
     else:
         notes.append("no complete one_round trial: no pick to compare")
     ranking = pattern_ranking(pools["per_pattern"])
@@ -129,38 +133,84 @@ def compare_data(studies: Sequence[optuna.Study]) -> dict:
     if tied:
         notes.append(f"the per-pattern best ({ranking[0]['label']}) ties on val accuracy with {', '.join(tied)}; "
                      "ties are ranked by fewer training MACs")
-    compute = {kind: strategy_compute(pools[kind]) for kind in KINDS}
-    for kind, c in compute.items():
-        if c["without_macs"]:
-            which = " and ".join(f"{n} {STATE_WORDS.get(state, state)}" for state, n in sorted(c["without_macs"].items()))
-            notes.append(f"{which} {kind} trial(s) stopped before recording train_macs_total: their training MACs "
-                         "are missing from the MACs sums (a lower bound), their wall time is counted")
+    found = _pick(pools["per_pattern"], points)
+    pick = None if found is None else next(e for e in ranking if _key(e) == _key(trial_pattern(found[1])))
+    compute = _compute(studies, pools, notes)
     curves = [cost_curve(s) for s in studies]
     hashes = {StudyRecord.of(s).space_hash for s in studies} - {None}
     if len(hashes) > 1:
         notes.append("the studies were run on different search spaces (their space_hash differ)")
     return {
         "studies": [s.study_name for s in studies],
+        "tolerance": points,
         "one_round": one_round,
-        "per_pattern": {"ranking": ranking},
-        "agreement": _agreement(one_round, ranking),
-        "compute": {**compute, "ratio": {
-            key: _ratio(compute["per_pattern"][key], compute["one_round"][key])
-            for key in ("wall_time", "train_macs_total")}},
+        "per_pattern": {"ranking": ranking, "pick": None if found is None else {
+            "study": found[0], "trial": found[1].number, "val_accuracy": val_accuracy(found[1]),
+            "final_macs": metrics(found[1]).get("final_macs"), "label": pick["label"], "position": pick["position"]}},
+        "agreement": _agreement(one_round, ranking, pick),
+        "compute": compute,
         "cost_curves": curves,
         "reach": reach(curves),
         "notes": notes,
     }
 
 
-def _agreement(one_round: dict | None, ranking: list[dict]) -> dict | None:
-    """Where the one-round pick lands in the per-pattern ranking: blocks only, and ranks separately."""
-    if one_round is None or not ranking:
+def _tolerance(studies: Sequence[optuna.Study], tolerance: float | None) -> tuple[float, list[str]]:
+    """The one tolerance both sides are picked at: `tolerance` if given, else the studies' (the first
+    study's when they differ, with a note saying so)."""
+    if check_tolerance(tolerance) is not None:
+        return tolerance, []
+    recorded = {s.study_name: study_tolerance(s) for s in studies}
+    points = next(iter(recorded.values()), TrainConfig.tolerance)
+    if len(set(recorded.values())) <= 1:
+        return points, []
+    listed = ", ".join(f"{name} {value:g}" for name, value in recorded.items())
+    return points, [f"the studies' search.tolerance differ ({listed}); both sides are picked at {points:g} points, "
+                    "the first study's; pass --tolerance to choose"]
+
+
+def _pick(entries: Sequence[tuple[str, FrozenTrial]], tolerance: float) -> tuple[str, FrozenTrial] | None:
+    """(study name, trial) of the tolerance pick among `entries`' trials."""
+    trial = tolerance_pick((t for _, t in entries), tolerance)
+    return None if trial is None else next((name, t) for name, t in entries if t is trial)
+
+
+def _key(pattern: Mapping) -> tuple:
+    """What makes two per_pattern trials the same pattern in the ranking: blocks and rank."""
+    return pattern["block"], tuple(pattern["layer_blocks"].items()), pattern["rank"]
+
+
+def _compute(studies: Sequence[optuna.Study], pools: Mapping[str, list[tuple[str, FrozenTrial]]],
+             notes: list[str]) -> dict:
+    """Training cost by kind: per study ("by_study", each with its own per_pattern / one_round ratio) and
+    over all `studies` (the top-level sums and ratio: one study's own, or "pooled" over several)."""
+    def sums(names: Container[str]) -> dict:
+        by_kind = {kind: strategy_compute(e for e in pools[kind] if e[0] in names) for kind in KINDS}
+        return {**by_kind, "ratio": _ratios(by_kind)}
+
+    pooled = sums({s.study_name for s in studies})
+    for kind in KINDS:
+        c = pooled[kind]
+        if c["without_macs"]:
+            which = " and ".join(f"{n} {STATE_WORDS.get(state, state)}" for state, n in sorted(c["without_macs"].items()))
+            notes.append(f"{which} {kind} trial(s) stopped before recording train_macs_total: their training MACs "
+                         "are missing from the MACs sums (a lower bound), their wall time is counted")
+        sources = sorted({name for name, _ in pools[kind]})
+        if len(sources) > 1:
+            notes.append(f"the pooled ratio sums the {kind} trials of {len(sources)} studies ({', '.join(sources)}); "
+                         "each study's own ratio is in its rows")
+    by_study = {s.study_name: sums({s.study_name}) for s in studies}
+    return {**pooled, "pooled": len(studies) > 1, "by_study": by_study}
+
+
+def _agreement(one_round: dict | None, ranking: list[dict], best: dict | None) -> dict | None:
+    """Where the one-round pick lands in the per-pattern ranking, and how it compares with the per-pattern
+    pick `best` (a ranking entry): blocks only, and ranks separately."""
+    if one_round is None or not ranking or best is None:
         return None
     selected, rank = one_round["selected"], one_round["rank"]
     by_blocks = [e for e in ranking if same_blocks(selected, e)]
     exact = [e for e in by_blocks if e["rank"] == rank]
-    best = ranking[0]
     # Global per_pattern trials give every layer one block, which a per-layer pick only matches when
     # all layers agree; the block most layers picked (what hybrid seeds) is compared as well.
     majority = Counter(selected.values()).most_common(1)[0][0] if selected else None
@@ -190,15 +240,16 @@ def render_compare(data: Mapping, console: Console) -> None:
     """Draw compare_data: the pick per layer next to the ranking, the agreement and the compute."""
     one, ranking, agreement = data["one_round"], data["per_pattern"]["ranking"], data["agreement"]
     tables = []
+    per_pick = data["per_pattern"]["pick"]
+    best = next((e for e in ranking if per_pick and e["position"] == per_pick["position"]), None)
     if one is not None:
-        best = ranking[0] if ranking else None
         pick = Table(title="one-round pick", title_justify="left", caption_justify="left",
                      caption=escape(f"{one['study']} #{one['trial']}: val {fmt_pct(one['val_accuracy'])}, "
-                                    f"rank {one['rank']}"))
+                                    f"rank {one['rank']}, final MACs {fmt_count(one['final_macs'])}"))
         pick.add_column("layer")
         pick.add_column("one-round")
         if best is not None:
-            pick.add_column("per-pattern best")
+            pick.add_column("per-pattern pick")
         for layer, block in one["selected"].items():
             cells = [escape(layer), escape(block)]
             if best is not None:
@@ -223,13 +274,19 @@ def render_compare(data: Mapping, console: Console) -> None:
         tables.append(rank_table)
     if tables:
         console.print(Columns(tables, padding=(0, 4)))
+    console.print(f"each side's pick: the cheapest trial (final MACs, then final params) within {data['tolerance']:g} "
+                  f"accuracy points of that side's best val accuracy", highlight=False)
+    if per_pick is not None:
+        console.print(escape(f"per-pattern pick: {per_pick['label']} ({per_pick['study']} #{per_pick['trial']}: val "
+                             f"{fmt_pct(per_pick['val_accuracy'])}, final MACs {fmt_count(per_pick['final_macs'])}), "
+                             f"position {per_pick['position']} by val accuracy"), highlight=False)
     if agreement is not None:
         where = (f"its blocks rank {agreement['position']} of {agreement['patterns']}" if agreement["position"]
                  else f"its blocks are none of the {agreement['patterns']} patterns trained per pattern")
         same = "equals" if agreement["same_as_best"] else "differs from"
-        console.print(f"one-round pick {same} the per-pattern best ({escape(agreement['best_label'])}) by blocks; "
+        console.print(f"one-round pick {same} the per-pattern pick ({escape(agreement['best_label'])}) by blocks; "
                       f"{where}", highlight=False)
-        console.print(f"rank: one-round r{agreement['one_round_rank']}, per-pattern best r{agreement['best_rank']} "
+        console.print(f"rank: one-round r{agreement['one_round_rank']}, per-pattern pick r{agreement['best_rank']} "
                       f"({'same' if agreement['same_rank_as_best'] else 'different'}); blocks and rank together: "
                       f"{'position ' + str(agreement['position_with_rank']) if agreement['position_with_rank'] else 'not found'}",
                       highlight=False)
@@ -243,13 +300,22 @@ def render_compare(data: Mapping, console: Console) -> None:
 
 
 def _render_compute(compute: Mapping, console: Console) -> None:
+    """A row per study and kind, each study's own per_pattern / one_round ratio where it has both kinds, and
+    with several studies their pooled sums and ratio, labelled as such."""
     table = Table(title="training compute (finished trials, duplicates not counted)", title_justify="left")
-    for column in ("strategy", "trials", "wall time", "train MACs total"):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
-    for kind in KINDS:
-        c = compute[kind]
-        table.add_row(kind, str(c["trials"]), fmt_seconds(c["wall_time"]), fmt_count(c["train_macs_total"]))
-    ratio = compute["ratio"]
-    table.add_row("per_pattern / one_round", "",
-                  *(f"{ratio[k]:.2f}x" if ratio[k] is not None else "-" for k in ("wall_time", "train_macs_total")))
+    for column in ("study", "strategy", "trials", "wall time", "train MACs total"):
+        table.add_column(column, justify="left" if column in ("study", "strategy") else "right")
+    groups = list(compute["by_study"].items())
+    if compute["pooled"]:
+        groups.append((f"pooled over {len(groups)} studies", compute))
+    for label, sums in groups:
+        kinds = [kind for kind in KINDS if sums[kind]["trials"] or sums[kind]["duplicates"]]
+        for index, kind in enumerate(kinds):
+            c = sums[kind]
+            table.add_row(escape(label) if index == 0 else "", kind, str(c["trials"]), fmt_seconds(c["wall_time"]),
+                          fmt_count(c["train_macs_total"]))
+        ratio = sums["ratio"]
+        if any(value is not None for value in ratio.values()):
+            table.add_row("", "per_pattern / one_round", "",
+                          *(f"{ratio[k]:.2f}x" if ratio[k] is not None else "-" for k in ("wall_time", "train_macs_total")))
     console.print(table)

@@ -33,7 +33,7 @@ from kronsearch.layers.plan import parse_plan
 from kronsearch.loading import model_bsr_tensors
 from kronsearch.references import build_configured_model
 from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
-from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, default_trial
+from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, check_tolerance, default_trial
 from kronsearch.storage import storage_file, study_storage_url, write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
@@ -61,13 +61,15 @@ class ExportResult:
         return [p for p in (self.pattern, self.weights, self.bsr) if p is not None]
 
 
-def find_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
-    """Trial `number` of the study (must be COMPLETE), or the default: the best / best-val Pareto trial.
+def find_trial(study: optuna.Study, number: int | None = None, tolerance: float | None = None) -> FrozenTrial:
+    """Trial `number` of the study (must be COMPLETE), or the default (report.trials.default_trial): the pick
+    within `tolerance` accuracy points (by default the study's search.tolerance) / the best-val Pareto trial.
 
     Raises BadInput for an unknown number or a trial that did not complete.
     """
+    check_tolerance(tolerance)
     if number is None:
-        return default_trial(study)
+        return default_trial(study, tolerance)
     trials = study.get_trials(deepcopy=False)
     found = [t for t in trials if t.number == number]
     if not found:
@@ -222,8 +224,9 @@ def export_trial(
     storage_url: str | None = None,
     weights: str | os.PathLike | None = None,
     bsr: bool = False,
+    tolerance: float | None = None,
 ) -> ExportResult:
-    """Export a trial (default: the best) to the pattern file `out`, and optionally its weights.
+    """Export a trial (default: the study's pick, find_trial) to the pattern file `out`, and optionally its weights.
 
     weights: copy model.safetensors there (a ".pt" suffix writes a torch state dict with torch.save).
     bsr: also write "<weights stem>.bsr.safetensors" with every KronLinear's merged BSR weight.
@@ -232,7 +235,7 @@ def export_trial(
     """
     if bsr and weights is None:
         raise BadInput("--bsr needs --weights FILE (the BSR file is written next to it)")
-    chosen = find_trial(study, trial)
+    chosen = find_trial(study, trial, tolerance)
     document = pattern_document(study, chosen, storage_url)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
     source = weights_path(study, chosen) if weights is not None else None

@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from kronsearch.record import StudyRecord, TrialRecord, metrics, study_strategy, trial_kind
-from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_count,
-                                      fmt_params, fmt_pct, fmt_seconds, norm_block, objectives)
+from kronsearch.record import StudyRecord, TrialRecord, metrics, study_strategy, tolerance_pick, trial_kind, val_accuracy
+from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_count, fmt_params,
+                                      fmt_pct, fmt_seconds, norm_block, objectives, pick_tolerance)
 
 
 def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
@@ -38,11 +38,15 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
     }
 
 
-def study_report(study: optuna.Study) -> dict:
-    """A study's trials and its best trial (one objective) or Pareto front (several)."""
+def study_report(study: optuna.Study, tolerance: float | None = None) -> dict:
+    """A study's trials, its pick (record.tolerance_pick at `tolerance` points, by default the study's
+    search.tolerance) and the most accurate trial, and its best trials: the pick (one objective) or
+    the Pareto front (several)."""
     objs = objectives(study)
-    rows = [trial_row(t, study) for t in study.get_trials(deepcopy=False)]
-    best = best_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    rows = [trial_row(t, study) for t in trials]
+    points = pick_tolerance(study, tolerance)
+    pick, most_accurate = tolerance_pick(trials, points), tolerance_pick(trials, 0)
     return {
         "study": study.study_name,
         "strategy": study_strategy(study),
@@ -52,13 +56,16 @@ def study_report(study: optuna.Study) -> dict:
         "counts": dict(Counter(r["state"] for r in rows)),
         "trials": rows,
         "best": {"kind": "best" if len(objs) == 1 else "pareto_front",
-                 "trials": [trial_row(t, study) for t in best]},
+                 "trials": [trial_row(t, study) for t in best_trials(study, points)]},
+        "pick": None if pick is None else {
+            "tolerance": points, "best_val": val_accuracy(most_accurate), "trial": trial_row(pick, study),
+            "most_accurate": None if most_accurate.number == pick.number else trial_row(most_accurate, study)},
     }
 
 
-def show_data(studies: Sequence[optuna.Study]) -> list[dict]:
-    """`kronsearch show` as data: one study_report per study."""
-    return [study_report(s) for s in studies]
+def show_data(studies: Sequence[optuna.Study], tolerance: float | None = None) -> list[dict]:
+    """`kronsearch show` as data: one study_report per study (tolerance: overrides each study's)."""
+    return [study_report(s, tolerance) for s in studies]
 
 def count_blocks(blocks: Mapping[str, str]) -> str:
     """Per-layer blocks in words: 'fc1:4x4 fc2:2x2' for up to 3 layers, else '2x2 on 4 layers, 4x4 on 3'."""
@@ -163,16 +170,32 @@ def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -
         console.print()
 
 
+def pick_rule(pick: Mapping) -> str:
+    """'cheapest within 0.5 points of the best val 85.10%': the rule that chose a study_report's pick."""
+    return f"cheapest within {pick['tolerance']:g} points of the best val {fmt_pct(pick['best_val'])}"
+
+
+def _trial_line(row: Mapping) -> str:
+    return (f"#{row['number']}  val {fmt_pct(row['val_accuracy'])}  test {fmt_pct(row['test_accuracy'])}  "
+            f"final MACs {fmt_count(row['final_macs'])}  {fmt_params(row['params'])}")
+
+
 def _render_best(report: Mapping, console: Console) -> None:
-    best = report["best"]
-    if not best["trials"]:
+    """The pick and, when it differs, the most accurate trial; the Pareto front first with several objectives."""
+    best, pick = report["best"], report["pick"]
+    if pick is None:
         console.print("no complete trial yet")
         return
-    if best["kind"] == "best":
-        row = best["trials"][0]
-        console.print(f"best trial: #{row['number']}  val {fmt_pct(row['val_accuracy'])}  "
-                      f"test {fmt_pct(row['test_accuracy'])}  {escape(fmt_params(row['params']))}", highlight=False)
-        return
+    if best["kind"] == "pareto_front":
+        _render_front(report, console)
+    among = "" if best["kind"] == "best" else " among all complete trials"
+    console.print(escape(f"pick{among} ({pick_rule(pick)}): {_trial_line(pick['trial'])}"), highlight=False)
+    if pick["most_accurate"] is not None:
+        console.print(escape(f"most accurate: {_trial_line(pick['most_accurate'])}"), highlight=False)
+
+
+def _render_front(report: Mapping, console: Console) -> None:
+    best = report["best"]
     columns = [("#", True), *((f"{o['metric']} ({o['direction'][:3]})", True) for o in report["objectives"]),
                ("params", False)]
     rows = []

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput
-from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics
+from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"
@@ -61,19 +61,38 @@ def objectives(study: optuna.Study) -> list[dict]:
             for i, d in enumerate(study.directions)]
 
 
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (one objective; [] if none completed) or the Pareto front (several), by number."""
+def check_tolerance(tolerance: float | None) -> float | None:
+    """A --tolerance given by the user (accuracy points), checked: BadInput unless a number in [0, 100]."""
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not 0 <= tolerance <= 100):
+        raise BadInput(f"--tolerance must be a number of accuracy points in [0, 100], got {tolerance!r}")
+    return tolerance
+
+
+def pick_tolerance(study: optuna.Study, tolerance: float | None = None) -> float:
+    """The accuracy points a report picks at: `tolerance` (a --tolerance, checked) if given, else the study's."""
+    points = check_tolerance(tolerance)
+    return study_tolerance(study) if points is None else points
+
+
+def study_pick(study: optuna.Study, tolerance: float | None = None) -> FrozenTrial | None:
+    """The study's pick among its complete trials (record.tolerance_pick at pick_tolerance): the cheapest
+    within that many accuracy points of the best val accuracy. None if none completed."""
+    return tolerance_pick(study.get_trials(deepcopy=False), pick_tolerance(study, tolerance))
+
+
+def best_trials(study: optuna.Study, tolerance: float | None = None) -> list[FrozenTrial]:
+    """The pick (one objective, study_pick; [] if none completed) or the Pareto front (several), by number."""
     if len(study.directions) == 1:
-        try:
-            return [study.best_trial]
-        except ValueError:  # no complete trial
-            return []
+        pick = study_pick(study, tolerance)
+        return [] if pick is None else [pick]
     return sorted(study.best_trials, key=lambda t: t.number)
 
 
-def default_trial(study: optuna.Study) -> FrozenTrial:
-    """The best trial, or the Pareto-front trial with the highest val_accuracy. BadInput if none completed."""
-    front = best_trials(study)
+def default_trial(study: optuna.Study, tolerance: float | None = None) -> FrozenTrial:
+    """What export exports by default: the pick (one objective), or the Pareto-front trial with the highest
+    val_accuracy (several). BadInput if none completed."""
+    front = best_trials(study, tolerance)
     if not front:
         raise BadInput(f"study {study.study_name!r} has no complete trial")
     return max(front, key=best_first)

@@ -23,6 +23,7 @@ from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
 from kronsearch.strategies import seed_hybrid, seed_params
 from kronsearch.study import open_study, recover_dead_trials
+from kronsearch.trial_run import check_fit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -81,6 +82,7 @@ def run_search(
     studies_dir = Path(studies_dir)
     url = storage or default_storage_url(space.name, studies_dir)
     names = [study_name(space.name, strategy)]
+    check_fit(space)
     if dry_run:
         plan = render_plan(space)
         return RunSummary(names, url, plan_text=plan, message=f"dry run: {space.path} is valid; nothing trained")

@@ -14,15 +14,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 from safetensors import SafetensorError
 from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.data import DataSplits, load_dataset
+from kronsearch.data.batches import Batches
 from kronsearch.layers.kronify import kronify
 from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.layers.blocks import parse_block
 from kronsearch.layers.plan import LayerPattern
-from kronsearch.space import Space
+from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError, write_atomic
 from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train
 
@@ -73,6 +75,38 @@ def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
     else:
         kronify(model, {layer: LayerPattern(parse_block(b), spec.rank) for layer, b in spec.plan.items()}, init=init)
     return model
+
+
+def check_fit(space: Space, batch: int = 16) -> None:
+    """One forward pass of the space's model on a real batch of each split, before anything trains: the model
+    must return one (batch, num_classes) tensor of logits and every label must lie in [0, num_classes) (all of
+    them for in-memory data, the first batch otherwise). SpaceError naming the key otherwise: every trial
+    would fail the same way."""
+    data, classes = load_space_data(space), space.num_classes
+    model = build_configured_model(space.model, space.input_shape, classes).eval()
+    for split in ("train", "val", "test"):
+        dataset = getattr(data, split)
+        first = next(Batches(dataset, batch, "cpu").ordered(), None)
+        if first is None:
+            continue
+        images, labels = first
+        if isinstance(dataset, TensorDataset):
+            labels = dataset.tensors[1]
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < classes:
+            raise SpaceError(f"{space.path}: key data: {split} labels run from {int(labels.min())} to "
+                             f"{int(labels.max())}; with num_classes {classes} they must lie in 0..{classes - 1}")
+        try:
+            with torch.no_grad():
+                out = model(images)
+        except Exception as err:  # noqa: BLE001 - the user's model on the user's data
+            raise SpaceError(f"{space.path}: key model: a forward pass on a {split} batch of shape "
+                             f"{tuple(images.shape)} failed: {type(err).__name__}: {err}") from None
+        want = (len(images), classes)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise SpaceError(f"{space.path}: key model: it returns {got} for a {split} batch of shape "
+                             f"{tuple(images.shape)}; it must return one tensor of logits of shape {want} "
+                             f"(batch, num_classes of the data)")
 
 
 def trial_config(space: Space, spec: TrialSpec) -> dict:

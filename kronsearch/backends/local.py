@@ -95,6 +95,11 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
         except optuna.exceptions.StorageInternalError as err:  # a full disk or a lost database while recording
             record.interrupt(trial, f"storage error: {storage_reason(err)}")
             raise
+        except (TrialFailed, TrialSkipped, optuna.TrialPruned):
+            raise  # recorded already
+        except Exception as err:  # a bug, or data the trainer cannot use: the run stops as for Ctrl-C, with the reason
+            record.interrupt(trial, f"stopped by an error: {type(err).__name__}: {err}")
+            raise
 
     return interruptible
 

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import STRATEGIES, StudyRecord, split_study_name
+from kronsearch.storage_files import JournalFile, storage_file_problem
 
 STUDIES_DIR = Path("studies")
 
@@ -66,10 +67,8 @@ def artifacts_folder(url: str, search: str, strategy: str) -> str:
     two storages in one folder never share them: N/S for the default file N.db, <file name>-artifacts/N/S
     for any other storage file, server-<hash of the URL>/N/S for a database server."""
     file = storage_file(url)
-    if file is None:
-        key = "server-" + hashlib.sha256(url.encode()).hexdigest()[:12]
-    else:
-        key = "" if file.name == f"{search}.db" else f"{file.name}-artifacts/"
+    key = (f"server-{hashlib.sha256(url.encode()).hexdigest()[:12]}/" if file is None
+           else "" if file.name == f"{search}.db" else f"{file.name}-artifacts/")
     return f"{key}{search}/{strategy}"
 
 
@@ -248,6 +247,8 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     if file is None and url.startswith("sqlite:"):
         raise BadInput(f"storage {url} is an in-memory SQLite database: it holds nothing before or after this "
                        f"process, and no folder would keep its trials' weights; give a file, e.g. sqlite:///x.db")
+    if file is not None and (problem := storage_file_problem(url, file)):  # a foreign or corrupt file: untouched
+        raise storage_error(url, RuntimeError(problem))
     if not create and file is not None and not file.is_file():
         given = f" ({url})" if url != str(file) else ""
         raise StudyNotFound(f"no storage file {file}{given}; nothing was created. Check the path, or run "
@@ -272,7 +273,7 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
 def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: bool,
           heartbeat: int | None) -> optuna.storages.BaseStorage:
     if "://" not in url:
-        backend = optuna.storages.journal.JournalFileBackend(url)
+        backend = JournalFile(url)
         return OwnedTrialJournalStorage(backend, owner) if owner is not None else optuna.storages.JournalStorage(backend)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:") and file is not None:

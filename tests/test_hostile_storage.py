@@ -1,0 +1,63 @@
+"""Foreign, mistaken and torn storage files (issue 23): refused before anything is written, or repaired where the
+damage is only an entry its writer never finished."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kronsearch.search import run_search
+from kronsearch.storage import load_studies
+from tests.test_hostile_artifacts import error_line, sha
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_foreign_sqlite_database_is_refused_and_left_untouched(write_space, workdir, cli):
+    connection = sqlite3.connect("foreign.db")
+    connection.execute("create table invoices (id integer, total real)")
+    connection.commit()
+    connection.close()
+    before = sha("foreign.db")
+    for command in (["run", write_space(), "--quiet"], ["show", "tiny"]):
+        result = cli(*command, "--storage", "sqlite:///foreign.db")
+        assert result.exit_code == 1
+        line = error_line(result)
+        assert "sqlite:///foreign.db" in line and "another application (tables: invoices)" in line
+    assert sha("foreign.db") == before
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "is a SQLite database, not a journal file: give it as sqlite:///studies/base.db"),
+    (b"\xff\xfe not text at all\n", "not an Optuna journal file"),
+    (b'{"a": 1}\n', "not an Optuna journal file"),
+], ids=["sqlite-file", "binary", "other-json"])
+def test_a_file_that_is_no_journal_is_not_read_as_one(write_space, workdir, cli, content, words):
+    path = write_space(search={"trials": 1})
+    Path("studies").mkdir()
+    if content is None:
+        run_search(path, storage="sqlite:///studies/base.db", progress=False)
+    else:
+        Path("studies/base.db").write_bytes(content)
+    before = sha("studies/base.db")
+    result = cli("run", path, "--storage", "studies/base.db", "--quiet")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "studies/base.db" in line and words in line, line
+    assert sha("studies/base.db") == before
+
+
+def test_a_journal_with_a_torn_last_line_resumes_and_stays_readable(write_space, workdir, cli):
+    path = write_space(search={"trials": 1})
+    Path("studies").mkdir()
+    run_search(path, storage="studies/j.log", progress=False)
+    with open("studies/j.log", "ab") as f:
+        f.write(b'{"op_code":5,"worker_id":"x","trial_id":0,"us')  # a writer killed mid-entry
+    result = cli("run", path, "--storage", "studies/j.log", "--trials", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert cli("show", "tiny", "--storage", "studies/j.log").exit_code == 0
+    (study,) = load_studies("tiny:one_round", "studies/j.log")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert b'"us{' not in Path("studies/j.log").read_bytes()

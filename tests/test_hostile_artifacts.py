@@ -10,6 +10,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import optuna
 import pytest
 
 from kronsearch.errors import BadInput
@@ -111,3 +112,18 @@ def test_fresh_is_refused_while_another_process_runs_the_study(write_space, work
     run_search(path, fresh=True, progress=False)  # the process is gone: --fresh starts over
     (study,) = load_studies("tiny:one_round")
     assert len(study.trials) == 2 and all(t.user_attrs.get("retry_of") is None for t in study.trials)
+
+
+def test_plot_writes_only_into_its_out_folder_whatever_a_study_is_named(workdir, cli):
+    from tests.test_report import build_search
+
+    deep = workdir / "a" / "b"
+    deep.mkdir(parents=True)
+    os.chdir(deep)
+    url = build_search(deep)
+    optuna.copy_study(from_study_name="demo:one_round", from_storage=url, to_storage=url,
+                      to_study_name="../../pwn:one_round")
+    result = cli("plot", "../../pwn:one_round", "--out", "plots", "--storage", url)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*.png"))
+    assert written and all(p.startswith("a/b/plots/_.._pwn-") for p in written), written

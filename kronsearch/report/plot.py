@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -227,9 +228,11 @@ def _epoch_ticks(ax, epochs: list[int]) -> None:
 
 def plot_prefix(studies: Sequence[optuna.Study]) -> str:
     """File name prefix: the search's name, whether one or all of its studies are plotted (so `plot vit` and
-    `plot vit:one_round` replace the same files); 'studies' for several searches."""
+    `plot vit:one_round` replace the same files); 'studies' for several searches. Always a plain name in out_dir."""
     searches = {split_study_name(s.study_name)[0] for s in studies}
-    return searches.pop() if len(searches) == 1 else "studies"
+    prefix = searches.pop() if len(searches) == 1 else "studies"
+    # a study's name is data (any tool may have named it): no path separator or leading dot reaches a file name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix).lstrip(".") or "study"
 
 
 def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, prefix: str | None = None) -> PlotResult:

@@ -134,6 +134,10 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BadInput(f"{path}: {what} is not a state dict of tensors")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # NaN/inf would only surface later, as a failed SVD (init: dense) or NaN outputs
+        raise BadInput(f"{path}: {what} holds NaN or infinite values in {', '.join(broken[:5])}; only finite weights "
+                       f"are allowed")
     return dict(state)
 
 
@@ -147,15 +151,18 @@ def load_checkpoint(net: nn.Module, path: str | os.PathLike) -> None:
 
 
 def state_mismatch(net: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    """What keeps `state` from loading into `net`: its missing, unexpected and mis-shaped tensors ("" if none)."""
+    """What keeps `state` from loading into `net`: its missing, unexpected, mis-shaped tensors, and integer tensors
+    for floating ones or the reverse, which load_state_dict would cast silently ("" if none)."""
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and state[k].shape != own[k].shape]
+    kinds = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in own
+             if k in state and state[k].is_floating_point() != own[k].is_floating_point()]
     parts = [f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
              f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "",
-             f"shape mismatch {'; '.join(shapes[:3])}" if shapes else ""]
+             f"shape mismatch {'; '.join(shapes[:3])}" if shapes else "", f"dtype mismatch {'; '.join(kinds[:3])}" if kinds else ""]
     return "; ".join(p for p in parts if p)
 
 

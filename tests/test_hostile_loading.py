@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import save_file
 from torch import nn
@@ -63,3 +64,26 @@ def test_weights_that_do_not_fit_name_the_missing_unexpected_and_mis_shaped_keys
     assert "w.safetensors: these weights do not fit the model of" in message
     assert "missing head.bias" in message and "unexpected extra" in message
     assert "shape mismatch layers.0.weight (8, 64) vs (16, 64)" in message
+
+
+def test_non_finite_or_integer_weights_are_refused_naming_the_tensor(tmp_path):
+    state = build_model("mlp", (1, 8, 8), 10, hidden=[16]).state_dict()
+    state["layers.0.weight"][0, 0] = float("nan")
+    save_file(state, tmp_path / "nan.safetensors")
+    with pytest.raises(BadInput, match="nan.safetensors: weights holds NaN or infinite values in layers.0.weight"):
+        load_model(pattern(tmp_path), tmp_path / "nan.safetensors")
+    state["layers.0.weight"] = torch.ones(16, 64, dtype=torch.int64)
+    save_file(state, tmp_path / "int.safetensors")
+    with pytest.raises(BadInput, match="dtype mismatch layers.0.weight torch.int64 vs torch.float32"):
+        load_model(pattern(tmp_path), tmp_path / "int.safetensors")
+
+
+def test_a_nan_checkpoint_with_init_dense_is_refused_in_dry_run_and_run(write_space, workdir, cli):
+    state = build_model("mlp", (1, 8, 8), 10, hidden=[16]).state_dict()
+    state["head.weight"][:] = float("inf")
+    save_file(state, workdir / "dense.safetensors")
+    path = write_space(model={"checkpoint": "dense.safetensors", "init": "dense"})
+    for extra in (["--dry-run"], []):
+        result = cli("run", path, "--quiet", *extra)
+        assert result.exit_code == 2
+        assert "model.checkpoint" in result.output and "NaN or infinite values in head.weight" in result.output

@@ -45,7 +45,7 @@ def resolve(reference: str, what: str) -> Callable[..., Any]:
         sys.path.append(os.getcwd())  # as `python -m` does: the folder kronsearch runs in holds the user's modules
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any failure to import is the reference's problem
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - any failure to import (sys.exit too) is the reference's
         raise BadInput(f"{what} {reference!r}: cannot import module {module_name!r}: {type(err).__name__}: {err} "
                        f"(it must be installed, or importable from the folder kronsearch runs in)") from None
     target: Any = module
@@ -58,6 +58,16 @@ def resolve(reference: str, what: str) -> Callable[..., Any]:
     if not callable(target):
         raise BadInput(f"{what} {reference!r}: {attribute!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+def call_user_code(reference: str, what: str, error: type[BadInput] = BadInput, /, **kwargs: Any) -> Any:
+    """resolve(reference, what) called with kwargs. Anything the user's code raises, sys.exit included, is `error`
+    naming the key and the reference; only Ctrl-C goes through."""
+    function = resolve(reference, what)
+    try:
+        return function(**kwargs)
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - the user's code
+        raise error(f"{what} {reference!r} failed: {type(err).__name__}: {err}") from None
 
 
 def _timm() -> Any:
@@ -99,11 +109,8 @@ def build_configured_model(model: Mapping[str, Any], input_shape: tuple[int, int
     """The model a space's (or an exported pattern's) model section describes: built-in, timm or factory."""
     options = dict(model.get("options") or {})
     if model.get("factory"):
-        factory = resolve(model["factory"], "model.factory")
-        try:
-            net = factory(input_shape=tuple(input_shape), num_classes=num_classes, **options)
-        except Exception as err:  # noqa: BLE001 - the user's code: report it as the factory's failure
-            raise FactoryFailed(f"model.factory {model['factory']!r} failed: {type(err).__name__}: {err}") from None
+        net = call_user_code(model["factory"], "model.factory", FactoryFailed,
+                             **{**options, "input_shape": tuple(input_shape), "num_classes": num_classes})
         if not isinstance(net, nn.Module):
             raise ModelError(f"model.factory {model['factory']!r} returned a {type(net).__name__}, not an nn.Module")
         return net
@@ -178,11 +185,7 @@ def _factory_data(reference: str, options: str) -> DataSplits:
 
 def load_factory_data(reference: str, options: Mapping[str, Any]) -> DataSplits:
     """DataSplits from a data factory (see the module doc); BadInput naming what is missing."""
-    factory = resolve(reference, "data.factory")
-    try:
-        made = factory(**dict(options))
-    except Exception as err:  # noqa: BLE001 - the user's code
-        raise BadInput(f"data.factory {reference!r} failed: {type(err).__name__}: {err}") from None
+    made = call_user_code(reference, "data.factory", BadInput, **dict(options))
     get = (lambda key: made.get(key)) if isinstance(made, Mapping) else (lambda key: getattr(made, key, None))
     missing = [k for k in ("train", "val", "test", "input_shape", "num_classes") if get(k) is None]
     if missing:

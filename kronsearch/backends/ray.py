@@ -64,13 +64,26 @@ from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
 from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_trial  # noqa: E402
-from kronsearch.references import resolve  # noqa: E402
+from kronsearch.layers.errors import BadInput  # noqa: E402
+from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_artifacts_dir  # noqa: E402
 from kronsearch.study import Heartbeats  # noqa: E402
 
 TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+def user_callbacks(references: list[str]) -> list[tune.Callback]:
+    """The Tune callbacks backend.callbacks make; BadInput naming the key for one that fails or makes no Callback."""
+    made = []
+    for i, reference in enumerate(references):
+        callback = call_user_code(reference, f"backend.callbacks[{i}]")
+        if not isinstance(callback, tune.Callback):
+            raise BadInput(f"backend.callbacks[{i}] {reference!r} returned a {type(callback).__name__}, not a "
+                           f"ray.tune.Callback")
+        made.append(callback)
+    return made
 
 
 def check_resources(space: Space) -> None:
@@ -176,8 +189,7 @@ class RayBackend(Backend):
                                         max_concurrent_trials=backend["max_concurrent"], reuse_actors=True,
                                         time_budget_s=timeout),
             run_config=tune.RunConfig(name=f"{space.name}-{kind}", storage_path=str(self.folder / "tune"),
-                                      verbose=0, callbacks=[resolve(ref, "backend.callbacks")()
-                                                            for ref in backend["callbacks"]],
+                                      verbose=0, callbacks=user_callbacks(backend["callbacks"]),
                                       failure_config=tune.FailureConfig(max_failures=backend["max_retries"])))
         saved = {key: os.environ.get(key) for key in QUIET_ENV}
         os.environ.update(QUIET_ENV)

@@ -1,0 +1,70 @@
+"""The user's code misbehaving (issue 23): a factory or callback that exits, raises or returns the wrong thing is
+one `error:` line naming the key, never a silent exit 0 or a raw traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kronsearch.errors import BadInput
+from tests.test_hostile_artifacts import error_line
+
+CODE = '''
+import sys
+
+from ray import tune
+
+
+def exits(**kwargs):
+    sys.exit(0)
+
+
+def forty_two():
+    return 42
+
+
+def raises():
+    raise RuntimeError("no callback today")
+
+
+def callback():
+    return tune.Callback()
+'''
+
+
+@pytest.fixture
+def code(workdir: Path) -> None:
+    (workdir / "hostile_code.py").write_text(CODE, encoding="utf-8")
+    (workdir / "exits_on_import.py").write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"model": {"name": None, "factory": "hostile_code:exits", "options": None, "include": ["*"]}},
+     "model.factory: 'hostile_code:exits' failed: SystemExit: 0"),
+    ({"data": {"name": None, "limit": None, "factory": "hostile_code:exits"}},
+     "data.factory: 'hostile_code:exits' failed: SystemExit: 0"),
+    ({"model": {"name": None, "factory": "exits_on_import:build", "options": None, "include": ["*"]}},
+     "cannot import module 'exits_on_import': SystemExit: 3"),
+], ids=["model-factory", "data-factory", "module-import"])
+def test_a_factory_that_calls_sys_exit_is_an_error_not_a_silent_success(write_space, cli, code, changes, words):
+    result = cli("run", write_space(**changes), "--quiet")
+    assert result.exit_code == 2
+    assert words in error_line(result)
+    assert not Path("studies").exists()
+
+
+@pytest.mark.parametrize("reference, words", [
+    ("hostile_code:forty_two", r"backend.callbacks\[1\] 'hostile_code:forty_two' returned a int, not a ray.tune.Callback"),
+    ("hostile_code:raises", r"backend.callbacks\[1\] 'hostile_code:raises' failed: RuntimeError: no callback today"),
+    ("hostile_code:exits", r"backend.callbacks\[1\] 'hostile_code:exits' failed: SystemExit: 0"),
+])
+def test_backend_callbacks_are_checked_and_named(code, reference, words):
+    from ray import tune
+
+    from kronsearch.backends.ray import user_callbacks
+
+    (made,) = user_callbacks(["hostile_code:callback"])
+    assert isinstance(made, tune.Callback)
+    with pytest.raises(BadInput, match=words):
+        user_callbacks(["hostile_code:callback", reference])

@@ -1,12 +1,25 @@
-"""kronsearch: search block-sparsity patterns for Kronecker-decomposed networks."""
+"""kronsearch: search block-sparsity patterns for Kronecker-decomposed networks.
 
-from kronsearch.layers import (BSRLinear, KronifyReport, KronLinear, LayerPattern, PatternSelectLinear, Plan,
-                               finalize_model, kronify, load_plan, model_plan, selection_penalty, valid_blocks)
-from kronsearch.loading import load_model
+The public names are imported on first use (PEP 562), so importing the package, as the command line's
+entry point (kronsearch.__main__) does before anything else, loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
+_EXPORTS = {name: "kronsearch.layers" for name in (
     "BSRLinear", "KronLinear", "KronifyReport", "LayerPattern", "PatternSelectLinear", "Plan",
-    "finalize_model", "kronify", "load_model", "load_plan", "model_plan", "selection_penalty", "valid_blocks",
-    "__version__",
-]
+    "finalize_model", "kronify", "load_plan", "model_plan", "selection_penalty", "valid_blocks")}
+_EXPORTS["load_model"] = "kronsearch.loading"
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kronsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,61 @@
+"""Ctrl-C at awkward moments (issue 23): during the imports of the first seconds, and a second one while the first
+is being cleaned up after; each is one `error:` line and exit 130, never a traceback."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.test_reliability import TIMEOUT, python, wait_for  # noqa: F401 - python is a fixture
+
+# `kronsearch run tiny.yaml` whose trial hangs and whose clean-up after Ctrl-C (recording the interrupted
+# trial) then takes long, so a second Ctrl-C lands in it.
+RUN_SLOW_CLEANUP = """
+import sys, time
+from pathlib import Path
+import kronsearch.backends.local as local
+import kronsearch.record as record
+
+real_interrupt = record.interrupt
+
+def run_trial(*args, **kwargs):
+    Path("hanging").write_text("1")
+    time.sleep(300)
+
+def interrupt(*args, **kwargs):
+    real_interrupt(*args, **kwargs)
+    Path("cleaning").write_text("1")
+    time.sleep(300)
+
+local.run_trial, record.interrupt = run_trial, interrupt
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+from kronsearch.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_during_the_first_seconds_is_one_line_and_exit_130(write_space, python, delay):
+    write_space()
+    proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
+                  "runpy.run_module('kronsearch', run_name='__main__')")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+
+
+def test_a_second_ctrl_c_while_stopping_stops_at_once_with_one_line(write_space, workdir, python):
+    write_space()
+    proc = python(RUN_SLOW_CLEANUP)
+    wait_for(workdir / "hanging", proc)
+    proc.send_signal(signal.SIGINT)
+    wait_for(workdir / "cleaning", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130
+    assert err.strip() == "error: interrupted again while stopping; stopped at once (re-run the same command to resume)"

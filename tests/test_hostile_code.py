@@ -3,6 +3,9 @@ one `error:` line naming the key, never a silent exit 0 or a raw traceback."""
 
 from __future__ import annotations
 
+import importlib.util
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,30 @@ def test_backend_callbacks_are_checked_and_named(code, reference, words):
     assert isinstance(made, tune.Callback)
     with pytest.raises(BadInput, match=words):
         user_callbacks(["hostile_code:callback", reference])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_ray_address_nothing_listens_on_fails_within_the_stated_timeout(write_space, cli):
+    from kronsearch.backends.ray import ADDRESS_TIMEOUT
+
+    port = closed_port()
+    started = time.monotonic()
+    result = cli("run", write_space(), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--quiet")
+    assert time.monotonic() - started < ADDRESS_TIMEOUT + 20  # the Ray import included
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert f"backend.address '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port} within 10 s" in line
+
+
+def test_a_ray_client_address_without_ray_client_says_what_to_install():
+    from kronsearch.backends.ray import check_address
+
+    if importlib.util.find_spec("grpc") is not None:
+        pytest.skip("ray[client] is installed here")
+    with pytest.raises(BadInput, match=r"backend.address 'ray://h:10001': Ray Client \(ray://\) needs the ray\[client\]"):
+        check_address("ray://h:10001")

@@ -46,9 +46,11 @@ Storage
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -64,7 +66,7 @@ from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
 from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_trial  # noqa: E402
-from kronsearch.layers.errors import BadInput  # noqa: E402
+from kronsearch.layers.errors import BadInput, RunFailure  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_artifacts_dir  # noqa: E402
@@ -72,6 +74,7 @@ from kronsearch.study import Heartbeats  # noqa: E402
 
 TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+ADDRESS_TIMEOUT = 10.0  # seconds: how long backend.address may take to answer
 
 
 def user_callbacks(references: list[str]) -> list[tune.Callback]:
@@ -115,6 +118,25 @@ def check_cluster(space: Space, own: bool, console: Console) -> None:
     console.print(f"warning: {escape(message)}; trials wait until the cluster gets such a node")
 
 
+def check_address(address: str, timeout: float = ADDRESS_TIMEOUT) -> None:
+    """Fail within `timeout` seconds when nothing answers at backend.address (ray.init would retry for minutes),
+    or when a ray:// address finds no Ray Client installed; "auto" is Ray's own quick lookup."""
+    if address == "auto":
+        return
+    key = f"backend.address {address!r}"
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise BadInput(f"{key}: Ray Client (ray://) needs the ray[client] extra, not installed here: "
+                       f"pip install 'ray[client]=={ray.__version__}'")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        host, port = address.removeprefix("ray://"), "10001" if address.startswith("ray://") else "6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise RunFailure(f"{key}: nothing answers at {host}:{port} within {timeout:g} s ({err.strerror or err}); "
+                         f"start the cluster (ray start --head) or fix the address") from None
+
+
 @contextmanager
 def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
     """Connect to Ray for the duration; yields True when this call started a local Ray (and stops it after)."""
@@ -126,6 +148,7 @@ def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=str(folder / "ray"),
                  logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
     else:
+        check_address(address)
         ray.init(address=address, logging_level=logging.WARNING)
     try:
         yield address is None

@@ -19,11 +19,11 @@ from rich.console import Console
 
 import kronsearch
 
-from kronsearch.errors import BadInput, RunFailure
+from kronsearch.errors import BadInput, RunFailure, Terminated
 from kronsearch.record import Strategy
 from kronsearch.storage import load_studies, storage_for
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same command to resume"
 
 app = typer.Typer(
@@ -72,6 +72,8 @@ def _errors(interrupted: str = "interrupted") -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
+    except Terminated:
+        raise _fail(f"terminated (SIGTERM): {interrupted}", EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         raise _fail(interrupted, EXIT_INTERRUPTED) from None
     except BadInput as err:  # SpaceError, ModelError, DatasetError, StudyNotFound, bad blocks and files

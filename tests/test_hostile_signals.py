@@ -3,8 +3,11 @@ is being cleaned up after; each is one `error:` line and exit 130, never a trace
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +62,42 @@ def test_a_second_ctrl_c_while_stopping_stops_at_once_with_one_line(write_space,
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130
     assert err.strip() == "error: interrupted again while stopping; stopped at once (re-run the same command to resume)"
+
+
+@pytest.fixture
+def short_tmp():
+    """A short temp folder for Ray (its socket paths must fit in 107 bytes), removed afterwards."""
+    folder = Path(f"/tmp/k{os.getpid() % 1000}")  # session paths add ~95 bytes
+    folder.mkdir(exist_ok=True)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, workdir, python, short_tmp):
+    import sqlite3
+
+    temp = short_tmp
+    write_space(train={"epochs": 500}, backend={"name": "ray", "max_concurrent": 1})
+    proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
+                  "runpy.run_module('kronsearch', run_name='__main__')", TMPDIR=str(temp), RAY_AUTH_MODE="disabled")
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # until a trial trains in a Ray worker
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        try:
+            with sqlite3.connect(workdir / "studies" / "tiny.db") as db:
+                if db.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0]:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1].startswith("error: terminated (SIGTERM): interrupted;"), err
+    assert "Traceback" not in err and "SIGTERM received" not in err
+    from kronsearch.storage import load_studies
+
+    (study,) = load_studies("tiny:one_round")
+    assert [t.user_attrs.get("interrupted") for t in study.trials][:1] == ["stopped by SIGTERM"]
+    assert list((temp / "kronsearch-ray").glob("run-*")) == []  # the session folder is removed

@@ -50,12 +50,15 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before ray is imported: Ray 2.60 would write ~/.ray
 import optuna  # noqa: E402
@@ -66,7 +69,7 @@ from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
 from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_trial  # noqa: E402
-from kronsearch.layers.errors import BadInput, RunFailure  # noqa: E402
+from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_artifacts_dir  # noqa: E402
@@ -137,6 +140,19 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT) -> None:
                          f"start the cluster (ray start --head) or fix the address") from None
 
 
+TERMINATED = threading.Event()  # SIGTERM arrived during this process's Ray session
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: Tune's own SIGINT handler when fit() runs (it ends fit, and run raises Terminated), else
+    Terminated at once. Ray's native handler, which this replaces, aborts the process with a dump."""
+    TERMINATED.set()
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler) or handler is signal.default_int_handler:
+        raise Terminated()
+    handler(signal.SIGINT, frame)
+
+
 @contextmanager
 def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
     """Connect to Ray for the duration; yields True when this call started a local Ray (and stops it after)."""
@@ -150,10 +166,19 @@ def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
     else:
         check_address(address)
         ray.init(address=address, logging_level=logging.WARNING)
+    TERMINATED.clear()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         yield address is None
     finally:
         ray.shutdown()  # stops a local Ray; only disconnects from a joined cluster
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped_by() -> str:
+    return "stopped by SIGTERM" if TERMINATED.is_set() else "stopped by Ctrl-C (SIGINT)"
 
 
 def remove_session(session: Path) -> None:
@@ -216,12 +241,13 @@ class RayBackend(Backend):
                                       failure_config=tune.FailureConfig(max_failures=backend["max_retries"])))
         saved = {key: os.environ.get(key) for key in QUIET_ENV}
         os.environ.update(QUIET_ENV)
-        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+        for logger in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):  # a stopped trial has no results
+            logging.getLogger(logger).setLevel(logging.ERROR)
         try:
             with Heartbeats(study, lambda: [t for job in searcher.running.values() for t in (job.trial, *job.twins)]):
                 tuner.fit()
         except BaseException as err:
-            why = "stopped by Ctrl-C (SIGINT)" if isinstance(err, KeyboardInterrupt) else f"driver error: {err}"
+            why = _stopped_by() if isinstance(err, KeyboardInterrupt) else f"driver error: {err}"
             self._abandon(searcher, why, console)
             raise
         finally:
@@ -234,9 +260,8 @@ class RayBackend(Backend):
             self._abandon(searcher, searcher.storage_error, console)
             raise StorageError(searcher.storage_error)
         timed_out = searcher.deadline is not None and time.monotonic() >= searcher.deadline
-        if self._abandon(searcher, "stopped by the timeout" if timed_out else "stopped by Ctrl-C (SIGINT)",
-                         console) and not timed_out:
-            raise KeyboardInterrupt  # Tuner.fit returns normally on Ctrl-C, leaving its trials unfinished
+        if self._abandon(searcher, "stopped by the timeout" if timed_out else _stopped_by(), console) and not timed_out:
+            raise Terminated() if TERMINATED.is_set() else KeyboardInterrupt()  # fit() returns normally on Ctrl-C
 
     @staticmethod
     def _abandon(searcher: StudySearcher, why: str, console: Console) -> list[int]:

@@ -101,3 +101,18 @@ def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, wo
     (study,) = load_studies("tiny:one_round")
     assert [t.user_attrs.get("interrupted") for t in study.trials][:1] == ["stopped by SIGTERM"]
     assert list((temp / "kronsearch-ray").glob("run-*")) == []  # the session folder is removed
+
+
+def test_a_ray_run_removes_the_session_folders_of_drivers_that_died(tmp_path):
+    import subprocess
+    import sys
+
+    from kronsearch.backends.ray import KEPT, sweep_dead_sessions
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    kept = f"run-{pid}-{KEPT}-b"
+    for name in (f"run-{pid}-a", kept, f"run-{os.getpid()}-live", "run-oldstyle"):
+        (tmp_path / name / "ray").mkdir(parents=True)
+    assert sweep_dead_sessions(tmp_path) == [tmp_path / f"run-{pid}-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept, f"run-{os.getpid()}-live", "run-oldstyle"])

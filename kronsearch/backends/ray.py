@@ -49,6 +49,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -77,6 +78,7 @@ from kronsearch.study import Heartbeats  # noqa: E402
 
 TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+KEPT = "keep"  # run-<pid>-keep-*: a run folder of backend.keep_session: true
 ADDRESS_TIMEOUT = 10.0  # seconds: how long backend.address may take to answer
 
 
@@ -177,6 +179,40 @@ def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def new_session_folder(keep: bool) -> Path:
+    """TEMP_DIR/run-<pid>-[keep-]<4 hex digits>, private to this user; short, as Ray's socket paths below it
+    must fit in 107 bytes."""
+    while True:
+        folder = TEMP_DIR / f"run-{os.getpid()}-{f'{KEPT}-' if keep else ''}{secrets.token_hex(2)}"
+        try:
+            folder.mkdir(mode=0o700)
+            return folder
+        except FileExistsError:
+            continue
+
+
+def sweep_dead_sessions(folder: Path) -> list[Path]:
+    """Remove the run-<pid>-* folders of drivers that died without cleaning up (Ray can end its driver natively,
+    e.g. when the raylet dies), unless they were to be kept; returns the removed ones."""
+    removed = []
+    for session in folder.glob("run-*-*"):
+        _, pid, rest = session.name.split("-", 2)
+        if pid.isdigit() and not rest.startswith(f"{KEPT}-") and not _alive(int(pid)):
+            remove_session(session)
+            removed.append(session)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 def _stopped_by() -> str:
     return "stopped by SIGTERM" if TERMINATED.is_set() else "stopped by Ctrl-C (SIGINT)"
 
@@ -203,7 +239,8 @@ class RayBackend(Backend):
         """One Ray session (and one folder for it and Tune) for every stage of the run."""
         check_resources(space)
         TEMP_DIR.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=TEMP_DIR))
+        sweep_dead_sessions(TEMP_DIR)
+        self.folder = new_session_folder(space.backend["keep_session"])
         try:
             with ray_session(space.backend["address"], self.folder) as own:
                 check_cluster(space, own, console)

@@ -308,7 +308,7 @@ def study_artifacts_dir(study: optuna.Study) -> Path:
     """Where this study's trial folders go now: the folder it recorded when it was created (see
     artifacts_folder) under its artifact root; <artifact root>/<search>/<strategy> for older studies."""
     recorded = StudyRecord.of(study).artifacts_dir
-    if recorded and not Path(recorded).is_absolute():
+    if recorded and not Path(recorded).is_absolute() and ".." not in Path(recorded).parts:  # never out of the root
         return study_artifacts_root(study) / recorded
     search, strategy = split_study_name(study.study_name)
     return artifacts_dir(search, strategy or "", study_artifacts_root(study))

@@ -127,3 +127,14 @@ def test_plot_writes_only_into_its_out_folder_whatever_a_study_is_named(workdir,
     assert result.exit_code == 0, result.output
     written = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*.png"))
     assert written and all(p.startswith("a/b/plots/_.._pwn-") for p in written), written
+
+
+def test_a_study_recording_a_folder_out_of_its_root_never_reaches_it(searched, workdir):
+    victim = workdir / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    (study,) = load_studies("tiny:one_round")
+    study.set_user_attr("artifacts_dir", "../victim")  # a tampered storage
+    run_search(searched, fresh=True, progress=False)
+    assert (victim / "precious.txt").read_text() == "keep"
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]

@@ -80,7 +80,7 @@ def worker_alive(trial: FrozenTrial, host: str | None = None) -> bool | None:
     if Path("/proc/self/stat").is_file():  # Linux: a pid and its start time identify a process
         started, now = rec.worker_started, process_started(pid)
         return now is not None and (started == now if started is not None else pid != os.getpid())
-    return pid != os.getpid() and _alive(pid)
+    return pid != os.getpid() and process_alive(pid)
 
 
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
@@ -312,7 +312,8 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     return recovered
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -74,7 +74,7 @@ from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_artifacts_dir  # noqa: E402
-from kronsearch.study import Heartbeats  # noqa: E402
+from kronsearch.study import Heartbeats, process_alive  # noqa: E402
 
 TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -197,20 +197,10 @@ def sweep_dead_sessions(folder: Path) -> list[Path]:
     removed = []
     for session in folder.glob("run-*-*"):
         _, pid, rest = session.name.split("-", 2)
-        if pid.isdigit() and not rest.startswith(f"{KEPT}-") and not _alive(int(pid)):
+        if pid.isdigit() and not rest.startswith(f"{KEPT}-") and not process_alive(int(pid)):
             remove_session(session)
             removed.append(session)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
 
 
 def _stopped_by() -> str:

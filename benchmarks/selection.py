@@ -20,17 +20,18 @@ the first `--limit` examples and is evaluated on its full 10k test set.
 Per task and seed:
 - every candidate is trained alone (a candidate that does not divide a layer is replaced there by
   the largest dividing candidate no taller than it), same epochs and settings;
-- the one round (kronify candidates=..., the trainer's gate selection) runs at each lambda1 of
-  `--lambda1-grid`; the run with the best validation accuracy is kept, as the search would;
+- the one round (kronify candidates=..., the trainer's race, kronsearch/selection.py) runs once at
+  `--tolerance`;
 - if the one round's per-layer pick is not one of the runs alone, that plan is retrained alone.
 
-Metrics: regret = best test accuracy alone - the pick's test accuracy alone (the picked plan
-retrained alone), next to the regret of three fixed rules (always the smallest candidate, always
-the largest, always the candidate best on average over the seeds, which needs hindsight); pick right
-= regret <= 0.5 point; final gap = the one round's own final test accuracy - the best alone; cost =
-the kept one-round run's train_macs_total and wall time against one training of the pick alone and
-against the sweep (all runs alone); exactness = the losers' share of sum ||W_k|| at the choice, and
-the largest ||W_k|| a loser had when it left its layer (0 means it left at exactly zero).
+Metrics: right = the pick is within the tolerance of the best test accuracy alone and no run alone
+within it is cheaper (final MACs, then parameters), next to how often three fixed rules are right
+(always the smallest candidate, always the largest, always the candidate best on average over the
+seeds, which needs hindsight); regret = best test accuracy alone - the pick's test accuracy alone
+(the picked plan retrained alone), and the fixed rules' regrets; the pick's final MACs over the
+costliest candidate's; final gap = the one round's own final test accuracy - the best alone; cost =
+the one-round run's train_macs_total (its race's validation passes included) and wall time against
+one training of the pick alone and against the sweep (all runs alone).
 """
 
 from __future__ import annotations
@@ -112,12 +113,20 @@ TASKS = {
                        [(2, 2), (4, 4), (8, 8)],
                        {"epochs": 12, "lr": 5e-3, "batch_size": 64, "weight_decay": 0.05, "warmup_epochs": 1,
                         "lambda2": 1e-4}),
+    # a 64-wide hidden layer: a 16x16 block leaves S and A with 4 x 49 = 196 entries each
+    "narrow-mlp": Task("narrow-mlp", lambda seed, args: fashion_mnist(args.limit), "mlp", {"hidden": [64]},
+                       ("layers.0",), [(2, 2), (4, 4), (8, 8), (16, 16)], {"epochs": 6, "lr": 3e-3, "lambda2": 1e-4}),
+    # a 256-wide hidden layer, five blocks of three shapes: all within about a point of each other
+    "tie-mlp": Task("tie-mlp", lambda seed, args: fashion_mnist(args.limit), "mlp", {"hidden": [256]},
+                    ("layers.0",), [(2, 2), (4, 4), (8, 8), (4, 16), (16, 4)],
+                    {"epochs": 6, "lr": 3e-3, "lambda2": 1e-4}),
     "mlp-fashion": Task("mlp-fashion", lambda seed, args: fashion_mnist(args.limit), "mlp", {"hidden": [256]},
                         ("layers.0",), [(2, 2), (4, 4), (8, 8), (16, 16)], {"epochs": 8, "lr": 3e-3, "lambda2": 1e-4}),
     "lenet5-fashion": Task("lenet5-fashion", lambda seed, args: fashion_mnist(args.limit), "lenet5", {}, ("fc*",),
                            [(2, 2), (4, 4), (8, 8)], {"epochs": 6, "lr": 2e-3, "lambda2": 1e-4}),
 }
-SMOKE_DATA = {"mlp-fashion": lambda seed, args: load_dataset("digits", seed=0, limit=300),
+SMOKE_DATA = {name: lambda seed, args: load_dataset("digits", seed=0, limit=300)
+              for name in ("mlp-fashion", "narrow-mlp", "tie-mlp")} | {
               "lenet5-fashion": lambda seed, args: upsampled_digits(300)}
 
 
@@ -149,6 +158,22 @@ def plan_label(plan: dict[str, Block]) -> str:
     return blocks[0] if len(set(blocks)) == 1 else ", ".join(f"{n} {b}" for n, b in zip(plan, blocks))
 
 
+def right_answer(results: dict[str, TrainResult], tolerance: float) -> str:
+    """The cheapest run (final MACs, then parameters) within `tolerance` points of the best test accuracy."""
+    best = max(r.test_accuracy for r in results.values())
+    within = [k for k, r in results.items() if 100 * (best - r.test_accuracy) <= tolerance]
+    return min(within, key=lambda k: (results[k].final_macs, results[k].final_params))
+
+
+def is_right(choice: str, results: dict[str, TrainResult], tolerance: float) -> bool:
+    """Within tolerance of the best alone, and no run within tolerance is cheaper."""
+    answer = results[right_answer(results, tolerance)]
+    best = max(r.test_accuracy for r in results.values())
+    chosen = results[choice]
+    return (100 * (best - chosen.test_accuracy) <= tolerance
+            and (chosen.final_macs, chosen.final_params) <= (answer.final_macs, answer.final_params))
+
+
 def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tuple[list[str], str]:
     """Train everything for one task; return its per-seed lines and its summary table row."""
     lines, per_seed = [], []
@@ -162,36 +187,35 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
             if key not in alone:
                 alone[key] = run(task, data, seed, lambda m, p=plan: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
         budget = {} if args.select_fraction is None else {"select_epochs": args.select_fraction * task.train["epochs"]}
-        rounds = {lam: run(task, data, seed, lambda m: kronify(m, candidates=task.candidates, include=task.include),
-                           lambda1=lam, finetune_epochs=0, **budget)
-                  for lam in args.lambda1_grid}
-        lam = max(rounds, key=lambda k: rounds[k].val_accuracy)
-        kept = rounds[lam]
+        kept = run(task, data, seed, lambda m: kronify(m, candidates=task.candidates, include=task.include),
+                   tolerance=args.tolerance, finetune_epochs=0, **budget)
         pick = {n: tuple(int(v) for v in kept.selected[n].split("x")) for n in shapes}
         pick_key = plan_label(pick)
+        labels = [plan_label(alone_plan(c, shapes, task.candidates)) for c in task.candidates]
+        sweep = {k: alone[k] for k in labels}
         if pick_key not in alone:
             alone[pick_key] = run(task, data, seed, lambda m: kronify(m, {n: LayerPattern(b, 1) for n, b in pick.items()}))
-        labels = [plan_label(alone_plan(c, shapes, task.candidates)) for c in task.candidates]
-        best = max(alone[k].test_accuracy for k in labels)
+        best = max(r.test_accuracy for r in sweep.values())
         decisions = kept.decisions.values()
         per_seed.append({
-            "alone": {k: alone[k].test_accuracy for k in labels}, "best": best,
+            "alone": {k: r.test_accuracy for k, r in sweep.items()}, "best": best,
+            "right_rules": {k: is_right(k, sweep, args.tolerance) for k in labels},
+            "right": is_right(pick_key, {**sweep, pick_key: alone[pick_key]}, args.tolerance),
             "pick": alone[pick_key].test_accuracy, "final": kept.test_accuracy,
+            "pick_macs": alone[pick_key].final_macs / max(r.final_macs for r in sweep.values()),
             "macs_pick": kept.train_macs_total / alone[pick_key].train_macs_total,
             "wall_pick": kept.wall_time / alone[pick_key].wall_time,
             "macs_sweep": kept.train_macs_total / sum(alone[k].train_macs_total for k in set(labels)),
             "wall_sweep": kept.wall_time / sum(alone[k].wall_time for k in set(labels)),
-            "share": max(d["loser_share"] for d in decisions),
-            "removed": max(d["loser_norm_at_removal"] for d in decisions),
             "epoch": max(d["epoch"] for d in decisions)})
         lines.append(
             f"  {task.name} seed {seed}: alone " + ", ".join(f"{k} {alone[k].test_accuracy:.4f}" for k in labels)
-            + f"; lambda1 {lam} (val " + ", ".join(f"{k}: {r.val_accuracy:.4f}" for k, r in rounds.items())
-            + f") picked {pick_key} ({alone[pick_key].test_accuracy:.4f} alone), one round final {kept.test_accuracy:.4f}; "
+            + f"; right {right_answer(sweep, args.tolerance)}; picked {pick_key} "
+            f"({alone[pick_key].test_accuracy:.4f} alone), one round final {kept.test_accuracy:.4f}; "
             f"choices at epochs {', '.join(str(d['epoch']) for d in decisions)} of {task.train['epochs']} "
-            f"({', '.join(sorted({d['by'] for d in decisions}))}); block sparsity {kept.block_sparsity:.3f} "
-            f"(pick alone {alone[pick_key].block_sparsity:.3f}); cost x{per_seed[-1]['macs_pick']:.2f} MACs "
-            f"x{per_seed[-1]['wall_pick']:.2f} wall of the pick alone")
+            f"({', '.join(sorted({d['by'] for d in decisions}))}); estimates "
+            + "; ".join(", ".join(f"{k} {v}" for k, v in d["accuracy"].items()) for d in decisions)
+            + f"; cost x{per_seed[-1]['macs_pick']:.2f} MACs x{per_seed[-1]['wall_pick']:.2f} wall of the pick alone")
         print(lines[-1], flush=True)
     return lines, summary_row(task, per_seed)
 
@@ -204,19 +228,22 @@ def summary_row(task: Task, per_seed: list[dict]) -> str:
              "best on average": max(mean_alone, key=mean_alone.get)}
     regret = [100 * (s["best"] - s["pick"]) for s in per_seed]
     rule_regret = {r: statistics.fmean(100 * (s["best"] - s["alone"][k]) for s in per_seed) for r, k in rules.items()}
-    right = sum(r <= 0.5 for r in regret)
-    return (f"| {task.name} | {right}/{len(per_seed)} | {statistics.fmean(regret):.2f} | "
-            + " | ".join(f"{v:.2f}" for v in rule_regret.values())
-            + f" | {stat([100 * (s['final'] - s['best']) for s in per_seed], 2)} "
+    rule_right = {r: sum(s["right_rules"][k] for s in per_seed) for r, k in rules.items()}
+    n = len(per_seed)
+    return (f"| {task.name} | {sum(s['right'] for s in per_seed)}/{n} | "
+            + " | ".join(f"{v}/{n}" for v in rule_right.values())
+            + f" | {statistics.fmean(regret):.2f} | " + " | ".join(f"{v:.2f}" for v in rule_regret.values())
+            + f" | {stat([s['pick_macs'] for s in per_seed], 2)}"
+            f" | {stat([100 * (s['final'] - s['best']) for s in per_seed], 2)} "
             f"| {stat([s['macs_pick'] for s in per_seed], 2)} | {stat([s['wall_pick'] for s in per_seed], 2)} "
             f"| {stat([s['macs_sweep'] for s in per_seed], 2)} | {stat([s['wall_sweep'] for s in per_seed], 2)} "
-            f"| {max(s['epoch'] for s in per_seed)} | {max(s['share'] for s in per_seed):.3f} "
-            f"| {max(s['removed'] for s in per_seed):.1e} |")
+            f"| {max(s['epoch'] for s in per_seed)} |")
 
 
-HEADER = ("| task | pick right | regret | regret: smallest | regret: largest | regret: best on average "
+HEADER = ("| task | pick right | right: smallest | right: largest | right: best on average | regret "
+          "| regret: smallest | regret: largest | regret: best on average | pick's MACs / costliest "
           "| final gap | MACs / pick alone | wall / pick alone | MACs / sweep | wall / sweep | latest choice (epoch) "
-          "| loser share at choice (max) | loser norm at removal (max) |\n|" + "---|" * 14)
+          "|\n|" + "---|" * 16)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -224,7 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of %(default)s")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list (default %(default)s)")
-    parser.add_argument("--lambda1-grid", default="0,0.3", help="one-round lambda1 values (default %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=0.5,
+                        help="accuracy points: the pick and 'right' both mean the cheapest within it (default %(default)s)")
     parser.add_argument("--select-fraction", type=float, default=None,
                         help="one-round selection budget as a fraction of the epochs (default: the trainer's)")
     parser.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training examples (default %(default)s)")
@@ -237,11 +265,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--tasks: unknown {unknown}; allowed: {', '.join(TASKS)}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        args.lambda1_grid = [float(v) for v in args.lambda1_grid.split(",") if v.strip()]
     except ValueError as err:
-        parser.error(f"--seeds / --lambda1-grid: comma lists of numbers ({err})")
-    if not args.seeds or not args.lambda1_grid or min(args.lambda1_grid) < 0:
-        parser.error("--seeds and --lambda1-grid need at least one value; lambda1 >= 0")
+        parser.error(f"--seeds: a comma list of integers ({err})")
+    if not args.seeds or not 0 <= args.tolerance <= 100:
+        parser.error("--seeds needs at least one value; --tolerance must be in [0, 100]")
     if args.select_fraction is not None and not 0 < args.select_fraction <= 1:
         parser.error("--select-fraction must be in (0, 1]")
     if args.limit < 1 or args.threads < 1:
@@ -257,7 +284,7 @@ def warm_up() -> None:
     data = load_dataset("digits", seed=0, limit=64)
     model = build_model("linear", data.input_shape, data.num_classes)
     kronify(model, candidates=[(2, 2), (1, 1)])
-    train(model, data, TrainConfig(epochs=2, lambda1=1.0, progress=False))
+    train(model, data, TrainConfig(epochs=2, progress=False))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     warm_up()
     start = time.perf_counter()
-    print(f"tasks {', '.join(args.tasks)}; seeds {','.join(map(str, args.seeds))}; lambda1 grid "
-          f"{args.lambda1_grid}; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"tasks {', '.join(args.tasks)}; seeds {','.join(map(str, args.seeds))}; tolerance "
+          f"{args.tolerance} points; torch threads {torch.get_num_threads()}", flush=True)
     rows = []
     for name in args.tasks:
         task = TASKS[name]

@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 _EXPORTS = {name: "kronsearch.layers" for name in (
     "BSRLinear", "KronLinear", "KronifyReport", "LayerPattern", "PatternSelectLinear", "Plan",
-    "finalize_model", "kronify", "load_plan", "model_plan", "selection_penalty", "valid_blocks")}
+    "finalize_model", "kronify", "load_plan", "model_plan", "l1_penalty", "valid_blocks")}
 _EXPORTS["load_model"] = "kronsearch.loading"
 __all__ = [*_EXPORTS, "__version__"]
 

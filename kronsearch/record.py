@@ -126,7 +126,7 @@ def study_metrics(metrics: dict) -> dict:
 def split_config(config: dict) -> tuple[dict, dict]:
     """(what every trial of a study shares: space, seed, data, model, train but its lambdas; the trial's own part)."""
     train = config.get("train") or {}
-    own_train = {k: train[k] for k in ("lambda1", "lambda2") if k in train}
+    own_train = {k: train[k] for k in ("lambda2",) if k in train}
     shared = {k: config[k] for k in SHARED_CONFIG if k in config}
     shared["train"] = {k: v for k, v in train.items() if k not in own_train}
     own = {k: v for k, v in config.items() if k not in SHARED_CONFIG and k != "train"}
@@ -262,7 +262,7 @@ def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
         return kind
     if strategy in KINDS:
         return strategy
-    if "lambda1" in trial.params:
+    if "lambda1" in trial.params:  # a one-round trial of a study from before the race
         return Strategy.ONE_ROUND
     if any(p == "block" or p.startswith("block:") for p in trial.params):
         return Strategy.PER_PATTERN

@@ -129,7 +129,7 @@ TRAIN_RULES = {
 }
 # every TrainConfig field but those a trial sets itself, with TrainConfig's default
 TRAIN = {k: replace(TRAIN_RULES[k], default=getattr(TrainConfig, k))
-         for k in TrainConfig.__dataclass_fields__ if k not in ("lambda1", "lambda2", "tolerance", "seed", "progress")}
+         for k in TrainConfig.__dataclass_fields__ if k not in ("lambda2", "tolerance", "seed", "progress")}
 SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_TRIALS, 10),
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),
           "pruner": choice(PRUNERS, "median"), "timeout": number("seconds > 0", lambda v: v > 0, None, nullable=True),
@@ -145,7 +145,10 @@ BACKEND = {"name": choice(BACKENDS, "local"),
                                        "ray.tune.Callback objects",
                              lambda v: all(isinstance(r, str) and re.fullmatch(r"[\w.]+:[\w.]+", r) for r in v))}
 RESOURCES = {key: number("a number >= 0", lambda v: 0 <= v <= 1024, default) for key, default in (("cpu", 1), ("gpu", 0))}
-SPACE = {"blocks": later(), "ranks": later([1]), "lambda1": later(), "lambda2": later()}
+SPACE = {"blocks": later(), "ranks": later([1]), "lambda2": later()}
+RETIRED = {"space.lambda1": "retired: the one round no longer weighs a group penalty; it races the candidates and "
+                            "keeps the cheapest within search.tolerance (README, Strategies). Remove the key"}
+"""Keys earlier versions read, with why they are refused now (a study that used one is a new study)."""
 OBJECTIVE = {"metric": choice(tuple(METRICS)), "direction": later(None)}
 RANGE = {"low": number("a finite number", math.isfinite), "high": number("a finite number", math.isfinite),
          "log": flag(True)}
@@ -175,6 +178,9 @@ class Checker:
         if not isinstance(raw, dict):
             raise self.fail(key, f"must be a mapping, got {type(raw).__name__}")
         unknown = sorted(set(map(str, raw)) - set(table))
+        retired = [k for k in unknown if f"{key}.{k}" in RETIRED]
+        if retired:
+            raise self.fail(f"{key}.{retired[0]}", RETIRED[f"{key}.{retired[0]}"])
         if unknown:
             raise self.fail(f"{key}.{unknown[0]}", f"unknown key; allowed: {', '.join(table)}")
         missing = [k for k, rule in table.items() if rule.default is ... and k not in raw]

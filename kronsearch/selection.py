@@ -1,54 +1,32 @@
-"""The one round's competition: exact zeros, a contest decided by the data, one continuous run.
+"""The one round's contest: a race between candidate blocks, decided by validation and cost.
 
-Two proximal steps follow every optimizer step (the loss itself carries no penalty):
+Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
 
 - `prox_l1_`, lambda2 * ||S||_1 on every S: soft-thresholding in the optimizer's own metric. Under
   Adam(W) the threshold of each entry is lr * lambda2 / (sqrt(v_hat) + eps), the prox of Adam's
   diagonal preconditioner, so lambda2 keeps the meaning it had as a subgradient penalty (a block
   dies when its loss gradient stays below lambda2) but the entry lands on exactly 0 and stays
   there instead of jittering around it. Under SGD the threshold is lr * lambda2.
-- `GateSelection`, the contest inside every PatternSelectLinear: every candidate k has a gate g_k,
-  its norm relative to the start (||W_k|| = g_k * ||W_k at step 0||). After the optimizer moved S,
-  A and B, S_k is rescaled so that ||W_k|| is exactly its gate's: the optimizer shapes a candidate,
-  the gate alone sets how much of it the layer uses. The gate follows the data:
-      g_k <- max(0, g_k + rate * ((push_k - mean_j push_j) / scale - lambda1))
-      push_k = -<dL/dW, W_k / ||W_k||> = -<dL/dS_k, S_k> / ||W_k||   (W_k is linear in S_k)
-  push_k is the first-order loss decrease per unit of ||W_k||; scale is an EMA of the RMS of the
-  pushes in the layer, so lambda1 has no units. A candidate that pulls harder than the layer's
-  average grows, a weaker one shrinks, and lambda1 shrinks all of them: with lambda1 = 0 the contest
-  is zero-sum. Nothing in the rule depends on how a candidate splits its norm between S, A and B,
-  or on its size; rate = GATE_TRAVEL / select_steps gives a gate the same reach for any run length
-  and learning rate.
+- `Race`, the contest of every PatternSelectLinear. Within the selection budget each step trains one
+  candidate per layer, alone (`PatternSelectLinear.only`), in turns; at the checks every live
+  candidate is validated alone, a clearly worse one leaves the layer and the optimizer, and at the
+  budget the cheapest candidate (MACs per input row, then parameters) whose accuracy is within the
+  tolerance of the best wins. The winner trains on with the same optimizer state and schedule.
 
-A layer's contest ends when one candidate is left, or at the budget (`select_steps`): then the
-largest gate wins, or the cheapest candidate among the gates within TIE of it, and the others fade
-linearly to exactly 0 over FADE_FRACTION of the budget, so the winner absorbs their share while
-training goes on. A candidate whose gate reached 0 is exactly zero; it leaves the layer and its
-parameters leave the optimizer at once.
-
-Designs measured against each other (synthetic: a linear layer with a planted block, 4x4/8x8/2x8/
-8x2/2x2 on seeds 0-4, candidates 2x2/4x4/8x8/2x8/8x2, 10 epochs; Fashion-MNIST MLP-256, 10k examples,
-8 epochs, candidates 2x2..16x16; benchmarks/selection.py unless marked prototype; "cost" is the
-one round's training MACs over one training of its pick alone):
-- prox only (prototype: plain SGD on S, group prox S_k *= max(0, 1 - eta*lambda1/||S_k||), seeds 0-1
-  of planted 8x8 and 4x4): lambda1 1 left only 2x2 by step ~40 on every run (test 0.57 where the
-  planted block alone reaches 0.97); lambda1 0.1 picked right but ended 1.5-2.3 points under it.
-- single-path race (prototype: each step trains one sampled candidate, the worst by validation
-  accuracy leaves at 3 points of the first 25%): 3 of 4 planted runs right, and on Fashion-MNIST
-  seed 1 2.3 points under the best alone (the winner trained a quarter of the early steps).
-- gates against lambda1 alone, g_k += rate * (push_k / scale - lambda1), GATE_TRAVEL 4, budget 25%:
-  synthetic 5/5 right but no candidate left early (cost 1.5-3.4x, mean 2.3x); budget 10% or 15%:
-  3/5 right. Fashion-MNIST: mean regret 0.37 point, final gap -0.76, cost 1.46x.
-- gates against the strongest pull, push_k - lambda1 * max_j push_j: 3/5 right (2x2, the fastest
-  early learner, ended the planted 2x8 and 8x2).
-- gates against the layer's mean (this module), GATE_TRAVEL 12: synthetic 5/5 right, final gap
-  +0.5 point, cost 1.8x; Fashion-MNIST regret 0.29, final gap -0.72, cost 1.09x. GATE_TRAVEL 4:
-  5/5, cost 2.3x; 24: 4/5, cost 1.4x (noise decides sooner).
-- gates paced by the learning-rate schedule (still during warm-up), on the digits ViT (warm-up 1 of
-  12 epochs): regret 1.28 against 1.56 point, final gap -2.90 against -2.17: no better within the
-  seed noise, so the rate stays constant.
-- TIE 0.1 against none, on the digits ViT: mean regret 1.56 against 1.84 point (seed noise is
-  about a point there); it is kept because equal candidates should cost the least.
+Why a race, measured (BENCHMARKS.md table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
+- The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm
+  wins; here with gates that moved by each candidate's first-order pull) kept the candidate with the
+  most parameters, the fastest early learner, on tasks where the blocks end within a point of each
+  other and that candidate costs as much as the dense layer; and every step of its contest cost the
+  sum of all candidates, 3-4x a per-pattern study's MACs for the same accuracy.
+- Signals read from the summed contest (gate, push, push per MAC, the validation loss of a candidate
+  alone inside the sum, the loss increase on its removal) and the race's own validation of each
+  candidate alone predicted the accuracy alone about equally well per MAC spent on the candidates
+  (Spearman's rho in table 10): neither separates blocks within a point of each other early. So the
+  design spends the least compute on the contest (a race step costs one candidate, not all K) and
+  lets the tolerance rule resolve what the estimates cannot: candidates that are not clearly worse
+  than the best, by the tolerance plus PICK_Z paired standard errors, count as equally good and the
+  cheapest of them wins.
 """
 
 from __future__ import annotations
@@ -59,22 +37,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from kronsearch.data.batches import Batches
+from kronsearch.layers.costs import model_cost
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.layers.blocks import kron_macs, kron_params
-
-GATE_TRAVEL = 12.0
-"""How far a gate can move over the selection budget at a pull one scale away from lambda1."""
-FADE_FRACTION = 0.1
-"""Losers fade to 0 over this fraction of the selection budget after a choice made at the budget."""
-TIE = 0.1
-"""At the budget, gates within this fraction of the largest count as equally good, and the cheapest of
-them (fewest MACs per input row, then fewest parameters) wins."""
-PUSH_EMA = 0.9
-"""Smoothing of the per-layer push scale (about ten steps)."""
-
 
 @torch.no_grad()
 def prox_l1_(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lambda2: float) -> None:
@@ -106,158 +76,205 @@ def drop_from_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parame
 
 @dataclass
 class Decision:
-    """How one layer's contest ended."""
+    """How one layer's race ended."""
 
     block: str  # the winner
     step: int  # optimizer step of the choice (1-based)
-    by: str  # "survivor": every other candidate reached 0; "budget": chosen at the budget (largest gate or TIE)
-    loser_share: float  # sum of the losers' ||W_k|| / sum of all, at the choice (0 for a survivor)
+    by: str  # "survivor": every other candidate was clearly out; "budget": the cheapest within tolerance
 
 
-class GateSelection:
-    """Runs the contest of every PatternSelectLinear of `model` (see the module doc).
+def s_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The S of every KronLinear (candidates included): the parameters the l1 prox acts on."""
+    return [m.s for m in model.modules() if isinstance(m, KronLinear)]
 
-    Call `measure` after backward (it reads dL/dS), then `step` after the optimizer step.
+
+RACE_CHECKS = (0.5, 1.0)
+"""Fractions of the selection budget at which the race validates every live candidate."""
+OUT_Z = 2.0
+"""Before the budget a candidate leaves when its accuracy gap to the best exceeds the tolerance by OUT_Z
+standard errors (paired, on the same validation examples): clearly out."""
+PICK_Z = 1.0
+"""At the budget the cheapest candidate whose gap is within the tolerance plus PICK_Z standard errors wins."""
+CHECK_EXAMPLES = 2048
+"""Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
+CHECK_SHARE = 0.25
+"""...and at most this share of the examples the race trains on, so the checks stay a small part of a
+trial's cost (two checks: at most half the race's examples, forward only)."""
+
+
+@dataclass
+class Estimate:
+    """A candidate measured alone on the race's validation examples."""
+
+    accuracy: float  # in [0, 1]
+    loss: float  # mean cross-entropy
+    correct: torch.Tensor  # (n,) bool per example, for paired comparisons between candidates
+
+
+def within_tolerance(estimates: dict[str, Estimate], tolerance: float, z: float) -> list[str]:
+    """The candidates whose accuracy is within `tolerance` (in [0, 1]) plus z paired standard errors of the best."""
+    best = max(estimates, key=lambda k: estimates[k].accuracy)
+    top = estimates[best].correct.float()
+    kept = []
+    for k, e in estimates.items():
+        diff = top - e.correct.float()
+        se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if float(diff.mean()) <= tolerance + z * se:
+            kept.append(k)
+    return kept
+
+
+class Race:
+    """The one round as a race: each step every open layer trains one of its candidates, alone.
+
+    Enter `routed()` around the forward pass and call `step()` after the optimizer step. Within the
+    selection budget each layer cycles through its live candidates in a random order drawn per cycle,
+    so each trains on an equal share of the steps and the layers' choices mix. At the checks
+    (RACE_CHECKS of the budget) every live candidate of a layer is validated alone, the other layers
+    running their leaders: a candidate clearly worse than the best leaves the layer and the optimizer
+    (OUT_Z), and at the budget the cheapest candidate within the tolerance wins (PICK_Z). Only the
+    trained candidates get gradients, so the others keep their weights and optimizer state untouched.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int,
-                 lambda1: float) -> None:
-        self.optimizer = optimizer
+                 tolerance: float, validation: Batches, seed: int = 0, batch_size: int | None = None) -> None:
+        self.model, self.optimizer, self.validation = model, optimizer, validation
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
         self.select_steps = max(1, select_steps)
-        self.rate = GATE_TRAVEL / self.select_steps
-        self.fade_steps = max(1, round(FADE_FRACTION * self.select_steps))
-        self.lambda1 = lambda1
-        self.reference = {n: m.weight_norms() for n, m in self.layers.items()}
-        self.gates = {n: dict.fromkeys(m.branches, 1.0) for n, m in self.layers.items()}
-        self.scale: dict[str, float | None] = dict.fromkeys(self.layers)
-        self.pushes: dict[str, dict[str, float]] = {}
-        self.fading: dict[str, dict[str, float]] = {}  # layer -> loser -> gate decrement per step
+        self.checks = sorted({max(1, round(f * self.select_steps)) for f in RACE_CHECKS})
+        self.tolerance = tolerance / 100
+        self.generator = torch.Generator().manual_seed(seed)
+        self.turns: dict[str, list[str]] = {n: [] for n in self.layers}
+        self.estimates: dict[str, dict[str, Estimate]] = {}
         self.decisions: dict[str, Decision] = {}
-        self.removed_norms: dict[str, float] = {}  # layer -> largest ||W_k|| of a loser as it left
+        self.active: dict[str, str] = {}
         self.steps = 0
+        self.eval_macs = 0  # forward MACs over every example of the race's own validation passes
+        raced = self.select_steps * (batch_size or validation.batch_size)
+        self.check_examples = max(1, min(CHECK_EXAMPLES, round(CHECK_SHARE * raced)))
+        self._macs: dict[tuple, int] = {}
 
     @property
     def open_layers(self) -> list[str]:
-        """Layers whose contest is still running (no choice yet)."""
+        """Layers whose race still runs (no choice yet)."""
         return [n for n in self.layers if n not in self.decisions]
 
     @property
     def done(self) -> bool:
-        """Every layer chose and every loser is gone."""
-        return not self.open_layers and not self.fading
+        """Every layer chose; its losers are gone."""
+        return not self.open_layers
 
     def leader(self, layer: str) -> str:
-        """The chosen candidate, or the one with the largest gate while the contest runs."""
+        """The chosen candidate; while racing, the cheapest within tolerance of the last check (before
+        any check: the cheapest)."""
         if layer in self.decisions:
             return self.decisions[layer].block
-        gates = self.gates[layer]
-        return max(gates, key=gates.get)
+        live = self.layers[layer].branches
+        estimates = {k: e for k, e in self.estimates.get(layer, {}).items() if k in live}
+        pool = within_tolerance(estimates, self.tolerance, PICK_Z) if estimates else list(live)
+        return min(pool, key=lambda k: self._cost(layer, k))
 
-    @torch.no_grad()
-    def measure(self) -> None:
-        """Read each open candidate's push from the gradients of the step just back-propagated."""
-        self.pushes = {}
-        for name in self.open_layers:
-            layer = self.layers[name]
-            norms = layer.candidate_norms().tolist()
-            self.pushes[name] = {
-                k: -float((b.s.grad * b.s).sum()) / max(norm, 1e-30) if b.s.grad is not None else 0.0
-                for (k, b), norm in zip(layer.branches.items(), norms)}
+    @contextmanager
+    def routed(self) -> Iterator[dict[str, str]]:
+        """Within the block each open layer computes with its next candidate in turn: {layer: candidate}."""
+        self.active = {}
+        with ExitStack() as stack:
+            for name in self.open_layers:
+                layer = self.layers[name]
+                if not self.turns[name]:
+                    live = list(layer.branches)
+                    self.turns[name] = [live[i] for i in torch.randperm(len(live), generator=self.generator)]
+                self.active[name] = self.turns[name].pop()
+                stack.enter_context(layer.only(self.active[name]))
+            yield self.active
+
+    def routed_macs(self, input_shape: tuple[int, ...]) -> int:
+        """Forward MACs per sample of the model as `routed` runs it now (cached per routing)."""
+        key = tuple(sorted(self.active.items())) + tuple(len(m.branches) for m in self.layers.values())
+        if key not in self._macs:
+            self._macs[key] = model_cost(self.model, input_shape).total.macs
+        return self._macs[key]
 
     @torch.no_grad()
     def step(self) -> bool:
-        """Move the gates, rescale every S_k to its gate, remove the candidates at 0, decide.
-
-        Returns True when a candidate left (the model's cost changed).
-        """
+        """Count the step; at a check validate and decide. True when a candidate left (the cost changed)."""
         self.steps += 1
-        for name in self.open_layers:
-            self._update_gates(name)
-        for name, fading in self.fading.items():
-            gates = self.gates[name]
-            for k, decrement in fading.items():
-                # the last decrement lands on 0 exactly, whatever the rounding of the others
-                gates[k] = 0.0 if gates[k] <= decrement * (1 + 1e-6) else gates[k] - decrement
-        left = False
-        for name in self.layers:
-            if name in self.decisions and name not in self.fading:
-                continue  # chosen and alone: its norm is the optimizer's again
-            self._rescale(name)
-            for k in [k for k, g in self.gates[name].items() if g == 0.0]:
-                self._remove(name, k)
-                left = True
-            if name not in self.decisions and len(self.gates[name]) == 1:
-                self.decisions[name] = Decision(next(iter(self.gates[name])), self.steps, "survivor", 0.0)
-            elif name not in self.decisions and self.steps >= self.select_steps:
-                self._choose(name)
-            if name in self.fading and not self.fading[name]:
-                del self.fading[name]
-        return left
+        self.active = {}
+        if not self.open_layers or (self.steps not in self.checks and self.steps < self.select_steps):
+            return False
+        return self._check(final=self.steps >= self.select_steps)
 
     @torch.no_grad()
     def finish(self) -> None:
-        """End every contest now (the run is over): choose where still open, remove every loser."""
+        """End every race now (the run is over): validate and choose where still open."""
+        if self.open_layers:
+            self._check(final=True)
+
+    def _check(self, final: bool) -> bool:
+        """Validate every open layer's candidates; remove the clearly worse; at the budget keep the leader."""
+        left = False
         for name in self.open_layers:
-            self._choose(name)
-        for name in list(self.fading):
-            for k in list(self.fading[name]):
+            current = self.measure_candidates(name)
+            self.estimates.setdefault(name, {}).update(current)
+            out = set(current) - set(within_tolerance(current, self.tolerance, OUT_Z))
+            for k in out:
                 self._remove(name, k)
-            del self.fading[name]
+                left = True
+            live = self.layers[name].branches
+            if len(live) == 1:
+                self.decisions[name] = Decision(next(iter(live)), self.steps, "survivor")
+            elif final:
+                winner = self.leader(name)
+                for k in [k for k in live if k != winner]:
+                    self._remove(name, k)
+                left = True
+                self.decisions[name] = Decision(winner, self.steps, "budget")
+        return left
 
-    def _update_gates(self, name: str) -> None:
-        """g_k <- max(0, g_k + rate * ((push_k - mean push) / scale - lambda1)), never emptying the layer."""
-        pushes, gates = self.pushes.get(name, {}), self.gates[name]
-        rms = math.sqrt(sum(p * p for p in pushes.values()) / max(len(pushes), 1))
-        scale = self.scale[name]
-        scale = rms if scale is None else PUSH_EMA * scale + (1 - PUSH_EMA) * rms
-        self.scale[name] = scale
-        mean = sum(pushes.values()) / max(len(pushes), 1)
-        new = {k: max(0.0, g + self.rate * ((pushes.get(k, 0.0) - mean) / max(scale, 1e-30) - self.lambda1))
-               for k, g in gates.items()}
-        if not any(new.values()):  # the largest gate before this step stays
-            keep = max(gates, key=gates.get)
-            new[keep] = gates[keep]
-        gates.update(new)
+    @torch.no_grad()
+    def measure_candidates(self, name: str) -> dict[str, Estimate]:
+        """Every live candidate of layer `name` alone on the same first validation examples (the check's
+        budget split evenly over the open layers' live candidates), the other layers running their leaders."""
+        layer, estimates = self.layers[name], {}
+        pairs = sum(len(self.layers[n].branches) for n in self.open_layers) or 1
+        examples = max(1, self.check_examples // pairs)
+        self.model.eval()
+        try:
+            with ExitStack() as others:
+                for other, module in self.layers.items():
+                    if other != name and len(module.branches) > 1:
+                        others.enter_context(module.only(self.leader(other)))
+                for k in list(layer.branches):
+                    with layer.only(k):
+                        losses, correct, seen = [], [], 0
+                        for images, labels in self.validation.ordered():
+                            images, labels = images[:examples - seen], labels[:examples - seen]
+                            logits = self.model(images)
+                            losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+                            correct.append(logits.argmax(-1) == labels)
+                            seen += len(labels)
+                            if seen >= examples:
+                                break
+                        self.eval_macs += seen * model_cost(self.model, tuple(images.shape[1:])).total.macs
+                    hits = torch.cat(correct).cpu()
+                    estimates[k] = Estimate(float(hits.float().mean()), float(sum(losses)) / max(seen, 1), hits)
+        finally:
+            self.model.train()
+        return estimates
 
-    def _choose(self, name: str) -> None:
-        """The budget is spent: the cheapest of the gates within TIE of the largest wins, the others fade to 0."""
-        gates, layer = self.gates[name], self.layers[name]
-        top = max(gates.values())
-        tied = [k for k, g in gates.items() if g >= (1 - TIE) * top]
-        winner = min(tied, key=lambda k: self._cost(layer, k))
-        norms = {k: g * self.reference[name][k] for k, g in gates.items()}
-        share = 1.0 - norms[winner] / sum(norms.values())
-        self.decisions[name] = Decision(winner, self.steps, "budget", share)
-        self.fading[name] = {k: g / self.fade_steps for k, g in gates.items() if k != winner}
-
-    @staticmethod
-    def _cost(layer: PatternSelectLinear, candidate: str) -> tuple[int, int]:
+    def _cost(self, name: str, candidate: str) -> tuple[int, int]:
         """(MACs per input row, parameters) of one candidate alone."""
+        layer = self.layers[name]
         block, rank = layer.branches[candidate].block, layer.rank
         return (kron_macs(layer.out_features, layer.in_features, block, rank),
                 kron_params(layer.out_features, layer.in_features, block, rank))
 
-    def _rescale(self, name: str) -> None:
-        """S_k *= g_k * ||W_k(0)|| / ||W_k|| for every live candidate still governed by its gate."""
-        layer = self.layers[name]
-        winner = self.decisions[name].block if name in self.decisions else None
-        norms = dict(zip(layer.branches, layer.candidate_norms().tolist()))
-        for k, branch in layer.branches.items():
-            if k == winner:
-                continue  # chosen: its norm is the optimizer's again
-            target = self.gates[name][k] * self.reference[name][k]
-            branch.s.mul_(target / norms[k] if norms[k] > 0 else 0.0)
-
     def _remove(self, name: str, candidate: str) -> None:
-        """Take the candidate out of its layer and of the optimizer, recording the norm it left with."""
+        """Take the candidate out of its layer, of the optimizer and of the layer's turns."""
         layer = self.layers[name]
-        norm = layer.weight_norms()[candidate]
-        self.removed_norms[name] = max(self.removed_norms.get(name, 0.0), norm)
-        layer.branches[candidate].s.zero_()
         drop_from_optimizer(self.optimizer, layer.remove(candidate))
-        del self.gates[name][candidate]
-        self.fading.get(name, {}).pop(candidate, None)
+        if candidate in self.turns[name]:
+            self.turns[name].remove(candidate)
 
     @contextmanager
     def leaders_only(self) -> Iterator[None]:
@@ -267,8 +284,3 @@ class GateSelection:
                 if len(layer.branches) > 1:
                     stack.enter_context(layer.only(self.leader(name)))
             yield
-
-
-def s_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The S of every KronLinear (candidates included): the parameters the l1 prox acts on."""
-    return [m.s for m in model.modules() if isinstance(m, KronLinear)]

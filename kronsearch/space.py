@@ -58,7 +58,6 @@ class Space:
     backend: dict
     blocks: dict[str, list[Block]]  # glob -> candidate blocks; a global list is {"*": [...]}
     ranks: list[int]
-    lambda1: FloatRange
     lambda2: FloatRange
     layers: dict[str, tuple[int, int]]
     input_shape: tuple[int, int, int]
@@ -187,8 +186,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     ranks = sorted({c.integer(r, f"space.ranks[{i}]", 1, MAX_RANK) for i, r in enumerate(ranks)})
     result = Space(
         name=top["name"], seed=top["seed"], data=data, model=model, train=train, search=search, backend=backend,
-        blocks=blocks, ranks=ranks, lambda1=c.float_range(space["lambda1"], "space.lambda1"),
-        lambda2=c.float_range(space["lambda2"], "space.lambda2"), layers=layers,
+        blocks=blocks, ranks=ranks, lambda2=c.float_range(space["lambda2"], "space.lambda2"), layers=layers,
         input_shape=tuple(input_shape), num_classes=num_classes, path=path, raw=raw,
     )
     _check_blocks_fit(c, result)

@@ -1,7 +1,7 @@
 """Strategies: how an Optuna trial turns into a TrialSpec, duplicates, and the hybrid's seed.
 
 - one_round: a trial is one pattern-selection training over every candidate block; it searches
-  rank, lambda1 and lambda2, and records the selected block per layer.
+  rank and lambda2, and records the selected block per layer.
 - per_pattern: a trial trains one block (global, or per layer with search.per_layer_blocks), a rank
   and lambda2: the expensive baseline the paper replaces.
 - hybrid: one_round first, then per_pattern seeded (enqueue_trial) with the best one-round pick.
@@ -32,12 +32,10 @@ def global_block_choices(space: Space) -> list[str]:
 def suggest(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
     """Sample one trial's pattern from the space (define-by-run)."""
     rank = trial.suggest_categorical("rank", space.ranks)
-    if kind == Strategy.ONE_ROUND:
-        lambda1 = _suggest_lambda(trial, "lambda1", space.lambda1)
-        lambda2 = _suggest_lambda(trial, "lambda2", space.lambda2)
-        candidates = {glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()}
-        return TrialSpec(kind, rank, lambda1, lambda2, candidates=candidates)
     lambda2 = _suggest_lambda(trial, "lambda2", space.lambda2)
+    if kind == Strategy.ONE_ROUND:
+        candidates = {glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()}
+        return TrialSpec(kind, rank, lambda2, candidates=candidates)
     if space.search["per_layer_blocks"]:
         plan = {layer: trial.suggest_categorical(f"block:{layer}", [format_block(b) for b in space.layer_blocks(layer)])
                 for layer in space.layers if space.layer_blocks(layer)}
@@ -45,7 +43,7 @@ def suggest(trial: optuna.Trial, space: Space, kind: str) -> TrialSpec:
         block = trial.suggest_categorical("block", global_block_choices(space))
         plan = {layer: block for layer in space.layers
                 if block in [format_block(b) for b in space.layer_blocks(layer)]}
-    return TrialSpec(kind, rank, 0.0, lambda2, plan=plan)
+    return TrialSpec(kind, rank, lambda2, plan=plan)
 
 
 def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> FrozenTrial | None:

@@ -239,8 +239,7 @@ def space_identity(space: Space) -> dict:
         "seed": space.seed, "data": section("data", space.data), "model": space.model,
         "train": section("train", space.train), "search": section("search", space.search),
         "space": {"blocks": {glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()},
-                  "ranks": space.ranks, "lambda1": dataclasses.asdict(space.lambda1),
-                  "lambda2": dataclasses.asdict(space.lambda2)},
+                  "ranks": space.ranks, "lambda2": dataclasses.asdict(space.lambda2)},
     }
     return json.loads(json.dumps(identity, sort_keys=True, default=str))
 

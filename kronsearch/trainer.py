@@ -1,10 +1,12 @@
 """The trainer: one training function for dense, Kronecker and pattern-selection models.
 
-train(model, data, config, callback) runs one continuous training. With PatternSelectLinear layers
-the first `select_epochs` hold each layer's contest (kronsearch/selection.py): losers leave as soon
-as they reach exactly 0, and the winner goes on under the same optimizer state and schedule.
-`finetune_epochs` optionally adds epochs of the final model under a fresh schedule. Returns the
-metrics the search optimizes.
+train(model, data, config, callback) trains and measures one model. With PatternSelectLinear layers
+a race of `select_epochs` comes first (kronsearch/selection.py): each step trains one candidate per
+layer, clearly worse candidates leave at the checks, and each layer keeps the cheapest candidate
+within `tolerance` of the best. The winner then trains `epochs` under the same optimizer state and a
+fresh schedule, as a per-pattern training of it would, from the race's weights. `finetune_epochs`
+optionally adds epochs of the final model under a fresh optimizer and schedule. Returns the metrics
+the search optimizes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,9 +31,9 @@ from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
 from kronsearch.layers.costs import area_weighted, model_cost
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
-from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
+from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.layers.plan import model_plan
-from kronsearch.selection import GateSelection, prox_l1_, s_parameters
+from kronsearch.selection import Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -38,11 +41,11 @@ SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class TrainConfig:
-    """How to train. lambda1 weighs the group penalty, lambda2 the l1 penalty on every S."""
+    """How to train. lambda2 weighs the l1 penalty on every S; tolerance decides the one round's race."""
 
-    epochs: int = 10  # the whole continuous run, selection included
+    epochs: int = 10  # the training of the model (with candidates: of the race's winner, after the race)
     finetune_epochs: int = 0  # optional extra epochs of the final model, fresh optimizer and schedule
-    select_epochs: float | None = None  # selection budget within `epochs`; None: a quarter of them
+    select_epochs: float | None = None  # the race before `epochs` (candidates only); None: a quarter of `epochs`
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -51,7 +54,6 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # per step, to 0 at the end of each phase
     warmup_epochs: float = 0.0
-    lambda1: float = 0.0
     lambda2: float = 0.0
     # accuracy points: the contest keeps the cheapest candidate whose estimated accuracy is within this of
     # the best candidate's (0: the most accurate); a space file sets it with search.tolerance
@@ -72,7 +74,7 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1, "finetune_epochs": self.finetune_epochs >= 0,
             "batch_size": self.batch_size >= 1, "lr": self.lr > 0, "s_lr_scale": self.s_lr_scale > 0,
-            "weight_decay": self.weight_decay >= 0, "lambda1": self.lambda1 >= 0, "lambda2": self.lambda2 >= 0,
+            "weight_decay": self.weight_decay >= 0, "lambda2": self.lambda2 >= 0,
             "tolerance": 0 <= self.tolerance <= 100,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
             "select_epochs": self.select_epochs is None or 0 < self.select_epochs <= self.epochs,
@@ -91,7 +93,7 @@ class TrainConfig:
 
     @property
     def selection_epochs(self) -> float:
-        """The selection budget in epochs (`select_epochs`, else a quarter of `epochs`)."""
+        """The race's length in epochs (`select_epochs`, else a quarter of `epochs`)."""
         return self.select_epochs if self.select_epochs is not None else self.epochs / 4
 
 
@@ -102,11 +104,12 @@ class EpochReport:
     epoch: int  # 1-based, counting across phases
     phase: str  # "select" while some layer's contest runs, "train" otherwise, "finetune"
     train_loss: float  # task loss, mean over the epoch
-    penalty: float  # the regularization term (selection_penalty + regularizer), mean over the epoch
+    penalty: float  # the regularization term (l1_penalty + regularizer), mean over the epoch
     val_accuracy: float  # of the model that will be kept: while selecting, each layer's leader alone
     block_sparsity: float  # overall, over the Kronecker layers
     candidate_norms: dict[str, dict[str, float]]  # layer -> live candidate block -> ||W_k||_F
     live_candidates: dict[str, list[str]]  # layer -> candidates still in the layer at the epoch's end
+    leaders: dict[str, str]  # layer -> the candidate it keeps (while racing: the cheapest within tolerance so far)
     lr: float
     seconds: float
     train_macs_total: int  # forward MACs over every sample of the epochs so far (what a pruned trial spent)
@@ -127,7 +130,7 @@ class TrainResult:
     final_macs: int
     inference_nonzeros: int  # weight entries after merging, dense layers counted as dense
     selected: dict[str, str]  # layer -> winning block (pattern selection only)
-    decisions: dict[str, dict]  # layer -> {block, epoch (fractional, of the choice), by, loser_share}
+    decisions: dict[str, dict]  # layer -> {block, epoch (fractional, of the choice), by, accuracy}
     plan: dict[str, dict]  # layer -> {block, rank} of the final model
     wall_time: float
     history: list[EpochReport] = field(default_factory=list)
@@ -232,11 +235,11 @@ def train(
 ) -> TrainResult:
     """Train `model` on `data` and measure it. The callback may raise (e.g. optuna.TrialPruned) to stop.
 
-    Models with PatternSelectLinear layers run each layer's contest within the first
-    `select_epochs` and end as their winners (finalized); `finetune_epochs` then trains the final
-    model under a fresh schedule. lambda2 acts by a proximal step on every S (exact zeros), lambda1
-    through the selection gates. Raises TrainingDiverged on a non-finite loss. The test split is
-    only evaluated once, at the end.
+    Models with PatternSelectLinear layers first race their candidates for `select_epochs` (reported
+    as "select" epochs; the race's last epoch may be partial), then train the winners for `epochs` and
+    end as them (finalized); `finetune_epochs` then trains the final model under a fresh schedule.
+    lambda2 acts by a proximal step on every S (exact zeros). Raises TrainingDiverged on a non-finite
+    loss. The test split is only evaluated once, at the end.
 
     Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the loss of every step;
     `after_step(step, total_steps)` runs after every optimizer step (step is 1-based within the
@@ -253,29 +256,44 @@ def train(
     training_cost = model_cost(model, data.input_shape, config.threshold).total
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
-    phases = [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
+    race = [("select", math.ceil(config.selection_epochs))] if select_layers else []
+    phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = 0
-    selection: GateSelection | None = None
+    selection: Race | None = None
+    optimizer: torch.optim.Optimizer | None = None
     with default_compute_as(config.compute), Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), disable=not config.progress, transient=True) as bar:
         for phase, epochs in phases:
-            optimizer = make_optimizer(model, config)
-            if phase == "train" and select_layers:
-                selection = GateSelection(model, optimizer, round(config.selection_epochs * steps_per_epoch),
-                                          config.lambda1)
+            if phase != "train" or optimizer is None:  # the winner trains on with its moments from the race
+                optimizer = make_optimizer(model, config)
+            if phase == "select":
+                total_steps = round(config.selection_epochs * steps_per_epoch)
+                selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size)
+            else:
+                total_steps = epochs * steps_per_epoch
             sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
-            total_steps = epochs * steps_per_epoch
-            warmup = round(config.warmup_epochs * steps_per_epoch) if phase != "finetune" else 0
+            # warm-up once, in the first phase; the race runs at the full rate after it, the training decays
+            warmup = round(config.warmup_epochs * steps_per_epoch) if phase == phases[0][0] else 0
+            shape = "constant" if phase == "select" else config.schedule
             schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: lr_factor(s, total_steps, warmup, config.schedule))
+                optimizer, lambda s, shape=shape, total=total_steps, warmup=warmup: lr_factor(s, total, warmup, shape))
             s_params = s_parameters(model)
             task = bar.add_task(phase, total=total_steps, status="")
             for _ in range(epochs):
+                if selection is not None and phase == "select" and selection.done:
+                    break
                 epoch_start = time.perf_counter()
                 task_sum = penalty_sum = 0.0
+                seen = 0
                 for step, (images, labels) in enumerate(train_batches.shuffled(generator)):
-                    loss = F.cross_entropy(model(images), labels)
+                    if phase == "select" and selection.done:
+                        break  # the race is over within this epoch: the training starts afresh
+                    racing = selection is not None and not selection.done
+                    with selection.routed() if racing else nullcontext():
+                        loss = F.cross_entropy(model(images), labels)
+                        # what this step's forward cost: while racing, the candidates that ran
+                        macs_total += (selection.routed_macs(data.input_shape) if racing else sample_macs) * len(labels)
                     extra = regularizer(model) if regularizer is not None else loss.new_zeros(())
                     total = loss + extra
                     if not torch.isfinite(total):
@@ -284,37 +302,39 @@ def train(
                             f"{len(history) + 1}, step {step + 1}")
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
-                    macs_total += sample_macs * len(labels)  # what this step's forward cost
                     if config.max_grad_norm:
                         nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    if selection is not None and not selection.done:
-                        selection.measure()
                     optimizer.step()
-                    prox_l1_(optimizer, s_params, config.lambda2)
-                    if selection is not None and not selection.done and selection.step():
-                        # a candidate left: count the smaller model from the next step on
-                        sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
+                    # the prox acts where the optimizer stepped: a candidate that sat out keeps its S
+                    prox_l1_(optimizer, [p for p in s_params if p.grad is not None] if racing else s_params,
+                             config.lambda2)
+                    if racing:
+                        evaluated = selection.eval_macs
+                        if selection.step():  # a candidate left: count the smaller model from the next step on
+                            sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
+                        macs_total += selection.eval_macs - evaluated  # the race's own validation passes
                     schedule.step()
                     if after_step is not None:
                         after_step(schedule.last_epoch, total_steps)
                     with torch.no_grad():
-                        penalty = selection_penalty(model, config.lambda1 if phase == "train" else 0.0,
-                                                    config.lambda2) + extra
+                        penalty = l1_penalty(model, config.lambda2) + extra
                     task_sum += loss.item() * len(labels)
                     penalty_sum += penalty.item() * len(labels)
+                    seen += len(labels)
                     bar.advance(task)
-                report = epoch_report(model, selection if phase == "train" else None, config, len(history) + 1,
-                                      phase, (task_sum / len(train_batches), penalty_sum / len(train_batches)),
+                report = epoch_report(model, selection if phase != "finetune" else None, config, len(history) + 1,
+                                      phase, (task_sum / max(seen, 1), penalty_sum / max(seen, 1)),
                                       val, time.perf_counter() - epoch_start,
-                                      config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, config.schedule),
+                                      config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, shape),
                                       macs_total)
                 history.append(report)
                 bar.update(task, status=f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
                 if callback is not None:
                     callback(report)
             bar.remove_task(task)
-            if selection is not None and phase == "train":
-                selection.finish()
+            if phase == "select":
+                selection.finish()  # a no-op unless a batch count left the budget unreached
+            elif phase == "train" and selection is not None:
                 finalize_model(model)
     decisions = selection_records(selection, steps_per_epoch) if selection is not None else {}
     final_cost = model_cost(model, data.input_shape, config.threshold).total
@@ -333,31 +353,31 @@ def train(
     )
 
 
-def epoch_report(model: nn.Module, selection: GateSelection | None, config: TrainConfig, epoch: int, phase: str,
+def epoch_report(model: nn.Module, selection: Race | None, config: TrainConfig, epoch: int, phase: str,
                  losses: tuple[float, float], val: Batches, seconds: float, lr: float, macs_total: int) -> EpochReport:
     """Measure the model after an epoch. While a contest runs, validation uses each layer's leader
     alone, so the pruner compares the models trials will keep, not a sum of candidates."""
     if selection is not None and not selection.done:
         with selection.leaders_only():
             val_accuracy = accuracy(model, val)
-        phase = "select"
     else:
         val_accuracy = accuracy(model, val)
     return EpochReport(
         epoch=epoch, phase=phase, train_loss=losses[0], penalty=losses[1], val_accuracy=val_accuracy,
         block_sparsity=block_sparsity(model, config.threshold)[0], candidate_norms=candidate_norms(model),
         live_candidates={n: list(m.branches) for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)},
+        leaders={n: selection.leader(n) for n in selection.layers} if selection is not None else {},
         lr=lr,  # the base lr; param group 0 may be S's, which runs at s_lr_scale times it
         seconds=seconds, train_macs_total=macs_total)
 
 
-def selection_records(selection: GateSelection, steps_per_epoch: int) -> dict[str, dict]:
-    """layer -> {block, epoch, by, loser_share, loser_norm_at_removal} of each layer's choice.
+def selection_records(selection: Race, steps_per_epoch: int) -> dict[str, dict]:
+    """layer -> {block, epoch, by, accuracy} of each layer's choice.
 
-    epoch is fractional (the step of the choice / steps per epoch); loser_share is the losers' part of
-    sum_k ||W_k|| at the choice; loser_norm_at_removal the largest ||W_k|| a loser had as it left.
+    epoch is fractional (the step of the choice / steps per epoch); by is "budget" (the cheapest within
+    tolerance at the budget) or "survivor" (every other candidate was clearly out before it); accuracy
+    is every candidate's validation accuracy alone, in percent, at the last check it took part in.
     """
     return {name: {"block": d.block, "epoch": round(d.step / steps_per_epoch, 3), "by": d.by,
-                   "loser_share": round(d.loser_share, 4),
-                   "loser_norm_at_removal": selection.removed_norms.get(name, 0.0)}
+                   "accuracy": {k: round(100 * e.accuracy, 2) for k, e in selection.estimates.get(name, {}).items()}}
             for name, d in selection.decisions.items()}

@@ -40,7 +40,6 @@ class TrialSpec:
 
     kind: str
     rank: int
-    lambda1: float
     lambda2: float
     candidates: dict[str, list[str]] = field(default_factory=dict)
     plan: dict[str, str] = field(default_factory=dict)
@@ -115,7 +114,7 @@ def trial_config(space: Space, spec: TrialSpec) -> dict:
         "space": space.name, "seed": space.seed,
         "data": {**space.data, "input_shape": list(space.input_shape), "num_classes": space.num_classes},
         "model": space.model,
-        "train": {**space.train, "tolerance": space.search["tolerance"], "lambda1": spec.lambda1, "lambda2": spec.lambda2},
+        "train": {**space.train, "tolerance": space.search["tolerance"], "lambda2": spec.lambda2},
         "pattern": asdict(spec),
     }
 
@@ -136,7 +135,7 @@ def run_trial(
     """
     data = load_space_data(space)
     model = build_trial_model(space, spec)
-    config = space.train_config(lambda1=spec.lambda1, lambda2=spec.lambda2, progress=progress)
+    config = space.train_config(lambda2=spec.lambda2, progress=progress)
     result: TrainResult = train(model, data, config, on_epoch)
     bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # the last step can leave NaN/inf weights without a non-finite loss

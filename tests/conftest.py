@@ -20,8 +20,7 @@ TINY_SPACE = {
     "model": {"name": "mlp", "options": {"hidden": [16]}, "include": ["layers.*"]},
     "train": {"epochs": 1, "batch_size": 64, "lr": 0.01, "compute": "factored"},  # same floats in every process
     "search": {"strategy": "one_round", "trials": 2, "sampler": "random", "pruner": "none"},
-    "space": {"blocks": ["2x2", "4x4"], "ranks": [1], "lambda1": {"low": 0.01, "high": 0.1},
-              "lambda2": 0.0001},
+    "space": {"blocks": ["2x2", "4x4"], "ranks": [1], "lambda2": {"low": 1e-5, "high": 1e-3, "log": True}},
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from kronsearch import KronLinear, PatternSelectLinear, finalize_model, selection_penalty
+from kronsearch import KronLinear, PatternSelectLinear, finalize_model, l1_penalty
 from tests.randomize import randomized
 
 CANDIDATES = [(2, 2), (4, 4), (1, 8)]
@@ -22,13 +22,11 @@ def model_with_both_kinds() -> nn.Sequential:
                                     KronLinear(8, 4, (2, 2)), nn.Linear(4, 3)))
 
 
-def hand_penalty(model: nn.Sequential, lambda1: float, lambda2: float) -> torch.Tensor:
-    """lambda1 * sum_k ||W_k||_F (W_k materialized) + lambda2 * sum over every S of ||S||_1, written out."""
+def hand_penalty(model: nn.Sequential, lambda2: float) -> torch.Tensor:
+    """lambda2 * the sum over every S (candidates and plain KronLinear) of ||S||_1, written out."""
     select, kron = model[0], model[2]
     branches = [select.branches[name] for name in ("2x2", "4x4", "1x8")]
-    group = sum(b.materialize().norm() for b in branches)
-    l1 = sum(b.s.abs().sum() for b in branches) + kron.s.abs().sum()
-    return lambda1 * group + lambda2 * l1
+    return lambda2 * (sum(b.s.abs().sum() for b in branches) + kron.s.abs().sum())
 
 
 def test_forward_is_the_sum_of_the_candidate_branches_plus_one_shared_bias():
@@ -39,9 +37,9 @@ def test_forward_is_the_sum_of_the_candidate_branches_plus_one_shared_bias():
     assert all(branch.bias is None for branch in layer.branches.values())
 
 
-def test_selection_penalty_equals_lambda1_times_each_candidates_weight_norm_plus_lambda2_times_every_l1():
+def test_l1_penalty_is_lambda2_times_every_s_l1_norm_candidates_included():
     model = model_with_both_kinds()
-    torch.testing.assert_close(selection_penalty(model, 0.3, 0.07), hand_penalty(model, 0.3, 0.07))
+    torch.testing.assert_close(l1_penalty(model, 0.07), hand_penalty(model, 0.07))
 
 
 def test_candidate_norms_equal_the_frobenius_norm_of_each_materialized_w_k_and_are_differentiable():
@@ -97,15 +95,8 @@ def test_only_computes_with_one_candidate_inside_the_block_and_restores_all_afte
     torch.testing.assert_close(layer(x), full)
 
 
-def test_selection_penalty_of_plain_kron_layers_is_the_l1_term_only():
-    model = randomized(nn.Sequential(KronLinear(16, 8, (2, 4)), nn.ReLU(), KronLinear(8, 4, (2, 2), rank=3)))
-    expected = 0.07 * (model[0].s.abs().sum() + model[2].s.abs().sum())
-    torch.testing.assert_close(selection_penalty(model, 0.3, 0.07), expected)
-    torch.testing.assert_close(selection_penalty(model, 100.0, 0.07), expected)
-
-
-def test_selection_penalty_of_a_model_without_kron_layers_is_zero():
-    assert selection_penalty(nn.Linear(4, 3), 0.3, 0.07).item() == 0.0
+def test_l1_penalty_of_a_model_without_kron_layers_is_zero():
+    assert l1_penalty(nn.Linear(4, 3), 0.07).item() == 0.0
 
 
 def test_candidates_that_do_not_divide_the_layer_are_dropped_with_a_warning():
@@ -176,22 +167,24 @@ def test_finalize_model_replaces_every_select_layer_in_place_and_returns_the_sel
     torch.testing.assert_close(model(x), before)
 
 
-def test_from_linear_starts_every_candidate_as_its_nearest_kronecker_sum_over_k():
+def test_from_linear_starts_every_candidate_as_its_nearest_kronecker_sum():
     torch.manual_seed(0)
     dense = torch.nn.Linear(16, 8)
     layer = PatternSelectLinear.from_linear(dense, [(2, 2), (4, 4), (8, 4)], rank=2)
     for block, branch in zip(layer.candidates, layer.branches.values()):
         nearest = KronLinear.from_linear(dense, block, 2).materialize()
-        torch.testing.assert_close(branch.materialize(), nearest / 3)
+        torch.testing.assert_close(branch.materialize(), nearest)
     torch.testing.assert_close(layer.bias, dense.bias)
 
 
-def test_from_linear_of_a_kronecker_weight_reproduces_the_dense_layer():
-    """At the rearrangement rank every candidate is exact, so the K shares add back up to W."""
+def test_from_linear_of_a_kronecker_weight_reproduces_the_dense_layer_with_each_candidate_alone():
+    """At the rearrangement rank every candidate is exact."""
     torch.manual_seed(0)
     dense = torch.nn.Linear(16, 8)
     with torch.no_grad():
         dense.weight.copy_(torch.kron(torch.randn(2, 4), torch.randn(4, 4)))
     layer = PatternSelectLinear.from_linear(dense, [(4, 4), (8, 4)], rank=4)  # both exact at rank 4
     x = torch.randn(5, 16)
-    torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-5)
+    for name in layer.branches:
+        with layer.only(name):
+            torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-5)

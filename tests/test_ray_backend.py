@@ -124,7 +124,7 @@ def test_ray_study_matches_the_local_backends(ray_cluster, write_space, workdir)
 
 
 def test_twins_of_a_running_trial_wait_for_it_instead_of_training(ray_cluster, write_space):
-    run_search(write_space(search={"trials": 3}, space={"lambda1": 0.05}, backend=RAY), progress=False)
+    run_search(write_space(search={"trials": 3}, space={"lambda2": 0.0005}, backend=RAY), progress=False)
     first, *twins = trials_of("tiny:one_round")
     assert first.state == TrialState.COMPLETE and "duplicate_of" not in first.user_attrs
     for twin in twins:

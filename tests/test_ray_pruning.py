@@ -22,7 +22,7 @@ EPOCHS = 3
 # seed 1: trials 4 and 5 fall below the median of the first four at epoch 1 (the pruner's verdicts
 # start at epoch max(1, epochs // 3) after 3 complete trials); one trial at a time keeps the order
 PRUNING = {"seed": 1, "train": {"epochs": EPOCHS}, "search": {"trials": 6, "pruner": "median"},
-           "space": {"ranks": [1, 2], "lambda1": {"low": 0.01, "high": 0.3}},
+           "space": {"ranks": [1, 2]},
            "backend": {**RAY, "max_concurrent": 1}}
 
 

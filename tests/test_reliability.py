@@ -238,7 +238,7 @@ def test_a_kill_right_after_a_trial_is_created_is_recovered_by_the_next_run(writ
     run_search(path, trials=1, progress=False)
     if queued:  # taken from Optuna's queue (WAITING -> RUNNING), as a retried configuration is
         study = optuna.load_study(study_name=STUDY, storage=open_storage(default_storage_url("tiny")))
-        study.enqueue_trial({"lambda1": 0.05})
+        study.enqueue_trial({"lambda2": 0.0005})
     proc = python(RUN_KILLED_AT_CREATION, KILL_AT="1")
     proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGKILL
@@ -250,7 +250,7 @@ def test_a_kill_right_after_a_trial_is_created_is_recovered_by_the_next_run(writ
     every = assert_no_trial_lost_or_duplicated(2)
     assert every[1].state == TrialState.FAIL and f":{proc.pid} died" in every[1].user_attrs["interrupted"]
     if queued:
-        assert [t.params["lambda1"] for t in every if t.user_attrs.get("retry_of") == 1] == [0.05]
+        assert [t.params["lambda2"] for t in every if t.user_attrs.get("retry_of") == 1] == [0.0005]
 
 
 @pytest.mark.parametrize("url", ["sqlite:///studies.db", "studies.log"], ids=["sqlite", "journal-file"])
@@ -292,7 +292,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_sp
     real = local.run_trial
 
     def run_trial(space, spec, *args, **kwargs):  # the first trial trains with a learning rate of 1e30
-        if spec.lambda1 == 0.05:
+        if spec.lambda2 == 0.0005:
             space = dataclasses.replace(space, train={**space.train, "lr": 1e30})
         return real(space, spec, *args, **kwargs)
 
@@ -300,8 +300,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(write_sp
     path = write_space(search={"trials": 3, "save_weights": False})
     Path("studies").mkdir()
     study = open_study(load_space(path), "one_round", default_storage_url("tiny"), False, Path("studies"))
-    for lambda1 in (0.05, 0.01, 0.02):
-        study.enqueue_trial({"lambda1": lambda1})
+    for lambda2 in (0.0005, 0.0001, 0.0002):
+        study.enqueue_trial({"lambda2": lambda2})
     summary = run_search(path, progress=False)
     assert summary.completed == 3
     diverged, *rest = trials()
@@ -484,14 +484,14 @@ def test_a_recycled_pid_does_not_keep_a_dead_trial_running(write_space):
     run_search(path, trials=1, progress=False)
     (study,) = load_studies(STUDY)
     orphan = study.ask()
-    orphan.suggest_float("lambda1", 0.01, 0.1, log=True)
+    orphan.suggest_float("lambda2", 1e-5, 1e-3, log=True)
     orphan.set_user_attr("worker", worker_id())  # this very pid ...
     orphan.set_user_attr("worker_started", "1")  # ... but another process's start time
     assert recover_dead_trials(study) == [orphan.number]
     run_search(path, progress=False)
     every = assert_no_trial_lost_or_duplicated(2)
     (retry,) = [t for t in every if t.user_attrs.get("retry_of") == orphan.number]
-    assert retry.state == TrialState.COMPLETE and retry.params["lambda1"] == orphan.params["lambda1"]
+    assert retry.state == TrialState.COMPLETE and retry.params["lambda2"] == orphan.params["lambda2"]
 
 
 def test_resuming_samples_new_configurations_instead_of_replaying_old_ones(write_space):
@@ -640,7 +640,7 @@ def test_a_full_disk_as_safetensors_reports_it_is_a_storage_error_and_leaves_no_
 
     monkeypatch.setattr(trial_module, "safetensors_bytes", full_disk)
     space = load_space(write_space())
-    spec = trial_module.TrialSpec("one_round", 1, 0.01, 0.0001, candidates={"*": ["2x2", "4x4"]})
+    spec = trial_module.TrialSpec("one_round", 1, 0.0001, candidates={"*": ["2x2", "4x4"]})
     with pytest.raises(StorageError, match="trial-0: Error while serializing: .* No space left on device"):
         trial_module.run_trial(space, spec, workdir / "trial-0")
     assert list((workdir / "trial-0").iterdir()) == []

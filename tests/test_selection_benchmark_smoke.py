@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/selection.py: `--smoke` runs without Fashion-MNIST and prints the summary table."""
+"""Smoke tests of the selection benchmarks (selection.py, signals.py, search_cost.py): `--smoke` runs without
+Fashion-MNIST and prints the summary table."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("synthetic", "vit-digits", "mlp-fashion", "lenet5-fashion")
+TASKS = ("synthetic", "vit-digits", "narrow-mlp", "tie-mlp", "mlp-fashion", "lenet5-fashion")
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
+def run_script(*args: str, script: str = "selection.py") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "selection.py"), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -22,15 +23,32 @@ def test_selection_smoke_prints_one_summary_row_per_task_with_every_metric():
     done = run_script("--smoke")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.count("| task | pick right | regret | regret: smallest | regret: largest |") == 1
+    assert out.count("| task | pick right | right: smallest | right: largest | right: best on average | regret |") == 1
     rows = [line for line in out.splitlines() if re.match(r"\| [a-z0-9-]+ \| \d+/1 \|", line)]
     assert [r.split(" | ")[0][2:] for r in rows] == list(TASKS)
-    assert all(len(r.strip("|").split("|")) == 14 for r in rows)
-    for task in TASKS:  # one line per (task, seed): every candidate alone, the lambda1 kept, the pick, the cost
-        assert re.search(rf"  {task} seed 0: alone .* lambda1 [\d.]+ \(val .*\) picked .* cost x[\d.]+ MACs", out)
+    assert all(len(r.strip("|").split("|")) == 16 for r in rows)
+    for task in TASKS:  # one line per (task, seed): every candidate alone, the right answer, the pick, the cost
+        assert re.search(rf"  {task} seed 0: alone .*; right \S+; picked .* estimates .* cost x[\d.]+ MACs", out)
 
 
 def test_selection_rejects_an_unknown_task_naming_the_allowed_ones():
     done = run_script("--tasks", "imagenet")
     assert done.returncode == 2
-    assert "--tasks: unknown ['imagenet']; allowed: synthetic, vit-digits, mlp-fashion, lenet5-fashion" in done.stderr
+    assert ("--tasks: unknown ['imagenet']; allowed: synthetic, vit-digits, narrow-mlp, tie-mlp, mlp-fashion, "
+            "lenet5-fashion") in done.stderr
+
+
+def test_signals_smoke_prints_a_correlation_row_per_task_and_race_signal():
+    done = run_script("--smoke", "--contest", "race", "--tasks", "tie-mlp,synthetic", script="signals.py")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| (tie-mlp|synthetic) \| race val", line)]
+    assert len(rows) == 4
+    assert all(re.search(r"\| [+-]\d\.\d\d / \d+% \|", r) for r in rows)
+
+
+def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_pattern(tmp_path):
+    done = run_script("--smoke", "--tasks", "vit-digits", script="search_cost.py")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| vit-digits |")]
+    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
+    assert rows[0].split(" | ")[6] == "1.00"  # per_pattern's MACs against its own

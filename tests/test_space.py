@@ -45,9 +45,12 @@ BAD_SPACES = [
     ({"space": {"blocks": ["4by4"]}}, "space.blocks[0]"),
     ({"space": {"blocks": [f"{i}x1" for i in range(1, 40)]}}, "at most 32 are allowed"),
     ({"space": {"ranks": [0]}}, "space.ranks[0]: must be an integer in [1, 1024]"),
-    ({"space": {"lambda1": {"low": 0, "high": 0.1}}}, "space.lambda1.low: must be > 0 on a log scale"),
+    ({"space": {"lambda2": {"low": 0, "high": 0.1, "log": True}}}, "space.lambda2.low: must be > 0 on a log scale"),
     ({"space": {"lambda2": {"low": 0.1, "high": 0.01}}}, "space.lambda2: needs 0 <= low <= high"),
-    ({"space": {"lambda1": None}}, "space.lambda1: required"),
+    ({"space": {"lambda2": None}}, "space.lambda2: required"),
+    ({"space": {"lambda1": {"low": 0.01, "high": 0.1}}}, "space.lambda1: retired: the one round no longer weighs a group "
+                                                          "penalty; it races the candidates and keeps the cheapest within "
+                                                          "search.tolerance"),
 ]
 
 

@@ -18,7 +18,7 @@ from kronsearch.layers.costs import Cost, ModelCost, model_cost
 from kronsearch.layers.errors import BadInput, KronsearchError, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, BSRLinear, KronLinear
 from kronsearch.layers.kronify import KronifyReport, kronify
-from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, selection_penalty
+from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.layers.plan import LayerPattern, Plan, load_plan, model_plan, parse_plan
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "KronifyReport", "KronsearchError", "LayerPattern", "ModelCost", "PatternSelectLinear", "Plan", "RunFailure",
     "check_block", "default_compute_as", "divisors", "finalize_model", "format_block", "kron_macs",
     "kron_nonzeros", "kron_params", "kronify", "load_plan", "model_cost", "model_plan", "parse_block",
-    "parse_plan", "selection_penalty", "set_default_compute", "valid_blocks",
+    "parse_plan", "l1_penalty", "set_default_compute", "valid_blocks",
 ]

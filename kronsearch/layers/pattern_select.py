@@ -1,19 +1,14 @@
-"""PatternSelectLinear: several candidate block shapes in one layer, competing for one weight.
+"""PatternSelectLinear: several candidate block shapes in one layer, one of which the layer keeps.
 
-W = sum_k W_k with W_k = sum_i (S_k ⊙ A_{k,i}) ⊗ B_{k,i}, one candidate k per block shape. The
-layer only holds the candidates and measures them; the competition itself (who stays, who
-leaves, when) is run by the trainer (kronsearch/selection.py), which removes a candidate with
-`remove` once its S_k is exactly zero.
+The layer holds one KronLinear per candidate k (W_k = sum_i (S_k ⊙ A_{k,i}) ⊗ B_{k,i}, its own block
+shape) and a shared bias. Its forward is the paper's sum W = sum_k W_k over the live candidates;
+`only(k)` makes it compute with one candidate alone, which is how the one round trains and measures
+them (kronsearch/selection.py: a race, each step training one candidate, the cheapest candidate
+within a tolerance of the best winning). The race removes a candidate with `remove` when it leaves.
 
-Choices PAPER.md section 2 leaves open, made here:
-- A candidate is measured by its whole contribution ||W_k||_F (from the factors, through the
-  r x r Gram matrices, never building W_k). Every W_k has the layer's shape, so these norms compare
-  candidates of any block size directly, and they do not change when a candidate's factors are
-  rescaled against each other (S by c and A by 1/c, or A by c and B by 1/c). The group term is
-  lambda1 * sum_k ||W_k||_F, weight 1 for every candidate. The previous group, the RMS of S_k,
-  depended on that split: Adam grew A as the penalty shrank S, and a candidate died at a step set
-  by its size, not by the data (measured: 2x2/4x4/8x8 died at steps 28/54/104 on every seed).
-- The winner is the live candidate with the largest ||W_k||_F.
+||W_k||_F (`candidate_norms`, from the factors through the r x r Gram matrices, never building W_k)
+compares candidates of any block size directly, since every W_k has the layer's shape; the trainer
+reports it per epoch.
 """
 
 from __future__ import annotations
@@ -36,8 +31,9 @@ class PatternSelectLinear(nn.Module):
     """y = x (sum_k W_k)^T + b: one bias-free KronLinear per candidate block, sharing one bias.
 
     Candidates that do not divide (out_features, in_features) are dropped with a warning.
-    Each branch starts with B_k scaled by 1/sqrt(K) so the sum of the K branches has
-    nn.Linear's output variance.
+    Each branch starts as a whole layer would (a fresh KronLinear), because the one round trains and
+    measures every candidate alone (`only`, kronsearch/selection.py); the sum of all K is then K
+    layers' worth, which no training runs.
     """
 
     def __init__(
@@ -77,12 +73,10 @@ class PatternSelectLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Every branch as a fresh KronLinear, with B scaled so the sum keeps nn.Linear's variance."""
-        scale = len(self.branches) ** -0.5
+        """Every branch as a fresh KronLinear; the bias as nn.Linear's."""
         with torch.no_grad():
             for branch in self.branches.values():
                 branch.reset_parameters()
-                branch.b.mul_(scale)
             if self.bias is not None:
                 bound = 1.0 / math.sqrt(self.in_features)
                 nn.init.uniform_(self.bias, -bound, bound)
@@ -90,19 +84,17 @@ class PatternSelectLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, candidates: Sequence[Sequence[int]], rank: int = 1) -> PatternSelectLinear:
         """Every candidate starts as the nearest Kronecker sum of the same trained layer
-        (KronLinear.from_linear), scaled by 1/K so the K candidates together reproduce it as closely
-        as the best of them alone would; the bias is the layer's. The contest then starts from the
+        (KronLinear.from_linear); the bias is the layer's. Each candidate alone then starts from the
         dense layer's function rather than from noise, with no candidate favoured.
         """
         weight = linear.weight
         layer = cls(linear.in_features, linear.out_features, candidates, rank, linear.bias is not None,
                     weight.device, weight.dtype)
-        share = 1.0 / len(layer.branches)
         with torch.no_grad():
             for block, branch in zip(layer.candidates, layer.branches.values()):
                 nearest = KronLinear.from_linear(linear, block, rank)
                 branch.s.copy_(nearest.s)
-                branch.a.copy_(nearest.a * share)
+                branch.a.copy_(nearest.a)
                 branch.b.copy_(nearest.b)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
@@ -154,7 +146,8 @@ class PatternSelectLinear(nn.Module):
             self.branches = live
 
     def selected(self) -> tuple[Block, dict[str, float]]:
-        """The winning block (largest ||W_k||_F) and every candidate's ||W_k||_F."""
+        """The winning block (the live candidate with the largest ||W_k||_F: after the race, the only one)
+        and every live candidate's ||W_k||_F."""
         norms = self.weight_norms()
         winner = max(norms, key=norms.get)
         return self.branches[winner].block, norms
@@ -176,19 +169,15 @@ class PatternSelectLinear(nn.Module):
                 f"candidates=[{blocks}], rank={self.rank}, bias={self.bias is not None}")
 
 
-def selection_penalty(model: nn.Module, lambda1: float, lambda2: float) -> Tensor:
-    """lambda1 * sum_k ||W_k||_F (PatternSelectLinear) + lambda2 * sum of ||S||_1 (every KronLinear).
+def l1_penalty(model: nn.Module, lambda2: float) -> Tensor:
+    """lambda2 * the sum of ||S||_1 over every KronLinear (the candidates of a PatternSelectLinear included).
 
     The penalty the trainer reports per epoch; it does not back-propagate through it: lambda2 acts by a
-    proximal step on S, lambda1 through the selection gates (kronsearch/selection.py), which shrink
-    every ||W_k|| at a rate lambda1 in units of the layer's pulls. A scalar tensor on the model's
-    device; zero for a model without Kronecker layers.
-    Candidates inside a PatternSelectLinear are KronLinear modules, so the l1 term covers them once.
+    proximal step on S (kronsearch/selection.py). A scalar tensor on the model's device; zero for a
+    model without Kronecker layers.
     """
-    group = [m.candidate_norms().sum() for m in model.modules() if isinstance(m, PatternSelectLinear)]
     l1 = [m.s.abs().sum() for m in model.modules() if isinstance(m, KronLinear)]
-    zero = next(model.parameters()).new_zeros(())
-    return lambda1 * sum(group, zero) + lambda2 * sum(l1, zero)
+    return lambda2 * sum(l1, next(model.parameters()).new_zeros(()))
 
 
 def finalize_model(model: nn.Module) -> dict[str, tuple[Block, dict[str, float]]]:

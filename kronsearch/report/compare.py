@@ -119,7 +119,7 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
         one_round = {
             "study": study_name, "trial": trial.number, "val_accuracy": val_accuracy(trial),
             "test_accuracy": metrics(trial).get("test_accuracy"), "final_macs": metrics(trial).get("final_macs"),
-            "rank": trial_rank(trial), "lambda1": params.get("lambda1"), "lambda2": params.get("lambda2"),
+            "rank": trial_rank(trial), "lambda2": params.get("lambda2"),
             "selected": {layer: norm_block(b) for layer, b in (metrics(trial).get("selected") or {}).items()},
         }
         if not one_round["selected"]:

@@ -93,7 +93,8 @@ def display_storage(url: str | None) -> str | None:
 
 
 def lambdas(trial: FrozenTrial, study: optuna.Study) -> dict[str, float]:
-    """lambda1 and lambda2 from the params (else the trial config); per_pattern trials have no lambda1."""
+    """lambda2 from the params (else the trial config); lambda1 too for one-round trials of studies from
+    before the race (when one weighed a group penalty)."""
     train = full_config(study, trial)["train"]
     kind = trial_kind(trial, study_strategy(study))
     keys = ("lambda2",) if kind == "per_pattern" else ("lambda1", "lambda2")

@@ -38,8 +38,8 @@ def render_plan(space: Space) -> str:
                           f"{out * inp + out:,}" if i == 0 else "", format_block(block),
                           f"{kron_params(out, inp, block, rank):,}", f"{kron_macs(out, inp, block, rank):,}")
     console.print(table)
-    dense = build_trial_model(space, TrialSpec("per_pattern", rank, 0.0, 0.0))
-    one_round = build_trial_model(space, TrialSpec("one_round", rank, 0.0, 0.0, candidates={
+    dense = build_trial_model(space, TrialSpec("per_pattern", rank, 0.0))
+    one_round = build_trial_model(space, TrialSpec("one_round", rank, 0.0, candidates={
         glob: [format_block(b) for b in blocks] for glob, blocks in space.blocks.items()}))
     for label, model in (("dense model", dense), ("one-round model (all candidates)", one_round)):
         cost = model_cost(model, space.input_shape).total

@@ -169,7 +169,7 @@ def fmt_seconds(value: float | None) -> str:
 
 
 def fmt_params(params: Mapping[str, Any]) -> str:
-    """{'rank': 1, 'lambda1': 0.001} -> 'rank=1 lambda1=0.001'; per-layer blocks compacted."""
+    """{'rank': 1, 'lambda2': 0.001} -> 'rank=1 lambda2=0.001'; per-layer blocks compacted."""
     layer_blocks = {p.split(":", 1)[1]: norm_block(v) for p, v in params.items() if p.startswith("block:")}
     parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
              for k, v in params.items() if not k.startswith("block:")]

@@ -1,0 +1,247 @@
+"""What a search costs to reach a good pattern: one_round, per_pattern and hybrid at the same trial count.
+
+Full run (needs Fashion-MNIST: apt-get install dataset-fashion-mnist); tasks are independent, so
+processes can share a machine:
+
+    python benchmarks/search_cost.py --tasks mlp-fashion
+    python benchmarks/search_cost.py --tasks lenet5-fashion
+    python benchmarks/search_cost.py --tasks vit-digits
+
+Smoke run for CI (digits only, one seed, 2 trials of 1 epoch; its numbers mean nothing):
+
+    python benchmarks/search_cost.py --smoke
+
+Per task and seed, every strategy runs as `kronsearch run` would (kronsearch.search.run_search, a
+fresh study in a temporary folder, the space's own sampler and median pruner, `--trials` trials),
+and every candidate block is trained alone once (rank 1, lambda2 at the range's geometric middle)
+as the reference for the pick. Reported per task and strategy, mean over the seeds:
+
+- best-so-far test accuracy of the tolerance pick (kronsearch.record.tolerance_pick: the cheapest
+  trial within `--tolerance` points of the best val accuracy, as show and export choose) among the
+  trials finished within 0.25, 0.5, 1 and 2x the per_pattern study's total training MACs ("-" where
+  no trial had finished);
+- total training MACs (train_macs_total of every finished trial, pruned ones included; a duplicate
+  costs nothing) against per_pattern's, and total wall time against per_pattern's;
+- the final pick against the blocks alone: its block(s), regret (best test accuracy alone - the
+  pick's block alone) and whether it is right (within the tolerance of the best alone and no block
+  alone within it is cheaper), and its final MACs against the costliest block alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from kronsearch.layers.blocks import parse_block
+from kronsearch.layers.kronify import kronify
+from kronsearch.layers.plan import LayerPattern
+from kronsearch.record import TrialRecord, metrics, tolerance_pick, train_macs_total
+from kronsearch.search import run_search
+
+from kronsearch.data import load_dataset
+
+from selection import Task, alone_plan, fashion_mnist, is_right, layer_shapes, plan_label, run, right_answer
+
+STRATEGIES = ("per_pattern", "one_round", "hybrid")
+BUDGETS = (0.25, 0.5, 1.0, 2.0)
+LAMBDA2 = (1e-5, 1e-3)
+
+SPACES = {
+    "mlp-fashion": {
+        "data": {"name": "fashion-mnist", "limit": 10000},
+        "model": {"name": "mlp", "options": {"hidden": [256, 256]}, "include": ["layers.*"]},
+        "train": {"epochs": 5, "lr": 0.003, "threads": 1},
+        "blocks": ["2x2", "4x4", "8x8", "4x16", "16x4"]},
+    "lenet5-fashion": {
+        "data": {"name": "fashion-mnist", "limit": 10000},
+        "model": {"name": "lenet5", "include": ["fc*"]},
+        "train": {"epochs": 5, "lr": 0.002, "weight_decay": 0.01, "threads": 1},
+        "blocks": ["2x2", "4x4", "8x8", "2x8"]},
+    "vit-digits": {
+        "data": {"name": "digits"},
+        "model": {"name": "vit", "options": {"patch_size": 4, "dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0},
+                  "include": ["blocks.*"]},
+        "train": {"epochs": 12, "batch_size": 64, "lr": 0.005, "weight_decay": 0.05, "warmup_epochs": 1,
+                  "threads": 1},
+        "blocks": ["2x2", "4x4", "8x8"]},
+}
+
+
+def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse.Namespace) -> Path:
+    """Write the task's space for one seed and strategy; return its path."""
+    spec = SPACES[task]
+    train = dict(spec["train"])
+    data = dict(spec["data"])
+    if args.smoke:
+        train["epochs"], data = 1, {"name": "digits", "limit": 300}
+    doc = {"name": f"{task}-s{seed}", "seed": seed, "data": data, "model": spec["model"], "train": train,
+           "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
+                      "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
+                      "sampler": "tpe", "pruner": "median"},
+           "space": {"blocks": spec["blocks"], "ranks": [1, 2],
+                     "lambda2": {"low": LAMBDA2[0], "high": LAMBDA2[1], "log": True}}}
+    path = folder / f"{task}-s{seed}-{strategy}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run_study(path: Path, folder: Path) -> list[optuna.trial.FrozenTrial]:
+    """Run one study from its space file in `folder`; return its trials in order."""
+    summary = run_search(path, progress=False, studies_dir=folder / "studies")
+    study = optuna.load_study(study_name=summary.study_names[0], storage=summary.storage_url)
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def curve(trials: Sequence[optuna.trial.FrozenTrial], tolerance: float) -> list[tuple[int, optuna.trial.FrozenTrial | None]]:
+    """(cumulative training MACs, tolerance pick so far) after each finished trial, in trial order."""
+    spent, done, points = 0, [], []
+    for trial in trials:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        if TrialRecord.of(trial).duplicate_of is None:
+            spent += train_macs_total(trial) or 0
+        done.append(trial)
+        points.append((spent, tolerance_pick(done, tolerance)))
+    return points
+
+
+def at_budget(points: list[tuple[int, optuna.trial.FrozenTrial | None]], budget: float) -> float | None:
+    """Test accuracy of the tolerance pick among the trials finished within `budget` MACs."""
+    within = [pick for spent, pick in points if spent <= budget and pick is not None]
+    return metrics(within[-1]).get("test_accuracy") if within else None
+
+
+def pick_plan(trial: optuna.trial.FrozenTrial) -> dict[str, tuple[int, int]]:
+    """layer -> block of the trial's final model."""
+    return {name: parse_block(entry["block"]) for name, entry in metrics(trial).get("plan", {}).items()}
+
+
+def alone_task(task: str, seed: int, args: argparse.Namespace) -> Task:
+    spec = SPACES[task]
+    options = spec["model"].get("options", {})
+    train = {k: v for k, v in spec["train"].items() if k != "threads"}
+    train["lambda2"] = (LAMBDA2[0] * LAMBDA2[1]) ** 0.5
+    if args.smoke:
+        train["epochs"] = 1
+    blocks = [tuple(int(v) for v in b.split("x")) for b in spec["blocks"]]
+
+    def data(seed: int, args: argparse.Namespace):
+        if args.smoke or spec["data"]["name"] == "digits":
+            return load_dataset("digits", seed=0, limit=300 if args.smoke else None)
+        return fashion_mnist(spec["data"]["limit"])
+    return Task(task, data, spec["model"]["name"], options, tuple(spec["model"]["include"]), blocks, train)
+
+
+def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list[str]:
+    rows: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="kronsearch-cost-") as tmp:
+            folder = Path(tmp)
+            studies = {}
+            for strategy in STRATEGIES:
+                start = time.perf_counter()
+                trials = run_study(space_file(folder, task, seed, strategy, args), folder)
+                studies[strategy] = (trials, time.perf_counter() - start)
+        bench_task = alone_task(task, seed, args)
+        data = bench_task.data(seed, args)
+        shapes = layer_shapes(bench_task, data)
+        alone = {}
+        for cand in bench_task.candidates:
+            plan = alone_plan(cand, shapes, bench_task.candidates)
+            alone.setdefault(plan_label(plan), run(bench_task, data, seed, lambda m, p=plan: kronify(
+                m, {n: LayerPattern(b, 1) for n, b in p.items()})))
+        reference = curve(studies["per_pattern"][0], args.tolerance)[-1][0] if studies["per_pattern"][0] else 0
+        for strategy, (trials, wall) in studies.items():
+            points = curve(trials, args.tolerance)
+            final = points[-1][1] if points else None
+            plan = {n: b for n, b in pick_plan(final).items() if n in shapes} if final else {}
+            label = plan_label(plan) if plan else None
+            if label is not None and label not in alone:
+                alone[label] = run(bench_task, data, seed, lambda m: kronify(
+                    m, {n: LayerPattern(b, 1) for n, b in plan.items()}))
+            sweep = {k: alone[k] for k in dict.fromkeys(plan_label(alone_plan(c, shapes, bench_task.candidates))
+                                                          for c in bench_task.candidates)}
+            best = max(r.test_accuracy for r in sweep.values())
+            rows[strategy].append({
+                "budgets": [at_budget(points, b * reference) for b in BUDGETS],
+                "macs": points[-1][0] if points else 0, "wall": wall, "reference": reference,
+                "pick": label, "right": label is not None and is_right(label, {**sweep, label: alone[label]}, args.tolerance),
+                "regret": 100 * (best - alone[label].test_accuracy) if label else None,
+                "cost": alone[label].final_macs / max(r.final_macs for r in sweep.values()) if label else None,
+                "answer": right_answer(sweep, args.tolerance)})
+            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, MACs {rows[strategy][-1]['macs']:.3g}, "
+                  f"wall {wall:.0f} s, pick {label} (right answer {rows[strategy][-1]['answer']}), "
+                  f"at 0.25/0.5/1/2x per_pattern MACs: {rows[strategy][-1]['budgets']}", flush=True)
+    return [summary_row(task, strategy, runs, rows["per_pattern"]) for strategy, runs in rows.items()]
+
+
+def mean(values: Sequence[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    known = [v for v in values if v is not None]
+    text = f"{scale * statistics.fmean(known):.{digits}f}" if known else "-"
+    return text if len(known) == len(values) else f"{text} ({len(known)}/{len(values)})"
+
+
+def summary_row(task: str, strategy: str, runs: list[dict], reference: list[dict]) -> str:
+    budgets = [mean([r["budgets"][i] for r in runs], 100) for i in range(len(BUDGETS))]
+    macs = [r["macs"] / max(p["macs"], 1) for r, p in zip(runs, reference)]
+    wall = [r["wall"] / max(p["wall"], 1e-9) for r, p in zip(runs, reference)]
+    picks = ", ".join(str(r["pick"]) for r in runs)
+    return (f"| {task} | {strategy} | " + " | ".join(budgets)
+            + f" | {mean(macs)} | {mean(wall)} | {picks} | {sum(r['right'] for r in runs)}/{len(runs)} "
+            f"| {mean([r['regret'] for r in runs])} | {mean([r['cost'] for r in runs])} |")
+
+
+HEADER = ("| task | strategy | " + " | ".join(f"test acc of the pick at {b}x" for b in BUDGETS)
+          + " | MACs / per_pattern | wall / per_pattern | picks (per seed) | pick right | regret (points) "
+          "| pick's MACs / costliest |\n|" + "---|" * (9 + len(BUDGETS)))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--tasks", default=",".join(SPACES), help="comma list of %(default)s")
+    parser.add_argument("--seeds", default="0,1,2", help="comma list (default %(default)s)")
+    parser.add_argument("--trials", type=int, default=8, help="trials per study (default %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
+    args = parser.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not args.tasks or any(t not in SPACES for t in args.tasks):
+        parser.error(f"--tasks: a comma list of {', '.join(SPACES)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as err:
+        parser.error(f"--seeds: a comma list of integers ({err})")
+    if not args.seeds or args.trials < 1 or not 0 <= args.tolerance <= 100:
+        parser.error("--seeds needs a value, --trials >= 1, --tolerance in [0, 100]")
+    if args.smoke:
+        args.seeds, args.trials = args.seeds[:1], 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    rows = []
+    for task in args.tasks:
+        rows += benchmark(task, args.seeds, args)
+    print()
+    print(HEADER)
+    print("\n".join(rows))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

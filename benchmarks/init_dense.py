@@ -1,6 +1,7 @@
 """Does starting the Kronecker layers from a trained dense model help, against starting from random?
 
-    python benchmarks/init_dense.py               # Fashion-MNIST, MLP-256 and LeNet-5, seeds 0,1 (~10 min, 1 thread)
+    python benchmarks/init_dense.py               # Fashion-MNIST, MLP-256 and LeNet-5, seeds 0,1 (~10 min, 1 thread,
+                                                  # measured before the race, at commit 5ab447e)
     python benchmarks/init_dense.py --smoke       # digits, tiny budgets: checks the script runs, numbers mean nothing
 
 Per model (`--models`):
@@ -9,19 +10,23 @@ Per model (`--models`):
 2. Two patterns, each at every rank of `--ranks`, trained for each of `--epochs` (separate runs,
    each a full cosine schedule), on every seed of `--seeds`:
    - one round: `kronify(candidates=2x2, 4x4, 8x8)` on the hidden Linear layers (MLP: layers.*;
-     LeNet-5: fc1 and fc2, where 8x8 divides fc1 only; the head stays dense), lambda1 `--lambda1`;
-   - 4x4: `kronify(block=(4, 4))` on the same layers, lambda1 0.
+     LeNet-5: fc1 and fc2, where 8x8 divides fc1 only; the head stays dense). The trainer's race
+     (kronsearch.selection.Race, TrainConfig.select_epochs: a quarter of the epochs) comes first and
+     keeps per layer the cheapest candidate within `--tolerance` accuracy points of the best; the
+     winner then trains the epochs;
+   - 4x4: `kronify(block=(4, 4))` on the same layers, the epochs alone.
    init "dense": the saved dense model is loaded and kronified with init="dense" (each KronLinear is
-   the nearest rank-r Kronecker sum of the trained layer; each one-round candidate holds 1/K of its
-   own nearest sum, PatternSelectLinear.from_linear); the layers left dense (convolutions, head)
+   the nearest rank-r Kronecker sum of the trained layer; each one-round candidate holds its own
+   nearest sum, PatternSelectLinear.from_linear); the layers left dense (convolutions, head)
    keep their trained weights. init "random": a fresh model kronified with init="random".
    Both under the same TrainConfig and seed (the seed fixes the fresh model, the factors that
    from_linear does not set, and the batch order). `--lr` sets the kronified runs' learning rate
    (a fine-tuning rate) while the dense model keeps its own.
 Columns: start test acc = the kronified model's test accuracy before any training (for the one
-round, the sum of its candidates); val / test acc after training (mean ± std over seeds); dense -
+round, each layer's cheapest candidate alone: the race's leader before its first check, the model
+the trainer reports while racing); val / test acc after training (mean ± std over seeds); dense -
 random = the paired per-seed difference of test accuracy, in points; picked = the one round's block
-per decomposed layer, per seed; wall = train() seconds, mean over seeds.
+per decomposed layer, per seed; wall = train() seconds (the one round's race included), mean over seeds.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,7 +50,9 @@ from selection import stat, upsampled_digits  # noqa: E402
 
 from kronsearch.data import DataSplits, load_dataset  # noqa: E402
 from kronsearch.data.batches import Batches  # noqa: E402
+from kronsearch.layers.blocks import kron_macs, kron_params  # noqa: E402
 from kronsearch.layers.kronify import kronify  # noqa: E402
+from kronsearch.layers.pattern_select import PatternSelectLinear  # noqa: E402
 from kronsearch.models import build_model  # noqa: E402
 from kronsearch.trainer import TrainConfig, TrainResult, accuracy, seed_everything, train  # noqa: E402
 
@@ -80,10 +88,24 @@ def smoke_data(model: str) -> DataSplits:
     return upsampled_digits(200) if model == "lenet5" else load_dataset("digits", seed=0, limit=200)
 
 
-def config(setup: Setup, args: argparse.Namespace, epochs: int, seed: int, lambda1: float = 0.0,
-           lr: float | None = None) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr or setup.lr, lambda1=lambda1, lambda2=args.lambda2,
+def config(setup: Setup, args: argparse.Namespace, epochs: int, seed: int, lr: float | None = None) -> TrainConfig:
+    """Every run's settings; `tolerance` decides the one round's race and does nothing without candidates."""
+    return TrainConfig(epochs=epochs, lr=lr or setup.lr, lambda2=args.lambda2, tolerance=args.tolerance,
                        batch_size=args.batch, compute="auto", progress=False, seed=seed)
+
+
+@contextmanager
+def cheapest_alone(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block every PatternSelectLinear computes with its cheapest candidate alone (MACs per
+    input row, then parameters): the race's leader before its first check (kronsearch.selection.Race)."""
+    with ExitStack() as stack:
+        for layer in model.modules():
+            if isinstance(layer, PatternSelectLinear):
+                shape, rank = (layer.out_features, layer.in_features), layer.rank
+                cheapest = min(layer.branches, key=lambda k: (kron_macs(*shape, layer.branches[k].block, rank),
+                                                              kron_params(*shape, layer.branches[k].block, rank)))
+                stack.enter_context(layer.only(cheapest))
+        yield
 
 
 def decompose(setup: Setup, pattern: str, rank: int, init: str) -> Callable[[torch.nn.Module], object]:
@@ -100,9 +122,9 @@ def run(setup: Setup, data: DataSplits, dense_state: Path, pattern: str, rank: i
     if init == "dense":
         model.load_state_dict(torch.load(dense_state, weights_only=True))
     decompose(setup, pattern, rank, init)(model)
-    start = accuracy(model, Batches(data.test, 1024, "cpu"))
-    lambda1 = args.lambda1 if pattern == "one round" else 0.0
-    return start, train(model, data, config(setup, args, epochs, seed, lambda1, args.lr))
+    with cheapest_alone(model):
+        start = accuracy(model, Batches(data.test, 1024, "cpu"))
+    return start, train(model, data, config(setup, args, epochs, seed, args.lr))
 
 
 def picked(results: Sequence[TrainResult]) -> str:
@@ -161,7 +183,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", default="1,2", help="training epochs of the kronified models, one run each "
                                                         "(default %(default)s)")
     parser.add_argument("--dense-epochs", type=int, default=3, help="epochs of the dense model (default %(default)s)")
-    parser.add_argument("--lambda1", type=float, default=0.3, help="one-round lambda1 (default %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=TrainConfig.tolerance,
+                        help="the one round's race: accuracy points within which the cheapest candidate wins "
+                             "(default %(default)s)")
     parser.add_argument("--lambda2", type=float, default=1e-4, help="l1 on S, every run (default %(default)s)")
     parser.add_argument("--lr", type=float, default=None,
                         help="lr of the kronified runs (default: the model's, 3e-3 MLP, 2e-3 LeNet-5, "
@@ -183,8 +207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--seeds, --ranks and --epochs need at least one value; ranks and epochs >= 1")
     if args.dense_epochs < 1 or args.batch < 1 or args.threads < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--dense-epochs, --batch, --threads and --limit must be >= 1")
-    if args.lambda1 < 0 or args.lambda2 < 0 or (args.lr is not None and args.lr <= 0):
-        parser.error("--lambda1 and --lambda2 must be >= 0, --lr > 0")
+    if args.lambda2 < 0 or not 0 <= args.tolerance <= 100 or (args.lr is not None and args.lr <= 0):
+        parser.error("--lambda2 must be >= 0, --tolerance in [0, 100], --lr > 0")
     if args.smoke:
         args.seeds, args.ranks, args.epochs, args.dense_epochs = args.seeds[:1], args.ranks[:1], args.epochs[:1], 1
     return args
@@ -196,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     print(f"models {', '.join(args.models)}; seeds {','.join(map(str, args.seeds))}; ranks "
           f"{','.join(map(str, args.ranks))}; epochs {','.join(map(str, args.epochs))} (dense {args.dense_epochs}); "
-          f"candidates {', '.join(f'{h}x{w}' for h, w in CANDIDATES)}, lambda1 {args.lambda1}; lambda2 {args.lambda2}; "
+          f"candidates {', '.join(f'{h}x{w}' for h, w in CANDIDATES)}, race tolerance {args.tolerance}; "
+          f"lambda2 {args.lambda2}; "
           f"batch {args.batch}, AdamW, cosine; torch threads {torch.get_num_threads()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

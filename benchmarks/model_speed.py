@@ -7,8 +7,13 @@ The model is the paper's ViT-tiny for CIFAR-100 shapes (dim 192, depth 12, 3 hea
 3x32x32 input, 100 classes). Kronified models go through `kronify(include=["blocks.*"])` at rank 1
 (attention qkv/proj and MLP fc1/fc2 of every block; patch embedding and head stay dense): one per
 block 2x2, 4x4, 8x8, 16x16, and a one-round model with candidates 2x2, 4x4, 8x8 (PatternSelectLinear,
-loss + its selection penalty). Each kronified model runs once per `--compute` mode ("factored",
-"merged", "auto"), with the same initial weights.
+loss + l1_penalty, lambda2 1e-4 on every S). Each kronified model runs once per `--compute` mode
+("factored", "merged", "auto"), with the same initial weights.
+
+The one-round row runs every layer's forward as the sum of all its candidates: the step of the summed
+contest that the one round ran before the race (commit 5ab447e). The race (kronsearch.selection.Race)
+never trains that sum: each of its steps runs one candidate per layer alone, a step of the Kronecker
+row of that candidate's block.
 
 A step is zero_grad, forward, cross-entropy (+ penalty), backward and an AdamW step, on one fixed
 random batch. Timing: every model takes `--warmup` steps (auto's one-time timing of each layer shape
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 from paper_tables import peak_step_memory
 from torch import nn
 
-from kronsearch import KronLinear, PatternSelectLinear, kronify, selection_penalty
+from kronsearch import KronLinear, PatternSelectLinear, kronify, l1_penalty
 from kronsearch.layers.compute import compute_choices
 from kronsearch.models import build_model
 from kronsearch.layers.blocks import format_block
@@ -40,7 +45,7 @@ from kronsearch.layers.blocks import format_block
 VIT_TINY = {"patch_size": 4, "dim": 192, "depth": 12, "heads": 3, "mlp_ratio": 4.0}
 BLOCKS = [(2, 2), (4, 4), (8, 8), (16, 16)]
 ONE_ROUND = [(2, 2), (4, 4), (8, 8)]
-LAMBDA1, LAMBDA2 = 0.1, 1e-4
+LAMBDA2 = 1e-4
 
 
 class Variant:
@@ -60,7 +65,7 @@ class Variant:
         self.opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(self.x), self.y)
         if self.penalty:
-            loss = loss + selection_penalty(self.model, LAMBDA1, LAMBDA2)
+            loss = loss + l1_penalty(self.model, LAMBDA2)
         loss.backward()
         self.opt.step()
 

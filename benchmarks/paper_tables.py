@@ -30,9 +30,10 @@ Blocks: linear (one 10x784 layer): 2x2, 2x8 (tall/wide: 10 = 5 * 2, 784 = 98 * 8
 LeNet-5: fc1 (120x400) and fc2 (84x120) 4x4, fc3 (10x84) 2x2 (4 does not divide 10); convs dense.
 ViT: patch 4, dim 64, depth 2, heads 2, mlp ratio 2 (qkv 192x64, proj 64x64, fc1 128x64, fc2 64x128);
 the blocks' Linears 4x4, the 10x64 head dense (4 does not divide 10), patch embedding dense. The ViT
-table adds the block-size selection experiment: 2x2, 4x4, 8x8 each trained alone against one round
-(candidates 2x2/4x4/8x8, one continuous run of `--epochs` with lambda1 `--lambda1`, each layer deciding
-within its first quarter; lambda2 `--select-lambda2` for all of them).
+table adds the block-size selection experiment: 2x2, 4x4, 8x8 each trained alone for `--epochs`
+against one round (candidates 2x2/4x4/8x8: the trainer's race, kronsearch.selection.Race, of a quarter
+of `--epochs` first, each layer keeping the cheapest candidate within `--tolerance` accuracy points of
+the best, then its winners train `--epochs`; lambda2 `--select-lambda2` for all of them).
 
 Columns: test acc (top-1, full test set); block sparsity (area-weighted fraction of zero blocks over
 the decomposed layers); train params (trainable while training); train MACs (forward MACs per
@@ -42,7 +43,8 @@ setting (tuned lambda2 / strength).
 Table 4 (search): search_spaces/vit.yaml and search_spaces/lenet5.yaml, rewritten into a temporary
 folder with fewer trials/epochs (`--search-trials`, `--search-epochs`, `--search-limit`), each run
 with strategy one_round, per_pattern and hybrid (kronsearch.search.run_search, fresh studies in a
-temporary studies folder). Per strategy: the best trial (highest val accuracy), the compute spent
+temporary studies folder; every trial trains `--search-epochs`, a one-round trial after its race of a
+quarter of them). Per strategy: the best trial (highest val accuracy), the compute spent
 up to and including it (sum of trial wall_time and train_macs_total over the finished trials
 numbered up to the best, duplicates excluded), the total; and agreement from
 kronsearch.report.compare_data (one_round vs per_pattern studies together, hybrid on its own).
@@ -224,7 +226,7 @@ def table_vit(data: DataSplits, args) -> list[str]:
             alone.setdefault(format_block(b), []).append(t.kron(dict.fromkeys(layers, b), 1, seed, args.select_lambda2))
         model = t.model(seed)
         kronify(model, candidates=candidates, include=["blocks.*"])
-        result = train(model, data, TrainConfig(epochs=args.epochs, lr=args.lr, lambda1=args.lambda1,
+        result = train(model, data, TrainConfig(epochs=args.epochs, lr=args.lr, tolerance=args.tolerance,
                                                 lambda2=args.select_lambda2, seed=seed, progress=False))
         t.log(f"one round seed {seed}: {result.selected}, acc {result.test_accuracy:.4f}")
         one_round.append(result)
@@ -256,7 +258,7 @@ def derived_space(source: Path, folder: Path, args, smoke: bool) -> Path:
     raw = yaml.safe_load(source.read_text())
     raw["name"] = raw["name"] + "-bench"
     raw["train"]["epochs"] = args.search_epochs
-    raw["train"].pop("finetune_epochs", None)  # one continuous run per trial, the same epochs for every strategy
+    raw["train"].pop("finetune_epochs", None)  # the same epochs for every strategy (one round: after its race)
     raw["train"]["warmup_epochs"] = 0
     if args.search_limit and raw["data"]["name"] != "digits":
         raw["data"]["limit"] = args.search_limit
@@ -273,7 +275,7 @@ def derived_space(source: Path, folder: Path, args, smoke: bool) -> Path:
 def cost_to_best(study) -> dict:
     import optuna
 
-    from kronsearch.record import metrics, val_accuracy
+    from kronsearch.record import Strategy, metrics, study_strategy, trial_kind, val_accuracy
     from kronsearch.report import duration
     trials = [t for t in study.get_trials(deepcopy=False)
               if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -289,11 +291,12 @@ def cost_to_best(study) -> dict:
         return sum(metrics(t).get("train_macs_total") or 0 for t in ts)
 
     m = metrics(best)
-    pattern = ({k: v for k, v in best.params.items() if k.startswith(("block", "rank"))}
-               if best.user_attrs.get("kind") == "per_pattern" or "lambda1" not in best.params
-               else {"selected": sorted(Counter((m.get("selected") or {}).values()).items()),
-                     "rank": best.params.get("rank")})
-    return {"trials": len(counted), "best": best.number, "kind": best.user_attrs.get("kind"),
+    kind = trial_kind(best, study_strategy(study))
+    pattern = ({"selected": sorted(Counter((m.get("selected") or {}).values()).items()),
+                "rank": best.params.get("rank")}
+               if kind == Strategy.ONE_ROUND
+               else {k: v for k, v in best.params.items() if k.startswith(("block", "rank"))})
+    return {"trials": len(counted), "best": best.number, "kind": kind,
             "val": val_accuracy(best), "test": m.get("test_accuracy"), "pattern": pattern,
             "wall_to_best": total(upto, "wall"), "macs_to_best": total(upto, "macs"),
             "wall_total": total(counted, "wall"), "macs_total": total(counted, "macs")}
@@ -339,7 +342,8 @@ def table_search(args, smoke: bool) -> list[str]:
                              f"{fmt(data['compute']['ratio']['wall_time'])}, MACs "
                              f"{fmt(data['compute']['ratio']['train_macs_total'])}")
     settings = (f"trials {args.search_trials} per strategy (hybrid: its default max(1, trials // 3) one-round "
-                f"trials first), epochs {args.search_epochs} (one continuous run, no finetune), "
+                f"trials first), epochs {args.search_epochs} (no finetune; a one-round trial races a quarter of "
+                f"them first), "
                 f"pruner none, fashion-mnist limit "
                 f"{args.search_limit}")
     return out + ["", "Agreement (kronsearch.report.compare_data):"] + notes + ["", f"Settings: {settings}."]
@@ -441,7 +445,9 @@ def parse_args(argv):
     p.add_argument("--lambda2", type=float, default=1e-4, help="Kronecker l1: start of the bisection (default 1e-4)")
     p.add_argument("--select-lambda2", type=float, default=1e-4,
                    help="l1 of the vit table's block-size selection runs, alone and one round (default 1e-4)")
-    p.add_argument("--lambda1", type=float, default=0.1, help="gate shrink lambda1 of the one round (vit table)")
+    p.add_argument("--tolerance", type=float, default=TrainConfig.tolerance,
+                   help="accuracy points: the one round's race keeps the cheapest candidate within them of the "
+                        "best (vit table; default %(default)s)")
     p.add_argument("--probes", type=int, default=4, help="max trainings of the lambda2 bisection (default 4)")
     p.add_argument("--strengths", default="1e-4,1e-3,1e-2", help="group-lasso strengths tried on seed 0")
     p.add_argument("--search-trials", type=int, default=6)
@@ -463,6 +469,8 @@ def parse_args(argv):
             setattr(args, key, defaults[key])
     if not args.seeds or args.epochs < 1 or args.limit < 1 or args.probes < 1 or not args.strengths:
         p.error("need seeds, epochs >= 1, limit >= 1, probes >= 1 and strengths")
+    if not 0 <= args.tolerance <= 100:
+        p.error("--tolerance: accuracy points in [0, 100]")
     return args
 
 

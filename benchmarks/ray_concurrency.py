@@ -1,16 +1,18 @@
 """Wall time of a search on the Ray backend with 1 and with 2 trials in flight, and what pruning saves.
 
-    python benchmarks/ray_concurrency.py              # 4 trials of 20 epochs each (a few seconds a trial)
+    python benchmarks/ray_concurrency.py              # 4 trials of 20 epochs each, after a one-round trial's
+                                                      # 5-epoch race (a few seconds a trial)
     python benchmarks/ray_concurrency.py --epochs 2   # quicker
 
 One local Ray (os.cpu_count() CPUs) serves every run. Each trial reserves 1 CPU and trains with one
 torch thread (the Ray backend sets torch's threads from resources_per_trial.cpu). The same 4
-configurations (random sampler, fixed seed) run with backend.max_concurrent 1 and then 2, each into
-a fresh study; a warm-up search first loads torch and the data into both Ray workers, so neither
-measured run pays for worker start-up. Prints a markdown table: the wall time of each run, the sum
-of its trials' own training times (wall_time in their metrics), and the speed-up (wall time at 1 /
-wall time at 2). On 2 idle cores the ideal speed-up is 2; other load on the machine (printed as the
-1-minute load average) lowers it.
+one-round configurations (random sampler, fixed seed: each its own rank and lambda2; a trial races
+its candidates for a quarter of the epochs, kronsearch.selection.Race, before it trains the epochs)
+run with backend.max_concurrent 1 and then 2, each into a fresh study; a warm-up search first loads
+torch and the data into both Ray workers, so neither measured run pays for worker start-up. Prints
+a markdown table: the wall time of each run, the sum of its trials' own training times (wall_time in
+their metrics), and the speed-up (wall time at 1 / wall time at 2). On 2 idle cores the ideal
+speed-up is 2; other load on the machine (printed as the 1-minute load average) lowers it.
 
 Pruning: the same --prune-trials per_pattern configurations at max_concurrent 2, once with pruner none and
 once with the median pruner, which Ray Tune applies after every epoch (trials stop mid-run). Wall time
@@ -45,8 +47,8 @@ def space(epochs: int, trials: int, max_concurrent: int, strategy: str = "one_ro
                    "save_weights": False},
         "backend": {"name": "ray", "max_concurrent": max_concurrent, "max_retries": 0,
                     "resources_per_trial": {"cpu": 1, "gpu": 0}},
-        "space": {"blocks": ["2x2", "4x4"], "ranks": [1, 2], "lambda1": {"low": 0.001, "high": 0.1},
-                  "lambda2": {"low": 0.00001, "high": 0.001}},
+        # a one-round trial samples rank and lambda2 (the race has no searched knob): the trials differ by lambda2
+        "space": {"blocks": ["2x2", "4x4"], "ranks": [1, 2], "lambda2": {"low": 0.00001, "high": 0.001}},
     }
 
 
@@ -94,7 +96,8 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 raw = space(args.epochs, args.prune_trials, 2, "per_pattern", pruner)
                 pruning.append((pruner, *timed_search(folder, f"p-{pruner}", raw), load))
-    print(f"{args.trials} trials of {args.epochs} epochs (digits, mlp [64], 1 CPU and 1 torch thread per trial); "
+    print(f"{args.trials} one-round trials of {args.epochs} epochs after a race of a quarter of them (digits, "
+          f"mlp [64], 1 CPU and 1 torch thread per trial); "
           f"{os.cpu_count()} CPUs; starting Ray took {ray_start:.1f} s (not included below)\n")
     print("| max_concurrent | wall time (s) | sum of trial times (s) | complete trials | load avg before |")
     print("|---|---|---|---|---|")

@@ -11,20 +11,20 @@ Smoke run for CI (digits only, one seed, tiny budgets; its numbers mean nothing)
     python benchmarks/signals.py --smoke
 
 Per task and seed, every candidate is trained alone (the ground truth: its final test accuracy on the
-full test set), then the one round runs and, at 5, 10, 25 and 50% of its steps, every live candidate
-of every contested layer is measured by each signal of `--contest`:
+full test set), then the one round's race (kronsearch.selection.Race, stretched to RACE_SHARE of the
+task's epochs so the probes see it at 5, 10, 25 and 50% of the run) is probed: the validation loss and
+accuracy of each layer running each live candidate alone, the other layers running their leaders (the
+race's own measurement). A candidate already out ranks last.
 
-- gate (the summed contest of kronsearch.selection.GateSelection, lambda1 0, budget 50% of the run):
-  the gate g_k; the push; the push per MAC of the candidate alone; the validation loss when the layer
-  runs the candidate alone (`only`, the other layers as they are); the validation-loss increase when
-  the candidate is removed from the sum. A candidate already gone ranks last.
-- race (kronsearch.selection.Race: each step trains one candidate per layer): the validation loss
-  and accuracy of the layer running the candidate, the other layers running their leaders.
+The summed contest's signals (the gate g_k, the push, the push per MAC, the validation loss of the
+candidate alone inside the sum, the loss increase on its removal) were measured by this script at
+commit d5492a1, before the race replaced that contest (BENCHMARKS.md table 10).
 
 Reported per task and signal: Spearman's rank correlation of the signal with the candidates'
 accuracy alone (mean over layers and seeds), sign-adjusted so that +1 is a perfect predictor, and how
-often the signal's top candidate is within 0.5 point of the best alone, next to the seed-to-seed spread (standard deviation) of the accuracies alone and the gap between the best
-and the worst candidate alone.
+often the signal's top candidate is within 0.5 point of the best alone, next to the seed-to-seed
+spread (standard deviation) of the accuracies alone and the gap between the best and the worst
+candidate alone.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -43,9 +41,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import kronsearch.trainer as trainer_module
-from kronsearch.layers.blocks import kron_macs
 from kronsearch.layers.kronify import kronify
-from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.models import build_model
 from kronsearch.trainer import TrainConfig, seed_everything, train
@@ -53,6 +49,7 @@ from kronsearch.trainer import TrainConfig, seed_everything, train
 from selection import SMOKE_DATA, TASKS as SELECTION_TASKS, Task, alone_plan, layer_shapes, plan_label, run
 
 POINTS = (0.05, 0.10, 0.25, 0.50)
+RACE_SHARE = 0.5  # the race's length in epochs, as a share of the task's: the probes run at POINTS of the run
 TOP = ": top within 0.5"
 TASKS = {name: SELECTION_TASKS[name] for name in ("narrow-mlp", "tie-mlp", "lenet5-fashion", "synthetic")}
 
@@ -65,44 +62,6 @@ def val_loss_accuracy(model: nn.Module, data) -> tuple[float, float]:
     out = torch.cat([model(x[i:i + 2048]) for i in range(0, len(x), 2048)])
     model.train()
     return F.cross_entropy(out, y).item(), (out.argmax(-1) == y).float().mean().item()
-
-
-@contextmanager
-def without(layer: PatternSelectLinear, name: str) -> Iterator[None]:
-    """The layer computes the sum of its live candidates but `name`."""
-    live = layer.branches
-    layer.branches = nn.ModuleDict({k: v for k, v in live.items() if k != name})
-    try:
-        yield
-    finally:
-        layer.branches = live
-
-
-def gate_signals(model: nn.Module, data, contest) -> dict[str, dict[str, dict[str, float]]]:
-    """layer -> signal -> candidate -> value (higher predicts better), for every candidate of the layer."""
-    base = val_loss_accuracy(model, data)[0]
-    out = {}
-    for name, layer in contest.layers.items():
-        signals: dict[str, dict[str, float]] = {s: {} for s in ("gate", "push", "push per MAC", "only loss", "removal")}
-        for block in layer.candidates:
-            k = f"{block[0]}x{block[1]}"
-            if k not in layer.branches:
-                for s in signals:
-                    signals[s][k] = -float("inf")
-                continue
-            push = contest.pushes.get(name, {}).get(k, 0.0)
-            signals["gate"][k] = contest.gates[name][k]
-            signals["push"][k] = push
-            signals["push per MAC"][k] = push / kron_macs(layer.out_features, layer.in_features, block, layer.rank)
-            with layer.only(k):
-                signals["only loss"][k] = -val_loss_accuracy(model, data)[0]
-            if len(layer.branches) > 1:
-                with without(layer, k):
-                    signals["removal"][k] = val_loss_accuracy(model, data)[0] - base
-            else:
-                signals["removal"][k] = float("inf")
-        out[name] = signals
-    return out
 
 
 def race_signals(model: nn.Module, data, contest) -> dict[str, dict[str, dict[str, float]]]:
@@ -119,44 +78,39 @@ def race_signals(model: nn.Module, data, contest) -> dict[str, dict[str, dict[st
     return out
 
 
-def one_round_signals(task: Task, data, seed: int, contest_kind: str, args) -> dict[float, dict]:
-    """Run the one round once and return {fraction of the run: layer -> signal -> candidate -> value}."""
+def one_round_signals(task: Task, data, seed: int) -> dict[float, dict]:
+    """Run the one round once and return {fraction of the race: layer -> signal -> candidate -> value}."""
     captured: list = []
-    original = trainer_module.GateSelection if contest_kind == "gate" else trainer_module.Race
+    original = trainer_module.Race
 
-    class Captured(original):  # the trainer's own contest object, kept for the probes
+    class Captured(original):  # the trainer's own race, kept for the probes
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             captured.append(self)
 
-    name = "GateSelection" if contest_kind == "gate" else "Race"
-    setattr(trainer_module, name, Captured)
     records: dict[float, dict] = {}
-    probe = gate_signals if contest_kind == "gate" else race_signals
     holder: dict = {}
 
-    def after_step(step: int, total: int) -> None:
+    def after_step(step: int, total: int) -> None:  # total: the race's steps, RACE_SHARE of the run
         for point in POINTS:
-            if point not in records and step >= point * total and captured:
-                records[point] = probe(holder["model"], data, captured[-1])
-        if len(records) == len(POINTS):
-            raise StopIteration  # everything measured; the rest of the run is not needed
+            if point not in records and step >= point / RACE_SHARE * total:
+                records[point] = race_signals(holder["model"], data, captured[-1])
+        if captured[-1].done:
+            raise StopIteration  # the race is over; the rest of the run is not needed
 
+    trainer_module.Race = Captured
     try:
-        def decompose(model: nn.Module) -> None:
-            kronify(model, candidates=task.candidates, include=task.include)
-            holder["model"] = model
         seed_everything(seed)
         model = build_model(task.model, data.input_shape, data.num_classes, **task.options)
-        decompose(model)
-        settings = {**task.train, "seed": seed, "progress": False, "lambda1": 0.0,
-                    "select_epochs": 0.5 * task.train["epochs"]}
+        kronify(model, candidates=task.candidates, include=task.include)
+        holder["model"] = model
+        settings = {**task.train, "seed": seed, "progress": False, "select_epochs": RACE_SHARE * task.train["epochs"]}
         try:
             train(model, data, TrainConfig(**settings), after_step=after_step)
         except StopIteration:
             pass
     finally:
-        setattr(trainer_module, name, original)
+        trainer_module.Race = original
     return records
 
 
@@ -194,9 +148,8 @@ def benchmark(task: Task, seeds: list[int], args: argparse.Namespace) -> list[st
             result = run(task, data, seed, lambda m, p=plan: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
             alone[f"{cand[0]}x{cand[1]}"] = result.test_accuracy
             accuracies.setdefault(f"{cand[0]}x{cand[1]} ({plan_label(plan)})", []).append(result.test_accuracy)
-        for kind in args.contest:
-            for key, values in correlations(one_round_signals(task, data, seed, kind, args), alone).items():
-                rhos.setdefault(key, []).extend(values)
+        for key, values in correlations(one_round_signals(task, data, seed), alone).items():
+            rhos.setdefault(key, []).extend(values)
         print(f"  {task.name} seed {seed}: alone " + ", ".join(f"{k} {v:.4f}" for k, v in alone.items()), flush=True)
     spread = statistics.fmean(statistics.stdev(v) for v in accuracies.values()) if len(seeds) > 1 else float("nan")
     means = {k: statistics.fmean(v) for k, v in accuracies.items()}
@@ -220,17 +173,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of %(default)s")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list (default %(default)s)")
-    parser.add_argument("--contest", default="gate,race", help="comma list of gate, race (default %(default)s)")
     parser.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training examples (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    args.contest = [c.strip() for c in args.contest.split(",") if c.strip()]
     if not args.tasks or any(t not in TASKS for t in args.tasks):
         parser.error(f"--tasks: a comma list of {', '.join(TASKS)}")
-    if not args.contest or any(c not in ("gate", "race") for c in args.contest):
-        parser.error("--contest: a comma list of gate, race")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:

@@ -255,7 +255,8 @@ class Race:
                             seen += len(labels)
                             if seen >= examples:
                                 break
-                        self.eval_macs += seen * model_cost(self.model, tuple(images.shape[1:])).total.macs
+                        if seen:
+                            self.eval_macs += seen * model_cost(self.model, tuple(images.shape[1:])).total.macs
                     hits = torch.cat(correct).cpu()
                     estimates[k] = Estimate(float(hits.float().mean()), float(sum(losses)) / max(seen, 1), hits)
         finally:

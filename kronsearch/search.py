@@ -17,7 +17,7 @@ from rich.console import Console
 
 from kronsearch.backends.base import Backend, Budget
 from kronsearch.backends.local import LocalBackend
-from kronsearch.record import Strategy, TrialRecord, finished, study_name
+from kronsearch.record import Strategy, TrialRecord, finished, study_name, tolerance_pick
 from kronsearch.report.plan import render_plan
 from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
@@ -117,10 +117,12 @@ def run_search(
                            f"reason ({count} of {len(done)}): {reason or 'none recorded'}. Inspect: kronsearch show "
                            f"{names[0]}")
     elif complete and len(study.directions) == 1:
-        best = study.best_trial
-        summary.best = {"trial": best.number, "val_accuracy": best.values[0]}
-        summary.message = (f"study {names[0]}: {trials_finished(len(done))}; best trial {best.number} "
-                           f"val accuracy {best.values[0]:.4f}. Inspect: kronsearch show {names[0]}")
+        tolerance = space.search["tolerance"]
+        pick = tolerance_pick(complete, tolerance)
+        summary.best = {"trial": pick.number, "val_accuracy": pick.values[0]}
+        summary.message = (f"study {names[0]}: {trials_finished(len(done))}; pick (the cheapest within {tolerance:g} "
+                           f"points of the best val accuracy {study.best_value:.4f}): trial {pick.number}, val "
+                           f"accuracy {pick.values[0]:.4f}. Inspect: kronsearch show {names[0]}")
     else:
         front = [t.number for t in study.best_trials] if complete else []
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; Pareto front: trials {front}. "

@@ -124,7 +124,8 @@ class TrainResult:
     block_sparsity: float
     layer_sparsity: dict[str, float]
     train_params: int  # trainable parameters while training (the selection phase, candidates included)
-    train_macs: int  # forward MACs per sample while training
+    train_macs: int  # forward MACs per training sample, averaged over the run (a race step runs one
+    # candidate per layer; the race's checks are included): train_macs_total / samples trained
     train_macs_total: int  # forward MACs over every sample of every epoch, as the live set shrank
     final_params: int
     final_macs: int
@@ -253,12 +254,12 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     train_batches, val = (Batches(split, config.batch_size, device, config.workers) for split in (data.train, data.val))
     select_layers = [n for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)]
-    training_cost = model_cost(model, data.input_shape, config.threshold).total
+    train_params = model_cost(model, data.input_shape, config.threshold).total.params  # candidates included
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
     race = [("select", math.ceil(config.selection_epochs))] if select_layers else []
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
-    macs_total = 0
+    macs_total = trained = 0
     selection: Race | None = None
     optimizer: torch.optim.Optimizer | None = None
     with default_compute_as(config.compute), Progress(
@@ -321,6 +322,7 @@ def train(
                     task_sum += loss.item() * len(labels)
                     penalty_sum += penalty.item() * len(labels)
                     seen += len(labels)
+                    trained += len(labels)
                     bar.advance(task)
                 report = epoch_report(model, selection if phase != "finetune" else None, config, len(history) + 1,
                                       phase, (task_sum / max(seen, 1), penalty_sum / max(seen, 1)),
@@ -344,7 +346,7 @@ def train(
         val_accuracy=accuracy(model, val),
         test_accuracy=accuracy(model, Batches(data.test, config.batch_size, device, config.workers)),
         block_sparsity=overall, layer_sparsity=layers,
-        train_params=training_cost.params, train_macs=training_cost.macs, train_macs_total=macs_total,
+        train_params=train_params, train_macs=round(macs_total / max(trained, 1)), train_macs_total=macs_total,
         final_params=final_cost.params, final_macs=final_cost.macs, inference_nonzeros=final_cost.nonzeros,
         selected={name: format_block(plan[name].block) for name in select_layers},
         decisions=decisions,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,7 +49,8 @@ from kronsearch.search import run_search
 
 from kronsearch.data import load_dataset
 
-from selection import Task, alone_plan, fashion_mnist, is_right, layer_shapes, plan_label, run, right_answer
+from selection import (Task, alone_plan, fashion_mnist, is_right, layer_shapes, plan_label, print_table, right_answer,
+                       run, tasks_and_seeds)
 
 STRATEGIES = ("per_pattern", "one_round", "hybrid")
 BUDGETS = (0.25, 0.5, 1.0, 2.0)
@@ -215,15 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not args.tasks or any(t not in SPACES for t in args.tasks):
-        parser.error(f"--tasks: a comma list of {', '.join(SPACES)}")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as err:
-        parser.error(f"--seeds: a comma list of integers ({err})")
-    if not args.seeds or args.trials < 1 or not 0 <= args.tolerance <= 100:
-        parser.error("--seeds needs a value, --trials >= 1, --tolerance in [0, 100]")
+    tasks_and_seeds(parser, args, list(SPACES))
+    if args.trials < 1 or not 0 <= args.tolerance <= 100:
+        parser.error("--trials must be >= 1, --tolerance in [0, 100]")
     if args.smoke:
         args.seeds, args.trials = args.seeds[:1], 2
     return args
@@ -236,11 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for task in args.tasks:
         rows += benchmark(task, args.seeds, args)
-    print()
-    print(HEADER)
-    print("\n".join(rows))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    sys.stdout.flush()
+    print_table(HEADER, rows, start)
 
 
 if __name__ == "__main__":

@@ -259,16 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in args.tasks if t not in TASKS]
-    if unknown or not args.tasks:
-        parser.error(f"--tasks: unknown {unknown}; allowed: {', '.join(TASKS)}")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as err:
-        parser.error(f"--seeds: a comma list of integers ({err})")
-    if not args.seeds or not 0 <= args.tolerance <= 100:
-        parser.error("--seeds needs at least one value; --tolerance must be in [0, 100]")
+    tasks_and_seeds(parser, args, TASKS)
+    if not 0 <= args.tolerance <= 100:
+        parser.error("--tolerance must be in [0, 100]")
     if args.select_fraction is not None and not 0 < args.select_fraction <= 1:
         parser.error("--select-fraction must be in (0, 1]")
     if args.limit < 1 or args.threads < 1:
@@ -276,6 +269,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.seeds = args.seeds[:1]
     return args
+
+
+def tasks_and_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, allowed: Sequence[str]) -> None:
+    """Turn args.tasks and args.seeds (comma lists) into lists, or exit naming what is allowed."""
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in allowed]
+    if unknown or not args.tasks:
+        parser.error(f"--tasks: unknown {unknown}; allowed: {', '.join(allowed)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as err:
+        parser.error(f"--seeds: a comma list of integers ({err})")
+    if not args.seeds:
+        parser.error("--seeds needs at least one value")
+
+
+def print_table(header: str, rows: Sequence[str], start: float) -> None:
+    """The summary table after the per-seed lines, and the whole run's wall time."""
+    print()
+    print(header)
+    print("\n".join(rows))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    sys.stdout.flush()
 
 
 def warm_up() -> None:
@@ -301,11 +317,7 @@ def main(argv: list[str] | None = None) -> None:
             task = replace(task, data=SMOKE_DATA.get(name, task.data), train={**task.train, "epochs": 2})
         _, row = benchmark(task, args.seeds, args)
         rows.append(row)
-    print()
-    print(HEADER)
-    print("\n".join(rows))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    sys.stdout.flush()
+    print_table(HEADER, rows, start)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
 
@@ -46,7 +45,8 @@ from kronsearch.layers.plan import LayerPattern
 from kronsearch.models import build_model
 from kronsearch.trainer import TrainConfig, seed_everything, train
 
-from selection import SMOKE_DATA, TASKS as SELECTION_TASKS, Task, alone_plan, layer_shapes, plan_label, run
+from selection import (SMOKE_DATA, TASKS as SELECTION_TASKS, Task, alone_plan, layer_shapes, plan_label, print_table,
+                       run, tasks_and_seeds)
 
 POINTS = (0.05, 0.10, 0.25, 0.50)
 RACE_SHARE = 0.5  # the race's length in epochs, as a share of the task's: the probes run at POINTS of the run
@@ -177,15 +177,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not args.tasks or any(t not in TASKS for t in args.tasks):
-        parser.error(f"--tasks: a comma list of {', '.join(TASKS)}")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as err:
-        parser.error(f"--seeds: a comma list of integers ({err})")
-    if not args.seeds or args.limit < 1 or args.threads < 1:
-        parser.error("--seeds needs a value; --limit and --threads must be >= 1")
+    tasks_and_seeds(parser, args, TASKS)
+    if args.limit < 1 or args.threads < 1:
+        parser.error("--limit and --threads must be >= 1")
     if args.smoke:
         args.seeds = args.seeds[:1]
     return args
@@ -201,11 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.smoke:
             task = replace(task, data=SMOKE_DATA.get(name, task.data), train={**task.train, "epochs": 2})
         rows += benchmark(task, args.seeds, args)
-    print()
-    print(HEADER)
-    print("\n".join(rows))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    sys.stdout.flush()
+    print_table(HEADER, rows, start)
 
 
 if __name__ == "__main__":

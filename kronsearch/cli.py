@@ -189,7 +189,7 @@ def export(
             raise _fail(f"{study!r} names {len(found)} studies ({names}); pick one as N:S", EXIT_BAD_INPUT)
         result = export_trial(found[0], out, trial=trial, storage_url=storage_for(study, storage),
                               weights=weights, bsr=bsr, tolerance=tolerance)
-        typer.echo(f"exported trial {result.trial} of {result.study}")
+        typer.echo(f"exported trial {result.trial} of {result.study} ({result.accuracies})")
         for path in result.paths():
             typer.echo(f"wrote {path}")
 

@@ -113,7 +113,8 @@ REFERENCE = text("'package.module:function'", lambda v: re.fullmatch(r"[\w.]+:[\
 DATA = {"name": Rule(None, choices=DATASETS, nullable=True), "factory": REFERENCE,
         "root": text("a folder path", default=None, nullable=True),
         "val_fraction": number("a number in (0, 0.5]", lambda v: 0 < v <= 0.5, 0.1),
-        "limit": integer(10, 10**8, None, nullable=True), "options": later({})}
+        "limit": integer(10, 10**8, None, nullable=True), "test_limit": integer(10, 10**8, None, nullable=True),
+        "options": later({})}
 MODEL = {"name": text(f"one of {', '.join(MODELS)} or 'timm:<model name>'",
                       lambda v: v in MODELS or (v.startswith("timm:") and len(v) > 5), None, True),
          "factory": REFERENCE, "options": later({}), "include": globs(["*"]), "exclude": globs([]),

@@ -114,7 +114,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     data = c.section(top["data"], "data", DATA)
     _one_of(c, "data", data, "a dataset name (one of the built-in datasets)")
     given = top["data"] if isinstance(top["data"], dict) else {}
-    for key in ("root", "val_fraction", "limit"):
+    for key in ("root", "val_fraction", "limit", "test_limit"):
         if data["factory"] is not None and given.get(key) is not None:
             raise c.fail(f"data.{key}", "does not apply to a data factory, which makes its own splits; pass what it "
                                         "needs in data.options")

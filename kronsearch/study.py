@@ -259,11 +259,23 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
 
 def _with_added_keys(identity: dict) -> dict:
     """A stored identity with the keys added since its study was created at their defaults
-    (search.tolerance: 0.5), so such a study resumes and reads as made with them."""
-    search = identity.get("search")
+    (search.tolerance: 0.5, data.test_limit: none), so such a study resumes and reads as made with them."""
+    search, data = identity.get("search"), identity.get("data")
     if isinstance(search, dict) and "tolerance" not in search:
-        return {**identity, "search": {**search, "tolerance": TrainConfig.tolerance}}
+        identity = {**identity, "search": {**search, "tolerance": TrainConfig.tolerance}}
+    if isinstance(data, dict) and "test_limit" not in data:
+        identity = {**identity, "data": {**data, "test_limit": None}}
     return identity
+
+
+OLD_LIMIT = ("data.limit (its meaning changed: it capped validation and test at limit // 5 too, and now caps "
+             "the training examples only; the test set stays whole unless data.test_limit says otherwise)")
+
+
+def _old_limit(identity: dict) -> bool:
+    """Whether a stored identity predates data.test_limit and set data.limit, whose meaning then differed."""
+    data = identity.get("data")
+    return isinstance(data, dict) and "test_limit" not in data and data.get("limit") is not None
 
 
 def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage_url: str) -> None:
@@ -271,6 +283,8 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
     stored = StudyRecord.of(study)
     if stored.space_identity is not None:
         changed = changed_keys(_with_added_keys(stored.space_identity), identity)
+        if _old_limit(stored.space_identity):
+            changed = [key for key in changed if key != "data.limit"] + [OLD_LIMIT]
     elif stored.space_hash is not None and stored.space_hash != space.sha256:
         changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
     else:

@@ -47,8 +47,9 @@ class TrialSpec:
 
 @functools.lru_cache(maxsize=4)
 def _cached_data(name: str, root: str | None, val_fraction: float, seed: int, limit: int | None,
-                 options: str) -> DataSplits:
-    return load_dataset(name, root, val_fraction=val_fraction, seed=seed, limit=limit, **json.loads(options))
+                 test_limit: int | None, options: str) -> DataSplits:
+    return load_dataset(name, root, val_fraction=val_fraction, seed=seed, limit=limit, test_limit=test_limit,
+                        **json.loads(options))
 
 
 def load_space_data(space: Space) -> DataSplits:
@@ -57,7 +58,7 @@ def load_space_data(space: Space) -> DataSplits:
     if d["factory"] is not None:
         return factory_data(d["factory"], d["options"] or {})
     return _cached_data(d["name"], d["root"], d["val_fraction"], space.seed, d["limit"],
-                        json.dumps(d["options"] or {}, sort_keys=True))
+                        d["test_limit"], json.dumps(d["options"] or {}, sort_keys=True))
 
 
 def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
@@ -140,7 +141,7 @@ def run_trial(
     bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # the last step can leave NaN/inf weights without a non-finite loss
         raise TrainingDiverged(f"non-finite weights after training in {', '.join(bad[:3])}")
-    metrics = result.metrics()
+    metrics = {**result.metrics(), "val_examples": len(data.val), "test_examples": len(data.test)}
     history = metrics.pop("history")
     if artifact_dir is not None:
         try:

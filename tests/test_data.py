@@ -131,24 +131,28 @@ def test_val_and_test_are_normalized_with_training_statistics(tmp_path: Path) ->
     np.testing.assert_allclose(test_images[order], expected[np.argsort(raw[IDX_FILES[3]])], atol=1e-4)
 
 
-def test_limit_caps_train_and_val_and_test() -> None:
+def test_limit_caps_the_training_examples_only_and_keeps_the_test_set() -> None:
+    whole = load_dataset("digits")
     splits = load_dataset("digits", limit=20)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (20, 4, 4)
+    assert len(splits.train) == 20
+    assert len(splits.val) == len(whole.val) == round(0.1 * (len(whole.train) + len(whole.val)))
+    assert len(splits.test) == len(whole.test) == 359  # the whole test set: accuracies are on all of it
+    assert torch.equal(splits.val.tensors[1], whole.val.tensors[1])  # carved from the pool before the limit
 
 
-def test_limit_keeps_at_least_one_val_and_test_example() -> None:
-    splits = load_dataset("digits", limit=3)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (3, 1, 1)
+def test_test_limit_caps_the_test_set_on_fixed_examples() -> None:
+    splits = load_dataset("digits", test_limit=30, seed=1)
+    assert (len(splits.test), len(load_dataset("digits", test_limit=30, seed=2).test)) == (30, 30)
+    assert torch.equal(splits.test.tensors[1], load_dataset("digits", test_limit=30, seed=2).test.tensors[1])
 
 
 @settings(max_examples=25, deadline=None)
 @given(limit=st.integers(1, 300), val_fraction=st.floats(0.0, 0.9))
 def test_limited_splits_are_never_empty_and_never_too_big(limit: int, val_fraction: float) -> None:
     splits = load_dataset("synthetic", val_fraction=val_fraction, limit=limit, **SMALL_SYNTHETIC)
-    small = max(1, limit // 5)
     assert 1 <= len(splits.train) <= limit
-    assert len(splits.val) <= small and (len(splits.val) >= 1) == (val_fraction > 0)
-    assert 1 <= len(splits.test) <= small
+    assert len(splits.val) == (max(1, round(val_fraction * 200)) if val_fraction > 0 else 0)
+    assert len(splits.test) == 50
 
 
 # ---------------------------------------------------------------------------------------------

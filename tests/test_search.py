@@ -184,3 +184,24 @@ def test_dry_run_trains_nothing_and_writes_nothing(write_space, workdir):
     summary = run_search(write_space(), dry_run=True)
     assert "layers.0" in summary.plan_text and "2x2" in summary.plan_text
     assert not (workdir / "studies").exists()
+
+
+def test_limit_caps_training_only_and_show_and_export_say_how_many_examples_scored(write_space, cli):
+    run_search(write_space(search={"trials": 1}), progress=False)
+    (trial,) = trials_of("tiny:one_round")
+    metrics = trial.user_attrs["metrics"]
+    assert (metrics["val_examples"], metrics["test_examples"]) == (144, 359)  # digits: 10% of the pool, whole test set
+    assert "of 144, test" in cli("show", "tiny").stdout and "of 359" in cli("show", "tiny").stdout
+    exported = cli("export", "tiny:one_round", "--out", "best.yaml")
+    assert "of 144, test" in exported.stdout and "of 359)" in exported.stdout
+
+
+def test_a_study_made_under_the_old_limit_is_refused_saying_its_meaning_changed(write_space):
+    path = write_space(search={"trials": 1})
+    run_search(path, progress=False)
+    (study,) = load_studies("tiny:one_round")
+    identity = study.user_attrs["space_identity"]
+    del identity["data"]["test_limit"]  # as stored before data.test_limit: limit then capped val and test too
+    study.set_user_attr("space_identity", identity)
+    with pytest.raises(SpaceError, match=r"data.limit \(its meaning changed: .* now caps the training examples only"):
+        run_search(path, progress=False)

@@ -19,33 +19,35 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
+    test_limit: int | None = None,
     **options: Any,
 ) -> DataSplits:
     """Load ``name`` as normalized train/val/test splits.
 
     ``root`` is the data folder for file-based datasets (ignored by ``digits`` and
     ``synthetic``). ``val_fraction`` of the training set becomes the validation split,
-    chosen with ``seed``. ``limit`` keeps at most that many training examples and at most
-    ``max(1, limit // 5)`` validation and test examples, for tiny smoke runs. ``options``
+    chosen with ``seed``. ``limit`` keeps at most that many of the remaining training examples
+    (validation is carved first, from the whole pool); ``test_limit`` keeps at most that many test
+    examples (default: the whole test set). ``options``
     are only accepted by ``synthetic``: in_features=64, num_classes=16, block=(4, 4),
     sparsity=0.5, n_train=4000, n_test=1000, noise=0.0 (see :func:`synthetic_teacher`).
     """
     check_name(name)
-    check_split_args(val_fraction, limit)
+    check_split_args(val_fraction, limit, test_limit)
     if name == "synthetic":
         teacher, arrays = synthetic_arrays(seed, **options)
         return make_splits(name, "synthetic", arrays, int(teacher.shape[0]), val_fraction, seed,
-                            limit, normalize=False, teacher=teacher)
+                            limit, test_limit=test_limit, normalize=False, teacher=teacher)
     if options:
         raise DatasetError(f"dataset {name!r} takes no options, got {sorted(options)}; "
                            "only 'synthetic' accepts options")
     if name == "digits":
         return make_splits(name, "scikit-learn bundled", digits_arrays(), 10, val_fraction,
-                            seed, limit)
+                            seed, limit, test_limit=test_limit)
     spec = FOLDERS[name]
     folder = find_root(name, root)
     return make_splits(name, str(folder), spec.read(folder), spec.num_classes, val_fraction,
-                        seed, limit)
+                        seed, limit, test_limit=test_limit)
 
 
 def dataset_shape(name: str, **options: Any) -> tuple[tuple[int, int, int], int]:

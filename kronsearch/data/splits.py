@@ -1,7 +1,8 @@
 """What every dataset shares: the names, the errors, DataSplits, and carving val/test with a seed.
 
-Splits: the validation split is carved from the training set with ``seed``; the test set is
-the dataset's own and is only for final reporting. Images are normalized per channel to
+Splits: the validation split is carved from the whole training pool with ``seed``; ``limit`` then
+caps the training examples only, and ``test_limit`` the test set (whole by default), which is the
+dataset's own and is only for final reporting. Images are normalized per channel to
 zero mean and unit variance with statistics of the (final) training split only, so nothing
 about val/test leaks into training.
 """
@@ -60,11 +61,12 @@ def check_name(name: str) -> None:
         raise DatasetError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 
 
-def check_split_args(val_fraction: float, limit: int | None) -> None:
+def check_split_args(val_fraction: float, limit: int | None, test_limit: int | None = None) -> None:
     if not 0.0 <= val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
+    for key, value in (("limit", limit), ("test_limit", test_limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DatasetError(f"{key} must be a positive integer or None, got {value!r}")
 
 
 def permutation(n: int, seed: int) -> torch.Tensor:
@@ -81,22 +83,21 @@ def make_splits(
     seed: int,
     limit: int | None,
     *,
+    test_limit: int | None = None,
     normalize: bool = True,
     teacher: torch.Tensor | None = None,
 ) -> DataSplits:
-    """Carve val from train with ``seed``, apply ``limit``, normalize, wrap as DataSplits.
+    """Carve val (``val_fraction`` of the whole training pool) with ``seed``, keep at most ``limit``
+    of the rest for training and at most ``test_limit`` test examples, normalize, wrap as DataSplits.
 
-    The test subset under ``limit`` uses a fixed seed so every run is scored on the same
+    The test subset under ``test_limit`` uses a fixed seed so every run is scored on the same
     examples.
     """
     train_x, train_y = _as_tensors(arrays.train_images, arrays.train_labels)
     test_x, test_y = _as_tensors(arrays.test_images, arrays.test_labels)
     n = len(train_y)
     n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
-    n_test = len(test_y)
-    if limit is not None:
-        small = max(1, limit // 5)
-        n_val, n_test = min(n_val, small), min(n_test, small)
+    n_test = len(test_y) if test_limit is None else min(len(test_y), test_limit)
     if n - n_val < 1:
         raise DatasetError(f"val_fraction={val_fraction} leaves no training examples out of {n}")
     order = permutation(n, seed)

@@ -33,7 +33,7 @@ from kronsearch.layers.plan import parse_plan
 from kronsearch.loading import model_bsr_tensors
 from kronsearch.references import build_configured_model
 from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
-from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, check_tolerance, default_trial
+from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, check_tolerance, default_trial, fmt_accuracies
 from kronsearch.storage import storage_file, study_storage_url, write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
@@ -56,6 +56,7 @@ class ExportResult:
     pattern: Path
     weights: Path | None = None
     bsr: Path | None = None
+    accuracies: str = ""  # report.trials.fmt_accuracies: the accuracies and how many examples each came from
 
     def paths(self) -> list[Path]:
         return [p for p in (self.pattern, self.weights, self.bsr) if p is not None]
@@ -250,7 +251,7 @@ def export_trial(
         if bsr:
             sparse = bsr_tensors(study, chosen, state_dict)
     # The pattern file goes last: it only changes once the weights it describes are in place.
-    result = ExportResult(study.study_name, chosen.number, Path(out))
+    result = ExportResult(study.study_name, chosen.number, Path(out), accuracies=fmt_accuracies(metrics(chosen)))
     if weights is not None:
         weights = Path(weights)
         if weights.suffix == ".pt":

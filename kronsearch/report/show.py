@@ -15,8 +15,8 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from kronsearch.record import StudyRecord, TrialRecord, metrics, study_strategy, tolerance_pick, trial_kind, val_accuracy
-from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_count, fmt_params,
-                                      fmt_pct, fmt_seconds, norm_block, objectives, pick_tolerance)
+from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
+                                      fmt_params, fmt_pct, fmt_seconds, norm_block, objectives, pick_tolerance)
 
 
 def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
@@ -176,7 +176,7 @@ def pick_rule(pick: Mapping) -> str:
 
 
 def _trial_line(row: Mapping) -> str:
-    return (f"#{row['number']}  val {fmt_pct(row['val_accuracy'])}  test {fmt_pct(row['test_accuracy'])}  "
+    return (f"#{row['number']}  {fmt_accuracies(row)}  "
             f"final MACs {fmt_count(row['final_macs'])}  {fmt_params(row['params'])}")
 
 

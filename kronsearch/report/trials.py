@@ -22,8 +22,8 @@ from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics, stu
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"
-SCALAR_METRICS = ("val_accuracy", "test_accuracy", "block_sparsity", "train_params", "train_macs",
-                  "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
+SCALAR_METRICS = ("val_accuracy", "test_accuracy", "val_examples", "test_examples", "block_sparsity", "train_params",
+                  "train_macs", "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
 
 # ----------------------------------------------------------------------------- trial helpers
 
@@ -153,6 +153,15 @@ def fmt_count(value: float | None) -> str:
 def fmt_pct(value: float | None) -> str:
     """0.9123 -> '91.23%'."""
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def fmt_accuracies(m: Mapping[str, Any]) -> str:
+    """'val 91.20% of 6,000, test 90.10% of 10,000': a trial's accuracies and how many examples each came from
+    (trials from before the counts were recorded give the accuracies alone)."""
+    def part(split: str) -> str:
+        count = m.get(f"{split}_examples")
+        return f"{split} {fmt_pct(m.get(f'{split}_accuracy'))}" + ("" if count is None else f" of {count:,}")
+    return f"{part('val')}, {part('test')}"
 
 
 def fmt_seconds(value: float | None) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 _EXPORTS = {name: "kronsearch.layers" for name in (
-    "BSRLinear", "KronLinear", "KronifyReport", "LayerPattern", "PatternSelectLinear", "Plan",
-    "finalize_model", "kronify", "load_plan", "model_plan", "l1_penalty", "valid_blocks")}
-_EXPORTS["load_model"] = "kronsearch.loading"
+    "BSRLinear", "KronInference", "KronLinear", "KronifyReport", "LayerPattern", "PatternSelectLinear",
+    "Plan", "finalize_model", "for_inference", "kronify", "load_plan", "model_plan", "l1_penalty", "valid_blocks")}
+_EXPORTS["load_model"] = _EXPORTS["export_program"] = "kronsearch.loading"
 __all__ = [*_EXPORTS, "__version__"]
 
 

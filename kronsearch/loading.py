@@ -3,14 +3,16 @@ which pattern, the weights file holds what was trained, and the optional BSR fil
 weights for inference.
 
     model = kronsearch.load_model("best.yaml", "best.safetensors")              # KronLinear layers
-    fast = kronsearch.load_model("best.yaml", "best.safetensors", bsr="best.bsr.safetensors")  # BSRLinear
+    fast = kronsearch.load_model("best.yaml", "best.safetensors", inference=True)  # pruned blocks skipped
+    plain = kronsearch.load_model("best.yaml", "best.safetensors", plain=True)     # needs only torch
+    bsr = kronsearch.load_model("best.yaml", "best.safetensors", bsr="best.bsr.safetensors")  # BSRLinear
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -19,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kronsearch.layers.errors import BadInput
+from kronsearch.layers.inference import DEFAULT_BATCH_SIZES, for_inference
 from kronsearch.layers.kron_linear import BSRLinear, KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import parse_plan
@@ -30,7 +33,8 @@ BSR_FORMAT = "kronsearch-bsr"
 
 
 def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | None = None, *,
-               bsr: str | os.PathLike | None = None, trust_code: bool = False) -> nn.Module:
+               bsr: str | os.PathLike | None = None, inference: bool = False, plain: bool = False,
+               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, trust_code: bool = False) -> nn.Module:
     """The searched model of an exported pattern file, its plan applied, in eval mode.
 
     A pattern file is data: loading it runs no code of its own. A `model.factory` (a Python function it
@@ -40,9 +44,16 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
     weights: the exported weights (.safetensors, or a .pt state dict read with weights_only=True);
     without them the Kronecker factors are freshly initialized. bsr: the `--bsr` file; every
     KronLinear is then replaced by a BSRLinear running from its merged block-sparse weight (for
-    inference only; needs `weights` for the biases and the dense layers). Raises BadInput naming the
-    file and the key for a pattern file that does not describe a model, or a missing or unreadable file.
+    inference only; needs `weights` for the biases and the dense layers). inference: every KronLinear
+    replaced by the fastest exact form that skips its pruned blocks at `batch_sizes`
+    (kronsearch.layers.inference.for_inference). plain: that model (exportable paths only) run through
+    torch.export with a dynamic batch, returned as a torch.fx.GraphModule that needs only torch (see
+    `export_program` to save it or convert it to ONNX). Raises BadInput naming the file and the key for
+    a pattern file that does not describe a model, or a missing or unreadable file.
     """
+    if bsr is not None and (inference or plain):
+        raise BadInput(f"{bsr}: bsr= gives BSRLinear layers; inference=True and plain=True give KronInference "
+                       f"layers: choose one")
     document, _ = read_yaml_file(pattern_file, "pattern file", BadInput)
     model = _build(pattern_file, document, trust_code)
     if weights is not None:
@@ -56,7 +67,24 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
             raise BadInput(f"{bsr}: a BSR file holds only the merged Kronecker weights; give the weights file too "
                              f"(biases and dense layers)")
         to_bsr_modules(model, bsr)
+    if plain:
+        shape = tuple(document["data"]["input_shape"])
+        return export_program(for_inference(model, batch_sizes, exportable=True), shape).module()
+    if inference:
+        return for_inference(model, batch_sizes)
     return model.eval()
+
+
+def export_program(model: nn.Module, input_shape: Sequence[int]) -> torch.export.ExportedProgram:
+    """torch.export of `model` (eval mode, no grad) for inputs (batch, *input_shape), the batch dynamic.
+
+    Save it with torch.export.save(program, "model.pt2") (loads with torch alone, torch.export.load),
+    or write ONNX with torch.onnx.export(program, f="model.onnx") (needs the [deploy] extra).
+    """
+    model = model.eval()
+    example = torch.zeros(2, *input_shape)  # batch 2: torch.export specializes sizes 0 and 1
+    with torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
 def _build(pattern_file: str | os.PathLike, document: object, trust_code: bool) -> nn.Module:

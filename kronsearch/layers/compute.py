@@ -35,10 +35,11 @@ is coded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -177,11 +178,18 @@ def time_paths(rows: int, in_features: int, terms: Sequence[Term], dtype: torch.
         sync()
         return time.perf_counter() - start
 
-    paths = candidate_paths(terms)
-    for path in paths:
-        once(path)
-    samples: dict[str, list[float]] = {path: [] for path in paths}
+    return fastest_seconds({path: functools.partial(once, path) for path in candidate_paths(terms)})
+
+
+def fastest_seconds(calls: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """{name: fastest of TIMED_ROUNDS rounds} for calls that return their own seconds, after one warm-up each.
+
+    The rounds interleave the calls in a rotated order, so a shared machine's slow drifts hit all alike."""
+    names = list(calls)
+    for name in names:
+        calls[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(TIMED_ROUNDS):
-        for path in paths[round_ % len(paths):] + paths[:round_ % len(paths)]:
-            samples[path].append(once(path))
-    return {path: min(s) for path, s in samples.items()}
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            samples[name].append(calls[name]())
+    return {name: min(s) for name, s in samples.items()}

@@ -59,3 +59,14 @@ def test_init_dense_smoke():
     picks = [r[9] for r in rows if r[1] == "one round"]
     assert all(re.fullmatch(r"\d+x\d+", p) for p in picks[:2])  # the MLP's one hidden layer
     assert all(re.fullmatch(r"\d+x\d+/\d+x\d+", p) for p in picks[2:])  # LeNet-5's fc1/fc2
+
+
+def test_inference_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert [tuple(c.strip() for c in r[:5]) for r in rows] == [
+        ("mlp", b, "1", s, n) for b in ("8x8", "16x16") for s in ("50%", "75%", "90%") for n in ("1", "32", "256")
+    ] + [("vit", "16x16", "1", s, n) for s in ("50%", "75%", "90%") for n in ("1", "32")]
+    assert all(float(r[10]) > 0 for r in rows)  # the new form / dense time ratio
+    assert "Warning" not in result.stderr

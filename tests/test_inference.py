@@ -142,3 +142,15 @@ def test_onnx_round_trip_matches_pytorch(exported, tmp_path):
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             assert torch.allclose(torch.from_numpy(got), model(x), rtol=0, atol=1e-5)
+
+
+def test_macs_count_the_kept_blocks():
+    layer = KronLinear(64, 32, (4, 8), 2)  # m1 8, n1 8
+    with torch.no_grad():
+        layer.s.zero_()
+        layer.s[0, :3] = 1  # 3 kept blocks, in block-row 0 and block-columns 0..2
+    assert KronInference(layer, "merged").macs == 64 * 32
+    factored, sparse = KronInference(layer, "factored"), KronInference(layer, "sparse")
+    inner = 4 if factored.order == 1 else 8
+    b_part = (3 if factored.order == 1 else 1) * 2 * 4 * 8
+    assert (factored.macs, sparse.macs) == (1 * 3 * 2 * inner + b_part, 3 * 2 * inner + b_part)

@@ -46,6 +46,7 @@ class KronInference(nn.Module):
 
     Blocks with |S| <= threshold are dropped (as `KronLinear.block_mask`); the rest compute what the
     KronLinear computes, up to float rounding. Holds buffers only: no gradients, no training.
+    `macs`: its multiply-adds per input row (bias adds excluded), counted as layers.blocks.kron_macs does.
     """
 
     def __init__(self, layer: KronLinear, path: str, threshold: float = DEFAULT_THRESHOLD) -> None:
@@ -63,6 +64,7 @@ class KronInference(nn.Module):
             if path == "merged":
                 self.register_buffer("weight", torch.einsum("ipq,iab->paqb", factors, blocks)
                                      .reshape(self.out_features, self.in_features).contiguous())
+                self.macs = self.out_features * self.in_features
                 return
             rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
             factors = factors[:, rows][:, :, cols]  # (r, m1k, n1k)
@@ -79,6 +81,8 @@ class KronInference(nn.Module):
             self.register_buffer("rows", None if len(rows) == self.grid[0] else rows)
             self.register_buffer("cols", None if len(cols) == self.grid[1] else cols)
             self.rank, self.kept_rows = rank, len(rows)
+            c_macs = (int(mask.sum()) if path == "sparse" else m1k * n1k) * rank * (h if self.order == 1 else w)
+            self.macs = c_macs + (n1k if self.order == 1 else m1k) * rank * h * w
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""

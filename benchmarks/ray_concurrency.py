@@ -103,7 +103,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for concurrent, wall, trials, load in rows:
         done = complete(trials)
-        print(f"| {concurrent} | {wall:.1f} | {sum(t.user_attrs['metrics']['wall_time'] for t in done):.1f} | "
+        print(f"| {concurrent} | {wall:.1f} | {sum(t.user_attrs['wall_time'] for t in done):.1f} | "
               f"{len(done)} | {load:.2f} |")
     print(f"\nspeed-up (wall time at max_concurrent 1 / at 2): {rows[0][1] / rows[1][1]:.2f}x\n")
     print_pruning(pruning, args.epochs)

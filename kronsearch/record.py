@@ -3,6 +3,10 @@
 The study is the one truthful record of a search, readable with the optuna CLI and
 optuna-dashboard. kronsearch's own bookkeeping lives in user attrs, one key per field of
 TrialRecord (per trial) and StudyRecord (per study); nothing else writes or reads those keys.
+A trial's scalar metrics (SCALAR_METRICS: val_accuracy, test_accuracy, ...) are one user attr each, so
+optuna-dashboard and ``trials_dataframe()`` sort and plot by them; the per-layer ones (selected, plan)
+stay in the ``metrics`` user attr. Studies from before keep every metric in ``metrics``; ``metrics()``
+reads both.
 Per-epoch histories and per-layer detail stay in the trial's artifact folder (history.json,
 metrics.json), not in the study.
 
@@ -40,7 +44,10 @@ STRATEGIES: tuple[str, ...] = tuple(Strategy)
 KINDS: tuple[str, ...] = (Strategy.ONE_ROUND, Strategy.PER_PATTERN)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SHARED_CONFIG = ("space", "seed", "data", "model")  # stored once per study (StudyRecord.trial_config)
-STUDY_METRICS = ("selected", "plan")  # the per-layer metrics kept in the study besides the scalars
+STUDY_METRICS = ("selected", "plan")  # the per-layer metrics kept in the study's "metrics" user attr
+# the scalar metrics, each its own user attr under this name (README, "The study in Optuna's tools")
+SCALAR_METRICS = ("val_accuracy", "test_accuracy", "val_examples", "test_examples", "block_sparsity", "train_params",
+                  "train_macs", "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,22 @@ class TrialRecord:
     """A trial's kronsearch user attrs, typed; None where a trial has none."""
 
     kind: str | None = None  # one_round or per_pattern
-    metrics: dict | None = None  # scalars, "selected" and "plan" (study_metrics)
+    metrics: dict | None = None  # "selected" and "plan" (before the flat scalars below: every metric)
+    val_accuracy: float | None = None  # the scalar metrics (SCALAR_METRICS), one user attr each
+    test_accuracy: float | None = None
+    val_examples: int | None = None  # how many examples each accuracy came from
+    test_examples: int | None = None
+    block_sparsity: float | None = None
+    train_params: int | None = None
+    train_macs: int | None = None  # forward MACs per training sample
+    final_params: int | None = None
+    final_macs: int | None = None
+    inference_nonzeros: int | None = None
+    wall_time: float | None = None
     config: dict | None = None  # the trial's own config; the shared part is StudyRecord.trial_config
     artifact_dir: str | None = None  # relative to the storage's folder (storage.artifact_dir_record)
     fail_reason: str | None = None  # a trial failure, or "pruned after epoch N"
-    train_macs_total: int | None = None  # a pruned trial's forward MACs up to its last epoch (else in metrics)
+    train_macs_total: int | None = None  # forward MACs trained (a pruned trial's: up to its last epoch)
     skipped: str | None = None
     interrupted: str | None = None
     duplicate_of: int | None = None  # reuses that complete trial's results
@@ -118,9 +136,11 @@ def start(trial: optuna.Trial, kind: str) -> None:
     trial.set_user_attr("kind", kind)
 
 
-def study_metrics(metrics: dict) -> dict:
-    """What of a trial's metrics goes into the study: the scalars, the selected blocks and the final plan."""
-    return {k: v for k, v in metrics.items() if k in STUDY_METRICS or v is None or isinstance(v, (int, float, str))}
+def study_metrics(metrics: dict) -> dict[str, Any]:
+    """A trial's metrics as user attrs: each scalar (SCALAR_METRICS) under its own name, and "metrics" with
+    the selected blocks and the final plan."""
+    return {"metrics": {k: metrics[k] for k in STUDY_METRICS if k in metrics},
+            **{k: metrics[k] for k in SCALAR_METRICS if metrics.get(k) is not None}}
 
 
 def split_config(config: dict) -> tuple[dict, dict]:
@@ -139,7 +159,8 @@ def save_results(trial: optuna.Trial, metrics: dict, config: dict, artifact_dir:
     shared, own = split_config(config)
     if StudyRecord.of(trial.study).trial_config is None:
         write_study(trial.study, trial_config=shared)
-    trial.set_user_attr("metrics", study_metrics(metrics))
+    for key, value in study_metrics(metrics).items():
+        trial.set_user_attr(key, value)
     trial.set_user_attr("config", own)
     trial.set_user_attr("artifact_dir", artifact_dir)
     if ray_worker is not None:
@@ -199,6 +220,9 @@ def copy_duplicate(trial: optuna.Trial, duplicate: FrozenTrial) -> list[float]:
     trial.set_user_attr("duplicate_of", duplicate.number)
     for key in ("metrics", "config", "artifact_dir"):
         trial.set_user_attr(key, duplicate.user_attrs.get(key))
+    for key in SCALAR_METRICS:
+        if key in duplicate.user_attrs:
+            trial.set_user_attr(key, duplicate.user_attrs[key])
     return list(duplicate.values)
 
 
@@ -218,15 +242,17 @@ def enqueue_seed(study: optuna.Study, params: dict, source: int) -> None:
 
 
 def metrics(trial: FrozenTrial) -> dict:
-    """The trial's metrics ({} when it has none, e.g. a failed trial)."""
-    return TrialRecord.of(trial).metrics or {}
+    """The trial's metrics: "metrics" (selected, plan; every metric in a study from before the flat scalars)
+    with the flat scalar user attrs on top ({} when it has none, e.g. a failed trial)."""
+    record = TrialRecord.of(trial)
+    flat = {key: getattr(record, key) for key in SCALAR_METRICS if getattr(record, key) is not None}
+    return {**(record.metrics or {}), **flat}
 
 
 def train_macs_total(trial: FrozenTrial) -> int | None:
-    """The forward MACs a trial trained: its metrics' count, or what a pruned trial had spent when it
-    stopped; None when unknown (a failed trial, or a trial pruned before kronsearch recorded it)."""
-    value = metrics(trial).get("train_macs_total")
-    return value if value is not None else TrialRecord.of(trial).train_macs_total
+    """The forward MACs a trial trained, what a pruned trial had spent when it stopped included; None when
+    unknown (a failed trial, or a trial pruned before kronsearch recorded it)."""
+    return metrics(trial).get("train_macs_total")
 
 
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:

@@ -59,4 +59,4 @@ def test_exported_pattern_and_weights_reproduce_the_trials_accuracy(searched, wo
     model.load_state_dict(load_file(str(workdir / "best.safetensors")))
     data = load_space_data(space)
     test_accuracy = accuracy(model, Batches(data.test, 64, "cpu"))
-    assert test_accuracy == pytest.approx(best.user_attrs["metrics"]["test_accuracy"])
+    assert test_accuracy == pytest.approx(best.user_attrs["test_accuracy"])

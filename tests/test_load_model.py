@@ -52,7 +52,7 @@ def test_load_model_reproduces_the_trials_test_accuracy(exported, monkeypatch):
     data = load_space_data(load_space("vit.yaml"))
     assert not model.training
     assert accuracy(model, Batches(data.test, 64, "cpu")) == pytest.approx(
-        study.best_trial.user_attrs["metrics"]["test_accuracy"])
+        study.best_trial.user_attrs["test_accuracy"])
 
 
 def test_the_bsr_file_gives_a_bsr_model_that_predicts_like_the_merged_weights(exported):

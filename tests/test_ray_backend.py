@@ -21,6 +21,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
+from kronsearch.record import metrics
 from kronsearch.backends.ray import TEMP_DIR, check_cluster, check_resources, ray_session
 from kronsearch.backends.tune import CRASH_HOOK_ENV, StudySearcher
 from kronsearch.search import run_search
@@ -130,7 +131,7 @@ def test_twins_of_a_running_trial_wait_for_it_instead_of_training(ray_cluster, w
     assert first.state == TrialState.COMPLETE and "duplicate_of" not in first.user_attrs
     for twin in twins:
         assert twin.state == TrialState.COMPLETE and twin.user_attrs["duplicate_of"] == 0
-        assert twin.values == first.values and twin.user_attrs["metrics"] == first.user_attrs["metrics"]
+        assert twin.values == first.values and metrics(twin) == metrics(first)
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_finishes(ray_cluster, write_space):

@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
+from kronsearch.record import metrics
 from kronsearch.backends.ray import TEMP_DIR
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
@@ -56,7 +57,7 @@ def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(w
         assert r.intermediate_values == loc.intermediate_values
         assert r.user_attrs.get("fail_reason") == loc.user_attrs.get("fail_reason")
         assert r.user_attrs.get("train_macs_total") == loc.user_attrs.get("train_macs_total")
-        timeless = [{k: v for k, v in (t.user_attrs.get("metrics") or {}).items() if k != "wall_time"} for t in (r, loc)]
+        timeless = [{k: v for k, v in metrics(t).items() if k != "wall_time"} for t in (r, loc)]
         assert timeless[0] == timeless[1]
     assert sorted(p.name for p in workdir.iterdir()) == ["local-studies", "studies", "tiny.yaml"]  # no Ray files
 

@@ -185,4 +185,4 @@ def test_an_exported_timm_pattern_applied_to_a_fresh_timm_model_reproduces_the_t
     (study,) = load_studies("tiny:one_round")
     data = load_dataset("digits", limit=150)
     assert accuracy(model, Batches(data.test, 64, "cpu")) == pytest.approx(
-        study.best_trial.user_attrs["metrics"]["test_accuracy"])
+        study.best_trial.user_attrs["test_accuracy"])

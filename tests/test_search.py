@@ -10,7 +10,8 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from kronsearch.record import full_config
+from kronsearch.record import SCALAR_METRICS, full_config
+from kronsearch.record import metrics as record_metrics
 from kronsearch.search import describe_seed, run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
@@ -27,7 +28,7 @@ def test_one_round_trials_record_selection_norms_and_weights(write_space):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for trial in trials:
         assert set(trial.params) == {"rank", "lambda2"}
-        metrics = trial.user_attrs["metrics"]
+        metrics = record_metrics(trial)
         assert set(metrics["selected"]) == {"layers.0"} and metrics["selected"]["layers.0"] in ("2x2", "4x4")
         history = json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "history.json").read_text())
         live = history[0]["live_candidates"]["layers.0"]  # a candidate may already have left in epoch 1
@@ -52,9 +53,9 @@ def test_user_attrs_keep_scalars_selection_and_plan_and_the_rest_stays_in_metric
     (trial,) = trials_of("tiny:one_round")
     saved = json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "metrics.json").read_text())
     kept = trial.user_attrs["metrics"]
-    assert "layer_sparsity" in saved and "layer_sparsity" not in kept
+    assert "layer_sparsity" in saved and "layer_sparsity" not in kept and "val_accuracy" not in kept
     assert kept["plan"] == saved["plan"] and kept["selected"] == saved["selected"]
-    assert all(kept[k] == v for k, v in saved.items() if isinstance(v, (int, float)))
+    assert all(trial.user_attrs[k] == v for k, v in saved.items() if isinstance(v, (int, float)))
 
 
 def test_the_study_keeps_each_trials_own_config_and_the_shared_part_once(write_space):
@@ -112,7 +113,7 @@ def test_a_pruned_trial_records_after_which_epoch_and_the_training_macs_it_spent
         epochs = len(trial.intermediate_values)
         assert epochs < 4 and trial.user_attrs["fail_reason"]  # a race epoch, then three.startswith(f"pruned after epoch {epochs} ")
         assert 0 < trial.user_attrs["train_macs_total"]
-    complete = [t.user_attrs["metrics"]["train_macs_total"] for t in trials if t.state == TrialState.COMPLETE]
+    complete = [t.user_attrs["train_macs_total"] for t in trials if t.state == TrialState.COMPLETE]
     assert max(t.user_attrs["train_macs_total"] for t in pruned) < max(complete)  # fewer epochs, fewer MACs
 
 
@@ -189,8 +190,7 @@ def test_dry_run_trains_nothing_and_writes_nothing(write_space, workdir):
 def test_limit_caps_training_only_and_show_and_export_say_how_many_examples_scored(write_space, cli):
     run_search(write_space(search={"trials": 1}), progress=False)
     (trial,) = trials_of("tiny:one_round")
-    metrics = trial.user_attrs["metrics"]
-    assert (metrics["val_examples"], metrics["test_examples"]) == (144, 359)  # digits: 10% of the pool, whole test set
+    assert (trial.user_attrs["val_examples"], trial.user_attrs["test_examples"]) == (144, 359)  # digits: 10% of the pool, whole test set
     assert "of 144, test" in cli("show", "tiny").stdout and "of 359" in cli("show", "tiny").stdout
     exported = cli("export", "tiny:one_round", "--out", "best.yaml")
     assert "of 144, test" in exported.stdout and "of 359)" in exported.stdout
@@ -205,3 +205,21 @@ def test_a_study_made_under_the_old_limit_is_refused_saying_its_meaning_changed(
     study.set_user_attr("space_identity", identity)
     with pytest.raises(SpaceError, match=r"data.limit \(its meaning changed: .* now caps the training examples only"):
         run_search(path, progress=False)
+
+
+def test_scalar_metrics_are_flat_user_attrs_that_optuna_alone_sorts_by(write_space):
+    run_search(write_space(search={"trials": 2}), progress=False)
+    study = optuna.load_study(study_name="tiny:one_round", storage="sqlite:///studies/tiny.db")
+    frame = study.trials_dataframe()
+    for name in SCALAR_METRICS:  # what optuna-dashboard shows as a sortable column
+        assert frame[f"user_attrs_{name}"].notna().all(), name
+    for trial in study.trials:
+        assert trial.user_attrs["val_accuracy"] == trial.values[0] and 0 <= trial.user_attrs["block_sparsity"] <= 1
+        assert isinstance(trial.user_attrs["final_macs"], int) and trial.user_attrs["wall_time"] > 0
+        assert record_metrics(trial)["val_accuracy"] == trial.user_attrs["val_accuracy"]
+
+
+def test_a_study_with_nested_metrics_only_still_reads():
+    old = create_trial(value=0.8, user_attrs={"kind": "per_pattern", "metrics": {"val_accuracy": 0.8, "final_macs": 7,
+                                                                                   "selected": {}, "plan": {}}})
+    assert record_metrics(old) == {"val_accuracy": 0.8, "final_macs": 7, "selected": {}, "plan": {}}

@@ -116,7 +116,7 @@ def describe(trial: FrozenTrial) -> str:
     rec = TrialRecord.of(trial)
     if trial.state != TrialState.COMPLETE:
         return f"trial {trial.number} {trial.state.name.lower()}{': ' + rec.reason if rec.reason else ''}"
-    m = rec.metrics
+    m = record.metrics(trial)
     picked = m["selected"] or {layer: p["block"] for layer, p in m["plan"].items()}
     blocks = ", ".join(f"{b} on {n}" for b, n in sorted(Counter(picked.values()).items()))
     return (f"trial {trial.number} {rec.kind}: val {m['val_accuracy']:.4f}, "

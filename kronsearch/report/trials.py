@@ -18,12 +18,10 @@ from optuna.trial import FrozenTrial
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput
-from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
+from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"
-SCALAR_METRICS = ("val_accuracy", "test_accuracy", "val_examples", "test_examples", "block_sparsity", "train_params",
-                  "train_macs", "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")
 
 # ----------------------------------------------------------------------------- trial helpers
 

@@ -11,6 +11,9 @@ it lets the pruned blocks drop out. The paths:
 - "sparse": the same with C in CSR form, so the C product costs (kept blocks) * r * N * (w or h)
   multiply-adds. Not exportable (torch.export and ONNX take no sparse tensors).
 - "merged": W built once (pruned blocks zero), one nn.Linear GEMM: for nearly dense layers.
+- "product": the training path's product (`kron_ops.kron_matmul`, N small products broadcasting C),
+  pruned blocks computed as zeros; at 16x16 blocks it was as fast as "factored". Not exportable (its
+  size test on the batch is a data-dependent branch for torch.export).
 
 `for_inference` times the paths on random rows of each layer's shape at each batch size asked for
 (with compute.py's timing, `fastest_seconds`) and keeps, per layer, the path whose worst ratio to the
@@ -31,12 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kronsearch.layers.blocks import kron_macs
 from kronsearch.layers.compute import fastest_seconds
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
+from kronsearch.layers.kron_ops import cheaper_order, kron_matmul
 from kronsearch.layers.pattern_select import PatternSelectLinear
 
-INFERENCE_PATHS = ("factored", "sparse", "merged")
+INFERENCE_PATHS = ("factored", "sparse", "merged", "product")
 EXPORTABLE_PATHS = ("factored", "merged")
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 
@@ -66,6 +71,12 @@ class KronInference(nn.Module):
                                      .reshape(self.out_features, self.in_features).contiguous())
                 self.macs = self.out_features * self.in_features
                 return
+            if path == "product":
+                self.register_buffer("factors", factors.contiguous())
+                self.register_buffer("blocks", blocks)
+                self.order = cheaper_order(*self.grid, *self.block, layer.rank)
+                self.macs = kron_macs(self.out_features, self.in_features, self.block, layer.rank)
+                return
             rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
             factors = factors[:, rows][:, :, cols]  # (r, m1k, n1k)
             (rank, m1k, n1k), (_, h, w) = factors.shape, blocks.shape
@@ -92,6 +103,9 @@ class KronInference(nn.Module):
         x = x.reshape(-1, self.in_features)
         if self.path == "merged":
             return F.linear(x, self.weight, self.bias).reshape(*lead, self.out_features)
+        if self.path == "product":
+            y = kron_matmul(x, self.factors, self.blocks, self.order)
+            return (y if self.bias is None else y + self.bias).reshape(*lead, self.out_features)
         (m1, n1), (h, w), n = self.grid, self.block, x.shape[0]
         blocks_in = x.reshape(n, n1, w)
         if self.cols is not None:

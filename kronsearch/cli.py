@@ -38,6 +38,7 @@ StorageOpt = Annotated[Optional[str], typer.Option(
 ToleranceOpt = Annotated[Optional[float], typer.Option(
     "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the best "
                                           "val accuracy (default: the study's search.tolerance, 0.5).")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Every column, headers spelled out; the default fits 80 columns.")]
 FormatOpt = Annotated[Literal["table", "json"], typer.Option("--format", help="Rich tables or JSON on stdout.")]
 
 
@@ -112,13 +113,16 @@ def run(
     backend: Annotated[Optional[Literal["local", "ray"]], typer.Option("--backend", help="Where trials run.")] = None,
     address: Annotated[Optional[str], typer.Option("--address", metavar="ADDRESS", help="Ray cluster address (--backend ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-trial progress.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="With --dry-run: the plan's lines unbroken; by default it "
+                                                      "fits 80 columns.")] = False,
 ) -> None:
     """Run (or resume) a search over the patterns of SPACE.yaml."""
     with _errors(RUN_INTERRUPTED):
         from kronsearch.search import run_search
 
         summary = run_search(space, trials=trials, strategy=strategy and strategy.value, storage=storage, fresh=fresh,
-                             dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet)
+                             dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet,
+                             wide=wide)
         if dry_run and summary.plan_text:
             typer.echo(summary.plan_text)
         if summary.failed:
@@ -155,6 +159,7 @@ def compare(
     studies: Annotated[list[str], typer.Argument(metavar="STUDY...", help='Studies to compare; "N" expands to all of N\'s studies.')],
     storage: StorageOpt = None,
     output_format: FormatOpt = "table",
+    wide: WideOpt = False,
     tolerance: ToleranceOpt = None,
 ) -> None:
     """One-round selection against per-pattern training: picks, ranking, agreement and compute."""
@@ -162,7 +167,7 @@ def compare(
 
     with _errors():
         data = compare_data(_load(studies, storage), tolerance)
-        _print_json(data) if output_format == "json" else render_compare(data, _stdout())
+        _print_json(data) if output_format == "json" else render_compare(data, _stdout(), wide=wide)
 
 
 @app.command()

@@ -73,8 +73,10 @@ def run_search(
     progress: bool = True,
     studies_dir: str | os.PathLike = STUDIES_DIR,
     console: Console | None = None,
+    wide: bool = False,
 ) -> RunSummary:
-    """Validate the space file, then run (or resume) its study. Raises SpaceError on bad input."""
+    """Validate the space file, then run (or resume) its study (dry_run: only its plan, 80 columns wide unless
+    `wide`). Raises SpaceError on bad input."""
     console = console or Console(stderr=True, quiet=not progress, soft_wrap=True)
     space = load_space(space_path, trials=trials, strategy=strategy, device=device, backend=backend,
                        address=address)
@@ -84,7 +86,7 @@ def run_search(
     names = [study_name(space.name, strategy)]
     check_fit(space)
     if dry_run:
-        plan = render_plan(space)
+        plan = render_plan(space, wide)
         return RunSummary(names, url, plan_text=plan, message=f"dry run: {space.path} is valid; nothing trained")
     if storage is None:
         try:

@@ -210,7 +210,8 @@ def test_run_forwards_its_options(cli, workdir, monkeypatch):
     assert result.exit_code == 0 and result.stdout == "3 trials finished\n"
     assert str(seen.pop("space_path")) == "x.yaml"
     assert seen == {"trials": 3, "strategy": "per_pattern", "storage": "sqlite:///y.db", "fresh": True,
-                    "dry_run": False, "device": "cpu", "backend": None, "address": None, "progress": False}
+                    "dry_run": False, "device": "cpu", "backend": None, "address": None, "progress": False,
+                    "wide": False}
 
 
 @pytest.mark.parametrize("args", [("--trials", "0"), ("--strategy", "greedy"), ("--device", "tpu")])
@@ -269,6 +270,26 @@ def test_help_at_80_columns_breaks_lines_between_words():
     text = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["run", "--help"]).stdout
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "<one_round|per_pattern|hybrid>" in text
+
+
+@pytest.mark.parametrize("env", [{"COLUMNS": "80"}, {}])  # a terminal of 80 columns, and a pipe (unlimited)
+def test_compare_fits_80_columns_and_wide_spells_every_header_out(demo, env):
+    text = CliRunner(env=env).invoke(app, ["compare", "demo"]).stdout
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80, text
+    assert "per-pattern ranking" in text and "…" not in text and "demo:per_pattern #1: val 86.00%" in text
+    wide = CliRunner(env=env).invoke(app, ["compare", "demo", "--wide"]).stdout
+    assert "per_pattern / one_round" in wide and "train MACs total" in wide
+
+
+def test_dry_run_fits_80_columns(write_space):
+    path = write_space(model={"name": "vit", "options": {"hidden": None, "patch_size": 4, "dim": 32, "depth": 2, "heads": 2},
+                              "include": ["blocks.*"]}, space={"blocks": ["2x2", "4x4", "8x8"]})
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["run", path.name, "--dry-run"])  # cwd: the workdir
+    assert result.exit_code == 0, result.stderr
+    assert max(len(line.rstrip()) for line in result.stdout.splitlines()) <= 80, result.stdout
+    assert "blocks.1.attn.proj" in result.stdout and "…" not in result.stdout
+    wide = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["run", path.name, "--dry-run", "--wide"]).stdout
+    assert "model vit {'patch_size': 4, 'dim': 32, 'depth': 2, 'heads': 2}" in wide  # one line
 
 
 def test_version_prints_the_package_version(cli):

@@ -3,6 +3,8 @@ studies, their pooled sums labelled as pooled."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from optuna.trial import create_trial
 
@@ -55,7 +57,7 @@ def test_with_two_studies_the_top_level_sums_are_pooled_and_say_so(two_hybrids):
 
 
 def test_the_compute_table_shows_each_studys_ratio_and_the_pooled_one_labelled(two_hybrids):
-    text = render(render_compare, compare_data(list(two_hybrids)))
+    text = render(partial(render_compare, wide=True), compare_data(list(two_hybrids)))
     lines = text.splitlines()
     ratios = [line for line in lines if "per_pattern / one_round" in line]
     assert len(ratios) == 3 and "2.67x" in ratios[0] and "6.00x" in ratios[1] and "4.33x" in ratios[2]

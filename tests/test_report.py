@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import tempfile
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -421,7 +422,7 @@ def test_strategy_compute_of_nothing_is_zero():
 
 
 def test_render_compare_shows_both_sides_and_the_ratio(search):
-    text = render(render_compare, compare_data(load_studies("demo")))
+    text = render(partial(render_compare, wide=True), compare_data(load_studies("demo")))
     assert "demo:one_round #1: val 85.00%, rank 2" in text
     assert "per-pattern ranking" in text
     rows = {label: next(line for line in text.splitlines() if f"│ {label} " in line)
@@ -461,7 +462,7 @@ def test_compare_ranks_the_majority_pick_among_global_patterns():
 def test_agreement_of_a_pick_no_pattern_matches_is_a_sentence(search):
     data = compare_data(load_studies("demo"))
     data["agreement"]["position"] = None
-    text = render(render_compare, data)
+    text = render(partial(render_compare, wide=True), data)
     assert "its blocks are none of the 3 patterns trained per pattern" in text
     assert "rank at" not in text
 
@@ -500,7 +501,7 @@ def test_reach_says_what_each_strategy_paid_for_the_lower_final_best(search):
 
 
 def test_compare_shows_the_cost_curves_and_what_reaching_the_target_cost(search):
-    text = render(render_compare, compare_data(load_studies("demo")))
+    text = render(partial(render_compare, wide=True), compare_data(load_studies("demo")))
     assert "best val accuracy vs cumulative training cost (trial order)" in text
     assert "to reach 85.00% val accuracy (the lowest final best):" in text
     assert "demo:per_pattern: after trial 1, 2M training MACs, 3m20s" in text

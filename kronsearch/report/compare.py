@@ -17,7 +17,7 @@ from kronsearch.record import (FINISHED, KINDS, StudyRecord, TrialRecord, metric
                                tolerance_pick, train_macs_total, trial_kind, val_accuracy)
 from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
-                                      norm_block, trial_rank)
+                                      narrowed, norm_block, print_uncut, report_table, trial_rank)
 from kronsearch.trainer import TrainConfig
 
 
@@ -236,8 +236,16 @@ def _same_as_pick(one: Mapping | None, entry: Mapping) -> str:
     return "blocks and rank" if entry["rank"] == one["rank"] else "blocks"
 
 
-def render_compare(data: Mapping, console: Console) -> None:
-    """Draw compare_data: the pick per layer next to the ranking, the agreement and the compute."""
+def render_compare(data: Mapping, console: Console, wide: bool = False) -> None:
+    """Draw compare_data: the pick per layer, the ranking, the agreement and the compute.
+
+    The default view fits 80 columns (tables one under another, short headers); `wide` puts the pick next
+    to the ranking and spells every header out."""
+    with narrowed(console, wide):
+        _draw_compare(data, console, wide)
+
+
+def _draw_compare(data: Mapping, console: Console, wide: bool) -> None:
     one, ranking, agreement = data["one_round"], data["per_pattern"]["ranking"], data["agreement"]
     tables = []
     per_pick = data["per_pattern"]["pick"]
@@ -258,22 +266,11 @@ def render_compare(data: Mapping, console: Console) -> None:
             pick.add_row(*cells)
         tables.append(pick)
     if ranking:
-        rank_table = Table(title="per-pattern ranking (best val acc per pattern)", title_justify="left")
-        marks = [_same_as_pick(one, entry) for entry in ranking]
-        columns = [("pos", "right"), ("pattern", "left"), ("val acc", "right"), ("test acc", "right"),
-                   ("train MACs", "right"), ("trial", "left"), ("n", "right")]
-        if any(marks):
-            columns.append(("same as one-round", "left"))
-        for column, justify in columns:
-            rank_table.add_column(column, justify=justify)
-        for entry, mark in zip(ranking, marks):
-            cells = [str(entry["position"]), escape(entry["label"]), fmt_pct(entry["val_accuracy"]),
-                     fmt_pct(entry["test_accuracy"]), fmt_count(entry["train_macs"]),
-                     escape(f"{entry['study']} #{entry['trial']}"), str(entry["trials"])]
-            rank_table.add_row(*cells, *([mark] if any(marks) else []))
-        tables.append(rank_table)
-    if tables:
+        tables.append(_ranking_table(ranking, [_same_as_pick(one, entry) for entry in ranking], wide))
+    if wide and tables:
         console.print(Columns(tables, padding=(0, 4)))
+    for table in [] if wide else tables:
+        print_uncut(console, table)
     console.print(f"each side's pick: the cheapest trial (final MACs, then final params) within {data['tolerance']:g} "
                   f"accuracy points of that side's best val accuracy", highlight=False)
     if per_pick is not None:
@@ -293,29 +290,46 @@ def render_compare(data: Mapping, console: Console) -> None:
         if agreement["majority_block"] is not None and agreement["majority_position"] is not None:
             console.print(f"the block most layers picked, {agreement['majority_block']}, used for every layer: "
                           f"position {agreement['majority_position']} of {agreement['patterns']}", highlight=False)
-    _render_compute(data["compute"], console)
-    render_cost(data["cost_curves"], data["reach"], console)
+    _render_compute(data["compute"], console, wide)
+    render_cost(data["cost_curves"], data["reach"], console, wide)
     for note in data["notes"]:
         console.print(f"note: {escape(note)}", highlight=False)
 
 
-def _render_compute(compute: Mapping, console: Console) -> None:
+def _ranking_table(ranking: Sequence[Mapping], marks: Sequence[str], wide: bool) -> Table:
+    """The per-pattern ranking; narrow: short headers, and trials as "#N" when they all come from one study."""
+    one_study = len({entry["study"] for entry in ranking}) == 1 and not wide
+    rows = [[str(entry["position"]), entry["label"], fmt_pct(entry["val_accuracy"]), fmt_pct(entry["test_accuracy"]),
+             fmt_count(entry["train_macs"]), f"#{entry['trial']}" if one_study else f"{entry['study']} #{entry['trial']}",
+             str(entry["trials"]), *([mark] if any(marks) else [])] for entry, mark in zip(ranking, marks)]
+    columns = [("pos", True), ("pattern", False), ("val acc", True), ("test acc", True),
+               ("train MACs" if wide else "MACs", True), ("trial", False), ("n", True),
+               *([("same as one-round", False)] if any(marks) else [])]
+    title = "per-pattern ranking (best val acc per pattern" + (f", {ranking[0]['study']})" if one_study else ")")
+    return report_table(title, columns, rows, wide)
+
+
+def _render_compute(compute: Mapping, console: Console, wide: bool = False) -> None:
     """A row per study and kind, each study's own per_pattern / one_round ratio where it has both kinds, and
-    with several studies their pooled sums and ratio, labelled as such."""
-    table = Table(title="training compute (finished trials, duplicates not counted)", title_justify="left")
-    for column in ("study", "strategy", "trials", "wall time", "train MACs total"):
-        table.add_column(column, justify="left" if column in ("study", "strategy") else "right")
+    with several studies their pooled sums and ratio, labelled as such (narrow: short headers, the ratio
+    rows labelled "ratio")."""
     groups = list(compute["by_study"].items())
     if compute["pooled"]:
         groups.append((f"pooled over {len(groups)} studies", compute))
+    rows, ratios = [], False
     for label, sums in groups:
         kinds = [kind for kind in KINDS if sums[kind]["trials"] or sums[kind]["duplicates"]]
         for index, kind in enumerate(kinds):
             c = sums[kind]
-            table.add_row(escape(label) if index == 0 else "", kind, str(c["trials"]), fmt_seconds(c["wall_time"]),
-                          fmt_count(c["train_macs_total"]))
+            rows.append([label if index == 0 else "", kind, str(c["trials"]), fmt_seconds(c["wall_time"]),
+                         fmt_count(c["train_macs_total"])])
         ratio = sums["ratio"]
         if any(value is not None for value in ratio.values()):
-            table.add_row("", "per_pattern / one_round", "",
-                          *(f"{ratio[k]:.2f}x" if ratio[k] is not None else "-" for k in ("wall_time", "train_macs_total")))
-    console.print(table)
+            ratios = True
+            rows.append(["", "per_pattern / one_round" if wide else "ratio", "",
+                         *(f"{ratio[k]:.2f}x" if ratio[k] is not None else "-" for k in ("wall_time", "train_macs_total"))])
+    columns = [("study", False), ("strategy", False), ("trials", True), ("wall time" if wide else "time", True),
+               ("train MACs total" if wide else "MACs total", True)]
+    print_uncut(console, report_table("training compute (finished trials, duplicates not counted)", columns, rows, wide))
+    if ratios and not wide:
+        console.print("ratio: per_pattern / one_round", highlight=False)

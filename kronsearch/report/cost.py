@@ -15,10 +15,9 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from kronsearch.record import FINISHED, TrialRecord, study_strategy, train_macs_total, val_accuracy
-from kronsearch.report.trials import duration, fmt_count, fmt_pct, fmt_seconds
+from kronsearch.report.trials import duration, fmt_count, fmt_pct, fmt_seconds, print_uncut, report_table
 
 
 def cost_curve(study: optuna.Study) -> dict:
@@ -62,18 +61,15 @@ def reach(curves: Sequence[Mapping]) -> dict | None:
     return {"target": target, "by_study": by_study}
 
 
-def render_cost(curves: Sequence[Mapping], reached: Mapping | None, console: Console) -> None:
-    """The curves as one table (a row per finished trial) and a line per study: what the target cost it."""
-    table = Table(title="best val accuracy vs cumulative training cost (trial order)", title_justify="left")
-    for column, right in (("study", False), ("#", True), ("state", False), ("val acc", True), ("best so far", True),
-                          ("MACs so far", True), ("time so far", True)):
-        table.add_column(column, justify="right" if right else "left", no_wrap=right)
-    for curve in curves:
-        for index, point in enumerate(curve["points"]):
-            table.add_row(escape(curve["study"]) if index == 0 else "", str(point["trial"]), point["state"].lower(),
-                          fmt_pct(point["val_accuracy"]), fmt_pct(point["best"]), fmt_count(point["train_macs"]),
-                          fmt_seconds(point["wall_time"]))
-    console.print(table)
+def render_cost(curves: Sequence[Mapping], reached: Mapping | None, console: Console, wide: bool = False) -> None:
+    """The curves as one table (a row per finished trial) and a line per study: what the target cost it
+    (narrow: short headers, fitting 80 columns)."""
+    headers = (("study", False), ("#", True), ("state", False), ("val acc", True), ("best so far", True),
+               ("MACs so far" if wide else "MACs", True), ("time so far" if wide else "time", True))
+    rows = [[curve["study"] if index == 0 else "", str(point["trial"]), point["state"].lower(),
+             fmt_pct(point["val_accuracy"]), fmt_pct(point["best"]), fmt_count(point["train_macs"]),
+             fmt_seconds(point["wall_time"])] for curve in curves for index, point in enumerate(curve["points"])]
+    print_uncut(console, report_table("best val accuracy vs cumulative training cost (trial order)", headers, rows, wide))
     if reached is not None:
         console.print(f"to reach {fmt_pct(reached['target'])} val accuracy (the lowest final best):", highlight=False)
         for study, cost in reached["by_study"].items():

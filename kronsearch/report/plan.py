@@ -13,10 +13,11 @@ from kronsearch.space import Space
 from kronsearch.trial_run import TrialSpec, build_trial_model
 
 
-def render_plan(space: Space) -> str:
-    """The dry-run plan: decomposed layers, their candidate blocks and counts, as text."""
+def render_plan(space: Space, wide: bool = False) -> str:
+    """The dry-run plan: decomposed layers, their candidate blocks and counts, as text of at most 80 columns
+    (`wide`: no line broken)."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=120, force_terminal=False)
+    console = Console(file=buffer, width=100_000 if wide else 80, force_terminal=False)
     console.print(f"search {space.name!r}: {space.search['strategy']}, {space.search['trials']} trials, "
                   f"objectives {', '.join(o['metric'] for o in space.search['objectives'])}, "
                   f"backend {space.backend['name']}")

@@ -8,15 +8,13 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
 
 from kronsearch.record import StudyRecord, TrialRecord, metrics, study_strategy, tolerance_pick, trial_kind, val_accuracy
 from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
-                                      fmt_params, fmt_pct, fmt_seconds, norm_block, objectives, pick_tolerance)
+                                      fmt_params, fmt_pct, fmt_seconds, narrow_table, norm_block, objectives,
+                                      pick_tolerance, print_uncut)
 
 
 def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
@@ -106,31 +104,6 @@ def short_params(params: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]]) -> Table:
-    """A table whose numeric columns (flag True) never wrap nor shrink below their widest cell."""
-    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  collapse_padding=True)
-    for index, (name, numeric) in enumerate(columns):
-        if numeric:
-            widest = max([len(name.split()[-1] if name else "")] + [len(r[index]) for r in rows])
-            table.add_column(name, justify="right", no_wrap=True, min_width=widest)
-        else:
-            table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    return table
-
-
-def print_uncut(console: Console, table: Table) -> None:
-    """Print a table; one whose numbers cannot fit the console's width is printed wider, not cut."""
-    needed, width = Measurement.get(console, console.options.update_width(100_000), table).minimum, console.width
-    console.width = max(width, needed)  # the terminal then wraps the long lines; every cell stays whole
-    try:
-        console.print(table)
-    finally:
-        console.width = width
-
-
 def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -> None:
     """Draw show_data: a trials table per study, then its best trial or Pareto front.
 
@@ -159,7 +132,7 @@ def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -
                 columns.insert(2, ("kind", False))
                 for cell, r in zip(cells, rows):
                     cell.insert(2, r["kind"] or "-")
-        print_uncut(console, _table(title, columns, cells))
+        print_uncut(console, narrow_table(title, columns, cells))
         if not wide:
             for r in rows:
                 for note in row_notes(r):
@@ -203,4 +176,4 @@ def _render_front(report: Mapping, console: Console) -> None:
         values = [row["values"].get(o["metric"]) for o in report["objectives"]]
         rows.append([str(row["number"]), *(fmt_pct(v) if o["metric"].endswith(("accuracy", "sparsity")) else fmt_count(v)
                                            for o, v in zip(report["objectives"], values)), fmt_params(row["params"])])
-    print_uncut(console, _table(f"Pareto front of {report['study']} ({len(best['trials'])} trials)", columns, rows))
+    print_uncut(console, narrow_table(f"Pareto front of {report['study']} ({len(best['trials'])} trials)", columns, rows))

@@ -1,4 +1,5 @@
-"""Trial and study helpers shared by show, compare, plot and export, and the number formats they print.
+"""Trial and study helpers shared by show, compare, plot and export, the number formats they print, and the
+narrow tables show and compare draw.
 
 Everything is read through kronsearch.record (what `kronsearch run` stores in the study) and from
 each trial's history.json in its artifact folder.
@@ -9,12 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput
@@ -184,3 +191,57 @@ def fmt_params(params: Mapping[str, Any]) -> str:
         parts.append(f"blocks={describe_blocks(layer_blocks)}")
     return " ".join(parts)
 
+
+# ----------------------------------------------------------------------------- narrow tables
+
+
+def narrow_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]]) -> Table:
+    """A table whose numeric columns (flag True) never wrap nor shrink below their widest cell."""
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
+    for index, (name, numeric) in enumerate(columns):
+        if numeric:
+            widest = max([len(name.split()[-1] if name else "")] + [len(r[index]) for r in rows])
+            table.add_column(name, justify="right", no_wrap=True, min_width=widest)
+        else:
+            table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+def report_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]],
+                 wide: bool = False) -> Table:
+    """narrow_table, or with `wide` a boxed table of the same columns (numeric ones, flag True, right-aligned)."""
+    if not wide:
+        return narrow_table(title, columns, rows)
+    table = Table(title=escape(title), title_justify="left")
+    for name, numeric in columns:
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
+
+
+NARROW = 80  # columns of the default views of show and compare
+
+
+@contextmanager
+def narrowed(console: Console, wide: bool = False) -> Iterator[None]:
+    """Unless `wide`, lines wrap at NARROW columns (or the console's width, if less) inside the block."""
+    width = console.width
+    console.width = width if wide else min(width, NARROW)
+    try:
+        yield
+    finally:
+        console.width = width
+
+
+def print_uncut(console: Console, table: Table) -> None:
+    """Print a table; one whose numbers cannot fit the console's width is printed wider, not cut."""
+    needed, width = Measurement.get(console, console.options.update_width(100_000), table).minimum, console.width
+    console.width = max(width, needed)  # the terminal then wraps the long lines; every cell stays whole
+    try:
+        console.print(table)
+    finally:
+        console.width = width

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import socket
 import threading
@@ -29,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 import kronsearch
 from kronsearch import record
 from kronsearch.layers.blocks import format_block
+from kronsearch.processes import worker_alive, worker_attrs
 from kronsearch.record import StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError, artifact_root, artifacts_folder, open_storage, study_artifacts_dir
@@ -37,50 +37,6 @@ from kronsearch.trainer import TrainConfig
 
 class StudyInUse(StorageError):
     """A study another live process is running cannot be deleted (--fresh)."""
-
-
-def worker_id() -> str:
-    """host:pid of this process, stored on every trial it runs (to detect trials of dead processes)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def worker_attrs() -> dict[str, str]:
-    """The user attrs naming this process, written into every trial it starts (storage.OwnedTrialStorage)."""
-    started = process_started(os.getpid())
-    return record.owner(worker_id(), started)
-
-
-def process_started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc; None where unknown).
-
-    Stored with a trial's worker as user attr "worker_started", so a recycled pid (a restarted
-    container's `kronsearch run` is often pid 1 again) is not mistaken for the trial's process.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # fields 3... of proc_pid_stat(5); starttime is field 22
-    if len(fields) <= 19 or fields[0] in ("Z", "X"):
-        return None  # a zombie is dead too, only not reaped yet
-    return fields[19]
-
-
-def worker_alive(trial: FrozenTrial, host: str | None = None) -> bool | None:
-    """Whether the process running `trial` is alive; None when that cannot be told (another host, no worker).
-
-    This process's own pid counts as dead unless the start time says it is this very process: a
-    trial is only asked about while this process runs none (recovery) or is excluded by the caller.
-    """
-    rec = TrialRecord.of(trial)
-    worker_host, _, pid = (rec.worker or "").rpartition(":")
-    if worker_host != (host or socket.gethostname()) or not pid.isdigit():
-        return None
-    pid = int(pid)
-    if Path("/proc/self/stat").is_file():  # Linux: a pid and its start time identify a process
-        started, now = rec.worker_started, process_started(pid)
-        return now is not None and (started == now if started is not None else pid != os.getpid())
-    return pid != os.getpid() and process_alive(pid)
 
 
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
@@ -323,17 +279,6 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
             record.requeue(study, trial)
             recovered.append(trial.number)
     return recovered
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ask(study: optuna.Study) -> optuna.Trial:

@@ -40,7 +40,8 @@ from kronsearch.trainer import TrainingDiverged
 from kronsearch.backends.base import Budget, TrialSkipped
 from kronsearch.backends.local import make_objective
 from kronsearch.search import run_search
-from kronsearch.study import open_study, process_started, recover_dead_trials, worker_id
+from kronsearch.processes import process_started, worker_id
+from kronsearch.study import open_study, recover_dead_trials
 from kronsearch.schema import MAX_CANDIDATES, MAX_EPOCHS
 from kronsearch.space import SpaceError, load_space
 from kronsearch.cli import app

@@ -10,7 +10,9 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import os
 import shutil
+import socket
 import sqlite3
 import tempfile
 from contextlib import closing
@@ -26,6 +28,7 @@ from safetensors.torch import save_file
 
 from kronsearch import kronify, record
 from kronsearch.models import build_model
+from kronsearch.processes import process_started
 from kronsearch.report import (
     best_trials,
     compare_data,
@@ -313,6 +316,22 @@ def test_show_fits_80_columns_with_notes_on_their_own_lines(search):
     assert max(len(line.rstrip()) for line in lines) <= 80
     assert "…" not in buffer.getvalue()
     assert "#2 diverged at [epoch 2]" in lines and "#5 out of memory" in lines
+
+
+def test_show_says_interrupted_at_once_for_a_marked_trial_and_for_one_whose_process_is_gone(search):
+    (study,) = load_studies("demo:one_round")
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"interrupted": "interrupted by Ctrl-C"}))
+    gone = {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_started": "0"}  # this pid, another start
+    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=gone))
+    alive = {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_started": process_started(os.getpid())}
+    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=alive))
+    (report,) = show_data([study])
+    assert [r["state"] for r in report["trials"][-3:]] == ["INTERRUPTED", "INTERRUPTED", "RUNNING"]
+    buffer = io.StringIO()
+    render_show([report], Console(file=buffer, width=80, color_system=None))
+    lines = buffer.getvalue().splitlines()
+    assert "#4 interrupted: interrupted by Ctrl-C" in lines and "2 interrupted" in buffer.getvalue()
+    assert any(line.startswith("#5 interrupted: process ") for line in lines) and "is gone" in buffer.getvalue()
 
 
 def test_show_never_cuts_a_number_even_when_squeezed(search):

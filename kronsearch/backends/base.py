@@ -29,7 +29,7 @@ from kronsearch.record import TrialRecord
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, artifact_dir_record
 from kronsearch.strategies import find_duplicate, suggest
-from kronsearch.study import worker_alive
+from kronsearch.processes import worker_alive
 from kronsearch.trainer import TrainingDiverged
 from kronsearch.trial_run import TrialSpec, trial_config
 

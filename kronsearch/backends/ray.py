@@ -74,7 +74,8 @@ from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_artifacts_dir  # noqa: E402
-from kronsearch.study import Heartbeats, process_alive  # noqa: E402
+from kronsearch.processes import process_alive  # noqa: E402
+from kronsearch.study import Heartbeats  # noqa: E402
 
 TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}

@@ -35,7 +35,8 @@ from kronsearch import record
 from kronsearch.backends.base import Budget, describe, finish_trial, start_trial, trial_artifact_dir, trial_failure
 from kronsearch.space import Space
 from kronsearch.storage import StorageError
-from kronsearch.study import ask, fail_stale, worker_id
+from kronsearch.processes import worker_id
+from kronsearch.study import ask, fail_stale
 from kronsearch.trial_run import TrialSpec, run_trial
 
 CRASH_HOOK_ENV = "KRONSEARCH_TEST_CRASH_TRIAL"

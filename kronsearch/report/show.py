@@ -7,23 +7,37 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.markup import escape
 
+from kronsearch.processes import worker_alive
 from kronsearch.record import StudyRecord, TrialRecord, metrics, study_strategy, tolerance_pick, trial_kind, val_accuracy
 from kronsearch.report.trials import (SCALAR_METRICS, best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
                                       fmt_params, fmt_pct, fmt_seconds, narrow_table, norm_block, objectives,
                                       pick_tolerance, print_uncut)
 
 
+def trial_state(trial: FrozenTrial) -> tuple[str, str | None]:
+    """(Optuna's state, or INTERRUPTED for a trial cut off: marked so, or RUNNING in a process of this host
+    that is gone, which the next run will mark; why it was interrupted, else None)."""
+    interrupted = TrialRecord.of(trial).interrupted
+    if trial.state == TrialState.FAIL and interrupted is not None:
+        return "INTERRUPTED", interrupted
+    if trial.state == TrialState.RUNNING and worker_alive(trial) is False:
+        return "INTERRUPTED", (f"process {TrialRecord.of(trial).worker} is gone; the next run retries the "
+                               f"configuration")
+    return trial.state.name, None
+
+
 def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
     """One trial as a plain dict: state, kind, params, objective values, the metrics `show` lists."""
     m = metrics(trial)
     names = [o["metric"] for o in objectives(study)]
+    state, interrupted = trial_state(trial)
     return {
         "number": trial.number,
-        "state": trial.state.name,
+        "state": state,
         "kind": trial_kind(trial, study_strategy(study)),
         "params": dict(trial.params),
         "values": dict(zip(names, trial.values)) if trial.values else None,
@@ -33,6 +47,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "duplicate_of": TrialRecord.of(trial).duplicate_of,
         "fail_reason": TrialRecord.of(trial).fail_reason,
+        "interrupted": interrupted,
     }
 
 
@@ -82,6 +97,8 @@ def row_notes(row: Mapping) -> list[str]:
         notes.append(f"same configuration as #{row['duplicate_of']}: its result reused, nothing trained")
     if row["fail_reason"]:
         notes.append(row["fail_reason"])
+    if row["interrupted"]:
+        notes.append(f"interrupted: {row['interrupted']}")
     return notes
 
 

@@ -9,7 +9,7 @@ benchmarks/model_speed.py (3x32x32 inputs, 64 tokens) every Linear of its blocks
 fraction of each layer's S entries (the block sparsity the l1 penalty reaches) is set to exactly 0.
 Compared, on the same inputs: "dense" (nn.Linear layers holding the merged weights), "kron" (the
 KronLinear model as trained, factored path), "new" (`kronsearch.for_inference(model)`, each layer's
-path chosen by timing at the table's batch sizes), and "ort" (`for_inference(model, exportable=True)`
+path chosen by timing at the rows of the table's batch sizes: batch x 65 tokens for the ViT), and "ort" (`for_inference(model, exportable=True)`
 through `kronsearch.export_program` and torch.onnx.export, run by onnxruntime with one thread; "-"
 where onnxruntime is not installed). MAC ratios: the KronLinear model's and the new form's
 multiply-adds per sample over the dense model's (weight layers only; attention products excluded).
@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from bsr_inference import time_models
-from kronsearch import KronInference, KronLinear, export_program, for_inference, kronify
+from kronsearch import KronInference, KronLinear, export_program, for_inference
 from kronsearch.layers.blocks import kron_macs
+from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
 from model_speed import VIT_TINY
 
@@ -93,14 +94,26 @@ def onnx_runner(model: nn.Module, folder: Path, input_shape: tuple[int, ...], ba
     return lambda x: session.run(None, {name: x.numpy()})[0]
 
 
+def kron_rows_per_sample(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Rows one sample sends through the first KronLinear (1 for the MLP, the tokens for the ViT)."""
+    seen = []
+    layer = next(m for m in model.modules() if isinstance(m, KronLinear))
+    hook = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].numel() // module.in_features))
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    hook.remove()
+    return seen[0]
+
+
 def run_rows(label: str, kron: nn.Module, input_shape: tuple[int, ...], batches: tuple[int, ...], repeats: int,
              folder: Path, use_ort: bool) -> None:
     """Print one table row per batch size: the four models timed in the same rounds."""
     dense = merged_twin(kron)
-    new = for_inference(kron, batches)
+    rows = [batch * kron_rows_per_sample(kron, input_shape) for batch in batches]  # for_inference times rows
+    new = for_inference(kron, rows)
     models = {"dense": dense, "kron": kron, "new": new}
     if use_ort:
-        models["ort"] = onnx_runner(kron, folder, input_shape, batches)
+        models["ort"] = onnx_runner(kron, folder, input_shape, rows)
     paths = "/".join(sorted({path for path, _ in new.inference_choices.values()}))
     macs = weight_macs(dense)
     for batch in batches:

@@ -12,9 +12,10 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from kronsearch import KronInference, KronLinear, export_program, for_inference, kronify, load_model
+from kronsearch import KronInference, KronLinear, export_program, for_inference, load_model
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.inference import INFERENCE_PATHS, choose_inference_path, time_inference_paths
+from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
 
 
@@ -74,6 +75,8 @@ def test_for_inference_leaves_the_model_alone_and_names_what_is_wrong():
     assert isinstance(model[0], KronLinear) and fast[0].path == "sparse"
     with pytest.raises(BadInput, match="'factored', 'merged'"):
         for_inference(model, path="sparse", exportable=True)
+    single = for_inference(model[0], (1,))
+    assert isinstance(single, KronInference) and set(single.inference_choices) == {""}
     with pytest.raises(BadInput, match="batch_sizes"):
         for_inference(model, batch_sizes=(0,))
     with pytest.raises(BadInput, match="path must be"):

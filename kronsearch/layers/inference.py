@@ -164,7 +164,8 @@ def for_inference(model: nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_S
                   path: str = "auto", threshold: float = DEFAULT_THRESHOLD) -> nn.Module:
     """A copy of `model` in eval mode with every KronLinear replaced by its fastest KronInference form.
 
-    path "auto" times the candidate paths per layer at `batch_sizes` (rows per call); "factored",
+    path "auto" times the candidate paths per layer at `batch_sizes`, rows per call of the layer (samples
+    times tokens for a transformer's layers); "factored",
     "sparse" or "merged" pins one. exportable: only paths that torch.export and ONNX take (no "sparse").
     The chosen path and timings of each layer are in the returned module's `inference_choices`
     ({layer: (path, {batch: {path: seconds}})}). The model itself is not changed.
@@ -183,7 +184,11 @@ def for_inference(model: nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_S
         if isinstance(module, KronLinear):
             times = {} if path != "auto" else time_inference_paths(module, batch_sizes, allowed, threshold)
             chosen = path if path != "auto" else choose_inference_path(times)
-            model.set_submodule(name, KronInference(module, chosen, threshold))
+            form = KronInference(module, chosen, threshold)
+            if name:
+                model.set_submodule(name, form)
+            else:  # the model is one KronLinear
+                model = form
             choices[name] = (chosen, times)
     model.inference_choices = choices
     return model

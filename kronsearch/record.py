@@ -29,7 +29,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kronsearch.trainer import TrainConfig
 
 
 class Strategy(StrEnum):
@@ -43,6 +42,7 @@ class Strategy(StrEnum):
 STRATEGIES: tuple[str, ...] = tuple(Strategy)
 KINDS: tuple[str, ...] = (Strategy.ONE_ROUND, Strategy.PER_PATTERN)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DEFAULT_TOLERANCE = 0.5  # accuracy points: search.tolerance's default (TrainConfig.tolerance)
 SHARED_CONFIG = ("space", "seed", "data", "model")  # stored once per study (StudyRecord.trial_config)
 STUDY_METRICS = ("selected", "plan")  # the per-layer metrics kept in the study's "metrics" user attr
 # the scalar metrics, each its own user attr under this name (README, "The study in Optuna's tools")
@@ -339,9 +339,9 @@ def best_first(trial: FrozenTrial) -> tuple[float, int]:
 
 
 def study_tolerance(study: optuna.Study) -> float:
-    """The study's search.tolerance in accuracy points (TrainConfig's default, 0.5, for studies from before it)."""
+    """The study's search.tolerance in accuracy points (DEFAULT_TOLERANCE, 0.5, for studies from before it)."""
     tolerance = StudyRecord.of(study).tolerance
-    return TrainConfig.tolerance if tolerance is None else float(tolerance)
+    return DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
 
 
 def tolerance_pick(trials: Iterable[FrozenTrial], tolerance: float) -> FrozenTrial | None:

@@ -29,10 +29,9 @@ import kronsearch
 from kronsearch import record
 from kronsearch.layers.blocks import format_block
 from kronsearch.processes import worker_alive, worker_attrs
-from kronsearch.record import StudyRecord, TrialRecord, study_name, write_study
+from kronsearch.record import DEFAULT_TOLERANCE, StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError, artifact_root, artifacts_folder, open_storage, study_artifacts_dir
-from kronsearch.trainer import TrainConfig
 
 
 class StudyInUse(StorageError):
@@ -218,7 +217,7 @@ def _with_added_keys(identity: dict) -> dict:
     (search.tolerance: 0.5, data.test_limit: none), so such a study resumes and reads as made with them."""
     search, data = identity.get("search"), identity.get("data")
     if isinstance(search, dict) and "tolerance" not in search:
-        identity = {**identity, "search": {**search, "tolerance": TrainConfig.tolerance}}
+        identity = {**identity, "search": {**search, "tolerance": DEFAULT_TOLERANCE}}
     if isinstance(data, dict) and "test_limit" not in data:
         identity = {**identity, "data": {**data, "test_limit": None}}
     return identity

@@ -33,6 +33,7 @@ from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.layers.plan import model_plan
+from kronsearch.record import DEFAULT_TOLERANCE
 from kronsearch.selection import Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -57,7 +58,7 @@ class TrainConfig:
     lambda2: float = 0.0
     # accuracy points: the contest keeps the cheapest candidate whose estimated accuracy is within this of
     # the best candidate's (0: the most accurate); a space file sets it with search.tolerance
-    tolerance: float = 0.5
+    tolerance: float = DEFAULT_TOLERANCE
     max_grad_norm: float | None = None  # None: no clipping
     threshold: float = DEFAULT_THRESHOLD  # |S| <= threshold counts as a pruned block
     seed: int = 0

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kronsearch import KronLinear, kronify
 from kronsearch.layers.costs import model_cost
-from kronsearch.layers.kron_ops import contraction_macs
+from kronsearch.layers.blocks import contraction_macs
 from kronsearch.models import build_model
 from kronsearch.layers.blocks import format_block, kron_macs, kron_nonzeros, kron_params, parse_block, valid_blocks
 

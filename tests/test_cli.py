@@ -302,3 +302,20 @@ def test_piped_show_is_never_cut_to_the_terminal_width(demo):
     assert result.exit_code == 0, result.stderr
     assert "…" not in result.stdout
     assert "rank=2 lambda1=0.002 lambda2=0.0001" in result.stdout and "out of memory" in result.stdout
+
+
+SHOW_MODULES = """
+import atexit, sys
+atexit.register(lambda: print(*(m for m in ("ray", "torch") if m in sys.modules)))
+from kronsearch.cli import main
+sys.argv = ["kronsearch", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("command", [["show", "demo"], ["compare", "demo"]])
+def test_read_commands_import_neither_ray_nor_torch(demo, command):
+    done = subprocess.run([sys.executable, "-c", SHOW_MODULES, *command], cwd=demo, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == ""  # the modules of the two that were loaded: none

@@ -12,7 +12,8 @@ from torch import nn
 
 from kronsearch import BSRLinear, KronLinear
 from kronsearch.layers import kron_ops
-from kronsearch.layers.kron_ops import contraction_macs, kron_matmul
+from kronsearch.layers.blocks import contraction_macs
+from kronsearch.layers.kron_ops import kron_matmul
 
 FAST = settings(max_examples=50, deadline=None)
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta:UserWarning")

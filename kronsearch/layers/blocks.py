@@ -12,10 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kronsearch.layers.errors import BadInput
-from kronsearch.layers.kron_ops import contraction_macs
 
 Block = tuple[int, int]
 MAX_RANK = 1024  # the largest rank a space file or a plan may ask for
+
+
+def contraction_macs(m1: int, n1: int, h: int, w: int, rank: int) -> tuple[int, int]:
+    """Multiply-adds per input row of the two orders: (blocks first, factors first)."""
+    blocks_first = rank * h * n1 * (w + m1)
+    factors_first = rank * m1 * w * (n1 + h)
+    return blocks_first, factors_first
 
 
 def divisors(n: int) -> list[int]:

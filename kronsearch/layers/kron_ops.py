@@ -34,15 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kronsearch.layers.blocks import contraction_macs
+
 GEMM_GRAD_MIN_ELEMENTS = 1 << 20
 """Use `_BroadcastBmm` when the (N, P, K) per-row gradient temporary would have more elements."""
-
-
-def contraction_macs(m1: int, n1: int, h: int, w: int, rank: int) -> tuple[int, int]:
-    """Multiply-adds per input row of the two orders: (blocks first, factors first)."""
-    blocks_first = rank * h * n1 * (w + m1)
-    factors_first = rank * m1 * w * (n1 + h)
-    return blocks_first, factors_first
 
 
 def cheaper_order(m1: int, n1: int, h: int, w: int, rank: int) -> int:

@@ -13,12 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kronsearch.record import (FINISHED, KINDS, StudyRecord, TrialRecord, metrics, study_strategy, study_tolerance,
+from kronsearch.record import (DEFAULT_TOLERANCE, FINISHED, KINDS, StudyRecord, TrialRecord, metrics, study_strategy, study_tolerance,
                                tolerance_pick, train_macs_total, trial_kind, val_accuracy)
 from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
                                       narrowed, norm_block, print_uncut, report_table, trial_rank)
-from kronsearch.trainer import TrainConfig
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:
@@ -161,7 +160,7 @@ def _tolerance(studies: Sequence[optuna.Study], tolerance: float | None) -> tupl
     if check_tolerance(tolerance) is not None:
         return tolerance, []
     recorded = {s.study_name: study_tolerance(s) for s in studies}
-    points = next(iter(recorded.values()), TrainConfig.tolerance)
+    points = next(iter(recorded.values()), DEFAULT_TOLERANCE)
     if len(set(recorded.values())) <= 1:
         return points, []
     listed = ", ".join(f"{name} {value:g}" for name, value in recorded.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
+from rich.console import Console
 
 from kronsearch.record import SCALAR_METRICS, full_config
 from kronsearch.record import metrics as record_metrics
@@ -223,3 +225,17 @@ def test_a_study_with_nested_metrics_only_still_reads():
     old = create_trial(value=0.8, user_attrs={"kind": "per_pattern", "metrics": {"val_accuracy": 0.8, "final_macs": 7,
                                                                                    "selected": {}, "plan": {}}})
     assert record_metrics(old) == {"val_accuracy": 0.8, "final_macs": 7, "selected": {}, "plan": {}}
+
+
+def test_a_run_whose_output_is_no_terminal_prints_a_plain_line_per_epoch(write_space):
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, color_system=None)
+    assert not console.is_terminal
+    run_search(write_space(search={"trials": 1}, train={"epochs": 2, "select_epochs": 1}), console=console)
+    lines = [line for line in buffer.getvalue().splitlines() if line.startswith("trial 0 epoch")]
+    assert [line.split(" (")[0] for line in lines] == ["trial 0 epoch 1/3", "trial 0 epoch 2/3", "trial 0 epoch 3/3"]
+    assert "(select): val 0." in lines[0] and "racing " in lines[0] and "about" in lines[0] and "s left" in lines[-1]
+    quiet = io.StringIO()
+    run_search(write_space(search={"trials": 2}, train={"epochs": 2, "select_epochs": 1}), progress=False,
+               console=Console(file=quiet, quiet=True))
+    assert "epoch" not in quiet.getvalue()

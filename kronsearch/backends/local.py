@@ -16,6 +16,7 @@ from rich.console import Console
 from kronsearch import record
 from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, start_trial,
                                       trial_artifact_dir, trial_failure)
+from kronsearch.progress import EpochLines, planned_epochs
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, storage_reason, study_artifacts_dir
 from kronsearch.trainer import EpochReport
@@ -55,12 +56,13 @@ def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[E
 
 
 def make_objective(space: Space, kind: str, folder: Path, progress: bool,
-                   budget: Budget | None = None) -> Callable[[optuna.Trial], list[float]]:
+                   budget: Budget | None = None, console: Console | None = None) -> Callable[[optuna.Trial], list[float]]:
     """The Optuna objective: start -> skip | duplicate | train -> finish (backends.base).
 
     With a budget, a trial that starts when other processes have already claimed the budget is
     skipped (TrialSkipped). A Ctrl-C or a storage failure (a full disk while saving weights or
-    recording results) marks the trial "interrupted" (re-queued on resume) and stops the run.
+    recording results) marks the trial "interrupted" (re-queued on resume) and stops the run. With
+    progress, a terminal shows the trainer's live bar; other output gets a plain line per epoch on `console`.
     """
     single = len(space.search["objectives"]) == 1
     # The trainer's live progress bar draws on stdout; piped, it would only leave a blank line per trial.
@@ -74,7 +76,11 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
             return started.duplicate_values
         artifact_dir = trial_artifact_dir(space, folder, trial.number)
         try:
-            metrics, _ = run_trial(space, started.spec, artifact_dir, pruning_reporter(trial, single), bar)
+            on_epoch = pruning_reporter(trial, single)
+            if progress and not bar and console is not None:
+                epochs = planned_epochs(space.train_config(), kind == "one_round")
+                on_epoch = EpochLines(console, trial.number, epochs, then=on_epoch)
+            metrics, _ = run_trial(space, started.spec, artifact_dir, on_epoch, bar)
         except Exception as err:
             reason = trial_failure(err)
             if reason is None:
@@ -115,6 +121,6 @@ class LocalBackend(Backend):
         if remaining == 0:
             return
         folder = study_artifacts_dir(study)
-        study.optimize(make_objective(space, kind, folder, progress, budget), n_trials=remaining,
+        study.optimize(make_objective(space, kind, folder, progress, budget, console), n_trials=remaining,
                        timeout=space.search["timeout"], catch=(TrialFailed, TrialSkipped), callbacks=[budget],
                        gc_after_trial=True)

@@ -318,13 +318,13 @@ def test_show_fits_80_columns_with_notes_on_their_own_lines(search):
     assert "#2 diverged at [epoch 2]" in lines and "#5 out of memory" in lines
 
 
-def test_show_says_interrupted_at_once_for_a_marked_trial_and_for_one_whose_process_is_gone(search):
+def test_show_says_at_once_which_trials_were_interrupted_and_how_far_a_running_one_got(search):
     (study,) = load_studies("demo:one_round")
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"interrupted": "interrupted by Ctrl-C"}))
     gone = {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_started": "0"}  # this pid, another start
     study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=gone))
     alive = {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_started": process_started(os.getpid())}
-    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=alive))
+    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=alive, intermediate_values={1: 0.5, 2: 0.625}))
     (report,) = show_data([study])
     assert [r["state"] for r in report["trials"][-3:]] == ["INTERRUPTED", "INTERRUPTED", "RUNNING"]
     buffer = io.StringIO()
@@ -332,6 +332,7 @@ def test_show_says_interrupted_at_once_for_a_marked_trial_and_for_one_whose_proc
     lines = buffer.getvalue().splitlines()
     assert "#4 interrupted: interrupted by Ctrl-C" in lines and "2 interrupted" in buffer.getvalue()
     assert any(line.startswith("#5 interrupted: process ") for line in lines) and "is gone" in buffer.getvalue()
+    assert "#6 running: epoch 2 reported, val 62.50%" in lines  # a running trial's progress, at once
 
 
 def test_show_never_cuts_a_number_even_when_squeezed(search):

@@ -30,6 +30,14 @@ def trial_state(trial: FrozenTrial) -> tuple[str, str | None]:
     return trial.state.name, None
 
 
+def last_epoch(trial: FrozenTrial) -> dict | None:
+    """{"epoch", "val_accuracy"} of the trial's latest reported epoch (Optuna's intermediate values), or None."""
+    if not trial.intermediate_values:
+        return None
+    epoch = max(trial.intermediate_values)
+    return {"epoch": epoch, "val_accuracy": trial.intermediate_values[epoch]}
+
+
 def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
     """One trial as a plain dict: state, kind, params, objective values, the metrics `show` lists."""
     m = metrics(trial)
@@ -48,6 +56,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "duplicate_of": TrialRecord.of(trial).duplicate_of,
         "fail_reason": TrialRecord.of(trial).fail_reason,
         "interrupted": interrupted,
+        "last_epoch": last_epoch(trial) if state == "RUNNING" else None,
     }
 
 
@@ -99,6 +108,9 @@ def row_notes(row: Mapping) -> list[str]:
         notes.append(row["fail_reason"])
     if row["interrupted"]:
         notes.append(f"interrupted: {row['interrupted']}")
+    if row["last_epoch"] is not None:
+        epoch = row["last_epoch"]
+        notes.append(f"running: epoch {epoch['epoch']} reported, val {fmt_pct(epoch['val_accuracy'])}")
     return notes
 
 

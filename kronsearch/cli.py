@@ -204,12 +204,15 @@ def plot(
     study: StudyArg,
     out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the PNG files (created if missing).")],
     storage: StorageOpt = None,
+    trial: Annotated[Optional[int], typer.Option(
+        "--trial", min=0, metavar="N", help="The one-round trial of the selection plot (one study N:S; default: "
+                                            "the best one-round trial).")] = None,
 ) -> None:
     """Plot optimization history, accuracy vs training MACs, and one-round selection trajectories."""
     from kronsearch.report.plot import plot_studies
 
     with _errors():
-        result = plot_studies(load_studies(study, storage), out)
+        result = plot_studies(load_studies(study, storage), out, trial=trial)
         for note in result.notes:
             typer.echo(f"note: {note}")
         if not result.paths:

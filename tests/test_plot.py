@@ -7,6 +7,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
+from kronsearch.layers.errors import BadInput
 from kronsearch.report import plot as kplot
 from kronsearch.report.plot import pareto_front, plot_prefix, plot_selection, plot_studies
 from kronsearch.storage import load_studies
@@ -128,3 +129,23 @@ def test_cost_plot_draws_best_accuracy_against_cumulative_macs_and_time(studies,
 ])
 def test_pareto_front(points, front):
     assert pareto_front(points) == front
+
+
+def test_plot_trial_draws_the_selection_of_the_trial_asked_for_and_refuses_others(studies, tmp_path, monkeypatch):
+    titles, real_save = [], kplot._save
+
+    def spy(fig, path):
+        titles.append(fig.get_suptitle())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(kplot, "_save", spy)
+    (one_round,) = [s for s in studies if s.study_name == "demo:one_round"]
+    assert plot_selection([one_round], tmp_path / "sel.png", trial=0) == tmp_path / "sel.png"
+    assert "demo:one_round trial 0: rank=1" in titles[-1]  # not the best trial (#1)
+    with pytest.raises(BadInput, match="is a per_pattern trial; only one_round trials race candidates"):
+        plot_studies([s for s in studies if s.study_name == "demo:per_pattern"], tmp_path / "none", trial=0)
+    with pytest.raises(BadInput, match="has no trial 9"):
+        plot_studies([one_round], tmp_path / "none", trial=9)
+    with pytest.raises(BadInput, match="--trial needs one study; 2 given"):
+        plot_studies(studies, tmp_path / "none", trial=0)
+    assert not (tmp_path / "none").exists()  # refused before any file is written

@@ -16,14 +16,16 @@ import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch.layers.errors import BadInput
 from kronsearch.record import best_one_round, metrics, split_study_name, study_strategy, trial_kind, val_accuracy
 from kronsearch.report.cost import cost_curve
 from kronsearch.report.trials import norm_block, trial_history
@@ -173,21 +175,39 @@ def _legend_outside(ax) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
-    """Each candidate block's ||W_k||_F per epoch, one subplot per layer, for the best one-round trial.
+def one_round_trial(studies: Sequence[optuna.Study], number: int) -> tuple[optuna.Study, FrozenTrial]:
+    """Trial `number` of the one study given, which must be a one_round trial (BadInput otherwise)."""
+    if len(studies) != 1:
+        names = ", ".join(s.study_name for s in studies)
+        raise BadInput(f"--trial needs one study; {len(studies)} given ({names}): pick one as N:S")
+    study = studies[0]
+    trials = study.get_trials(deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None:
+        raise BadInput(f"study {study.study_name!r} has no trial {number} (it has {len(trials)} trials, numbered from 0)")
+    kind = trial_kind(trial, study_strategy(study))
+    if kind != "one_round":
+        raise BadInput(f"trial {number} of {study.study_name!r} is a {kind} trial; only one_round trials race "
+                       f"candidates, so only they have a selection plot")
+    return study, trial
+
+
+def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike, trial: int | None = None) -> Path | None:
+    """Each candidate block's ||W_k||_F per epoch, one subplot per layer, for one-round trial `trial` of the one
+    study given, by default the best one-round trial.
 
     Like the paper's Figure 3: the selected block is drawn thick. None if there is no complete
     one_round trial or its history recorded no candidate norms.
     """
-    found = best_one_round(studies)
+    found = best_one_round(studies) if trial is None else one_round_trial(studies, trial)
     if found is None:
         return None
-    study, trial = found
-    epochs = [e for e in trial_history(study, trial) if e.get("candidate_norms")]
+    study, picked = found
+    epochs = [e for e in trial_history(study, picked) if e.get("candidate_norms")]
     layers = list(dict.fromkeys(layer for e in epochs for layer in e["candidate_norms"]))
     if not layers:
         return None
-    selected = {layer: norm_block(b) for layer, b in (metrics(trial).get("selected") or {}).items()}
+    selected = {layer: norm_block(b) for layer, b in (metrics(picked).get("selected") or {}).items()}
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
     width = max(6.0, 3.4 * cols)
@@ -210,8 +230,8 @@ def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike) -> 
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(layers):]:
         ax.set_visible(False)
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-    title = textwrap.fill(f"{study.study_name} trial {trial.number}: {params}", width=int(width * 11))
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.params.items())
+    title = textwrap.fill(f"{study.study_name} trial {picked.number}: {params}", width=int(width * 11))
     fig.suptitle(f"Candidate norms during selection\n{title}", fontsize=10)
     return _save(fig, path)
 
@@ -235,8 +255,12 @@ def plot_prefix(studies: Sequence[optuna.Study]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix).lstrip(".") or "study"
 
 
-def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, prefix: str | None = None) -> PlotResult:
-    """Write <prefix>-history.png, -pareto.png, -cost.png and -selection.png into out_dir."""
+def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, prefix: str | None = None,
+                 trial: int | None = None) -> PlotResult:
+    """Write <prefix>-history.png, -pareto.png, -cost.png and -selection.png (of one-round trial `trial`,
+    by default the best) into out_dir."""
+    if trial is not None:
+        one_round_trial(studies, trial)  # a bad --trial is refused before any file is written
     out_dir = Path(out_dir)
     prefix = prefix or plot_prefix(studies)
     result = PlotResult()
@@ -245,7 +269,7 @@ def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, pr
         ("history", plot_history, f"no complete trial in {names}"),
         ("pareto", plot_pareto, f"no complete trial with val accuracy and training MACs in {names}"),
         ("cost", plot_cost, f"no complete trial in {names}"),
-        ("selection", plot_selection, f"no one_round trial with candidate norms in {names}"),
+        ("selection", partial(plot_selection, trial=trial), f"no one_round trial with candidate norms in {names}"),
     ):
         path = draw(studies, out_dir / f"{prefix}-{kind}.png")
         if path is None:

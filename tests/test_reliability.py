@@ -676,9 +676,10 @@ def test_absurd_epoch_counts(write_space, key):
 
 @pytest.mark.parametrize("value", ["1.0e+999", ".inf", ".nan", "-.inf"])
 def test_infinite_or_nan_numbers(write_space, value):
-    path = write_space()
-    text = path.read_text(encoding="utf-8").replace("lambda2: 0.0001", f"lambda2: {value}")
-    path.write_text(text, encoding="utf-8")
+    path = write_space(space={"lambda2": 0.0001})
+    text = path.read_text(encoding="utf-8")
+    assert "lambda2: 0.0001" in text
+    path.write_text(text.replace("lambda2: 0.0001", f"lambda2: {value}"), encoding="utf-8")
     rejected(path, "space.lambda2")
 
 

@@ -310,10 +310,9 @@ def train(
                     # the prox acts where the optimizer stepped: a candidate that sat out keeps its S
                     prox_l1_(optimizer, [p for p in s_params if p.grad is not None] if racing else s_params,
                              config.lambda2)
-                    if racing:
+                    if racing:  # the phase after the race counts its model's MACs afresh (sample_macs)
                         evaluated = selection.eval_macs
-                        if selection.step():  # a candidate left: count the smaller model from the next step on
-                            sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
+                        selection.step()
                         macs_total += selection.eval_macs - evaluated  # the race's own validation passes
                     schedule.step()
                     if after_step is not None:

@@ -37,19 +37,26 @@ Why a race, measured (BENCHMARKS.md table 10, benchmarks/signals.py; table 3, be
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from kronsearch.data.batches import Batches
 from kronsearch.layers.costs import model_cost
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.layers.blocks import kron_macs, kron_params
+from kronsearch.layers.errors import BadInput
+
+Validation = Batches | Iterable[tuple[Tensor, Tensor]] | Callable[[nn.Module], Tensor | tuple[Tensor, float]]
+"""What a race validates on: Batches (its `ordered()` batches), any re-iterable of (inputs, labels) batches
+(a DataLoader without shuffling), or a callable model -> a bool tensor of per-example hits (or (hits, mean
+loss)) on the same examples at every call. Every rank of a distributed run must see the same examples."""
 
 @torch.no_grad()
 def prox_l1_(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lambda2: float) -> None:
@@ -142,7 +149,8 @@ class Race:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int,
-                 tolerance: float, validation: Batches, seed: int = 0, batch_size: int | None = None) -> None:
+                 tolerance: float, validation: Validation, seed: int = 0, batch_size: int | None = None,
+                 check_examples: int | None = None) -> None:
         self.model, self.optimizer, self.validation = model, optimizer, validation
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
         self.select_steps = max(1, select_steps)
@@ -155,8 +163,11 @@ class Race:
         self.active: dict[str, str] = {}
         self.steps = 0
         self.eval_macs = 0  # forward MACs over every example of the race's own validation passes
-        raced = self.select_steps * (batch_size or validation.batch_size)
-        self.check_examples = max(1, min(CHECK_EXAMPLES, round(CHECK_SHARE * raced)))
+        if check_examples is None:
+            batch_size = batch_size or getattr(validation, "batch_size", None)
+            raced = self.select_steps * batch_size if batch_size else CHECK_EXAMPLES / CHECK_SHARE
+            check_examples = min(CHECK_EXAMPLES, round(CHECK_SHARE * raced))
+        self.check_examples = max(1, check_examples)
         self._macs: dict[tuple, int] = {}
 
     @property
@@ -179,25 +190,36 @@ class Race:
         pool = within_tolerance(estimates, self.tolerance, PICK_Z) if estimates else list(live)
         return min(pool, key=lambda k: self._cost(layer, k))
 
+    def draw(self) -> dict[str, str]:
+        """The next step's routing, {open layer: candidate}: each layer's next candidate in its turns."""
+        self.active = {}
+        for name in self.open_layers:
+            if not self.turns[name]:
+                live = list(self.layers[name].branches)
+                self.turns[name] = [live[i] for i in torch.randperm(len(live), generator=self.generator)]
+            self.active[name] = self.turns[name].pop()
+        return self.active
+
+    @contextmanager
+    def fixed(self, routing: dict[str, str]) -> Iterator[None]:
+        """Within the block each layer of `routing` computes with its candidate alone."""
+        with ExitStack() as stack:
+            for name, candidate in routing.items():
+                stack.enter_context(self.layers[name].only(candidate))
+            yield
+
     @contextmanager
     def routed(self) -> Iterator[dict[str, str]]:
         """Within the block each open layer computes with its next candidate in turn: {layer: candidate}."""
-        self.active = {}
-        with ExitStack() as stack:
-            for name in self.open_layers:
-                layer = self.layers[name]
-                if not self.turns[name]:
-                    live = list(layer.branches)
-                    self.turns[name] = [live[i] for i in torch.randperm(len(live), generator=self.generator)]
-                self.active[name] = self.turns[name].pop()
-                stack.enter_context(layer.only(self.active[name]))
+        with self.fixed(self.draw()):
             yield self.active
 
     def routed_macs(self, input_shape: tuple[int, ...]) -> int:
         """Forward MACs per sample of the model as `routed` runs it now (cached per routing)."""
         key = tuple(sorted(self.active.items())) + tuple(len(m.branches) for m in self.layers.values())
         if key not in self._macs:
-            self._macs[key] = model_cost(self.model, input_shape).total.macs
+            with self.fixed(self.active):
+                self._macs[key] = model_cost(self.model, input_shape).total.macs
         return self._macs[key]
 
     @torch.no_grad()
@@ -251,22 +273,39 @@ class Race:
                         others.enter_context(module.only(self.leader(other)))
                 for k in list(layer.branches):
                     with layer.only(k):
-                        losses, correct, seen = [], [], 0
-                        for images, labels in self.validation.ordered():
-                            images, labels = images[:examples - seen], labels[:examples - seen]
-                            logits = self.model(images)
-                            losses.append(F.cross_entropy(logits, labels, reduction="sum"))
-                            correct.append(logits.argmax(-1) == labels)
-                            seen += len(labels)
-                            if seen >= examples:
-                                break
-                        if seen:
-                            self.eval_macs += seen * model_cost(self.model, tuple(images.shape[1:])).total.macs
-                    hits = torch.cat(correct).cpu()
-                    estimates[k] = Estimate(float(hits.float().mean()), float(sum(losses)) / max(seen, 1), hits)
+                        estimates[k] = self._alone(examples)
         finally:
             self.model.train()
         return estimates
+
+    def _alone(self, examples: int) -> Estimate:
+        """The model as it computes now on the first `examples` validation examples (a callable: its own).
+        Under torch.distributed every rank takes rank 0's result, so all ranks decide alike."""
+        if callable(self.validation):
+            measured = self.validation(self.model)
+            hits, loss = measured if isinstance(measured, tuple) else (measured, float("nan"))
+            hits = torch.as_tensor(hits).flatten().bool().cpu()
+        else:
+            batches = self.validation.ordered() if hasattr(self.validation, "ordered") else self.validation
+            losses, correct, seen = [], [], 0
+            for images, labels in batches:
+                images, labels = images[:examples - seen], labels[:examples - seen]
+                logits = self.model(images)
+                losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+                correct.append(logits.argmax(-1) == labels)
+                seen += len(labels)
+                if seen >= examples:
+                    break
+            if not seen:
+                raise BadInput("the race's validation data gave no examples; give it (inputs, labels) batches "
+                               "or a callable returning a bool tensor of per-example hits")
+            self.eval_macs += seen * model_cost(self.model, tuple(images.shape[1:])).total.macs
+            hits, loss = torch.cat(correct).cpu(), float(sum(losses)) / seen
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shared = torch.cat([hits.double(), torch.tensor([float(loss)], dtype=torch.float64)])
+            dist.broadcast(shared, src=0)
+            hits, loss = shared[:-1].bool(), float(shared[-1])
+        return Estimate(float(hits.float().mean()) if len(hits) else 0.0, float(loss), hits)
 
     def _cost(self, name: str, candidate: str) -> tuple[int, int]:
         """(MACs per input row, parameters) of one candidate alone."""

@@ -15,7 +15,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.layers.plan import model_plan
 from kronsearch.record import DEFAULT_TOLERANCE
+from kronsearch.one_round import OneRound
 from kronsearch.selection import Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -262,6 +262,7 @@ def train(
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = trained = 0
     selection: Race | None = None
+    one_round: OneRound | None = None  # the race's hooks on the optimizer (prox, race steps, routing)
     optimizer: torch.optim.Optimizer | None = None
     with default_compute_as(config.compute), Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -272,6 +273,7 @@ def train(
             if phase == "select":
                 total_steps = round(config.selection_epochs * steps_per_epoch)
                 selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size)
+                one_round = OneRound.around(selection, config.lambda2)
             else:
                 total_steps = epochs * steps_per_epoch
             sample_macs = model_cost(model, data.input_shape, config.threshold).total.macs
@@ -292,10 +294,9 @@ def train(
                     if phase == "select" and selection.done:
                         break  # the race is over within this epoch: the training starts afresh
                     racing = selection is not None and not selection.done
-                    with selection.routed() if racing else nullcontext():
-                        loss = F.cross_entropy(model(images), labels)
-                        # what this step's forward cost: while racing, the candidates that ran
-                        macs_total += (selection.routed_macs(data.input_shape) if racing else sample_macs) * len(labels)
+                    loss = F.cross_entropy(model(images), labels)  # while racing, routed by one_round's hooks
+                    # what this step's forward cost: while racing, the candidates that ran
+                    macs_total += (selection.routed_macs(data.input_shape) if racing else sample_macs) * len(labels)
                     extra = regularizer(model) if regularizer is not None else loss.new_zeros(())
                     total = loss + extra
                     if not torch.isfinite(total):
@@ -306,13 +307,11 @@ def train(
                     total.backward()
                     if config.max_grad_norm:
                         nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    # the prox acts where the optimizer stepped: a candidate that sat out keeps its S
-                    prox_l1_(optimizer, [p for p in s_params if p.grad is not None] if racing else s_params,
-                             config.lambda2)
-                    if racing:  # the phase after the race counts its model's MACs afresh (sample_macs)
-                        evaluated = selection.eval_macs
-                        selection.step()
+                    evaluated = selection.eval_macs if selection is not None else 0
+                    optimizer.step()  # with the race's optimizer, one_round's hooks: the prox, the race's step
+                    if one_round is None or optimizer is not one_round.optimizer:
+                        prox_l1_(optimizer, s_params, config.lambda2)
+                    elif racing:  # the phase after the race counts its model's MACs afresh (sample_macs)
                         macs_total += selection.eval_macs - evaluated  # the race's own validation passes
                     schedule.step()
                     if after_step is not None:
@@ -335,8 +334,9 @@ def train(
                     callback(report)
             bar.remove_task(task)
             if phase == "select":
-                selection.finish()  # a no-op unless a batch count left the budget unreached
+                one_round.finish()  # a no-op unless a batch count left the budget unreached
             elif phase == "train" and selection is not None:
+                one_round.close()
                 finalize_model(model)
     decisions = selection_records(selection, steps_per_epoch) if selection is not None else {}
     final_cost = model_cost(model, data.input_shape, config.threshold).total

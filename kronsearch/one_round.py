@@ -94,7 +94,7 @@ class OneRound:
             problems.append(f"lambda2 must be >= 0, got {lambda2!r}")
         if check_examples is not None and check_examples < 1:
             problems.append(f"check_examples must be None or >= 1, got {check_examples!r}")
-        if not callable(validate) and not hasattr(validate, "__iter__"):
+        if not callable(validate) and not hasattr(validate, "__iter__") and not hasattr(validate, "ordered"):
             problems.append(f"validate must be (inputs, labels) batches (a DataLoader, a list) or a callable "
                             f"model -> per-example hits, got {type(validate).__name__}")
         if not hasattr(optimizer, "register_step_post_hook") or not hasattr(optimizer, "param_groups"):

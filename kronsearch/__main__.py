@@ -3,21 +3,32 @@
 Ctrl-C is answered before the command line is even imported (torch takes seconds to import): the first
 one stops the command as kronsearch.cli describes (saving what finished); a second one, while the first is
 still being cleaned up after, stops the process at once.
+
+A Ctrl-C that lands while Python runs a weakref callback or a finalizer (importlib's module locks have
+one, so every import is such a moment) raises its KeyboardInterrupt there, and Python only prints it
+("Exception ignored in ...") and goes on. That lost interrupt is caught by sys.unraisablehook and
+delivered again to the main thread a moment later, where it stops the command like any other.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 EXIT_INTERRUPTED = 130
 _interrupts = 0
+_redelivered = False
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    global _interrupts
+    global _interrupts, _redelivered
+    if _redelivered:  # the same Ctrl-C, lost in a callback once, not a second one
+        _redelivered = False
+        raise KeyboardInterrupt
     _interrupts += 1
     if _interrupts > 1:
         os.write(2, b"error: interrupted again while stopping; stopped at once (re-run the same command to resume)\n")
@@ -25,9 +36,27 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _redeliver_lost_interrupt(unraisable: "sys.UnraisableHookArgs") -> None:
+    """Hand a KeyboardInterrupt that a callback swallowed back to the main thread; print anything else."""
+    global _redelivered
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _redelivered = True  # from another thread, a moment later: here it would be lost in this hook again
+        timer = threading.Timer(0.05, _thread.interrupt_main, (signal.SIGINT,))
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def install_interrupt_handling() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt in the main thread, even one that first lands in a callback."""
+    signal.signal(signal.SIGINT, _on_interrupt)
+    sys.unraisablehook = _redeliver_lost_interrupt
+
+
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGINT, _on_interrupt)
+    install_interrupt_handling()
     try:
         from kronsearch.cli import main as cli
 

@@ -222,8 +222,16 @@ def plot(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    A Ctrl-C while click still parses the command line (before any command's own handling) is turned by
+    typer into a silent exit 130; it gets its one line here."""
+    try:
+        app()
+    except SystemExit as exit:
+        if exit.code == EXIT_INTERRUPTED and isinstance(getattr(exit.__context__, "__cause__", None), KeyboardInterrupt):
+            typer.echo("error: interrupted", err=True)
+        raise
 
 
 if __name__ == "__main__":

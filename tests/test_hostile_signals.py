@@ -52,6 +52,51 @@ def test_ctrl_c_during_the_first_seconds_is_one_line_and_exit_130(write_space, p
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
 
 
+# Ctrl-C landing inside a weakref callback (as importlib's module locks have), which Python only prints.
+CTRL_C_IN_A_CALLBACK = """
+import signal, time, weakref
+from kronsearch.__main__ import install_interrupt_handling
+
+class Thing:
+    pass
+
+install_interrupt_handling()
+thing = Thing()
+ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+try:
+    del thing
+    for _ in range(100):
+        time.sleep(0.1)
+    print("went on")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_ctrl_c_landing_in_a_callback_is_not_lost(python):
+    out, err = python(CTRL_C_IN_A_CALLBACK).communicate(timeout=TIMEOUT)
+    assert out.strip() == "stopped", (out, err)
+    assert "Exception ignored" not in err
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_is_one_line_and_exit_130(monkeypatch, capsys):
+    import sys
+
+    import typer.core
+
+    from kronsearch import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.core.TyperGroup, "make_context", interrupted)
+    monkeypatch.setattr(sys, "argv", ["kronsearch", "show", "nothing"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
 def test_a_second_ctrl_c_while_stopping_stops_at_once_with_one_line(write_space, workdir, python):
     write_space()
     proc = python(RUN_SLOW_CLEANUP)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kronsearch
+from examples import own_loop
 from kronsearch.data import load_dataset
 from kronsearch.data.batches import Batches
 from kronsearch.layers.compute import default_compute_as
@@ -132,8 +133,10 @@ def test_candidates_that_sat_out_do_not_move_even_when_zero_grad_keeps_zero_grad
         assert changed(before, model) == {one_round.records[-1].trained["0"]}
 
 
-def test_bf16_autocast_on_cpu_runs_the_race_to_a_decision():
+@pytest.mark.parametrize("compute", ["factored", "merged"])
+def test_bf16_autocast_on_cpu_runs_the_race_to_a_decision(compute):
     model = select_model()
+    model[0].compute = compute
     one_round, optimizer = attached(model, select_steps=4)
     data = batches()
     for _ in range(4):
@@ -290,3 +293,14 @@ def test_a_hand_written_loop_gives_the_trainers_decisions_and_final_weights():
     assert {n: p.to_dict() for n, p in one_round.plan().items()} == result.plan
     for (name, mine), theirs in zip(model.state_dict().items(), result.model.state_dict().values()):
         assert torch.equal(mine, theirs), name
+
+
+# --------------------------------------------------------------------------------- the example
+
+
+def test_the_own_loop_example_runs_and_prints_its_decision_and_plan(capsys):
+    result = own_loop.main(epochs=1, select_steps=8)
+    out = capsys.readouterr().out
+    assert re.search(r"decisions: \{'0': '\dx\d at step \d+ \((survivor|budget)\)'\}", out)
+    assert re.search(r"plan: \{'0': \{'block': '\dx\d', 'rank': 1\}\}", out)
+    assert result["decisions"]["0"].step <= 8 and 0.5 < result["accuracy"] <= 1

@@ -130,6 +130,7 @@ class _MergedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, *pairs = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # under autocast the output (so grad) is bf16/fp16, x and the factors are not
         grad_x = grad @ _sum_weights(pairs) if ctx.needs_input_grad[0] else None
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
         grad_pairs = [None] * len(pairs)

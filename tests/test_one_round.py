@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,3 +305,13 @@ def test_the_own_loop_example_runs_and_prints_its_decision_and_plan(capsys):
     assert re.search(r"decisions: \{'0': '\dx\d at step \d+ \((survivor|budget)\)'\}", out)
     assert re.search(r"plan: \{'0': \{'block': '\dx\d', 'rank': 1\}\}", out)
     assert result["decisions"]["0"].step <= 8 and 0.5 < result["accuracy"] <= 1
+
+
+def test_the_readme_snippet_runs_as_written(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## In your own training loop", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["one_round"].done and "Decision(block=" in capsys.readouterr().out
+    assert isinstance(namespace["model"][0], kronsearch.KronLinear)

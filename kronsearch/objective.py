@@ -28,11 +28,13 @@ import kronsearch
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.costs import model_cost
 from kronsearch.layers.errors import BadInput
+from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.layers.plan import model_plan
 from kronsearch.one_round import OneRound
 from kronsearch.record import KINDS, StudyRecord, TrialRecord, save_results, start, write_study
 from kronsearch.space import Space, load_space
 from kronsearch.strategies import suggest as suggest_spec
+from kronsearch.trainer import block_sparsity
 from kronsearch.trial_run import TrialSpec
 
 
@@ -74,9 +76,9 @@ def record_trial(trial: optuna.Trial, one_round: OneRound | None = None, *, val_
     the value for the objective to return.
 
     one_round: its decisions give `selected` and its plan `plan`; without it, the model's Kronecker layers
-    give the plan. model and input_shape (one sample's, e.g. (1, 28, 28)) give final_params, final_macs and
-    inference_nonzeros; further metrics (test_accuracy, train_macs, ... of record.SCALAR_METRICS) are kept as
-    given. config: the trial's configuration (data, model, train), stored with it.
+    give the plan. model gives block_sparsity; with input_shape (one sample's, e.g. (1, 28, 28)) also
+    final_params, final_macs and inference_nonzeros; further metrics (test_accuracy, train_macs, ... of
+    record.SCALAR_METRICS) are kept as given. config: the trial's configuration (data, model, train).
     """
     if not 0 <= val_accuracy <= 1:
         raise BadInput(f"val_accuracy is a fraction in [0, 1], got {val_accuracy!r}")
@@ -91,6 +93,8 @@ def record_trial(trial: optuna.Trial, one_round: OneRound | None = None, *, val_
         raise BadInput("record_trial needs the one_round or the trained model, to record the pattern")
     out = {**metrics, "val_accuracy": val_accuracy, "selected": selected,
            "plan": {n: {"block": format_block(p.block), "rank": p.rank} for n, p in plan.items()}}
+    if model is not None:
+        out.setdefault("block_sparsity", block_sparsity(model, DEFAULT_THRESHOLD)[0])
     if model is not None and input_shape is not None:
         cost = model_cost(model, input_shape).total
         out.update(final_params=cost.params, final_macs=cost.macs, inference_nonzeros=cost.nonzeros)

@@ -26,7 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 import kronsearch
 
 
-def teacher_data(seed: int = 0, n: int = 1536) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def teacher_data(seed: int = 0, n: int = 1536) -> tuple[Split, Split]:
     """(train, val) of 64 features and 10 classes labelled by a fixed random linear teacher, float64: the
     same on every rank (built from the seed), made by torch alone so each process starts fast."""
     generator = torch.Generator().manual_seed(seed)

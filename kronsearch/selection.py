@@ -12,7 +12,8 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
   every live candidate is validated alone, a clearly worse one leaves the layer and the optimizer,
   and at the end the cheapest candidate (MACs per input row, then parameters) whose accuracy is
   within the tolerance of the best wins. The winner then trains `epochs` with the race's optimizer
-  state under a fresh schedule (kronsearch/trainer.py).
+  state under a fresh schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the
+  race and the prox by forward and optimizer-step hooks, in the trainer and in any training loop.
 
 Why a race, measured (BENCHMARKS.md table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
 - The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm
@@ -139,7 +140,8 @@ def within_tolerance(estimates: dict[str, Estimate], tolerance: float, z: float)
 class Race:
     """The one round as a race: each step every open layer trains one of its candidates, alone.
 
-    Enter `routed()` around the forward pass and call `step()` after the optimizer step. Within the
+    Enter `routed()` around the forward pass and call `step()` after the optimizer step, or attach
+    kronsearch.one_round.OneRound, which does both by hooks (the trainer's way, and any loop's). Within the
     selection budget each layer cycles through its live candidates in a random order drawn per cycle,
     so each trains on an equal share of the steps and the layers' choices mix. At the checks
     (RACE_CHECKS of the budget) every live candidate of a layer is validated alone, the other layers

@@ -1,8 +1,8 @@
 """The trainer: one training function for dense, Kronecker and pattern-selection models.
 
 train(model, data, config, callback) trains and measures one model. With PatternSelectLinear layers
-a race of `select_epochs` comes first (kronsearch/selection.py): each step trains one candidate per
-layer, clearly worse candidates leave at the checks, and each layer keeps the cheapest candidate
+a race of `select_epochs` comes first (kronsearch/selection.py, driven by kronsearch/one_round.py's
+hooks, as in a user's own loop): each step trains one candidate per layer, clearly worse candidates leave at the checks, and each layer keeps the cheapest candidate
 within `tolerance` of the best. The winner then trains `epochs` under the same optimizer state and a
 fresh schedule, as a per-pattern training of it would, from the race's weights. `finetune_epochs`
 optionally adds epochs of the final model under a fresh optimizer and schedule. Returns the metrics

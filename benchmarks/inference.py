@@ -2,7 +2,7 @@
 
     python benchmarks/inference.py              # MLP 784-1024-1024-10 (8x8, 16x16, rank 1, 2) and ViT-tiny; 1 thread
     python benchmarks/inference.py --models mlp # the MLP rows only
-    python benchmarks/inference.py --smoke      # small models, few repetitions: checks the script runs
+    python benchmarks/inference.py --smoke      # one small model of each kind, few repetitions: checks the script runs
 
 The MLP (28x28 inputs) has its hidden layers kronified (head dense); the ViT-tiny of
 benchmarks/model_speed.py (3x32x32 inputs, 64 tokens) every Linear of its blocks at 16x16 rank 1. A
@@ -133,7 +133,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     hidden, repeats = ([64, 64], 3) if args.smoke else ([1024, 1024], args.repeats)
-    configs = [(8, 1), (16, 1)] if args.smoke else [(8, 1), (8, 2), (16, 1), (16, 2)]
+    configs = [(8, 1)] if args.smoke else [(8, 1), (8, 2), (16, 1), (16, 2)]
+    sparsities, mlp_batches, vit_batches = ((0.9,), (1, 32), (1,)) if args.smoke else (SPARSITIES, BATCHES, VIT_BATCHES)
     vit_options = dict(VIT_TINY, depth=1) if args.smoke else VIT_TINY
     use_ort = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None
     print(f"load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, 1 thread; "
@@ -146,18 +147,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in args.models:
             for block, rank in (configs if model_name == "mlp" else [(16, 1)]):
-                for sparsity in SPARSITIES:
+                for sparsity in sparsities:
                     torch.manual_seed(0)
                     label = f"{model_name} | {block}x{block} | {rank} | {sparsity:.0%}"
                     if model_name == "mlp":
                         net = build_model("mlp", (1, 28, 28), 10, hidden=hidden)
                         plan = {"plan": {f"layers.{i}": {"block": f"{block}x{block}", "rank": rank}
                                          for i in range(len(hidden))}}
-                        shape, batches = (1, 28, 28), BATCHES
+                        shape, batches = (1, 28, 28), mlp_batches
                     else:
                         net = build_model("vit", (3, 32, 32), 100, **vit_options)
                         plan = {"include": ["blocks.*"], "block": (block, block), "rank": rank}
-                        shape, batches = (3, 32, 32), VIT_BATCHES
+                        shape, batches = (3, 32, 32), vit_batches
                     run_rows(label, pruned(net, plan, sparsity), shape, batches, repeats, Path(tmp), use_ort)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

@@ -66,7 +66,6 @@ def test_inference_smoke():
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
     assert [tuple(c.strip() for c in r[:5]) for r in rows] == [
-        ("mlp", b, "1", s, n) for b in ("8x8", "16x16") for s in ("50%", "75%", "90%") for n in ("1", "32", "256")
-    ] + [("vit", "16x16", "1", s, n) for s in ("50%", "75%", "90%") for n in ("1", "32")]
+        ("mlp", "8x8", "1", "90%", "1"), ("mlp", "8x8", "1", "90%", "32"), ("vit", "16x16", "1", "90%", "1")]
     assert all(float(r[10]) > 0 for r in rows)  # the new form / dense time ratio
     assert "Warning" not in result.stderr

@@ -113,6 +113,12 @@ class OneRound:
         return one_round
 
     def _attach(self, race: Race, lambda2: float) -> None:
+        taken = [n for n, m in race.layers.items() if getattr(m, "_one_round_attached", False)]
+        if taken:
+            raise BadInput(f"OneRound: layers {', '.join(taken)} already race under another OneRound; close() "
+                           f"it first (one race per layer)")
+        for layer in race.layers.values():
+            layer._one_round_attached = True
         self.race, self.lambda2 = race, lambda2
         self.model, self.optimizer = race.model, race.optimizer
         self.records: list[StepRecord] = []
@@ -181,6 +187,8 @@ class OneRound:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for layer in self.race.layers.values():
+            layer._one_round_attached = False
 
     # ------------------------------------------------------------------------------------ the hooks
 

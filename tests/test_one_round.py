@@ -244,6 +244,15 @@ def test_close_removes_every_hook():
     assert one_round.steps == 0 and not model[0]._forward_pre_hooks and not optimizer._optimizer_step_post_hooks
 
 
+def test_a_layer_races_under_one_one_round_at_a_time():
+    model = select_model()
+    first, _ = attached(model)
+    with pytest.raises(BadInput, match="layers 0 already race under another OneRound; close\\(\\) it first"):
+        attached(model)
+    first.close()
+    assert attached(model)[0].live == {"0": ["2x2", "4x4", "8x8"]}
+
+
 @pytest.mark.parametrize("model, steps, message", [
     (nn.Linear(4, 2), 5, "the model has no PatternSelectLinear layer; give it candidates first"),
     (None, 0, "select_steps must be an integer >= 1 (optimizer steps), got 0"),

@@ -7,6 +7,7 @@ run; this module only chooses one, runs the strategy's stages on it and summariz
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ def run_search(
 ) -> RunSummary:
     """Validate the space file, then run (or resume) its study (dry_run: only its plan, 80 columns wide unless
     `wide`). Raises SpaceError on bad input."""
+    started = time.monotonic()
     console = console or Console(stderr=True, quiet=not progress, soft_wrap=True)
     space = load_space(space_path, trials=trials, strategy=strategy, device=device, backend=backend,
                        address=address)
@@ -100,6 +102,8 @@ def run_search(
     if recovered:
         console.print(f"trials {recovered} were interrupted (crash, Ctrl-C or storage error): marked FAIL, "
                       f"their configurations re-queued")
+    timeout = space.search["timeout"]
+    deadline = started + timeout if timeout else None
     backend = make_backend(space)
     with backend.session(space, console):
         for kind, target, budget_kind in stages(space):
@@ -108,7 +112,7 @@ def run_search(
                     source = seed_hybrid(study, space)
                     if source is not None:
                         console.print(describe_seed(space, study.get_trials(deepcopy=False)[source]))
-                backend.run(study, space, kind, Budget(target, budget_kind, console), progress, console)
+                backend.run(study, space, kind, Budget(target, budget_kind, console, deadline), progress, console)
     done = finished(study)
     summary = RunSummary(names, url, completed=len(done))
     complete = [t for t in done if t.state == TrialState.COMPLETE]

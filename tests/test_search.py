@@ -239,3 +239,12 @@ def test_a_run_whose_output_is_no_terminal_prints_a_plain_line_per_epoch(write_s
     run_search(write_space(search={"trials": 2}, train={"epochs": 2, "select_epochs": 1}), progress=False,
                console=Console(file=quiet, quiet=True))
     assert "epoch" not in quiet.getvalue()
+
+
+def test_a_timeout_shorter_than_the_set_up_starts_no_trial_and_says_so(write_space):
+    out = io.StringIO()
+    summary = run_search(write_space(search={"trials": 2, "timeout": 0.001}), console=Console(file=out))
+    assert summary.completed == 0
+    assert "search.timeout reached: no more trials start" in out.getvalue()
+    assert trials_of("tiny:one_round") == []
+

@@ -11,6 +11,7 @@ and the base imports none of them.
 from __future__ import annotations
 
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
@@ -136,8 +137,23 @@ class Budget:
     counted, so processes on several hosts may overshoot by one trial each.
     """
 
-    def __init__(self, target: int, kind: str | None, console: Console) -> None:
-        self.target, self.kind, self.console = target, kind, console
+    def __init__(self, target: int, kind: str | None, console: Console, deadline: float | None = None) -> None:
+        self.target, self.kind, self.console, self.deadline = target, kind, console, deadline
+
+    def time_left(self) -> float | None:
+        """Seconds until the run's `search.timeout`, counted from the run's start (None: no timeout).
+
+        Counted from the start of the run, not of each stage, so a timeout shorter than the run's set-up
+        starts no trial and hybrid's two stages share one timeout."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def timed_out(self) -> bool:
+        """Whether the timeout has passed (no trial may start); says so on the console."""
+        left = self.time_left()
+        if left is not None and left <= 0:
+            self.console.print("search.timeout reached: no more trials start")
+            return True
+        return False
 
     def remaining(self, study: optuna.Study) -> int:
         return max(self.target - len(record.finished(study, self.kind)), 0)

@@ -118,9 +118,9 @@ class LocalBackend(Backend):
     def run(self, study: optuna.Study, space: Space, kind: str, budget: Budget, progress: bool,
             console: Console) -> None:
         remaining = budget.remaining(study)
-        if remaining == 0:
+        if remaining == 0 or budget.timed_out():
             return
         folder = study_artifacts_dir(study)
         study.optimize(make_objective(space, kind, folder, progress, budget, console), n_trials=remaining,
-                       timeout=space.search["timeout"], catch=(TrialFailed, TrialSkipped), callbacks=[budget],
+                       timeout=budget.time_left(), catch=(TrialFailed, TrialSkipped), callbacks=[budget],
                        gc_after_trial=True)

@@ -251,12 +251,12 @@ class RayBackend(Backend):
     def run(self, study: optuna.Study, space: Space, kind: str, budget: Budget, progress: bool,
             console: Console) -> None:
         remaining = budget.remaining(study)
-        if remaining == 0:
+        if remaining == 0 or budget.timed_out():
             return
         backend = space.backend
-        timeout = space.search["timeout"]
+        timeout = budget.time_left()
         searcher = StudySearcher(study, space, kind, budget, study_artifacts_dir(study).resolve(), console,
-                                 time.monotonic() + timeout if timeout else None)
+                                 budget.deadline)
         scheduler = StudyScheduler(searcher, attempts=1 + backend["max_retries"])
         resources = {"cpu": backend["resources_per_trial"]["cpu"], "gpu": backend["resources_per_trial"]["gpu"]}
         tuner = tune.Tuner(

@@ -118,10 +118,10 @@ def short_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, workdir, python, short_tmp):
+def ray_run_with_a_trial_training(write_space, workdir: Path, python, temp: Path):
+    """A `kronsearch run` on a local Ray in `temp`, returned 2 s after its first trial started training."""
     import sqlite3
 
-    temp = short_tmp
     write_space(train={"epochs": 500}, backend={"name": "ray", "max_concurrent": 1})
     proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
                   "runpy.run_module('kronsearch', run_name='__main__')", TMPDIR=str(temp), RAY_AUTH_MODE="disabled")
@@ -136,6 +136,12 @@ def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, wo
             pass
         time.sleep(0.5)
     time.sleep(2)
+    return proc
+
+
+def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, workdir, python, short_tmp):
+    temp = short_tmp
+    proc = ray_run_with_a_trial_training(write_space, workdir, python, temp)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 143, err
@@ -146,6 +152,25 @@ def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, wo
     (study,) = load_studies("tiny:one_round")
     assert [t.user_attrs.get("interrupted") for t in study.trials][:1] == ["stopped by SIGTERM"]
     assert list((temp / "kronsearch-ray").glob("run-*")) == []  # the session folder is removed
+
+
+def test_a_killed_raylet_ends_the_run_with_one_error_line_its_trials_interrupted_and_no_session_left(
+        write_space, workdir, python, short_tmp):
+    import subprocess
+
+    proc = ray_run_with_a_trial_training(write_space, workdir, python, short_tmp)
+    subprocess.run(["pkill", "-9", "-f", f"raylet.*{short_tmp}"], check=True)
+    _, err = proc.communicate(timeout=TIMEOUT)  # the watcher shares stderr: this waits for it too
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the run stopped abruptly: Ray ended it"), err[-3000:]
+    assert "trials [0] marked interrupted; re-run the same command to resume" in errors[0]
+    from kronsearch.storage import load_studies
+
+    (study,) = load_studies("tiny:one_round")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert study.trials[0].user_attrs["interrupted"].startswith("the run stopped abruptly")
+    assert list((short_tmp / "kronsearch-ray").glob("run-*")) == []
 
 
 def test_a_ray_run_removes_the_session_folders_of_drivers_that_died(tmp_path):

@@ -23,6 +23,9 @@ Failures
   retried by Tune (FailureConfig) up to backend.max_retries times; then the trial FAILs with fail_reason
   "worker died (N attempts): ..." or "error (N attempts): ...".
 - A StorageError in a trial (its artifacts cannot be written) stops the search, as in the local backend.
+- The raylet dies (kill -9, the OOM killer): Ray ends this process natively, with no Python clean-up; the
+  watcher beside it (kronsearch.backends.ray_watch) marks its trials interrupted, removes the session
+  folder and prints one `error:` line.
 - Ctrl-C, the search timeout or an error in the driver: Tune stops the running trials; their trials FAIL
   with user attr "interrupted" and their params are enqueued again (retry_of); Ctrl-C is re-raised.
   Re-running the same command resumes.
@@ -69,11 +72,12 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
+from kronsearch.backends.ray_watch import DriverWatch  # noqa: E402
 from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_trial  # noqa: E402
 from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
-from kronsearch.storage import StorageError, study_artifacts_dir  # noqa: E402
+from kronsearch.storage import StorageError, study_artifacts_dir, study_storage_url  # noqa: E402
 from kronsearch.processes import process_alive  # noqa: E402
 from kronsearch.study import Heartbeats  # noqa: E402
 
@@ -224,6 +228,7 @@ class RayBackend(Backend):
 
     def __init__(self) -> None:
         self.folder: Path | None = None
+        self.watch: DriverWatch | None = None
 
     @contextmanager
     def session(self, space: Space, console: Console) -> Iterator[None]:
@@ -232,6 +237,7 @@ class RayBackend(Backend):
         TEMP_DIR.mkdir(parents=True, exist_ok=True)
         sweep_dead_sessions(TEMP_DIR)
         self.folder = new_session_folder(space.backend["keep_session"])
+        self.watch = DriverWatch(self.folder, space.backend["keep_session"])  # if Ray ends this process natively
         try:
             with ray_session(space.backend["address"], self.folder) as own:
                 check_cluster(space, own, console)
@@ -247,12 +253,16 @@ class RayBackend(Backend):
                 console.print(f"ray: the session's logs and Tune's trial folders are kept in {self.folder}")
             else:
                 remove_session(self.folder)
+            self.watch.done()
 
     def run(self, study: optuna.Study, space: Space, kind: str, budget: Budget, progress: bool,
             console: Console) -> None:
         remaining = budget.remaining(study)
         if remaining == 0 or budget.timed_out():
             return
+        url = study_storage_url(study)
+        if url is not None:
+            self.watch.watch(url, study.study_name)
         backend = space.backend
         timeout = budget.time_left()
         searcher = StudySearcher(study, space, kind, budget, study_artifacts_dir(study).resolve(), console,

@@ -91,6 +91,28 @@ def test_a_ray_address_nothing_listens_on_fails_within_the_stated_timeout(write_
     assert f"backend.address '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port} within 10 s" in line
 
 
+def test_a_ray_address_where_another_server_listens_is_refused_at_once(write_space, cli):
+    import threading
+
+    with socket.socket() as server:  # an HTTP/1 server, as a web server on a mistyped port
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(100)
+                connection.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        started = time.monotonic()
+        result = cli("run", write_space(), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--quiet")
+    assert time.monotonic() - started < 30  # the Ray import included; ray.init retried for minutes
+    assert result.exit_code == 1
+    assert f"127.0.0.1:{port} answers but is not a Ray cluster (no gRPC server" in error_line(result)
+
+
 def test_a_ray_client_address_without_ray_client_says_what_to_install():
     from kronsearch.backends.ray import check_address
 

@@ -141,10 +141,31 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT) -> None:
     if not host or not port.isdigit():
         host, port = address.removeprefix("ray://"), "10001" if address.startswith("ray://") else "6379"
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+            grpc = os.environ.get("RAY_USE_TLS", "0") in ("0", "") and speaks_grpc(connection)
     except OSError as err:
         raise RunFailure(f"{key}: nothing answers at {host}:{port} within {timeout:g} s ({err.strerror or err}); "
                          f"start the cluster (ray start --head) or fix the address") from None
+    if grpc is False:
+        raise RunFailure(f"{key}: {host}:{port} answers but is not a Ray cluster (no gRPC server: Ray's GCS, "
+                         f"default port 6379, or its Ray Client server, ray://host:10001); fix the address")
+
+
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # preface, empty SETTINGS
+
+
+def speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server on `connection` answers an HTTP/2 greeting with a SETTINGS frame, as every gRPC server
+    (Ray's GCS and Ray Client server) does at once; something else on the port made ray.init retry for minutes.
+    (With RAY_USE_TLS the server speaks TLS first, and this check is skipped.)"""
+    connection.sendall(HTTP2_HELLO)
+    reply = b""
+    while len(reply) < 4:
+        chunk = connection.recv(9 - len(reply))
+        if not chunk:
+            return False
+        reply += chunk
+    return reply[3] == 4  # the frame type of the server's first frame
 
 
 TERMINATED = threading.Event()  # SIGTERM arrived during this process's Ray session

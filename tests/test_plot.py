@@ -149,3 +149,20 @@ def test_plot_trial_draws_the_selection_of_the_trial_asked_for_and_refuses_other
     with pytest.raises(BadInput, match="--trial needs one study; 2 given"):
         plot_studies(studies, tmp_path / "none", trial=0)
     assert not (tmp_path / "none").exists()  # refused before any file is written
+
+
+def test_history_marks_pruned_trials_per_study_and_kind_with_one_legend_entry_each(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build_hybrid(tmp_path)
+    (study,) = load_studies("hyb")
+    for kind, dists, params in (("one_round", {"rank": optuna.distributions.IntDistribution(1, 2)}, {"rank": 1}),
+                                ("per_pattern", {"rank": optuna.distributions.IntDistribution(1, 2)}, {"rank": 2})):
+        study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=dists,
+                                     intermediate_values={0: 0.5}, user_attrs={"kind": kind}))
+    caught = drawn_figure(monkeypatch)
+    kplot.plot_history([study], tmp_path / "h.png")
+    ax = caught["figure"].axes[0]
+    labels = [c.get_label() for c in ax.collections if "pruned" in c.get_label()]
+    assert labels == ["hyb:hybrid (one_round) pruned (last epoch)", "hyb:hybrid (per_pattern) pruned (last epoch)"]
+    markers = {c.get_label(): c.get_paths()[0].vertices.tobytes() for c in ax.collections if "pruned" in c.get_label()}
+    assert len(set(markers.values())) == 2

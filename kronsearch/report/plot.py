@@ -31,6 +31,7 @@ from kronsearch.report.cost import cost_curve
 from kronsearch.report.trials import norm_block, trial_history
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
+PRUNED_MARKERS = {"one_round": "x", "per_pattern": "+", None: "1"}  # the study's colour, one legend entry per kind
 
 
 @dataclass
@@ -66,7 +67,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def plot_history(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Path | None:
     """Val accuracy of every complete trial by trial number, with each study's best-so-far line.
 
-    Pruned trials show their last reported val accuracy as grey crosses. None if nothing completed.
+    Pruned trials show their last reported val accuracy as crosses in their study's colour, one marker per
+    kind of trial (a hybrid study has both). None if nothing completed.
     """
     if not any(_complete(s) for s in studies):
         return None
@@ -89,9 +91,12 @@ def plot_history(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Pa
         if xs:
             ax.step(xs, ys, where="post", color=color, linewidth=1.6, label=f"{study.study_name} best so far")
         pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if t.intermediate_values]
-        if pruned:
-            ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-                       marker="x", color="0.6", s=22, label=f"{study.study_name} pruned (last epoch)")
+        for kind in sorted({trial_kind(t, strategy) for t in pruned}, key=str):
+            of_kind = [t for t in pruned if trial_kind(t, strategy) == kind]
+            label = study.study_name if kind in (None, strategy) else f"{study.study_name} ({kind})"
+            ax.scatter([t.number for t in of_kind], [t.intermediate_values[max(t.intermediate_values)] for t in of_kind],
+                       marker=PRUNED_MARKERS.get(kind, "x"), color=color, alpha=0.5, s=26,
+                       label=f"{label} pruned (last epoch)")
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("val accuracy")

@@ -125,6 +125,17 @@ def test_ray_study_matches_the_local_backends(ray_cluster, write_space, workdir)
     assert sorted(p.name for p in workdir.iterdir()) == ["local-studies", "studies", "tiny.yaml"]  # no Ray files
 
 
+def test_a_ray_run_prints_a_line_per_epoch_of_each_trial_from_the_workers_reports(ray_cluster, write_space):
+    import io
+
+    buffer = io.StringIO()
+    run_search(write_space(search={"trials": 1}, backend=RAY), console=Console(file=buffer, width=200, color_system=None))
+    lines = [line for line in buffer.getvalue().splitlines() if line.startswith("trial 0 epoch")]
+    assert [line.split(" (")[0] for line in lines] == ["trial 0 epoch 1/2", "trial 0 epoch 2/2"]
+    assert "(select): val 0." in lines[0] and "; racing " in lines[0] and "s left" in lines[0]
+    assert "(train): val 0." in lines[1] and "racing" not in lines[1]
+
+
 def test_twins_of_a_running_trial_wait_for_it_instead_of_training(ray_cluster, write_space):
     run_search(write_space(search={"trials": 3}, space={"lambda2": 0.0005}, backend=RAY), progress=False)
     first, *twins = trials_of("tiny:one_round")

@@ -287,7 +287,7 @@ class RayBackend(Backend):
         backend = space.backend
         timeout = budget.time_left()
         searcher = StudySearcher(study, space, kind, budget, study_artifacts_dir(study).resolve(), console,
-                                 budget.deadline)
+                                 budget.deadline, progress)
         scheduler = StudyScheduler(searcher, attempts=1 + backend["max_retries"])
         resources = {"cpu": backend["resources_per_trial"]["cpu"], "gpu": backend["resources_per_trial"]["gpu"]}
         tuner = tune.Tuner(

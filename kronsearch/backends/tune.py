@@ -36,6 +36,7 @@ from kronsearch.backends.base import Budget, describe, finish_trial, start_trial
 from kronsearch.space import Space
 from kronsearch.storage import StorageError
 from kronsearch.processes import worker_id
+from kronsearch.progress import epoch_line, planned_epochs, racing_summary
 from kronsearch.study import ask, fail_stale
 from kronsearch.trial_run import TrialSpec, run_trial
 
@@ -66,7 +67,8 @@ def run_tune_trial(config: dict, space: Space) -> None:
 
     def on_epoch(epoch) -> None:
         tune.report({"epoch": epoch.epoch, "val_accuracy": epoch.val_accuracy,
-                     "train_macs_total": epoch.train_macs_total})
+                     "train_macs_total": epoch.train_macs_total, "phase": epoch.phase,
+                     "racing": racing_summary(epoch)})
 
     try:
         metrics, _ = run_trial(space, TrialSpec(**config["spec"]), config["artifact_dir"], on_epoch, progress=False)
@@ -91,17 +93,19 @@ class InFlight:
     artifact_dir: Path | None
     twins: list[optuna.Trial] = field(default_factory=list)
     reported: set[int] = field(default_factory=set)  # epochs told to Optuna (a retried attempt reports them again)
+    started: float = field(default_factory=time.monotonic)  # when Tune got it (progress lines' elapsed time)
 
 
 class StudySearcher(Searcher):
     """Tune Searcher over the study's ask/tell, with the trial life cycle of backends.base."""
 
     def __init__(self, study: optuna.Study, space: Space, kind: str, budget: Budget, folder: Path,
-                 console: Console, deadline: float | None) -> None:
+                 console: Console, deadline: float | None, progress: bool = False) -> None:
         super().__init__(metric=None, mode=None)  # no Tune metric: a failure report carries none
         self.study, self.space, self.kind, self.budget = study, space, kind, budget
         self.folder, self.console, self.deadline = folder, console, deadline
         self.single = len(space.search["objectives"]) == 1
+        self.epochs = planned_epochs(space.train_config(), kind == "one_round") if progress else None
         self.running: dict[str, InFlight] = {}
         self.pruned: dict[str, dict] = {}  # Tune trial id -> the epoch report at which the pruner stopped it
         self.errors: dict[str, str] = {}  # the last error of each failed attempt (StudyScheduler)
@@ -148,9 +152,14 @@ class StudySearcher(Searcher):
     def report(self, trial_id: str, result: dict) -> bool:
         """Report one epoch to Optuna; True when the study's pruner stops the trial (StudyScheduler)."""
         job = self.running.get(trial_id)
-        if job is None or not self.single or "epoch" not in result:
+        if job is None or "epoch" not in result:
             return False
         step, value = int(result["epoch"]), float(result["val_accuracy"])
+        if self.epochs is not None:  # a plain line per epoch, as the local backend prints off a terminal
+            self.console.print(epoch_line(job.trial.number, step, self.epochs, result.get("phase", "train"), value,
+                                          result.get("racing", ""), time.monotonic() - job.started), highlight=False)
+        if not self.single:
+            return False
         if step not in job.reported:
             job.trial.report(value, step)
             job.reported.add(step)

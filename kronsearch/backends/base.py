@@ -173,7 +173,13 @@ class Budget:
         """Whether trial `number`, just started, is beyond the target (see the class docstring)."""
         return self.claimed(study, below=number) >= self.target
 
+    def line(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        """describe(trial), then where the study stands: '[3/8 done, best val 0.9132]'."""
+        done = record.finished(study, self.kind)
+        values = [v for t in done if t.state == TrialState.COMPLETE and (v := record.val_accuracy(t)) is not None]
+        return f"{describe(trial)} [{len(done)}/{self.target} done{f', best val {max(values):.4f}' if values else ''}]"
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.console.print(describe(trial))
+        self.console.print(self.line(study, trial), markup=False)
         if self.claimed(study) >= self.target:
             study.stop()

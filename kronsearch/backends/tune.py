@@ -29,10 +29,9 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from rich.console import Console
-from rich.markup import escape
 
 from kronsearch import record
-from kronsearch.backends.base import Budget, describe, finish_trial, start_trial, trial_artifact_dir, trial_failure
+from kronsearch.backends.base import Budget, finish_trial, start_trial, trial_artifact_dir, trial_failure
 from kronsearch.space import Space
 from kronsearch.storage import StorageError
 from kronsearch.processes import worker_id
@@ -205,7 +204,7 @@ class StudySearcher(Searcher):
              state: TrialState | None = None) -> FrozenTrial:
         frozen = self.study.tell(trial, values, state=state or (TrialState.COMPLETE if values is not None
                                                                  else TrialState.FAIL))
-        self.console.print(escape(describe(frozen)))
+        self.console.print(self.budget.line(self.study, frozen), markup=False)
         return frozen
 
     def fail(self, trial: optuna.Trial, reason: str) -> FrozenTrial:

@@ -69,3 +69,11 @@ def test_inference_smoke():
         ("mlp", "8x8", "1", "90%", "1"), ("mlp", "8x8", "1", "90%", "32"), ("vit", "16x16", "1", "90%", "1")]
     assert all(float(r[10]) > 0 for r in rows)  # the new form / dense time ratio
     assert "Warning" not in result.stderr
+
+
+def test_one_round_hooks_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "one_round_hooks.py"), "--smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert re.search(r"hooks / explicit: median \d+\.\d{3}", result.stdout)
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| float32", "| bf16 autocast"))]
+    assert len(rows) == 2 and "step time bf16 / float32:" in result.stdout

@@ -15,7 +15,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.blocks import format_block
-from kronsearch.record import Strategy, StudyRecord, TrialRecord, best_one_round, enqueue_seed
+from kronsearch.record import (Strategy, StudyRecord, TrialRecord, enqueue_seed, study_strategy, tolerance_pick,
+                               trial_kind)
 from kronsearch.space import FloatRange, Space
 from kronsearch.trial_run import TrialSpec
 
@@ -69,12 +70,15 @@ def seed_params(space: Space, source: FrozenTrial) -> dict:
 
 
 def seed_hybrid(study: optuna.Study, space: Space) -> int | None:
-    """Enqueue the best one-round pick as the first per_pattern trial (once). Returns its source trial."""
+    """Enqueue the one-round trials' tolerance pick (the cheapest within search.tolerance of the best val
+    accuracy, the rule show and export use) as the first per_pattern trial (once). Returns its source trial."""
     if StudyRecord.of(study).hybrid_seeded_from is not None:
         return None
-    best = best_one_round([study])
-    if best is None or not TrialRecord.of(best[1]).metrics["selected"]:
+    strategy = study_strategy(study)
+    one_round = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if trial_kind(t, strategy) == Strategy.ONE_ROUND]
+    source = tolerance_pick(one_round, space.search["tolerance"])
+    if source is None or not TrialRecord.of(source).metrics["selected"]:
         return None
-    source = best[1]
     enqueue_seed(study, seed_params(space, source), source.number)
     return source.number

@@ -248,3 +248,20 @@ def test_a_timeout_shorter_than_the_set_up_starts_no_trial_and_says_so(write_spa
     assert "search.timeout reached: no more trials start" in out.getvalue()
     assert trials_of("tiny:one_round") == []
 
+
+def test_hybrid_seeds_per_pattern_with_the_cheapest_one_round_trial_within_the_tolerance(write_space, workdir):
+    from kronsearch.strategies import seed_hybrid
+    from kronsearch.study import open_study
+
+    space = load_space(write_space(search={"strategy": "hybrid", "tolerance": 0.5}))
+    (workdir / "studies").mkdir()
+    study = open_study(space, "hybrid", "sqlite:///studies/tiny.db", False, workdir / "studies")
+    dists = {"rank": IntDistribution(1, 1), "lambda2": FloatDistribution(1e-5, 1e-3, log=True)}
+    for val, block, macs in ((0.900, "2x2", 1000), (0.897, "4x4", 100), (0.880, "8x8", 10)):
+        study.add_trial(create_trial(
+            value=val, params={"rank": 1, "lambda2": 1e-4}, distributions=dists,
+            user_attrs={"kind": "one_round", "metrics": {"val_accuracy": val, "final_macs": macs, "final_params": macs,
+                                                         "selected": {"layers.0": block}, "plan": {}}}))
+    assert seed_hybrid(study, space) == 1  # 4x4: 0.3 point under the best at a tenth of its MACs; 8x8 is 2 under
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"]["block"] == "4x4"

@@ -50,7 +50,7 @@ from kronsearch.search import run_search
 from kronsearch.data import load_dataset
 
 from selection import (Task, alone_plan, fashion_mnist, is_right, layer_shapes, plan_label, print_table, right_answer,
-                       run, tasks_and_seeds)
+                       run, scored, tasks_and_seeds)
 
 STRATEGIES = ("per_pattern", "one_round", "hybrid")
 BUDGETS = (0.25, 0.5, 1.0, 2.0)
@@ -175,10 +175,11 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
             rows[strategy].append({
                 "budgets": [at_budget(points, b * reference) for b in BUDGETS],
                 "macs": points[-1][0] if points else 0, "wall": wall, "reference": reference,
-                "pick": label, "right": label is not None and is_right(label, {**sweep, label: alone[label]}, args.tolerance),
+                "pick": label, "right": label is not None and is_right(label, *scored({**sweep, label: alone[label]}),
+                                                                       args.tolerance),
                 "regret": 100 * (best - alone[label].test_accuracy) if label else None,
                 "cost": alone[label].final_macs / max(r.final_macs for r in sweep.values()) if label else None,
-                "answer": right_answer(sweep, args.tolerance)})
+                "answer": right_answer(*scored(sweep), args.tolerance)})
             print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, MACs {rows[strategy][-1]['macs']:.3g}, "
                   f"wall {wall:.0f} s, pick {label} (right answer {rows[strategy][-1]['answer']}), "
                   f"at 0.25/0.5/1/2x per_pattern MACs: {rows[strategy][-1]['budgets']}", flush=True)

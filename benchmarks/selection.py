@@ -27,8 +27,10 @@ Per task and seed:
 Metrics: right = the pick is within the tolerance of the best test accuracy alone and no run alone
 within it is cheaper (final MACs, then parameters), next to how often three fixed rules are right
 (always the smallest candidate, always the largest, always the candidate best on average over the
-seeds, which needs hindsight); regret = best test accuracy alone - the pick's test accuracy alone
-(the picked plan retrained alone), and the fixed rules' regrets; the pick's final MACs over the
+seeds, which needs hindsight) and the noise ceiling of "right": for every ordered pair of seeds, the
+right answer of one seed's full sweep (every candidate alone) taken as the pick on the other seed,
+a sweep that is right with certainty on its own seed; regret = best test accuracy alone - the pick's test accuracy alone
+(the picked plan retrained alone), and the fixed rules' and the other seed's sweep's regrets; the pick's final MACs over the
 costliest candidate's; final gap = the one round's own final test accuracy - the best alone; cost =
 the one-round run's train_macs_total (its race's validation passes included) and wall time against
 one training of the pick alone and against the sweep (all runs alone).
@@ -158,20 +160,34 @@ def plan_label(plan: dict[str, Block]) -> str:
     return blocks[0] if len(set(blocks)) == 1 else ", ".join(f"{n} {b}" for n, b in zip(plan, blocks))
 
 
-def right_answer(results: dict[str, TrainResult], tolerance: float) -> str:
+def scored(results: dict[str, TrainResult]) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
+    """Each run's test accuracy and its cost (final MACs, then parameters): what "right" compares."""
+    return ({k: r.test_accuracy for k, r in results.items()},
+            {k: (r.final_macs, r.final_params) for k, r in results.items()})
+
+
+def right_answer(accuracy: dict[str, float], cost: dict[str, tuple[int, int]], tolerance: float) -> str:
     """The cheapest run (final MACs, then parameters) within `tolerance` points of the best test accuracy."""
-    best = max(r.test_accuracy for r in results.values())
-    within = [k for k, r in results.items() if 100 * (best - r.test_accuracy) <= tolerance]
-    return min(within, key=lambda k: (results[k].final_macs, results[k].final_params))
+    best = max(accuracy.values())
+    within = [k for k, a in accuracy.items() if 100 * (best - a) <= tolerance]
+    return min(within, key=cost.__getitem__)
 
 
-def is_right(choice: str, results: dict[str, TrainResult], tolerance: float) -> bool:
+def is_right(choice: str, accuracy: dict[str, float], cost: dict[str, tuple[int, int]], tolerance: float) -> bool:
     """Within tolerance of the best alone, and no run within tolerance is cheaper."""
-    answer = results[right_answer(results, tolerance)]
-    best = max(r.test_accuracy for r in results.values())
-    chosen = results[choice]
-    return (100 * (best - chosen.test_accuracy) <= tolerance
-            and (chosen.final_macs, chosen.final_params) <= (answer.final_macs, answer.final_params))
+    answer = right_answer(accuracy, cost, tolerance)
+    return 100 * (max(accuracy.values()) - accuracy[choice]) <= tolerance and cost[choice] <= cost[answer]
+
+
+def another_seeds_sweep(per_seed: list[dict], tolerance: float) -> tuple[int, int, float]:
+    """The noise ceiling of "right": every ordered pair of seeds (a, b), a != b, takes seed b's right answer
+    (its full sweep of every candidate alone) as the pick on seed a. Returns (right, pairs, mean regret)."""
+    right, regret = 0, []
+    for a, b in ((a, b) for a in per_seed for b in per_seed if a is not b):
+        choice = right_answer(b["alone"], b["cost"], tolerance)
+        right += is_right(choice, a["alone"], a["cost"], tolerance)
+        regret.append(100 * (a["best"] - a["alone"][choice]))
+    return right, len(regret), statistics.fmean(regret) if regret else float("nan")
 
 
 def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tuple[list[str], str]:
@@ -197,10 +213,13 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
             alone[pick_key] = run(task, data, seed, lambda m: kronify(m, {n: LayerPattern(b, 1) for n, b in pick.items()}))
         best = max(r.test_accuracy for r in sweep.values())
         decisions = kept.decisions.values()
+        accuracy, cost = scored(alone)
+        sweep_accuracy, sweep_cost = scored(sweep)
         per_seed.append({
-            "alone": {k: r.test_accuracy for k, r in sweep.items()}, "best": best,
-            "right_rules": {k: is_right(k, sweep, args.tolerance) for k in labels},
-            "right": is_right(pick_key, {**sweep, pick_key: alone[pick_key]}, args.tolerance),
+            "alone": sweep_accuracy, "cost": sweep_cost, "best": best,
+            "right_rules": {k: is_right(k, sweep_accuracy, sweep_cost, args.tolerance) for k in labels},
+            "right": is_right(pick_key, {**sweep_accuracy, pick_key: accuracy[pick_key]},
+                              {**sweep_cost, pick_key: cost[pick_key]}, args.tolerance),
             "pick": alone[pick_key].test_accuracy, "final": kept.test_accuracy,
             "pick_macs": alone[pick_key].final_macs / max(r.final_macs for r in sweep.values()),
             "macs_pick": kept.train_macs_total / alone[pick_key].train_macs_total,
@@ -210,17 +229,17 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
             "epoch": max(d["epoch"] for d in decisions)})
         lines.append(
             f"  {task.name} seed {seed}: alone " + ", ".join(f"{k} {alone[k].test_accuracy:.4f}" for k in labels)
-            + f"; right {right_answer(sweep, args.tolerance)}; picked {pick_key} "
+            + f"; right {right_answer(sweep_accuracy, sweep_cost, args.tolerance)}; picked {pick_key} "
             f"({alone[pick_key].test_accuracy:.4f} alone), one round final {kept.test_accuracy:.4f}; "
             f"choices at epochs {', '.join(str(d['epoch']) for d in decisions)} of {task.train['epochs']} "
             f"({', '.join(sorted({d['by'] for d in decisions}))}); estimates "
             + "; ".join(", ".join(f"{k} {v}" for k, v in d["accuracy"].items()) for d in decisions)
             + f"; cost x{per_seed[-1]['macs_pick']:.2f} MACs x{per_seed[-1]['wall_pick']:.2f} wall of the pick alone")
         print(lines[-1], flush=True)
-    return lines, summary_row(task, per_seed)
+    return lines, summary_row(task, per_seed, args.tolerance)
 
 
-def summary_row(task: Task, per_seed: list[dict]) -> str:
+def summary_row(task: Task, per_seed: list[dict], tolerance: float) -> str:
     labels = list(per_seed[0]["alone"])
     mean_alone = {k: statistics.fmean(s["alone"][k] for s in per_seed) for k in labels}
     areas = [h * w for h, w in task.candidates]
@@ -230,9 +249,11 @@ def summary_row(task: Task, per_seed: list[dict]) -> str:
     rule_regret = {r: statistics.fmean(100 * (s["best"] - s["alone"][k]) for s in per_seed) for r, k in rules.items()}
     rule_right = {r: sum(s["right_rules"][k] for s in per_seed) for r, k in rules.items()}
     n = len(per_seed)
+    ceiling_right, pairs, ceiling_regret = another_seeds_sweep(per_seed, tolerance)
     return (f"| {task.name} | {sum(s['right'] for s in per_seed)}/{n} | "
-            + " | ".join(f"{v}/{n}" for v in rule_right.values())
+            + " | ".join(f"{v}/{n}" for v in rule_right.values()) + f" | {ceiling_right}/{pairs}"
             + f" | {statistics.fmean(regret):.2f} | " + " | ".join(f"{v:.2f}" for v in rule_regret.values())
+            + f" | {ceiling_regret:.2f}"
             + f" | {stat([s['pick_macs'] for s in per_seed], 2)}"
             f" | {stat([100 * (s['final'] - s['best']) for s in per_seed], 2)} "
             f"| {stat([s['macs_pick'] for s in per_seed], 2)} | {stat([s['wall_pick'] for s in per_seed], 2)} "
@@ -240,10 +261,10 @@ def summary_row(task: Task, per_seed: list[dict]) -> str:
             f"| {max(s['epoch'] for s in per_seed)} |")
 
 
-HEADER = ("| task | pick right | right: smallest | right: largest | right: best on average | regret "
-          "| regret: smallest | regret: largest | regret: best on average | pick's MACs / costliest "
-          "| final gap | MACs / pick alone | wall / pick alone | MACs / sweep | wall / sweep | latest choice (epoch) "
-          "|\n|" + "---|" * 16)
+HEADER = ("| task | pick right | right: smallest | right: largest | right: best on average "
+          "| right: another seed's sweep | regret | regret: smallest | regret: largest | regret: best on average "
+          "| regret: another seed's sweep | pick's MACs / costliest | final gap | MACs / pick alone "
+          "| wall / pick alone | MACs / sweep | wall / sweep | latest choice (epoch) |\n|" + "---|" * 18)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("synthetic", "vit-digits", "narrow-mlp", "tie-mlp", "mlp-fashion", "lenet5-fashion")
 
@@ -23,12 +25,27 @@ def test_selection_smoke_prints_one_summary_row_per_task_with_every_metric():
     done = run_script("--smoke")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.count("| task | pick right | right: smallest | right: largest | right: best on average | regret |") == 1
+    assert out.count("| task | pick right | right: smallest | right: largest | right: best on average "
+                     "| right: another seed's sweep | regret |") == 1
     rows = [line for line in out.splitlines() if re.match(r"\| [a-z0-9-]+ \| \d+/1 \|", line)]
     assert [r.split(" | ")[0][2:] for r in rows] == list(TASKS)
-    assert all(len(r.strip("|").split("|")) == 16 for r in rows)
+    assert all(len(r.strip("|").split("|")) == 18 for r in rows)
     for task in TASKS:  # one line per (task, seed): every candidate alone, the right answer, the pick, the cost
         assert re.search(rf"  {task} seed 0: alone .*; right .+; picked .* estimates .* cost x[\d.]+ MACs", out)
+
+
+def test_another_seeds_sweep_takes_each_seeds_right_answer_as_the_pick_on_every_other_seed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from selection import another_seeds_sweep
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cost = {"2x2": (4, 4), "8x8": (1, 1)}
+    seeds = [{"alone": {"2x2": 0.90, "8x8": 0.899}, "cost": cost, "best": 0.90},  # right: 8x8 (0.1 under, cheaper)
+             {"alone": {"2x2": 0.90, "8x8": 0.88}, "cost": cost, "best": 0.90}]  # right: 2x2 (8x8 is 2 under)
+    # seed 0 takes seed 1's 2x2 (within 0.5 but not the cheapest: wrong, regret 0); seed 1 takes 8x8 (wrong, regret 2)
+    assert another_seeds_sweep(seeds, 0.5) == (0, 2, pytest.approx(1.0))
+    assert another_seeds_sweep(seeds, 5.0) == (2, 2, pytest.approx(1.05))  # 8x8 is right on both: regret 0.1 and 2
 
 
 def test_selection_rejects_an_unknown_task_naming_the_allowed_ones():

@@ -1,6 +1,7 @@
 """The one round's hooks (kronsearch.OneRound): their step-time overhead, and bf16 autocast against float32.
 
     python benchmarks/one_round_hooks.py                 # ViT-tiny hooks overhead + digits ViT bf16/fp32, 3 seeds
+    python benchmarks/one_round_hooks.py --parts bf16    # only (b)
     python benchmarks/one_round_hooks.py --smoke         # depth 1, batch 4, 1 seed of 1 epoch: checks it runs
 
 (a) Hooks overhead. Two copies of the racing ViT-tiny of benchmarks/model_speed.py (VIT_TINY, candidates
@@ -147,11 +148,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", default="hooks,bf16", help="comma list of the parts to run (default %(default)s)")
     args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"hooks", "bf16"}:
+        parser.error(f"--parts: a comma list of hooks, bf16; got {args.parts!r}")
     if args.smoke:
         args.batch, args.rounds, args.steps, args.warmup, args.seeds = 4, 2, 1, 1, 1
     torch.set_num_threads(args.threads)
 
+    if "hooks" in parts:
+        print_hooks_overhead(args)
+    if "bf16" in parts:
+        print_bf16_vs_fp32(args)
+
+
+def print_hooks_overhead(args: argparse.Namespace) -> None:
     a = hooks_overhead(args)
     print(f"\n(a) hooks overhead, ViT-tiny{' (depth 1)' if args.smoke else ''}, batch {args.batch}, factored, "
           f"{args.rounds} rounds x {args.steps} steps, {args.threads} thread(s)\n")
@@ -162,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nhooks / explicit: median {a['ratio']:.3f} (rounds: {a['ratio_min']:.3f} to {a['ratio_max']:.3f}); "
           f"target <= 1.03: {'met' if a['ratio'] <= 1.03 else 'MISSED'}")
 
+
+def print_bf16_vs_fp32(args: argparse.Namespace) -> None:
     b = bf16_vs_fp32(args)
     fp32, bf16 = (100 * statistics.mean(b[k]) for k in ("fp32_acc", "bf16_acc"))
     step_ratio = statistics.median(s / f for s, f in zip(b["bf16_step"], b["fp32_step"]))

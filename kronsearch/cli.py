@@ -197,6 +197,8 @@ def export(
         typer.echo(f"exported trial {result.trial} of {result.study} ({result.accuracies})")
         for path in result.paths():
             typer.echo(f"wrote {path}")
+        for note in result.notes:
+            typer.echo(f"note: {note}")
 
 
 @app.command(short_help="PNGs: history, accuracy vs cost, selection.")

@@ -107,8 +107,10 @@ def test_compare_table_and_json(cli, demo):
 def test_export_pattern_and_weights(cli, demo):
     result = cli("export", "demo:one_round", "--out", "out/best.yaml", "--weights", "out/best.safetensors", "--bsr")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines() == ["exported trial 1 of demo:one_round (val 85.00%, test 84.00%)", "wrote out/best.yaml",
-                                          "wrote out/best.safetensors", "wrote out/best.bsr.safetensors"]
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["exported trial 1 of demo:one_round (val 85.00%, test 84.00%)", "wrote out/best.yaml",
+                         "wrote out/best.safetensors", "wrote out/best.bsr.safetensors"]
+    assert all(line.startswith("note: out/best.bsr.safetensors stores ") for line in lines[4:])
     assert set(load_plan(demo / "out" / "best.yaml")) == {"layers.0", "head"}
     provenance = yaml.safe_load((demo / "out" / "best.yaml").read_text())["provenance"]
     assert provenance["storage"] == f"sqlite:///{(demo / 'studies' / 'demo.db').resolve()}"

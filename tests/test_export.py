@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch import nn
 
 from kronsearch import load_plan
 from kronsearch.report.export import (
@@ -95,42 +96,84 @@ def test_pt_weights_are_a_state_dict_loadable_without_pickle(studies, tmp_path):
     assert all(torch.equal(state[k], source[k]) for k in source)
 
 
-def test_bsr_export_matches_the_merged_weights(studies, tmp_path):
-    one, _ = studies
-    result = export_trial(one, tmp_path / "best.yaml", weights=tmp_path / "w" / "best.safetensors", bsr=True)
-    assert result.bsr == tmp_path / "w" / "best.bsr.safetensors" == bsr_path(result.weights)
+def exported_layers(result) -> dict[str, torch.Tensor]:
+    """Each layer of a --bsr file densified: its BSR tensors, or its dense weight where the file stores it dense."""
     tensors = load_file(str(result.bsr))
-    assert sorted(tensors) == sorted(f"{layer}.bsr.{part}" for layer in ("layers.0", "head")
-                                     for part in ("crow_indices", "col_indices", "values"))
     with safe_open(str(result.bsr), "pt") as f:
         header = f.metadata()
-    assert header["format"] == "kronsearch-bsr" and header["layer:head"] == "size=10x16 block=2x2"
-    # Rebuild independently and compare each BSR tensor, densified, with the layer's merged weight.
+    dense = {}
+    for key, value in header.items():
+        if key.startswith("layer:"):
+            layer, size = key[len("layer:"):], tuple(int(v) for v in value.split()[0][len("size="):].split("x"))
+            dense[layer] = tensors[f"{layer}.dense.weight"] if "stored=dense" in value else torch.sparse_bsr_tensor(
+                tensors[f"{layer}.bsr.crow_indices"], tensors[f"{layer}.bsr.col_indices"], tensors[f"{layer}.bsr.values"],
+                size=size, check_invariants=True).to_dense()
+    return dense
+
+
+def prune_block_rows(studies_root, rows: int) -> None:
+    """Set S of the demo's one-round trial 1 to zero in the first `rows` block rows of layers.0 (a 8x32 grid)."""
+    from safetensors.torch import save_file
+
+    source = studies_root / "studies" / "demo" / "one_round" / "trial-1" / "model.safetensors"
+    state = load_file(str(source))
+    state["layers.0.s"][:rows, :] = 0.0
+    save_file(state, str(source))
+
+
+def test_bsr_export_matches_the_merged_weights(studies, tmp_path):
+    one, _ = studies
+    prune_block_rows(tmp_path, 5)  # layers.0 in BSR; the head, nearly dense at 2x2, stored dense
+    result = export_trial(one, tmp_path / "best.yaml", weights=tmp_path / "w" / "best.safetensors", bsr=True)
+    assert result.bsr == tmp_path / "w" / "best.bsr.safetensors" == bsr_path(result.weights)
+    assert sorted(load_file(str(result.bsr))) == sorted(
+        [f"layers.0.bsr.{part}" for part in ("crow_indices", "col_indices", "values")] + ["head.dense.weight"])
+    with safe_open(str(result.bsr), "pt") as f:
+        header = f.metadata()
+    assert header["format"] == "kronsearch-bsr" and header["layer:head"].startswith("size=10x16 block=2x2 ")
+    # Rebuild independently and compare each stored layer, densified, with the layer's merged weight.
     model = build_model("mlp", (1, 8, 8), 10, hidden=[16])
     from kronsearch import kronify
 
     kronify(model, load_plan(result.pattern))
     model.load_state_dict(load_file(str(result.weights)))
+    stored = exported_layers(result)
+    assert set(stored) == {"layers.0", "head"}
     for layer, module in model.named_modules():
         if isinstance(module, KronLinear):
-            bsr = torch.sparse_bsr_tensor(tensors[f"{layer}.bsr.crow_indices"], tensors[f"{layer}.bsr.col_indices"],
-                                          tensors[f"{layer}.bsr.values"], size=(module.out_features, module.in_features),
-                                          check_invariants=True)
-            torch.testing.assert_close(bsr.to_dense(), module.materialize().detach())
+            torch.testing.assert_close(stored[layer], module.materialize().detach())
 
 
 def test_bsr_drops_pruned_blocks(studies, tmp_path):
     one, _ = studies
-    source = tmp_path / "studies" / "demo" / "one_round" / "trial-1" / "model.safetensors"
-    state = load_file(str(source))
-    state["layers.0.s"][0, :] = 0.0  # prune the first block row of layers.0 (16x64 in 2x2 blocks: 8x32 grid)
-    from safetensors.torch import save_file
-
-    save_file(state, str(source))
+    prune_block_rows(tmp_path, 5)
     result = export_trial(one, tmp_path / "best.yaml", weights=tmp_path / "best.safetensors", bsr=True)
     tensors = load_file(str(result.bsr))
-    assert tensors["layers.0.bsr.values"].shape == (8 * 32 - 32, 2, 2)
-    assert tensors["layers.0.bsr.crow_indices"][:2].tolist() == [0, 0]
+    assert tensors["layers.0.bsr.values"].shape == (3 * 32, 2, 2)
+    assert tensors["layers.0.bsr.crow_indices"][:6].tolist() == [0] * 6
+
+
+def test_bsr_stores_a_layer_dense_where_its_bsr_form_would_be_larger_and_says_so(studies, tmp_path):
+    one, _ = studies  # 2x2 blocks nearly all kept: 16 bytes of values and 8 of index per block against 16 dense
+    result = export_trial(one, tmp_path / "best.yaml", weights=tmp_path / "best.safetensors", bsr=True)
+    tensors = load_file(str(result.bsr))
+    assert {"layers.0.dense.weight", "head.dense.weight"} <= set(tensors)
+    assert not [k for k in tensors if ".bsr." in k]
+    assert result.bsr.stat().st_size < 1.1 * sum(t.numel() * t.element_size() for t in tensors.values()) + 4096
+    assert len(result.notes) == 2 and all(" dense: it keeps " in n and " bytes against " in n for n in result.notes)
+
+
+def test_a_bsr_file_with_a_dense_layer_loads_as_an_nn_linear_computing_the_same_function(studies, tmp_path):
+    from kronsearch import load_model
+
+    one, _ = studies
+    prune_block_rows(tmp_path, 5)
+    result = export_trial(one, tmp_path / "best.yaml", weights=tmp_path / "best.safetensors", bsr=True)
+    plain = load_model(result.pattern, result.weights)
+    mixed = load_model(result.pattern, result.weights, bsr=result.bsr)
+    assert type(mixed.head) is nn.Linear and type(mixed.layers[0]).__name__ == "BSRLinear"
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(mixed(x), plain(x))
 
 
 def test_bsr_needs_weights(studies, tmp_path):

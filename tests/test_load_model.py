@@ -10,13 +10,15 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from torch import nn
 from typer.testing import CliRunner
 
 import kronsearch
 from kronsearch import BSRLinear, KronLinear, load_model
 from kronsearch.cli import app
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
+from kronsearch.loading import dense_layers, model_bsr_tensors
 from kronsearch.space import load_space
 from kronsearch.storage import load_studies
 from kronsearch.data.batches import Batches
@@ -59,7 +61,11 @@ def test_the_bsr_file_gives_a_bsr_model_that_predicts_like_the_merged_weights(ex
     model = load_model(exported / "best.yaml", exported / "best.safetensors")
     fast = load_model(exported / "best.yaml", exported / "best.safetensors", bsr=exported / "best.bsr.safetensors")
     assert not any(isinstance(m, KronLinear) for m in fast.modules())
-    assert sum(isinstance(m, BSRLinear) for m in fast.modules()) == 8  # qkv, proj, fc1, fc2 of both blocks
+    with safe_open(str(exported / "best.bsr.safetensors"), "pt") as f:
+        stored_dense = dense_layers(f.metadata())
+    assert all(type(fast.get_submodule(layer)) is nn.Linear for layer in stored_dense)
+    # qkv, proj, fc1, fc2 of both blocks: BSR, or dense where BSR would not be smaller
+    assert sum(isinstance(m, BSRLinear) for m in fast.modules()) + len(stored_dense) == 8
     for name, module in list(model.named_modules()):  # the reference: each layer merged in place
         if isinstance(module, KronLinear):
             parent, _, child = name.rpartition(".")
@@ -94,9 +100,11 @@ def test_a_bsr_file_needs_the_weights_file(exported):
 
 
 def test_a_bsr_file_with_broken_indices_is_refused_naming_the_layer(exported, tmp_path):
-    tensors = load_file(str(exported / "best.bsr.safetensors"))
-    with safe_open(str(exported / "best.bsr.safetensors"), "pt") as f:
-        header = f.metadata()
+    model = load_model(exported / "best.yaml", exported / "best.safetensors")
+    first = next(m for m in model.modules() if isinstance(m, KronLinear))
+    with torch.no_grad():
+        first.s[1:] = 0.0  # one block row kept: this layer is stored in BSR form
+    tensors, header = model_bsr_tensors(model, DEFAULT_THRESHOLD)
     key = next(k for k in tensors if k.endswith(".bsr.col_indices"))
     tensors[key] = tensors[key] + 1000  # columns past the weight's width
     save_file(tensors, str(tmp_path / "bad.bsr.safetensors"), metadata=header)

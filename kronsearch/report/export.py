@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +30,7 @@ from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import parse_plan
-from kronsearch.loading import model_bsr_tensors
+from kronsearch.loading import dense_layers, model_bsr_tensors
 from kronsearch.references import build_configured_model
 from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, check_tolerance, default_trial, fmt_accuracies
@@ -57,6 +57,7 @@ class ExportResult:
     weights: Path | None = None
     bsr: Path | None = None
     accuracies: str = ""  # report.trials.fmt_accuracies: the accuracies and how many examples each came from
+    notes: list[str] = field(default_factory=list)  # what the user should know about the files, one line each
 
     def paths(self) -> list[Path]:
         return [p for p in (self.pattern, self.weights, self.bsr) if p is not None]
@@ -261,5 +262,8 @@ def export_trial(
     if sparse is not None:
         tensors, header = sparse
         result.bsr = write_atomic(bsr_path(weights), lambda f: f.write(safetensors_bytes(tensors, header)))
+        result.notes += [f"{result.bsr} stores {layer} dense: it keeps {float(f['kept']):.0%} of its blocks, and "
+                         f"in BSR it would take {int(f['bsr_bytes']):,} bytes against {int(f['dense_bytes']):,} dense"
+                         for layer, f in dense_layers(header).items()]
     write_atomic(out, lambda f: f.write(text))
     return result

@@ -29,7 +29,7 @@ from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.costs import model_cost
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
-from kronsearch.layers.plan import model_plan
+from kronsearch.layers.kronify import model_plan
 from kronsearch.one_round import OneRound
 from kronsearch.record import KINDS, StudyRecord, TrialRecord, save_results, start, write_study
 from kronsearch.space import Space, load_space

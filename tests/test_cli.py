@@ -315,7 +315,8 @@ main()
 """
 
 
-@pytest.mark.parametrize("command", [["show", "demo"], ["compare", "demo"]])
+@pytest.mark.parametrize("command", [["show", "demo"], ["compare", "demo"],
+                                     ["export", "demo:one_round", "--out", "pattern-only.yaml"]])
 def test_read_commands_import_neither_ray_nor_torch(demo, command):
     done = subprocess.run([sys.executable, "-c", SHOW_MODULES, *command], cwd=demo, capture_output=True, text=True,
                           timeout=120)

@@ -28,9 +28,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["BadInput", "KronsearchError", "RunFailure"], "errors"),
     **dict.fromkeys(["KronInference", "for_inference"], "inference"),
     **dict.fromkeys(["DEFAULT_THRESHOLD", "BSRLinear", "KronLinear"], "kron_linear"),
-    **dict.fromkeys(["KronifyReport", "kronify"], "kronify"),
+    **dict.fromkeys(["KronifyReport", "kronify", "model_plan"], "kronify"),
     **dict.fromkeys(["PatternSelectLinear", "finalize_model", "l1_penalty"], "pattern_select"),
-    **dict.fromkeys(["LayerPattern", "Plan", "load_plan", "model_plan", "parse_plan"], "plan"),
+    **dict.fromkeys(["LayerPattern", "Plan", "load_plan", "parse_plan"], "plan"),
 }
 __all__ = list(_EXPORTS)
 

@@ -13,7 +13,7 @@ from kronsearch.layers.blocks import Block, format_block, valid_blocks
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
-from kronsearch.layers.plan import parse_plan
+from kronsearch.layers.plan import LayerPattern, Plan, parse_plan
 
 log = logging.getLogger("kronsearch")
 
@@ -154,3 +154,8 @@ def _to_select(name: str, linear: nn.Linear, candidates: Sequence[Sequence[int]]
         w = linear.weight
         module = PatternSelectLinear(shape[1], shape[0], fitting, rank, linear.bias is not None, w.device, w.dtype)
     return LayerChange(name, shape, "select", module.candidates, rank), module
+
+
+def model_plan(model: nn.Module) -> Plan:
+    """The plan of a kronified (and finalized) model: its KronLinear layers' blocks and ranks."""
+    return {name: LayerPattern(m.block, m.rank) for name, m in model.named_modules() if isinstance(m, KronLinear)}

@@ -7,11 +7,8 @@ import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from torch import nn
-
 from kronsearch.layers.blocks import MAX_RANK, Block, format_block, parse_block
 from kronsearch.layers.errors import BadInput
-from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.yamlfile import read_yaml_file
 
 _SHORT = reprlib.Repr()
@@ -67,8 +64,3 @@ def load_plan(path: str | os.PathLike) -> Plan:
         return parse_plan(document["layers"])
     except ValueError as err:
         raise BadInput(f"{path}: layers: {err}") from None
-
-
-def model_plan(model: nn.Module) -> Plan:
-    """The plan of a kronified (and finalized) model: its KronLinear layers' blocks and ranks."""
-    return {name: LayerPattern(m.block, m.rank) for name, m in model.named_modules() if isinstance(m, KronLinear)}

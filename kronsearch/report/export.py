@@ -14,37 +14,21 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import optuna
-import torch
 import yaml
 from optuna.trial import FrozenTrial, TrialState
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
-from kronsearch.layers.errors import BadInput, RunFailure
-from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
-from kronsearch.layers.kronify import kronify
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.plan import parse_plan
-from kronsearch.loading import dense_layers, model_bsr_tensors
-from kronsearch.references import build_configured_model
 from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
-from kronsearch.report.trials import SCALAR_METRICS, artifact_dirs, check_tolerance, default_trial, fmt_accuracies
+from kronsearch.report.trials import (SCALAR_METRICS, ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
+                                     default_trial, fmt_accuracies)
 from kronsearch.storage import storage_file, study_storage_url, write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
-
-
-class ExportError(RunFailure):
-    """The trial's recorded data is not enough to export what was asked (e.g. no model config)."""
-
-
-class MissingWeights(ExportError, FileNotFoundError):
-    """The trial's saved weights are not where the study says (or it saved none)."""
 
 
 @dataclass
@@ -154,53 +138,6 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
                             f"{where} does not exist")
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file (never pickle). ExportError if the file is not valid safetensors."""
-    try:
-        return load_file(str(path))
-    except OSError:
-        raise
-    except Exception as err:  # safetensors raises its own error type for a corrupt header
-        raise ExportError(f"cannot read weights {path}: {err}") from None
-
-
-def bsr_tensors(study: optuna.Study, trial: FrozenTrial,
-                state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Every KronLinear layer's merged weight in BSR form, keyed "<layer>.bsr.{crow_indices,col_indices,values}".
-
-    Rebuilds the trial's model (config model/data + metrics.plan), loads `state_dict` into it and
-    merges each layer with the trial's pruning threshold. Returns the tensors and string metadata
-    (per layer: size and block) for the safetensors header.
-    """
-    config = full_config(study, trial)
-    try:
-        model_config = dict(config["model"])
-        input_shape, num_classes = tuple(config["data"]["input_shape"]), int(config["data"]["num_classes"])
-    except (KeyError, TypeError) as err:
-        raise ExportError(f"trial {trial.number}: its config lacks the model/data needed to rebuild the model "
-                          f"for --bsr (missing {err})") from None
-    model = build_configured_model(model_config, input_shape, num_classes)
-    kronify(model, metrics(trial).get("plan") or {})
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as err:
-        raise ExportError(f"trial {trial.number}: the saved weights do not fit the rebuilt model: "
-                          f"{str(err).splitlines()[0]}") from None
-    threshold = float((config.get("train") or {}).get("threshold", DEFAULT_THRESHOLD))
-    return model_bsr_tensors(model, threshold)
-
-
-def _copy_into(source: Path, f: IO[bytes]) -> None:
-    with source.open("rb") as src:
-        shutil.copyfileobj(src, f)
-
-
-def bsr_path(weights: str | os.PathLike) -> Path:
-    """best.safetensors -> best.bsr.safetensors, next to the weights file."""
-    weights = Path(weights)
-    return weights.with_name(f"{weights.stem}.bsr.safetensors")
-
-
 def check_outputs(outputs: dict[str, Path], keep: list[Path]) -> None:
     """Refuse (BadInput) outputs that name one file twice, or a file to keep: the study's storage, the trial's
     weights, or any SQLite database (another storage). Paths are compared after resolving links."""
@@ -246,24 +183,13 @@ def export_trial(
     url = storage_url or study_storage_url(study)
     check_outputs({k: Path(v) for k, v in outputs.items() if v is not None},
                   [p for p in (url and storage_file(url), source) if p])
-    state_dict, sparse = None, None
-    if source is not None:
-        state_dict = load_weights(source)
-        if bsr:
-            sparse = bsr_tensors(study, chosen, state_dict)
-    # The pattern file goes last: it only changes once the weights it describes are in place.
     result = ExportResult(study.study_name, chosen.number, Path(out), accuracies=fmt_accuracies(metrics(chosen)))
-    if weights is not None:
-        weights = Path(weights)
-        if weights.suffix == ".pt":
-            result.weights = write_atomic(weights, lambda f: torch.save(state_dict, f))
-        else:
-            result.weights = write_atomic(weights, lambda f: _copy_into(source, f))
-    if sparse is not None:
-        tensors, header = sparse
-        result.bsr = write_atomic(bsr_path(weights), lambda f: f.write(safetensors_bytes(tensors, header)))
-        result.notes += [f"{result.bsr} stores {layer} dense: it keeps {float(f['kept']):.0%} of its blocks, and "
-                         f"in BSR it would take {int(f['bsr_bytes']):,} bytes against {int(f['dense_bytes']):,} dense"
-                         for layer, f in dense_layers(header).items()]
+    if source is not None:
+        # torch is imported only here: a pattern file alone is exported as a read command (table 13)
+        from kronsearch.report.trial_weights import read_weights, write_weights
+
+        state_dict, sparse = read_weights(study, chosen, source, bsr)  # everything checked before any write
+        result.weights, result.bsr, result.notes = write_weights(source, Path(weights), state_dict, sparse)
+    # The pattern file goes last: it only changes once the weights it describes are in place.
     write_atomic(out, lambda f: f.write(text))
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from kronsearch.layers.blocks import format_block, parse_block
-from kronsearch.layers.errors import BadInput
+from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
 from kronsearch.storage import artifact_dir_candidates
 
@@ -245,3 +246,17 @@ def print_uncut(console: Console, table: Table) -> None:
         console.print(table)
     finally:
         console.width = width
+
+
+class ExportError(RunFailure):
+    """The trial's recorded data is not enough to export what was asked (e.g. no model config)."""
+
+
+class MissingWeights(ExportError, FileNotFoundError):
+    """The trial's saved weights are not where the study says (or it saved none)."""
+
+
+def bsr_path(weights: str | os.PathLike) -> Path:
+    """best.safetensors -> best.bsr.safetensors, next to the weights file."""
+    weights = Path(weights)
+    return weights.with_name(f"{weights.stem}.bsr.safetensors")

@@ -19,10 +19,10 @@ from kronsearch.report.compare import (
     strategy_compute,
     trial_pattern,
 )
+from kronsearch.record import SCALAR_METRICS
 from kronsearch.report.cost import cost_curve, reach
 from kronsearch.report.show import render_show, show_data, study_report, trial_row
 from kronsearch.report.trials import (
-    SCALAR_METRICS,
     artifact_dirs,
     best_trials,
     default_trial,

@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.plan import parse_plan
-from kronsearch.record import StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
-from kronsearch.report.trials import (SCALAR_METRICS, ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
+from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
+from kronsearch.report.trials import (ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
                                      default_trial, fmt_accuracies)
 from kronsearch.storage import storage_file, study_storage_url, write_atomic
 

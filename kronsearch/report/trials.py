@@ -26,7 +26,7 @@ from rich.table import Table
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput, RunFailure
-from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
+from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"

@@ -51,17 +51,27 @@ def storage_file_problem(url: str, file: Path) -> str | None:
     if not is_sqlite(file):
         return "file is not a database"  # SQLite's own words, so storage_error adds its hint
     try:
-        connection = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
-        finally:
-            connection.close()
-    except sqlite3.Error as err:  # a corrupt file ("database disk image is malformed")
-        return str(err)
+        tables = sqlite_tables(file, "ro")
+    except sqlite3.Error as err:
+        if getattr(err, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+            return str(err)  # a corrupt file ("database disk image is malformed")
+        try:  # a hot journal: a writer was killed mid-transaction, and only a writable connection rolls it back
+            tables = sqlite_tables(file, "rw")
+        except sqlite3.Error as err:  # the file or its folder is read-only: storage_error adds the chmod hint
+            return str(err)
     if tables and not OPTUNA_TABLES <= tables:
         return (f"it is a database of another application (tables: {', '.join(sorted(tables)[:8])}), not an Optuna "
                 f"storage; it was left untouched: pass another --storage")
     return None
+
+
+def sqlite_tables(file: Path, mode: str) -> set[str]:
+    """The table names of SQLite database `file`, opened in `mode` ("ro", or "rw", which rolls back a hot journal)."""
+    connection = sqlite3.connect(f"{file.resolve().as_uri()}?mode={mode}", uri=True)
+    try:
+        return {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
+    finally:
+        connection.close()
 
 
 class JournalFile(JournalFileBackend):

@@ -4,6 +4,8 @@ damage is only an entry its writer never finished."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,37 @@ def test_a_journal_with_a_torn_last_line_resumes_and_stays_readable(write_space,
     (study,) = load_studies("tiny:one_round", "studies/j.log")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert b'"us{' not in Path("studies/j.log").read_bytes()
+
+
+KILLED_WRITER = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("pragma cache_size = 2")  # dirty pages spill into the file before the commit
+connection.execute("begin immediate")
+connection.execute("update pad set x = x || 'changed'")
+print("writing", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_database_a_writer_was_killed_in_is_rolled_back_and_resumed_not_called_read_only(write_space, workdir, cli):
+    path = write_space(search={"trials": 1})
+    run_search(path, progress=False)
+    connection = sqlite3.connect("studies/tiny.db")
+    connection.execute("create table pad (x text)")  # pages enough for a transaction to spill
+    connection.executemany("insert into pad values (?)", [(str(i) * 20,) for i in range(5000)])
+    connection.commit()
+    connection.close()
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, "studies/tiny.db"], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.kill()
+    writer.wait()
+    assert Path("studies/tiny.db-journal").stat().st_size > 0  # a hot journal: a read-only open cannot read the file
+    result = cli("run", path, "--trials", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert not Path("studies/tiny.db-journal").exists()
+    (study,) = load_studies("tiny:one_round")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    connection = sqlite3.connect("studies/tiny.db")
+    assert connection.execute("select count(*) from pad where x like '%changed'").fetchone() == (0,)  # rolled back
+    connection.close()

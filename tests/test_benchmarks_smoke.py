@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each runs a benchmark script (5-18 s each); CI runs them
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

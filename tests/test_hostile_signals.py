@@ -139,6 +139,7 @@ def ray_run_with_a_trial_training(write_space, workdir: Path, python, temp: Path
     return proc
 
 
+@pytest.mark.slow  # starts Ray in a fresh process, about 21 s; CI runs it (-m slow)
 def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, workdir, python, short_tmp):
     temp = short_tmp
     proc = ray_run_with_a_trial_training(write_space, workdir, python, temp)
@@ -154,6 +155,7 @@ def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, wo
     assert list((temp / "kronsearch-ray").glob("run-*")) == []  # the session folder is removed
 
 
+@pytest.mark.slow  # starts Ray in a fresh process, about 31 s; CI runs it (-m slow)
 def test_a_killed_raylet_ends_the_run_with_one_error_line_its_trials_interrupted_and_no_session_left(
         write_space, workdir, python, short_tmp):
     import subprocess

@@ -12,7 +12,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.test_ray_backend import ray_processes
+from tests.test_ray_backend import command_line, ray_processes
+
+pytestmark = pytest.mark.slow  # a Ray Tune run in a fresh process (about 35 s); CI runs it
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def test_the_tune_trainable_example_writes_a_study_kronsearch_show_reads(workdir
     assert not Path(f"/tmp/kr{run.pid}").exists()  # Ray's temp folder, removed
 
     deadline = time.monotonic() + 15
-    while (left := {p for p in ray_processes() - before if f"/tmp/kr{run.pid}" in _command(p)}) \
+    while (left := {p for p in ray_processes() - before if f"/tmp/kr{run.pid}" in command_line(p)}) \
             and time.monotonic() < deadline:
         time.sleep(0.25)
     assert not left, f"Ray processes left behind: {sorted(left)}"
@@ -49,10 +51,3 @@ def test_the_tune_trainable_example_writes_a_study_kronsearch_show_reads(workdir
     assert result.exit_code == 0, result.output
     assert "2 trials (2 complete)" in result.output
     assert result.output.count(" selected ") == 2 and "pick (cheapest within" in result.output
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""  # gone

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs benchmarks/paper_tables.py (8-16 s each); CI runs them
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

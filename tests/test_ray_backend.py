@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,19 +34,18 @@ RAY = {"name": "ray", "max_concurrent": 2, "max_retries": 1, "resources_per_tria
 CRASH_SEARCH = "ray-crash"  # the search whose trial 0 kills its worker (see the module fixture)
 
 
+def command_line(pid: int) -> str:
+    """A process's command line ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def ray_processes() -> set[int]:
     """pids of Ray's daemons and workers on this machine (raylet, gcs_server, ray::..., our temp dir)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(word in command for word in ("raylet", "gcs_server", "ray::", str(TEMP_DIR))):
-            pids.add(int(entry.name))
-    return pids
+    return {int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+            and any(word in command_line(int(entry.name)) for word in ("raylet", "gcs_server", "ray::", str(TEMP_DIR)))}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     crash_log = tmp_path_factory.mktemp("crash") / "attempts"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CRASH_HOOK_ENV, f"{CRASH_SEARCH}:0:{crash_log}")  # workers inherit Ray's start env
-        session = tmp_path_factory.mktemp("ray", numbered=True)
+        session = Path(tempfile.mkdtemp(prefix="ksray", dir="/tmp"))  # Ray's socket paths must fit in 107 bytes
         with ray_session(None, session) as started:
             assert started and ray.is_initialized()
             assert ray.cluster_resources()["CPU"] == os.cpu_count()
@@ -136,6 +136,7 @@ def test_a_ray_run_prints_a_line_per_epoch_of_each_trial_from_the_workers_report
     assert "(train): val 0." in lines[1] and "racing" not in lines[1]
 
 
+@pytest.mark.slow  # about 11 s; CI runs it (-m slow)
 def test_twins_of_a_running_trial_wait_for_it_instead_of_training(ray_cluster, write_space):
     run_search(write_space(search={"trials": 3}, space={"lambda2": 0.0005}, backend=RAY), progress=False)
     first, *twins = trials_of("tiny:one_round")
@@ -145,6 +146,7 @@ def test_twins_of_a_running_trial_wait_for_it_instead_of_training(ray_cluster, w
         assert twin.values == first.values and metrics(twin) == metrics(first)
 
 
+@pytest.mark.slow  # about 20 s; CI runs it (-m slow)
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_finishes(ray_cluster, write_space):
     # epochs 3: the factors of a product grow multiplicatively at this lr once the gates stop holding W
     summary = run_search(write_space(train={"optimizer": "sgd", "lr": 1e5, "epochs": 3}, backend=RAY), progress=False)
@@ -154,6 +156,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_finishes(ray_clus
     assert summary.completed == 2
 
 
+@pytest.mark.slow  # about 25 s; CI runs it (-m slow)
 def test_ctrl_c_cancels_requeues_and_the_rerun_resumes(ray_cluster, write_space):
     path = write_space(backend=RAY)
 
@@ -194,6 +197,7 @@ def test_a_trial_no_node_can_hold_is_an_error_on_our_own_ray_and_a_warning_on_a_
     check_cluster(load_space(write_space(backend=RAY)), own=True, console=Console())  # fits: no error
 
 
+@pytest.mark.slow  # about 23 s; CI runs it (-m slow)
 def test_a_crashing_worker_is_retried_then_its_trial_fails(ray_cluster, write_space):
     # last in the module: the replacement workers start cold (imports cost seconds), so later tests would wait
     path = write_space(name=CRASH_SEARCH, backend={**RAY, "max_retries": 1})

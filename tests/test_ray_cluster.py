@@ -21,7 +21,9 @@ from ray import tune
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
 
-from tests.test_ray_backend import RAY, ray_processes
+from tests.test_ray_backend import RAY, command_line, ray_processes
+
+pytestmark = pytest.mark.slow  # a two-node Ray cluster (30 s with its teardown); CI runs it
 
 RESULTS: list[tuple[int, int]] = []  # (trial number, worker pid) of every reported epoch
 
@@ -65,7 +67,7 @@ def two_nodes(monkeypatch: pytest.MonkeyPatch):
         cluster.shutdown()
         left = left_running(before)
         shutil.rmtree(root, ignore_errors=True)
-    assert not left, f"Ray processes left behind: {sorted(left)}"
+    assert not left, f"Ray processes left behind: {left}"
 
 
 def test_a_search_on_a_two_node_cluster_runs_trials_on_both_nodes_and_leaves_nothing_running(
@@ -85,12 +87,13 @@ def test_a_search_on_a_two_node_cluster_runs_trials_on_both_nodes_and_leaves_not
     assert not any(p.name.startswith("krs-") or p.name.startswith("run-") for p in Path.cwd().iterdir())
 
 
-def left_running(before: set[int], seconds: float = 15) -> set[int]:
-    """Ray processes started since `before` still alive after up to `seconds` (a worker may take a few to exit)."""
+def left_running(before: set[int], seconds: float = 15) -> dict[int, str]:
+    """Ray processes started since `before` still alive after up to `seconds` (a worker may take a few to
+    exit), with their command lines, so a failing check names what was left."""
     deadline = time.monotonic() + seconds
     while (left := ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.25)
-    return left
+    return {pid: command_line(pid) for pid in sorted(left)}
 
 
 def trial_actors() -> list[str]:

@@ -19,6 +19,8 @@ from kronsearch.storage import load_studies
 from tests.test_ray_backend import RAY, ray_processes
 from tests.test_ray_cluster import left_running
 
+pytestmark = pytest.mark.slow  # each starts a Ray session (16-20 s each); CI runs them
+
 EPOCHS = 3
 # seed 1: trials 4 and 5 fall below the median of the first four at epoch 1 (the pruner's verdicts
 # start at epoch max(1, epochs // 3) after 3 complete trials); one trial at a time keeps the order
@@ -41,7 +43,7 @@ def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(w
     processes = ray_processes()
     sessions = set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()
     run_search(path, progress=False)  # starts and stops its own local Ray
-    assert left_running(processes) == set()
+    assert left_running(processes) == {}
     assert (set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()) == sessions  # its session folder is gone
     run_search(path, backend="local", progress=False, studies_dir="local-studies")
 

@@ -231,6 +231,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_and_retries_the_cut_off_trial(writ
     assert len(trials()) == len(every)
 
 
+@pytest.mark.slow  # two runs killed in fresh processes, about 8 s each; CI runs it (-m slow)
 @pytest.mark.parametrize("queued", [False, True], ids=["new-trial", "queued-trial"])
 def test_a_kill_right_after_a_trial_is_created_is_recovered_by_the_next_run(write_space, workdir, python, queued):
     """The trial's process is written in the transaction that starts it, so no kill leaves a RUNNING
@@ -411,6 +412,7 @@ def crash_fuzz(path: Path, python, seed: int, kills: int, trials: int) -> None:
     assert not [t.number for t in every if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
+@pytest.mark.slow  # about 27 s; CI runs it (-m slow)
 def test_crash_fuzz_kills_at_random_moments_lose_nothing_and_the_next_run_finishes_the_budget(write_space, python):
     crash_fuzz(write_space(search={"trials": 4}), python, seed=0, kills=5, trials=4)
 
@@ -425,6 +427,7 @@ def test_crash_fuzz_long(write_space, python, seed):
 # Processes sharing a study
 
 
+@pytest.mark.slow  # about 15 s; CI runs it (-m slow)
 def test_two_processes_share_a_study_without_losing_or_duplicating_trials(write_space, workdir, python):
     write_space(search={"trials": 4})
     procs = [python(RUN_ON_GO) for _ in range(2)]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs a selection benchmark (8-15 s each); CI runs them
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("synthetic", "vit-digits", "narrow-mlp", "tie-mlp", "mlp-fashion", "lenet5-fashion")
 

@@ -84,7 +84,8 @@ def test_a_database_a_writer_was_killed_in_is_rolled_back_and_resumed_not_called
     connection.executemany("insert into pad values (?)", [(str(i) * 20,) for i in range(5000)])
     connection.commit()
     connection.close()
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, "studies/tiny.db"], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, "studies/tiny.db"], stdout=subprocess.PIPE,
+                              text=True)
     assert writer.stdout.readline() == "writing\n"
     writer.kill()
     writer.wait()

@@ -9,6 +9,7 @@ cumulative cost), `plan` (the dry run), `export` (pattern, weights, BSR files) a
 `kronsearch.report`.
 """
 
+from kronsearch.record import SCALAR_METRICS
 from kronsearch.report.compare import (
     block_for,
     compare_data,
@@ -19,7 +20,6 @@ from kronsearch.report.compare import (
     strategy_compute,
     trial_pattern,
 )
-from kronsearch.record import SCALAR_METRICS
 from kronsearch.report.cost import cost_curve, reach
 from kronsearch.report.show import render_show, show_data, study_report, trial_row
 from kronsearch.report.trials import (

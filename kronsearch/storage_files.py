@@ -1,7 +1,9 @@
 """What is in a storage file, checked before anything writes to it, and a journal file that survives a torn entry.
 
 A file given as a storage must already be one of its kind, or empty: a SQLite database of another
-application gains no Optuna tables, a SQLite file given as a journal path is not read as text, and a
+application gains no Optuna tables (one whose tables are all Optuna's is Optuna's, created in part: Optuna creates
+its tables one commit each, so another process starting on the same new file, or one killed while creating it, leaves
+some of them, and Optuna completes them), a SQLite file given as a journal path is not read as text, and a
 text file that is no journal is not appended to (storage.open_storage refuses them with the problem
 found here). A journal entry is one line written under the file's lock; a writer killed mid-line leaves
 a torn last line, which readers skip but an append would glue onto the next entry: JournalFile drops it
@@ -20,7 +22,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-OPTUNA_TABLES = {"studies", "trials", "version_info"}
+OPTUNA_TABLES = {  # optuna.storages._rdb.models' tables and alembic's (Optuna 4), read from a new study's file
+    "alembic_version", "studies", "study_directions", "study_system_attributes", "study_user_attributes",
+    "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
+    "trial_user_attributes", "trial_values", "trials", "version_info"}
 
 
 def is_sqlite(path: str | os.PathLike) -> bool:
@@ -59,8 +64,9 @@ def storage_file_problem(url: str, file: Path) -> str | None:
             tables = sqlite_tables(file, "rw")
         except sqlite3.Error as err:  # the file or its folder is read-only: storage_error adds the chmod hint
             return str(err)
-    if tables and not OPTUNA_TABLES <= tables:
-        return (f"it is a database of another application (tables: {', '.join(sorted(tables)[:8])}), not an Optuna "
+    foreign = tables - OPTUNA_TABLES
+    if foreign and not {"studies", "trials", "version_info"} <= tables:  # not Optuna's, nor shared with Optuna
+        return (f"it is a database of another application (tables: {', '.join(sorted(foreign)[:8])}), not an Optuna "
                 f"storage; it was left untouched: pass another --storage")
     return None
 

@@ -31,6 +31,36 @@ def test_a_foreign_sqlite_database_is_refused_and_left_untouched(write_space, wo
     assert sha("foreign.db") == before
 
 
+def test_a_study_file_whose_optuna_tables_are_only_partly_created_is_completed_and_used(write_space, workdir, cli):
+    """Optuna creates its tables one commit each: a second process starting on the same new file saw five of them and
+    called the file another application's (CI, two processes sharing a study)."""
+    run_search(write_space(search={"trials": 1}), storage="sqlite:///half.db", progress=False)
+    connection = sqlite3.connect("half.db")
+    created_later = [row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")
+                     if row[0].startswith("trial") or row[0] == "alembic_version"]
+    for table in created_later:
+        connection.execute(f"drop table {table}")
+    for table in ("study_directions", "study_system_attributes", "study_user_attributes", "studies", "version_info"):
+        connection.execute(f"delete from {table}")
+    connection.commit()
+    connection.close()
+    result = cli("run", write_space(search={"trials": 2}), "--storage", "sqlite:///half.db", "--quiet")
+    assert result.exit_code == 0, result.output
+    [study] = load_studies("tiny", "sqlite:///half.db")
+    assert len(study.trials) == 2
+
+
+def test_optuna_tables_beside_another_applications_tables_are_still_refused(write_space, workdir, cli):
+    connection = sqlite3.connect("mixed.db")
+    connection.execute("create table invoices (id integer, total real)")
+    connection.execute("create table studies (study_id integer, study_name text)")
+    connection.commit()
+    connection.close()
+    result = cli("run", write_space(), "--storage", "sqlite:///mixed.db", "--quiet")
+    assert result.exit_code == 1
+    assert "another application (tables: invoices)" in error_line(result)
+
+
 @pytest.mark.parametrize("content, words", [
     (None, "is a SQLite database, not a journal file: give it as sqlite:///studies/base.db"),
     (b"\xff\xfe not text at all\n", "not an Optuna journal file"),

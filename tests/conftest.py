@@ -37,12 +37,6 @@ def merge(base: dict, changes: dict) -> dict:
     return out
 
 
-# Test files that start Ray: under pytest-xdist they share one worker (pyproject's `--dist loadgroup`), so
-# two local Ray clusters never run at once and each file's "no Ray process left behind" check sees its own.
-RAY_FILES = {"test_ray_backend", "test_ray_cluster", "test_ray_pruning", "test_one_round_ray", "test_heartbeat",
-             "test_hostile_signals", "test_hostile_code"}
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """In a pytest-xdist worker, torch gets one thread: the workers already share the cores between them."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -51,10 +45,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which writes the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist group per test file (its module fixtures are built once), and one for every Ray file."""
+    """One xdist group per test file (its module fixtures are built once), unless the file names its own.
+
+    A test file that starts Ray says `pytestmark = pytest.mark.xdist_group("ray")`: the Ray files then share
+    one worker (pyproject's `--dist loadgroup`), so two local Ray clusters never run at once and each file's
+    "no Ray process left behind" check sees its own."""
     for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_FILES else module))
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.fixture

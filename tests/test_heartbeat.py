@@ -21,6 +21,8 @@ from kronsearch.study import open_study, recover_dead_trials
 from tests.test_ray_backend import RAY, ray_processes
 from tests.test_ray_cluster import left_running
 
+pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: one worker runs every Ray file (tests/conftest.py)
+
 # Another host's `kronsearch run` that starts a trial (its first heartbeat included) and is then killed.
 OTHER_HOST = """
 import socket, sys, time

@@ -13,6 +13,8 @@ import pytest
 from kronsearch.errors import BadInput
 from tests.test_hostile_artifacts import error_line
 
+pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: one worker runs every Ray file (tests/conftest.py)
+
 CODE = '''
 import sys
 

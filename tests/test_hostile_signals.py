@@ -13,6 +13,8 @@ import pytest
 
 from tests.test_reliability import TIMEOUT, python, wait_for  # noqa: F401 - python is a fixture
 
+pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: one worker runs every Ray file (tests/conftest.py)
+
 # `kronsearch run tiny.yaml` whose trial hangs and whose clean-up after Ctrl-C (recording the interrupted
 # trial) then takes long, so a second Ctrl-C lands in it.
 RUN_SLOW_CLEANUP = """

@@ -14,7 +14,7 @@ import pytest
 
 from tests.test_ray_backend import command_line, ray_processes
 
-pytestmark = pytest.mark.slow  # a Ray Tune run in a fresh process (about 35 s); CI runs it
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # a Ray Tune run in a fresh process (about 35 s)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,6 +30,8 @@ from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
 from kronsearch.record import finished
 
+pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: one worker runs every Ray file (tests/conftest.py)
+
 RAY = {"name": "ray", "max_concurrent": 2, "max_retries": 1, "resources_per_trial": {"cpu": 1, "gpu": 0}}
 CRASH_SEARCH = "ray-crash"  # the search whose trial 0 kills its worker (see the module fixture)
 

@@ -23,7 +23,7 @@ from kronsearch.storage import load_studies
 
 from tests.test_ray_backend import RAY, command_line, ray_processes
 
-pytestmark = pytest.mark.slow  # a two-node Ray cluster (30 s with its teardown); CI runs it
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # a two-node Ray cluster (30 s with its teardown)
 
 RESULTS: list[tuple[int, int]] = []  # (trial number, worker pid) of every reported epoch
 

@@ -19,7 +19,7 @@ from kronsearch.storage import load_studies
 from tests.test_ray_backend import RAY, ray_processes
 from tests.test_ray_cluster import left_running
 
-pytestmark = pytest.mark.slow  # each starts a Ray session (16-20 s each); CI runs them
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # each starts a Ray session (16-20 s each)
 
 EPOCHS = 3
 # seed 1: trials 4 and 5 fall below the median of the first four at epoch 1 (the pruner's verdicts

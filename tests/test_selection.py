@@ -105,7 +105,7 @@ def estimates(accuracies: dict[str, float], n: int = 1000) -> dict[str, Estimate
 
 def measured_as(monkeypatch, contest: Race, accuracies: dict[str, float]) -> None:
     """The contest's checks see these accuracies for the candidates still live."""
-    monkeypatch.setattr(contest, "measure_candidates", lambda name: estimates(
+    monkeypatch.setattr(contest, "measure_candidates", lambda name, measured=None: estimates(
         {k: a for k, a in accuracies.items() if k in contest.layers[name].branches}))
 
 
@@ -205,6 +205,51 @@ def test_measure_candidates_is_each_candidates_accuracy_alone_on_the_same_first_
             expected = (model(x).argmax(-1) == y).float().mean().item()
         assert measured[k].accuracy == pytest.approx(expected) and len(measured[k].correct) == 80 // 3
     assert contest.eval_macs > 0
+
+
+
+def two_select_layers(second: list[tuple[int, int]]) -> nn.Module:
+    seed_everything(0)
+    return nn.Sequential(PatternSelectLinear(16, 8, [(2, 2), (4, 4)]), nn.ReLU(), PatternSelectLinear(8, 8, second),
+                         nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_stacked_layers_race_each_block_as_one_path_through_every_layer_that_has_it():
+    contest = race(two_select_layers([(2, 2), (4, 4)]))
+    seen = []
+    for _ in range(4):
+        with contest.routed() as active:
+            assert active["0"] == active["2"]  # a layer after another trains on the features it will be measured with
+            seen.append(active["0"])
+    assert sorted(seen[:2]) == sorted(seen[2:]) == ["2x2", "4x4"]
+
+
+def test_a_layer_without_the_paths_block_takes_its_own_turns():
+    contest = race(two_select_layers([(2, 2), (8, 8)]))
+    routings = []
+    for _ in range(6):
+        with contest.routed() as active:
+            routings.append(dict(active))
+    # two cycles of the paths 2x2 (both layers), 4x4 (layer 2 on its own turn), 8x8 (layer 0 on its own turn)
+    assert [r["0"] for r in routings].count("4x4") >= 2 and [r["2"] for r in routings].count("8x8") >= 2
+    assert sum(r == {"0": "2x2", "2": "2x2"} for r in routings) >= 2
+
+
+def test_a_candidate_is_measured_on_its_path_once_per_check_for_every_layer_that_has_it(monkeypatch):
+    model = two_select_layers([(2, 2), (4, 4)])
+    contest = race(model)
+    routings = []
+    real = contest._alone
+
+    def alone(examples):
+        routings.append({n: list(m.branches) for n, m in contest.layers.items()})
+        return real(examples)
+
+    monkeypatch.setattr(contest, "_alone", alone)
+    measured = {}
+    first, second = contest.measure_candidates("0", measured), contest.measure_candidates("2", measured)
+    assert routings == [{"0": ["2x2"], "2": ["2x2"]}, {"0": ["4x4"], "2": ["4x4"]}]  # two paths, measured once
+    assert first == second
 
 
 # --------------------------------------------------------------------------------- the trainer's run

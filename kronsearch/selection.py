@@ -37,8 +37,9 @@ Why a race, measured (BENCHMARKS.md table 10, benchmarks/signals.py; table 3, be
   (5 blocks, seeds 0-1, ranks 1-2) the first layer's candidates measured 5-72% (median 39%; chance
   is 10%) at the race's last check, as paths 38-75% (median 69%). A block trained as one path
   through every layer is measured on the features it trained with; a one-round study's MACs
-  against per_pattern's fell from 2.14x to 1.58x (MLP) and 1.19x to 1.05x (ViT), its accuracy at
-  1x per_pattern's MACs went from 83.63 to 83.65 and 94.15 to 95.64. The price: the layers on one
+  against per_pattern's fell from 2.14x to 1.58x (MLP), 1.19x to 1.05x (ViT) and 1.26x to 1.20x
+  (LeNet-5), its accuracy at 1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and
+  80.23 to 80.59. The price: the layers on one
   path share one estimate, so where blocks tie they tend to choose alike (each by its own costs).
 - Picks (table 3, tolerance 0.5): right on 4/5 seeds where one block is clearly worse, 1/5 where all
   tie (the smallest block, the fastest early learner, still leads early by more than it keeps), 2/5 on

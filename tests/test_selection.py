@@ -207,7 +207,6 @@ def test_measure_candidates_is_each_candidates_accuracy_alone_on_the_same_first_
     assert contest.eval_macs > 0
 
 
-
 def two_select_layers(second: list[tuple[int, int]]) -> nn.Module:
     seed_everything(0)
     return nn.Sequential(PatternSelectLinear(16, 8, [(2, 2), (4, 4)]), nn.ReLU(), PatternSelectLinear(8, 8, second),

@@ -265,7 +265,7 @@ class Race:
     def _check(self, final: bool) -> bool:
         """Validate every open layer's candidates; remove the clearly worse; at the budget keep the leader."""
         left = False
-        measured: dict[tuple, Estimate] = {}  # routing -> estimate: a path is measured once per check
+        measured: dict[tuple, Estimate] = {}  # path -> estimate: a path is measured once per check
         current_of = {name: self.measure_candidates(name, measured) for name in self.open_layers}
         for name, current in current_of.items():
             self.estimates.setdefault(name, {}).update(current)
@@ -284,11 +284,11 @@ class Race:
                 self.decisions[name] = Decision(winner, self.steps, "budget")
         return left
 
-    def path(self, name: str, candidate: str) -> dict[str, str]:
-        """The routing that measures `candidate` of layer `name`: the same block in every layer that still has
-        it (the path it trained in, see `draw`), each other layer's leader."""
-        return {other: candidate if candidate in module.branches else self.leader(other)
-                for other, module in self.layers.items() if len(module.branches) > 1 or other == name}
+    def path(self, name: str, candidate: str) -> tuple[tuple[str, str], ...]:
+        """The routing that measures `candidate` of layer `name`, as sorted (layer, candidate) pairs: the same block
+        in every layer that still has it (the path it trained in, see `draw`), each other layer's leader."""
+        return tuple(sorted((other, candidate if candidate in module.branches else self.leader(other))
+                            for other, module in self.layers.items() if len(module.branches) > 1 or other == name))
 
     @torch.no_grad()
     def measure_candidates(self, name: str, measured: dict[tuple, Estimate] | None = None) -> dict[str, Estimate]:
@@ -296,18 +296,17 @@ class Race:
         check's budget split evenly over the distinct paths); `measured` shares paths between the layers."""
         measured = {} if measured is None else measured
         paths = {k: self.path(name, k) for k in self.layers[name].branches}
-        distinct = {tuple(sorted(self.path(n, k).items())) for n in self.open_layers for k in self.layers[n].branches}
+        distinct = {self.path(n, k) for n in self.open_layers for k in self.layers[n].branches}
         examples = max(1, self.check_examples // max(len(distinct), 1))
         self.model.eval()
         try:
-            for k, routing in paths.items():
-                key = tuple(sorted(routing.items()))
-                if key not in measured:
-                    with self.fixed(routing):
-                        measured[key] = self._alone(examples)
+            for path in paths.values():
+                if path not in measured:
+                    with self.fixed(dict(path)):
+                        measured[path] = self._alone(examples)
         finally:
             self.model.train()
-        return {k: measured[tuple(sorted(routing.items()))] for k, routing in paths.items()}
+        return {k: measured[path] for k, path in paths.items()}
 
     def _alone(self, examples: int) -> Estimate:
         """The model as it computes now on the first `examples` validation examples (a callable: its own).

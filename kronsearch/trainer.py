@@ -114,6 +114,7 @@ class EpochReport:
     lr: float
     seconds: float
     train_macs_total: int  # forward MACs over every sample of the epochs so far (what a pruned trial spent)
+    final: bool = False  # the run's last epoch: its cost is spent, so a pruner has nothing left to save
 
 
 @dataclass
@@ -284,7 +285,7 @@ def train(
                 optimizer, lambda s, shape=shape, total=total_steps, warmup=warmup: lr_factor(s, total, warmup, shape))
             s_params = s_parameters(model)
             task = bar.add_task(phase, total=total_steps, status="")
-            for _ in range(epochs):
+            for index in range(epochs):
                 if selection is not None and phase == "select" and selection.done:
                     break
                 epoch_start = time.perf_counter()
@@ -330,7 +331,7 @@ def train(
                                       phase, (task_sum / max(seen, 1), penalty_sum / max(seen, 1)),
                                       val, time.perf_counter() - epoch_start,
                                       config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, shape),
-                                      macs_total)
+                                      macs_total, final=(phase, epochs) == phases[-1] and index == epochs - 1)
                 history.append(report)
                 bar.update(task, status=f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
                 if callback is not None:
@@ -359,7 +360,8 @@ def train(
 
 
 def epoch_report(model: nn.Module, selection: Race | None, config: TrainConfig, epoch: int, phase: str,
-                 losses: tuple[float, float], val: Batches, seconds: float, lr: float, macs_total: int) -> EpochReport:
+                 losses: tuple[float, float], val: Batches, seconds: float, lr: float, macs_total: int,
+                 final: bool = False) -> EpochReport:
     """Measure the model after an epoch. While a contest runs, validation uses each layer's leader
     alone, so the pruner compares the models trials will keep, not a sum of candidates."""
     if selection is not None and not selection.done:
@@ -373,7 +375,7 @@ def epoch_report(model: nn.Module, selection: Race | None, config: TrainConfig, 
         live_candidates={n: list(m.branches) for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)},
         leaders={n: selection.leader(n) for n in selection.layers} if selection is not None else {},
         lr=lr,  # the base lr; param group 0 may be S's, which runs at s_lr_scale times it
-        seconds=seconds, train_macs_total=macs_total)
+        seconds=seconds, train_macs_total=macs_total, final=final)
 
 
 def selection_records(selection: Race, steps_per_epoch: int) -> dict[str, dict]:

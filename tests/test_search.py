@@ -12,11 +12,14 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
+from kronsearch.backends.base import should_prune
+from kronsearch.backends.local import pruning_reporter
 from kronsearch.record import SCALAR_METRICS, full_config
 from kronsearch.record import metrics as record_metrics
 from kronsearch.search import describe_seed, run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
+from kronsearch.trainer import EpochReport
 
 
 def trials_of(study_name: str) -> list[optuna.trial.FrozenTrial]:
@@ -117,6 +120,30 @@ def test_a_pruned_trial_records_after_which_epoch_and_the_training_macs_it_spent
         assert 0 < trial.user_attrs["train_macs_total"]
     complete = [t.user_attrs["train_macs_total"] for t in trials if t.state == TrialState.COMPLETE]
     assert max(t.user_attrs["train_macs_total"] for t in pruned) < max(complete)  # fewer epochs, fewer MACs
+
+
+def epoch(number: int, final: bool) -> EpochReport:
+    """An epoch report at 50% val accuracy."""
+    return EpochReport(epoch=number, phase="train", train_loss=1.0, penalty=0.0, val_accuracy=0.5, block_sparsity=0.0,
+                       candidate_norms={}, live_candidates={}, leaders={}, lr=1e-3, seconds=1.0, train_macs_total=1,
+                       final=final)
+
+
+def always_pruning_trial() -> optuna.Trial:
+    """A running trial of a study whose pruner stops every trial under 100% accuracy."""
+    return optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0)).ask()
+
+
+def test_a_trial_is_pruned_before_its_last_epoch_when_the_pruner_says_so():
+    with pytest.raises(optuna.TrialPruned):
+        pruning_reporter(always_pruning_trial(), single_objective=True)(epoch(1, final=False))
+
+
+def test_a_trial_whose_training_is_over_completes_whatever_the_pruner_says():
+    trial = always_pruning_trial()
+    pruning_reporter(trial, single_objective=True)(epoch(3, final=True))
+    assert trial.study.trials[0].intermediate_values == {3: 0.5}  # reported, not pruned
+    assert not should_prune(trial, final=True) and should_prune(trial, final=False)
 
 
 def test_an_already_trained_configuration_is_answered_from_the_earlier_trial(write_space):

@@ -130,6 +130,11 @@ def test_callback_gets_one_report_per_epoch_counting_every_phase(two_phase):
     assert reports == result.history
 
 
+def test_only_the_runs_last_epoch_is_final(two_phase):
+    _, reports, _, _ = two_phase
+    assert [r.final for r in reports] == [False, False, False, True]
+
+
 def test_after_the_race_every_layer_trains_its_winner_alone(two_phase):
     _, reports, _, _ = two_phase
     for report in reports[RACE_EPOCHS:]:

@@ -14,8 +14,8 @@ from rich import get_console
 from rich.console import Console
 
 from kronsearch import record
-from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, start_trial,
-                                      trial_artifact_dir, trial_failure)
+from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, should_prune,
+                                      start_trial, trial_artifact_dir, trial_failure)
 from kronsearch.progress import EpochLines, planned_epochs
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, storage_reason, study_artifacts_dir
@@ -42,13 +42,13 @@ logging.getLogger("optuna.study._optimize").addFilter(_NotHandledHere())
 
 
 def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[EpochReport], None]:
-    """Per-epoch callback: report val accuracy to Optuna and prune when the pruner says so."""
+    """Per-epoch callback: report val accuracy to Optuna and prune when the pruner says so (base.should_prune)."""
 
     def report(epoch: EpochReport) -> None:
         if not single_objective:
             return
         trial.report(epoch.val_accuracy, epoch.epoch)
-        if trial.should_prune():
+        if should_prune(trial, epoch.final):
             record.prune(trial, epoch.epoch, epoch.val_accuracy, epoch.train_macs_total)
             raise optuna.TrialPruned()
 

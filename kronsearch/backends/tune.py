@@ -31,7 +31,8 @@ from ray.tune.search import Searcher
 from rich.console import Console
 
 from kronsearch import record
-from kronsearch.backends.base import Budget, finish_trial, start_trial, trial_artifact_dir, trial_failure
+from kronsearch.backends.base import (Budget, finish_trial, should_prune, start_trial, trial_artifact_dir,
+                                      trial_failure)
 from kronsearch.space import Space
 from kronsearch.storage import StorageError
 from kronsearch.processes import worker_id
@@ -67,7 +68,7 @@ def run_tune_trial(config: dict, space: Space) -> None:
     def on_epoch(epoch) -> None:
         tune.report({"epoch": epoch.epoch, "val_accuracy": epoch.val_accuracy,
                      "train_macs_total": epoch.train_macs_total, "phase": epoch.phase,
-                     "racing": racing_summary(epoch)})
+                     "racing": racing_summary(epoch), "final": epoch.final})
 
     try:
         metrics, _ = run_trial(space, TrialSpec(**config["spec"]), config["artifact_dir"], on_epoch, progress=False)
@@ -162,7 +163,7 @@ class StudySearcher(Searcher):
         if step not in job.reported:
             job.trial.report(value, step)
             job.reported.add(step)
-        if job.trial.should_prune():
+        if should_prune(job.trial, bool(result.get("final"))):
             self.pruned[trial_id] = result
             return True
         return False

@@ -7,6 +7,9 @@ processes can share a machine:
     python benchmarks/search_cost.py --tasks lenet5-fashion
     python benchmarks/search_cost.py --tasks vit-digits
 
+`--per-trial` also prints every trial's state, params, kept blocks and training MACs (where a study's
+MACs go).
+
 Smoke run for CI (digits only, one seed, 2 trials of 1 epoch; its numbers mean nothing):
 
     python benchmarks/search_cost.py --smoke
@@ -41,7 +44,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from kronsearch.layers.blocks import parse_block
+from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.record import TrialRecord, metrics, tolerance_pick, train_macs_total
@@ -126,6 +129,17 @@ def pick_plan(trial: optuna.trial.FrozenTrial) -> dict[str, tuple[int, int]]:
     return {name: parse_block(entry["block"]) for name, entry in metrics(trial).get("plan", {}).items()}
 
 
+def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.trial.FrozenTrial]) -> str:
+    """One line per trial: state, params, the blocks it kept, its training MACs (where a study's MACs go)."""
+    lines = [f"  {task} seed {seed} {strategy}, per trial:"]
+    for trial in trials:
+        blocks = sorted({format_block(b) for b in pick_plan(trial).values()})
+        params = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial.params.items())
+        lines.append(f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
+                     f"{len(trial.intermediate_values)} epochs, MACs {train_macs_total(trial) or 0:.3g}")
+    return "\n".join(lines)
+
+
 def alone_task(task: str, seed: int, args: argparse.Namespace) -> Task:
     spec = SPACES[task]
     options = spec["model"].get("options", {})
@@ -152,6 +166,8 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
                 start = time.perf_counter()
                 trials = run_study(space_file(folder, task, seed, strategy, args), folder)
                 studies[strategy] = (trials, time.perf_counter() - start)
+                if args.per_trial:
+                    print(trial_lines(task, seed, strategy, trials), flush=True)
         bench_task = alone_task(task, seed, args)
         data = bench_task.data(seed, args)
         shapes = layer_shapes(bench_task, data)
@@ -214,6 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma list (default %(default)s)")
     parser.add_argument("--trials", type=int, default=8, help="trials per study (default %(default)s)")
     parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default %(default)s)")
+    parser.add_argument("--per-trial", action="store_true", help="print every trial's params, blocks and MACs")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
     tasks_and_seeds(parser, args, list(SPACES))

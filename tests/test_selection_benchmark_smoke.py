@@ -65,9 +65,23 @@ def test_signals_smoke_prints_a_correlation_row_per_task_and_race_signal():
     assert all(re.search(r"\| [+-]\d\.\d\d / \d+% \|", r) for r in rows)
 
 
-def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_pattern(tmp_path):
-    done = run_script("--smoke", "--tasks", "vit-digits", script="search_cost.py")
+@pytest.fixture(scope="module")
+def search_cost_smoke() -> subprocess.CompletedProcess:
+    done = run_script("--smoke", "--per-trial", "--tasks", "vit-digits", script="search_cost.py")
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| vit-digits |")]
+    return done
+
+
+def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_pattern(search_cost_smoke):
+    rows = [line for line in search_cost_smoke.stdout.splitlines() if line.startswith("| vit-digits |")]
     assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
     assert rows[0].split(" | ")[6] == "1.00"  # per_pattern's MACs against its own
+
+
+def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(search_cost_smoke):
+    out = search_cost_smoke.stdout
+    for strategy in ("per_pattern", "one_round", "hybrid"):
+        assert f"vit-digits seed 0 {strategy}, per trial:" in out
+    trials = re.findall(r"    #\d+ (complete|pruned|fail): rank \d.*; kept (\S+); \d+ epochs, MACs (\S+)", out)
+    assert len(trials) == 6  # two trials per study in a smoke run
+    assert all(float(macs) > 0 for _, _, macs in trials)

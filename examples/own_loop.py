@@ -3,8 +3,8 @@
     python examples/own_loop.py
 
 kronsearch.OneRound attaches to the model and the optimizer by hooks: each optimizer step trains one
-candidate block per layer, the race validates them at 50% and 100% of `select_steps`, the losers leave the
-layer and the optimizer, and the cheapest candidate within `tolerance` accuracy points of the best wins. The
+candidate block per layer, the race validates them after `select_steps` steps, the losers leave the layer and
+the optimizer, and the cheapest candidate within `tolerance` accuracy points of the best wins. The
 loop itself is a plain PyTorch loop; the lines marked "kronsearch" are all it adds.
 """
 

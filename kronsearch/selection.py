@@ -9,10 +9,9 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
   there instead of jittering around it. Under SGD the threshold is lr * lambda2.
 - `Race`, the contest of every PatternSelectLinear, run before the training (`select_epochs`). Each
   step trains one candidate per layer, alone (`PatternSelectLinear.only`), in turns, one block as a
-  path through the layers that have it; at the checks every live candidate is validated on its
-  path, a clearly worse one leaves the layer and the optimizer,
-  and at the end the cheapest candidate (MACs per input row, then parameters) whose accuracy is
-  within the tolerance of the best wins. The winner then trains `epochs` with the race's optimizer
+  path through the layers that have it; at the race's check, its end, every live candidate is
+  validated on its path, and the cheapest candidate (MACs per input row, then parameters) whose
+  accuracy is within the tolerance of the best wins. The winner then trains `epochs` with the race's optimizer
   state under a fresh schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the
   race and the prox by forward and optimizer-step hooks, in the trainer and in any training loop.
 
@@ -41,16 +40,16 @@ Why a race, measured (BENCHMARKS.md table 10, benchmarks/signals.py; table 3, be
   (LeNet-5), its accuracy at 1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and
   80.23 to 80.59. The price: the layers on one
   path share one estimate, so where blocks tie they tend to choose alike (each by its own costs).
-- Picks (table 3, tolerance 0.5): right on 4/5 seeds where one block is clearly worse, 1/5 where all
-  tie (the smallest block, the fastest early learner, still leads early by more than it keeps), 2/5 on
-  a slow-learning synthetic task at the default race (12 steps per candidate; 8/9 with a race of 5
-  epochs at batch 32).
+- Picks (table 3, ten seeds, tolerance 0.5): right on 6/10 where one block is clearly worse (narrow-mlp;
+  never the block that ends 3.8 points under), 2/10 where all tie (tie-mlp: after 0.3 epoch each the
+  leaders are not the blocks that end best), 1/3 on LeNet-5, 1/5 on a slow-learning synthetic task at
+  the default race (12 steps per candidate; 9/9 with a race of 5 epochs at batch 32).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -113,8 +112,12 @@ def s_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [m.s for m in model.modules() if isinstance(m, KronLinear)]
 
 
-RACE_CHECKS = (0.5, 1.0)
-"""Fractions of the selection budget at which the race validates every live candidate."""
+RACE_CHECKS = (1.0,)
+"""Fractions of the selection budget at which the race validates every live candidate: once, at its end. A check
+halfway dropped candidates after a tenth of the race each (10 steps on table 11's MLP), where the cheaper blocks
+still trailed the costlier ones by their early pace, and the race's second half then trained only the costly ones
+(table 3, ten seeds of narrow-mlp and tie-mlp: right 8/20 against 6/20, regret 0.57 against 0.48 point, the pick's
+MACs 0.56 against 0.77 of the costliest; LeNet-5 unchanged)."""
 OUT_Z = 2.0
 """Before the budget a candidate leaves when its accuracy gap to the best exceeds the tolerance by OUT_Z
 standard errors (paired, on the same validation examples): clearly out."""
@@ -124,7 +127,7 @@ CHECK_EXAMPLES = 2048
 """Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
 CHECK_SHARE = 0.25
 """...and at most this share of the examples the race trains on, so the checks stay a small part of a
-trial's cost (two checks: at most half the race's examples, forward only)."""
+trial's cost (forward only)."""
 
 
 @dataclass
@@ -157,20 +160,20 @@ class Race:
     selection budget the blocks take turns in a random order drawn per cycle, each step one block as a
     path through every open layer that has it (a layer without it takes its own next candidate), so
     each candidate trains on an equal share of the steps, on the features of the same block upstream.
-    At the checks (RACE_CHECKS of the budget) every live candidate is validated on its path, each path
-    once for all the layers on it: a candidate clearly worse than the best leaves the layer and the
-    optimizer (OUT_Z), and at the budget each layer keeps its cheapest candidate within the tolerance
-    (PICK_Z). Only the trained candidates get gradients, so the others keep their weights and optimizer
-    state untouched.
+    At the checks (`checks`, fractions of the budget; RACE_CHECKS: at its end) every live candidate is
+    validated on its path, each path once for all the layers on it: a candidate clearly worse than the
+    best leaves the layer and the optimizer (OUT_Z), and at the budget each layer keeps its cheapest
+    candidate within the tolerance (PICK_Z). Only the trained candidates get gradients, so the others
+    keep their weights and optimizer state untouched.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int,
                  tolerance: float, validation: Validation, seed: int = 0, batch_size: int | None = None,
-                 check_examples: int | None = None) -> None:
+                 check_examples: int | None = None, checks: Sequence[float] = RACE_CHECKS) -> None:
         self.model, self.optimizer, self.validation = model, optimizer, validation
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
         self.select_steps = max(1, select_steps)
-        self.checks = sorted({max(1, round(f * self.select_steps)) for f in RACE_CHECKS})
+        self.checks = sorted({max(1, round(f * self.select_steps)) for f in checks})
         self.tolerance = tolerance / 100
         self.generator = torch.Generator().manual_seed(seed)
         self.turns: dict[str, list[str]] = {n: [] for n in self.layers}

@@ -222,17 +222,17 @@ def test_validate_may_be_a_callable_giving_per_example_hits():
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     one_round = OneRound(model, optimizer, select_steps=2, validate=validate)
-    step(model, optimizer, batches())
-    assert sorted(seen) == [["2x2"], ["4x4"], ["8x8"]]  # each candidate alone at the first check
+    step(model, optimizer, batches()), step(model, optimizer, batches())
+    assert sorted(seen) == [["2x2"], ["4x4"], ["8x8"]]  # each candidate alone at the check
     assert len(one_round.race.estimates["0"]["2x2"].correct) == 40
 
 
-def test_a_data_loader_validates_on_its_first_check_examples():
+def test_a_data_loader_validates_on_its_first_examples_at_the_check():
     model = select_model()
     loader = DataLoader(TensorDataset(torch.randn(64, 16), torch.randint(0, 3, (64,))), batch_size=16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     one_round = OneRound(model, optimizer, select_steps=2, validate=loader, check_examples=30)
-    step(model, optimizer, batches())
+    step(model, optimizer, batches()), step(model, optimizer, batches())
     assert {len(e.correct) for e in one_round.race.estimates["0"].values()} == {10}  # 30 over 3 candidates
 
 
@@ -309,7 +309,7 @@ def test_a_hand_written_loop_gives_the_trainers_decisions_and_final_weights():
 
 
 def test_the_own_loop_example_runs_and_prints_its_decision_and_plan(capsys):
-    result = own_loop.main(epochs=1, select_steps=8)
+    result = own_loop.main(epochs=2, select_steps=8)
     out = capsys.readouterr().out
     assert re.search(r"decisions: \{'0': '\dx\d at step \d+ \((survivor|budget)\)'\}", out)
     assert re.search(r"plan: \{'0': \{'block': '\dx\d', 'rank': 1\}\}", out)

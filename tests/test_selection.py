@@ -16,7 +16,7 @@ from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.models import build_model
 from kronsearch.layers.blocks import format_block
 from kronsearch.data.batches import Batches
-from kronsearch.selection import Estimate, Race, drop_from_optimizer, prox_l1_, within_tolerance
+from kronsearch.selection import RACE_CHECKS, Estimate, Race, drop_from_optimizer, prox_l1_, within_tolerance
 from kronsearch.trainer import TrainConfig, make_optimizer, seed_everything, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,10 +109,11 @@ def measured_as(monkeypatch, contest: Race, accuracies: dict[str, float]) -> Non
         {k: a for k, a in accuracies.items() if k in contest.layers[name].branches}))
 
 
-def race(model: nn.Module, select_steps: int = 10, tolerance: float = 0.5, n: int = 64) -> Race:
+def race(model: nn.Module, select_steps: int = 10, tolerance: float = 0.5, n: int = 64,
+         checks: tuple[float, ...] = RACE_CHECKS) -> Race:
     torch.manual_seed(0)
     validation = Batches(TensorDataset(torch.randn(n, 16), torch.randint(0, 3, (n,))), 32, "cpu")
-    return Race(model, make_optimizer(model, TrainConfig()), select_steps, tolerance, validation)
+    return Race(model, make_optimizer(model, TrainConfig()), select_steps, tolerance, validation, checks=checks)
 
 
 def test_within_tolerance_keeps_the_candidates_no_further_than_tolerance_plus_z_standard_errors_from_the_best():
@@ -153,9 +154,13 @@ def test_only_the_routed_candidate_trains_and_the_others_keep_their_weights():
         assert unchanged == (k != active["0"])
 
 
-def test_a_clearly_worse_candidate_leaves_layer_and_optimizer_at_the_first_check(monkeypatch):
+def test_the_race_validates_its_candidates_once_at_its_end():
+    assert race(select_model(), select_steps=10).checks == [10]
+
+
+def test_a_clearly_worse_candidate_leaves_layer_and_optimizer_at_a_check_before_the_end(monkeypatch):
     model = select_model()
-    contest = race(model, select_steps=10)
+    contest = race(model, select_steps=10, checks=(0.5, 1.0))
     measured_as(monkeypatch, contest, {"2x2": 0.9, "4x4": 0.89, "8x8": 0.5})
     gone = list(model[0].branches["8x8"].parameters())
     left = [contest.step() for _ in range(contest.checks[0])]

@@ -18,8 +18,8 @@ same object), driven by hooks instead of calls:
 - an optimizer step pre-hook clears the gradients of the candidates that sat out the step (so
   `zero_grad(set_to_none=False)` cannot let Adam move them by momentum);
 - an optimizer step post-hook applies lambda2's l1 prox to S (selection.prox_l1_) and advances the race
-  one step: at its checks it validates every live candidate on its path and removes the losers from the layer
-  and from the optimizer (selection.drop_from_optimizer).
+  one step: at its check (the race's end) it validates every live candidate on its path and removes the
+  losers from the layer and from the optimizer (selection.drop_from_optimizer).
 
 The race counts optimizer steps that ran: a GradScaler step skipped on inf/NaN never calls
 `optimizer.step()`, so no hook fires and the race neither advances nor moves a candidate. Clipping and

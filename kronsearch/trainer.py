@@ -3,10 +3,10 @@
 train(model, data, config, callback) trains and measures one model. With PatternSelectLinear layers
 a race of `select_epochs` comes first (kronsearch/selection.py, driven by kronsearch/one_round.py's
 hooks, as in a user's own loop): each step trains one candidate per layer, and at the race's end each
-layer keeps the cheapest candidate within `tolerance` of the best. The winner then trains `epochs` under the same optimizer state and a
-fresh schedule, as a per-pattern training of it would, from the race's weights. `finetune_epochs`
-optionally adds epochs of the final model under a fresh optimizer and schedule. Returns the metrics
-the search optimizes.
+layer keeps the cheapest candidate within `tolerance` of the best. The winner then trains `epochs`
+under the same optimizer state and a fresh schedule, as a per-pattern training of it would, from the
+race's weights. `finetune_epochs` optionally adds epochs of the final model under a fresh optimizer
+and schedule. Returns the metrics the search optimizes.
 """
 
 from __future__ import annotations

@@ -24,7 +24,10 @@ as the reference for the pick. Reported per task and strategy, mean over the see
   trials finished within 0.25, 0.5, 1 and 2x the per_pattern study's total training MACs ("-" where
   no trial had finished);
 - total training MACs (train_macs_total of every finished trial, pruned ones included; a duplicate
-  costs nothing) against per_pattern's, and total wall time against per_pattern's;
+  costs nothing) against per_pattern's: the mean of the per-seed ratios, their range, and the ratio of
+  the MACs summed over the seeds (per_pattern's MACs vary with the blocks its sampler happens to draw:
+  a seed that drew no 2x2, as costly as the dense layer, makes a small denominator); total wall time
+  against per_pattern's;
 - the final pick against the blocks alone: its block(s), regret (best test accuracy alone - the
   pick's block alone) and whether it is right (within the tolerance of the best alone and no block
   alone within it is cheaper), and its final MACs against the costliest block alone.
@@ -211,16 +214,18 @@ def mean(values: Sequence[float | None], scale: float = 1.0, digits: int = 2) ->
 def summary_row(task: str, strategy: str, runs: list[dict], reference: list[dict]) -> str:
     budgets = [mean([r["budgets"][i] for r in runs], 100) for i in range(len(BUDGETS))]
     macs = [r["macs"] / max(p["macs"], 1) for r, p in zip(runs, reference)]
+    summed = sum(r["macs"] for r in runs) / max(sum(p["macs"] for p in reference), 1)
     wall = [r["wall"] / max(p["wall"], 1e-9) for r, p in zip(runs, reference)]
     picks = ", ".join(str(r["pick"]) for r in runs)
     return (f"| {task} | {strategy} | " + " | ".join(budgets)
-            + f" | {mean(macs)} | {mean(wall)} | {picks} | {sum(r['right'] for r in runs)}/{len(runs)} "
+            + f" | {mean(macs)} | {min(macs):.2f}-{max(macs):.2f} | {summed:.2f} | {mean(wall)} | {picks} "
+            f"| {sum(r['right'] for r in runs)}/{len(runs)} "
             f"| {mean([r['regret'] for r in runs])} | {mean([r['cost'] for r in runs])} |")
 
 
 HEADER = ("| task | strategy | " + " | ".join(f"test acc of the pick at {b}x" for b in BUDGETS)
-          + " | MACs / per_pattern | wall / per_pattern | picks (per seed) | pick right | regret (points) "
-          "| pick's MACs / costliest |\n|" + "---|" * (9 + len(BUDGETS)))
+          + " | MACs / per_pattern | per seed | summed over seeds | wall / per_pattern | picks (per seed) | pick right "
+          "| regret (points) | pick's MACs / costliest |\n|" + "---|" * (10 + len(BUDGETS)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -75,7 +75,7 @@ def search_cost_smoke() -> subprocess.CompletedProcess:
 def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_pattern(search_cost_smoke):
     rows = [line for line in search_cost_smoke.stdout.splitlines() if line.startswith("| vit-digits |")]
     assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
-    assert rows[0].split(" | ")[6] == "1.00"  # per_pattern's MACs against its own
+    assert rows[0].split(" | ")[6:9] == ["1.00", "1.00-1.00", "1.00"]  # per_pattern's MACs against its own
 
 
 def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(search_cost_smoke):

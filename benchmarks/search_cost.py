@@ -26,8 +26,9 @@ as the reference for the pick. Reported per task and strategy, mean over the see
 - total training MACs (train_macs_total of every finished trial, pruned ones included; a duplicate
   costs nothing) against per_pattern's: the mean of the per-seed ratios, their range, and the ratio of
   the MACs summed over the seeds (per_pattern's MACs vary with the blocks its sampler happens to draw:
-  a seed that drew no 2x2, as costly as the dense layer, makes a small denominator); total wall time
-  against per_pattern's;
+  a seed that drew no 2x2, as costly as the dense layer, makes a small denominator); per seed, the
+  share of a study's MACs spent in one-round races (their check included) and in trials that ended
+  pruned (their races included); total wall time against per_pattern's;
 - the final pick against the blocks alone: its block(s), regret (best test accuracy alone - the
   pick's block alone) and whether it is right (within the tolerance of the best alone and no block
   alone within it is cheaper), and its final MACs against the costliest block alone.
@@ -51,6 +52,8 @@ from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.record import TrialRecord, metrics, tolerance_pick, train_macs_total
+from kronsearch.report.trials import trial_history
+from kronsearch.storage import load_studies
 from kronsearch.search import run_search
 
 from kronsearch.data import load_dataset
@@ -101,11 +104,18 @@ def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse
     return path
 
 
-def run_study(path: Path, folder: Path) -> list[optuna.trial.FrozenTrial]:
-    """Run one study from its space file in `folder`; return its trials in order."""
+def run_study(path: Path, folder: Path) -> tuple[list[optuna.trial.FrozenTrial], dict[int, int]]:
+    """Run one study from its space file in `folder`; return its trials in order and, per one-round trial, the
+    training MACs of its race (its check included: the last race epoch's train_macs_total in history.json)."""
     summary = run_search(path, progress=False, studies_dir=folder / "studies")
-    study = optuna.load_study(study_name=summary.study_names[0], storage=summary.storage_url)
-    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    study, = load_studies(summary.study_names[0], summary.storage_url)  # opened as show opens it: its trial folders
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    races = {}
+    for trial in trials:
+        raced = [e["train_macs_total"] for e in trial_history(study, trial) if e.get("phase") == "select"]
+        if raced:
+            races[trial.number] = raced[-1]
+    return trials, races
 
 
 def curve(trials: Sequence[optuna.trial.FrozenTrial], tolerance: float) -> list[tuple[int, optuna.trial.FrozenTrial | None]]:
@@ -132,14 +142,17 @@ def pick_plan(trial: optuna.trial.FrozenTrial) -> dict[str, tuple[int, int]]:
     return {name: parse_block(entry["block"]) for name, entry in metrics(trial).get("plan", {}).items()}
 
 
-def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.trial.FrozenTrial]) -> str:
-    """One line per trial: state, params, the blocks it kept, its training MACs (where a study's MACs go)."""
+def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.trial.FrozenTrial],
+                races: dict[int, int]) -> str:
+    """One line per trial: state, params, the blocks it kept, its training MACs and its race's (where a study's
+    MACs go)."""
     lines = [f"  {task} seed {seed} {strategy}, per trial:"]
     for trial in trials:
         blocks = sorted({format_block(b) for b in pick_plan(trial).values()})
         params = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial.params.items())
         lines.append(f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
-                     f"{len(trial.intermediate_values)} epochs, MACs {train_macs_total(trial) or 0:.3g}")
+                     f"{len(trial.intermediate_values)} epochs, MACs {train_macs_total(trial) or 0:.3g}"
+                     + (f" (race {races[trial.number]:.3g})" if trial.number in races else ""))
     return "\n".join(lines)
 
 
@@ -167,10 +180,10 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
             studies = {}
             for strategy in STRATEGIES:
                 start = time.perf_counter()
-                trials = run_study(space_file(folder, task, seed, strategy, args), folder)
-                studies[strategy] = (trials, time.perf_counter() - start)
+                trials, races = run_study(space_file(folder, task, seed, strategy, args), folder)
+                studies[strategy] = (trials, races, time.perf_counter() - start)
                 if args.per_trial:
-                    print(trial_lines(task, seed, strategy, trials), flush=True)
+                    print(trial_lines(task, seed, strategy, trials, races), flush=True)
         bench_task = alone_task(task, seed, args)
         data = bench_task.data(seed, args)
         shapes = layer_shapes(bench_task, data)
@@ -180,7 +193,7 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
             alone.setdefault(plan_label(plan), run(bench_task, data, seed, lambda m, p=plan: kronify(
                 m, {n: LayerPattern(b, 1) for n, b in p.items()})))
         reference = curve(studies["per_pattern"][0], args.tolerance)[-1][0] if studies["per_pattern"][0] else 0
-        for strategy, (trials, wall) in studies.items():
+        for strategy, (trials, races, wall) in studies.items():
             points = curve(trials, args.tolerance)
             final = points[-1][1] if points else None
             plan = {n: b for n, b in pick_plan(final).items() if n in shapes} if final else {}
@@ -199,7 +212,10 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
                 "regret": 100 * (best - alone[label].test_accuracy) if label else None,
                 "cost": alone[label].final_macs / max(r.final_macs for r in sweep.values()) if label else None,
                 "answer": right_answer(*scored(sweep), args.tolerance)})
-            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, MACs {rows[strategy][-1]['macs']:.3g}, "
+            spent = max(rows[strategy][-1]["macs"], 1)
+            pruned = sum(train_macs_total(t) or 0 for t in trials if t.state == TrialState.PRUNED)
+            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, MACs {rows[strategy][-1]['macs']:.3g} "
+                  f"(races {sum(races.values()) / spent:.0%}, pruned trials {pruned / spent:.0%}), "
                   f"wall {wall:.0f} s, pick {label} (right answer {rows[strategy][-1]['answer']}), "
                   f"at 0.25/0.5/1/2x per_pattern MACs: {rows[strategy][-1]['budgets']}", flush=True)
     return [summary_row(task, strategy, runs, rows["per_pattern"]) for strategy, runs in rows.items()]

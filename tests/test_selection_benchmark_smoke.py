@@ -82,6 +82,10 @@ def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(s
     out = search_cost_smoke.stdout
     for strategy in ("per_pattern", "one_round", "hybrid"):
         assert f"vit-digits seed 0 {strategy}, per trial:" in out
-    trials = re.findall(r"    #\d+ (complete|pruned|fail): rank \d.*; kept (\S+); \d+ epochs, MACs (\S+)", out)
+    trials = re.findall(r"    #\d+ (complete|pruned|fail): rank \d.*; kept (\S+); \d+ epochs, MACs (\S+)(.*)", out)
     assert len(trials) == 6  # two trials per study in a smoke run
-    assert all(float(macs) > 0 for _, _, macs in trials)
+    assert all(float(macs) > 0 for _, _, macs, _ in trials)
+    one_round = re.findall(r"vit-digits seed 0 one_round, per trial:\n(.*)\n(.*)\n", out)[0]
+    races = [float(m) for m in re.findall(r"\(race (\S+)\)", "\n".join(one_round))]
+    assert len(races) == 2 and all(0 < r for r in races)  # every one-round trial raced
+    assert re.search(r"vit-digits seed 0 one_round: .*\(races \d+%, pruned trials \d+%\)", out)

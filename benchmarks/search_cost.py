@@ -7,6 +7,11 @@ processes can share a machine:
     python benchmarks/search_cost.py --tasks lenet5-fashion
     python benchmarks/search_cost.py --tasks vit-digits
 
+Three seeds (the default) say little about MACs: per_pattern's cost follows the blocks its sampler draws
+(on the MLP its studies cost 0.8e10 to 3.9e10 MACs over ten seeds). BENCHMARKS.md table 11 uses
+`--seeds 0,1,2,3,4,5,6,7,8,9` for the MLP and the ViT (about 2.3 minutes a seed here) and 0-4 for
+LeNet-5 (about 9 minutes a seed).
+
 `--per-trial` also prints every trial's state, params, kept blocks and training MACs (where a study's
 MACs go).
 

@@ -222,7 +222,8 @@ def test_validate_may_be_a_callable_giving_per_example_hits():
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     one_round = OneRound(model, optimizer, select_steps=2, validate=validate)
-    step(model, optimizer, batches()), step(model, optimizer, batches())
+    for _ in range(2):  # the race's two steps: its check is at its end
+        step(model, optimizer, batches())
     assert sorted(seen) == [["2x2"], ["4x4"], ["8x8"]]  # each candidate alone at the check
     assert len(one_round.race.estimates["0"]["2x2"].correct) == 40
 
@@ -232,7 +233,8 @@ def test_a_data_loader_validates_on_its_first_examples_at_the_check():
     loader = DataLoader(TensorDataset(torch.randn(64, 16), torch.randint(0, 3, (64,))), batch_size=16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     one_round = OneRound(model, optimizer, select_steps=2, validate=loader, check_examples=30)
-    step(model, optimizer, batches()), step(model, optimizer, batches())
+    for _ in range(2):  # the race's two steps: its check is at its end
+        step(model, optimizer, batches())
     assert {len(e.correct) for e in one_round.race.estimates["0"].values()} == {10}  # 30 over 3 candidates
 
 

@@ -62,7 +62,7 @@ SINGLE = (4, 4)
 
 @dataclass
 class Setup:
-    """A model, the layers decomposed, and its learning rate (the tested one of BENCHMARKS.md tables 2-3)."""
+    """A model, the layers decomposed, and its learning rate (the tested one of docs/benchmarks/ tables 2-3)."""
 
     name: str
     options: dict

@@ -1,4 +1,4 @@
-"""The paper's comparison on Fashion-MNIST, and what the search costs (BENCHMARKS.md has the results).
+"""The paper's comparison on Fashion-MNIST, and what the search costs (docs/benchmarks/ has the results).
 
     python benchmarks/paper_tables.py --table linear  --seeds 0,1,2 --epochs 5 --limit 10000
     python benchmarks/paper_tables.py --table lenet5  --seeds 0,1,2 --epochs 5 --limit 10000

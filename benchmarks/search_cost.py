@@ -8,7 +8,7 @@ processes can share a machine:
     python benchmarks/search_cost.py --tasks vit-digits
 
 Three seeds (the default) say little about MACs: per_pattern's cost follows the blocks its sampler draws
-(on the MLP its studies cost 0.8e10 to 3.9e10 MACs over ten seeds). BENCHMARKS.md table 11 uses
+(on the MLP its studies cost 0.8e10 to 3.9e10 MACs over ten seeds). docs/benchmarks/search-cost.md (table 11) uses
 `--seeds 0,1,2,3,4,5,6,7,8,9` for the MLP and the ViT (about 2.3 minutes a seed here) and 0-4 for
 LeNet-5 (about 9 minutes a seed).
 

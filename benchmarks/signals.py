@@ -18,7 +18,7 @@ race's own measurement). A candidate already out ranks last.
 
 The summed contest's signals (the gate g_k, the push, the push per MAC, the validation loss of the
 candidate alone inside the sum, the loss increase on its removal) were measured by this script at
-commit d5492a1, before the race replaced that contest (BENCHMARKS.md table 10).
+commit d5492a1, before the race replaced that contest (docs/benchmarks/selection.md, table 10).
 
 Reported per task and signal: Spearman's rank correlation of the signal with the candidates'
 accuracy alone (mean over layers and seeds), sign-adjusted so that +1 is a perfect predictor, and how

@@ -1,1 +1,1 @@
-"""Examples of one's own model and data for kronsearch space files (see README "Your own model")."""
+"""Examples of one's own model and data for kronsearch space files (see docs/own-model.md)."""

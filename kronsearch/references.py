@@ -76,8 +76,8 @@ def _timm() -> Any:
     except ImportError as err:
         if "timm" not in str(err):
             raise BadInput(_TIMM_BROKEN.format(err=f"{type(err).__name__}: {err}")) from None
-        raise BadInput("timm models need timm: see README \"Your own model\" for the install command that keeps "
-                       "your torch") from None
+        raise BadInput("timm models need timm: docs/own-model.md (\"Your own model and data\") gives the install "
+                       "command that keeps your torch") from None
     except Exception as err:  # noqa: BLE001 - e.g. a torchvision built for another torch fails as it loads its ops
         raise BadInput(_TIMM_BROKEN.format(err=f"{type(err).__name__}: {err}")) from None
     return timm
@@ -85,7 +85,7 @@ def _timm() -> Any:
 
 _TIMM_BROKEN = ("timm is installed but cannot be imported ({err}); its torchvision probably does not match your "
                 "torch (PyPI's Linux torchvision is a CUDA build: on a CPU torch, install torchvision's CPU wheel "
-                "from https://download.pytorch.org/whl/cpu), see README \"Your own model\"")
+                "from https://download.pytorch.org/whl/cpu), see docs/own-model.md (\"Your own model and data\")")
 
 
 def create_timm(name: str, input_shape: tuple[int, int, int], num_classes: int, options: Mapping[str, Any]) -> nn.Module:

@@ -148,7 +148,7 @@ BACKEND = {"name": choice(BACKENDS, "local"),
 RESOURCES = {key: number("a number >= 0", lambda v: 0 <= v <= 1024, default) for key, default in (("cpu", 1), ("gpu", 0))}
 SPACE = {"blocks": later(), "ranks": later([1]), "lambda2": later()}
 RETIRED = {"space.lambda1": "retired: the one round no longer weighs a group penalty; it races the candidates and "
-                            "keeps the cheapest within search.tolerance (README, Strategies). Remove the key"}
+                            "keeps the cheapest within search.tolerance (docs/strategies.md). Remove the key"}
 """Keys earlier versions read, with why they are refused now (a study that used one is a new study)."""
 OBJECTIVE = {"metric": choice(tuple(METRICS)), "direction": later(None)}
 RANGE = {"low": number("a finite number", math.isfinite), "high": number("a finite number", math.isfinite),

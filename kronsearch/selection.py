@@ -15,7 +15,7 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
   state under a fresh schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the
   race and the prox by forward and optimizer-step hooks, in the trainer and in any training loop.
 
-Why a race, measured (BENCHMARKS.md table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
+Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
 - The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm
   wins; here with gates that moved by each candidate's first-order pull) kept the candidate with the
   most parameters, the fastest early learner, on tasks where the blocks end within a point of each

@@ -1,4 +1,4 @@
-"""The package's layout rules (README "Architecture"): imports flow one way, layers/ stands alone."""
+"""The package's layout rules (docs/architecture.md): imports flow one way, layers/ stands alone."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def test_two_storages_in_one_folder_keep_their_own_trial_folders(write_space, wo
     (first,) = load_studies("tiny:one_round")
     (second,) = load_studies("tiny:one_round", "sqlite:///studies/other.db")
     folders = [Path("studies", s.trials[0].user_attrs["artifact_dir"]) for s in (first, second)]
-    assert folders[0] == Path("studies/tiny/one_round/trial-0")  # the default storage keeps README's layout
+    assert folders[0] == Path("studies/tiny/one_round/trial-0")  # the layout docs/workflow.md gives
     assert folders[1] == Path("studies/other.db-artifacts/tiny/one_round/trial-0")
     assert sha(folders[0] / "model.safetensors") != sha(folders[1] / "model.safetensors")
     for storage, folder in (([], folders[0]), (["--storage", "sqlite:///studies/other.db"], folders[1])):

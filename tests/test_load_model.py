@@ -1,9 +1,8 @@
 """kronsearch.load_model: an exported pattern file (+ weights, + the --bsr file) back to a working model,
-and the README's snippets for it, run as written on a real export of the shipped ViT space."""
+and the docs' snippets for it (docs/inference.md, README.md), run as written on a real export of the shipped ViT space."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from kronsearch.storage import load_studies
 from kronsearch.data.batches import Batches
 from kronsearch.trainer import accuracy
 from kronsearch.trial_run import load_space_data
+from tests.docblocks import code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,18 +117,20 @@ def test_weights_of_another_format_are_refused(exported):
         load_model(exported / "best.yaml", exported / "best.bin")
 
 
-def readme_snippets(section: str) -> list[str]:
-    """The python code blocks of one README section (from its heading to the next heading)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    body = text.split(section, 1)[1].split("\n#", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
-
-
-def test_readme_snippets_for_exported_models_run_as_written(exported, monkeypatch):
+def test_the_inference_page_snippets_run_as_written(exported, monkeypatch):
     monkeypatch.chdir(exported)
-    snippets = readme_snippets("### Using the exported model")
-    assert len(snippets) >= 2
+    snippets = code_blocks("docs/inference.md", "python")
+    assert len(snippets) >= 4
     scope: dict = {}
     for snippet in snippets:
-        exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+        exec(compile(snippet, "docs/inference.md", "exec"), scope)  # noqa: S102 - the docs' own code
     assert isinstance(scope["model"], torch.nn.Module) and "kronsearch" in scope and kronsearch.load_model
+
+
+def test_the_readme_snippet_kronifies_a_network_with_the_exported_plan(exported, monkeypatch):
+    monkeypatch.chdir(exported)
+    (snippet,) = code_blocks("README.md", "python")
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    plan = kronsearch.load_plan(exported / "best.yaml")
+    assert {name for name, m in scope["own"].named_modules() if isinstance(m, KronLinear)} == set(plan)

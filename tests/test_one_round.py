@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from kronsearch.layers.plan import parse_plan
 from kronsearch.models import build_model
 from kronsearch.one_round import OneRound
 from kronsearch.trainer import TrainConfig, lr_factor, make_optimizer, seed_everything, train
+from tests.docblocks import code_blocks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -318,11 +318,9 @@ def test_the_own_loop_example_runs_and_prints_its_decision_and_plan(capsys):
     assert result["decisions"]["0"].step <= 8 and 0.5 < result["accuracy"] <= 1
 
 
-def test_the_readme_snippet_runs_as_written(capsys):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## In your own training loop", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_own_loop_page_snippet_runs_as_written(capsys):
+    code = code_blocks("docs/own-loop.md", "python")[0]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/own-loop.md", "exec"), namespace)
     assert namespace["one_round"].done and "Decision(block=" in capsys.readouterr().out
     assert isinstance(namespace["model"][0], kronsearch.KronLinear)

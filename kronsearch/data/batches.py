@@ -1,7 +1,7 @@
 """Batches of one split, for training (shuffled, seeded) and evaluation (in order).
 
 In-memory TensorDatasets (every built-in dataset) are moved to the device once and indexed there:
-the fast path, measured against a DataLoader over the same tensors in BENCHMARKS.md (table 7).
+the fast path, measured against a DataLoader over the same tensors in docs/benchmarks/speed.md (table 7).
 Any other torch Dataset (a data factory's, with its transforms and augmentation) goes through a
 torch DataLoader with `workers` worker processes; its items are (image, label) pairs.
 """

@@ -12,7 +12,7 @@ each term with factors C = S ⊙ A (r, m1, n1) and blocks B (r, h, w). The paths
   projected onto each term's C and B (r*m*n), with W rebuilt rather than saved (`merged_linear`).
   So K candidates cost one GEMM plus K builds, not K factored products. Parameters, gradients and
   optimizer state stay the factors; saved for backward are x (as nn.Linear) and the factors.
-  ViT-tiny training step (BENCHMARKS.md table 5, 1 thread, two runs): 0.99-1.07x the dense step
+  ViT-tiny training step (docs/benchmarks/speed.md table 5, 1 thread, two runs): 0.99-1.07x the dense step
   for one block and 1.11-1.12x for three candidates, peak memory 1.00-1.01x (1.03x) dense; the
   factored path took 0.45x (16x16) to 7.5x (2x2) and 10.3x (three candidates), at 1.25x (1.80x)
   the memory: it saves its intermediate product for backward.

@@ -19,7 +19,7 @@ it lets the pruned blocks drop out. The paths:
 (with compute.py's timing, `fastest_seconds`) and keeps, per layer, the path whose worst ratio to the
 fastest path of a batch size is smallest. The module's forward uses only torch operations, so
 `torch.export.export` of it gives a program that runs (and saves, `torch.export.save`) without
-kronsearch. Measured: BENCHMARKS.md table 12, `benchmarks/inference.py`.
+kronsearch. Measured: docs/benchmarks/speed.md table 12, `benchmarks/inference.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 rewritten as a torch state dict (.pt), and merged into the `--bsr` file.
 
 The only part of export that needs torch: export_trial imports this module when weights are asked for, so
-exporting a pattern file alone stays a read command (BENCHMARKS.md table 13).
+exporting a pattern file alone stays a read command (docs/benchmarks/speed.md, table 13).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from kronsearch.errors import BadInput, KronsearchError, RunFailure
@@ -10,6 +11,7 @@ from kronsearch.schema import SpaceError
 from kronsearch.storage import StorageError, StudyNotFound
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kronsearch"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 
 def module_name(path: Path) -> str:
@@ -30,6 +32,43 @@ def imports() -> dict[str, set[str]]:
                 found |= {a.name for a in node.names if a.name in modules}
         graph[name] = found - {name}
     return graph
+
+
+def pipeline_stages() -> list[list[str]]:
+    """The stages of docs/architecture.md's diagram, top first: each a list of folders ("layers/") and modules
+    ("cli.py"). A line starting with "|" separates stages; a line starting with names adds them to the stage."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    diagram = text.split("\n```\n", 1)[1].split("\n```", 1)[0]
+    stages: list[list[str]] = [[]]
+    for line in diagram.splitlines():
+        if line.strip().startswith("|"):
+            if stages[-1]:
+                stages.append([])
+            continue
+        names = re.match(r"((?:[\w]+(?:/|\.py)\s)+)", line + " ")
+        if names:
+            stages[-1] += names.group(1).split()
+    return [s for s in stages if s]
+
+
+def pipeline_stage(module: str, stages: list[list[str]]) -> int | None:
+    """The stage of a module ("kronsearch.backends.ray" is in "backends/", "kronsearch.cli" in "cli.py")."""
+    parts = module.split(".")[1:]
+    names = {f"{parts[0]}/", f"{parts[0]}.py"} if parts else set()
+    return next((i for i, stage in enumerate(stages) if names & set(stage)), None)
+
+
+def test_the_architecture_page_names_every_module_in_its_pipeline():
+    stages = pipeline_stages()
+    missing = sorted(m for m in imports() if m != "kronsearch" and pipeline_stage(m, stages) is None)
+    assert missing == [], f"add these to the pipeline in docs/architecture.md, at the stage of their imports: {missing}"
+
+
+def test_every_import_points_down_the_pipeline_of_the_architecture_page():
+    stages = pipeline_stages()
+    upward = sorted(f"{m} -> {t}" for m, targets in imports().items() if m != "kronsearch" for t in targets
+                    if t != "kronsearch" and (pipeline_stage(t, stages) or 0) > (pipeline_stage(m, stages) or 0))
+    assert upward == [], f"imports from a later stage of docs/architecture.md's pipeline: {upward}"
 
 
 def test_layers_import_nothing_of_kronsearch_outside_layers():

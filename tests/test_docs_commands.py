@@ -20,8 +20,8 @@ import yaml
 
 from tests.docblocks import ROOT, ShellBlock, shell_blocks
 
-TINY = {"search": {"trials": 2}, "train": {"epochs": 2, "select_epochs": 1, "warmup_epochs": 0, "finetune_epochs": 0},
-        "data": {"limit": 200}}
+TINY = {"search": {"trials": 2}, "train": {"epochs": 1, "select_epochs": 1, "warmup_epochs": 0, "finetune_epochs": 0},
+        "data": {"limit": 150}}
 
 
 def unique_run_blocks() -> list[ShellBlock]:

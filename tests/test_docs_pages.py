@@ -1,11 +1,13 @@
-"""The documentation's shape: a README of a few screens, pages that open with what they are for, and the
-API page's example run as written."""
+"""The documentation's shape and examples: a README of a few screens, pages that open with what they are for, the
+API page's example run as written, and the space file examples accepted as they are."""
 
 from __future__ import annotations
 
 import torch
+import yaml
 
 import kronsearch
+from kronsearch.space import load_space
 from tests.docblocks import ROOT, code_blocks, doc_pages
 
 
@@ -28,3 +30,18 @@ def test_the_api_page_layers_example_runs_as_written():
     assert scope["y"].shape == (32, 192)
     assert sum(isinstance(m, kronsearch.KronLinear) for m in scope["model"].modules()) == 8
     assert isinstance(scope["model"].head, torch.nn.Linear)
+
+
+def test_the_space_file_page_example_is_a_valid_space_file(tmp_path):
+    (example,) = code_blocks("docs/spaces.md", "yaml")
+    (tmp_path / "example.yaml").write_text(example, encoding="utf-8")
+    space = load_space(tmp_path / "example.yaml")
+    assert (space.name, space.search["strategy"]) == ("vit-digits", "one_round")
+
+
+def test_the_ray_page_backend_keys_are_valid_in_a_space_file(tmp_path):
+    (example,) = code_blocks("docs/spaces.md", "yaml")
+    (backend,) = code_blocks("docs/ray.md", "yaml")
+    space = {**yaml.safe_load(example), **yaml.safe_load(backend)}
+    (tmp_path / "ray.yaml").write_text(yaml.safe_dump(space), encoding="utf-8")
+    assert load_space(tmp_path / "ray.yaml").backend["name"] == "ray"

@@ -10,15 +10,18 @@ and tests/test_one_round.py (your own loop).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from tests.docblocks import ROOT, ShellBlock, shell_blocks
+from tests.postgres import postgres_server
 
 TINY = {"search": {"trials": 2}, "train": {"epochs": 1, "select_epochs": 1, "warmup_epochs": 0, "finetune_epochs": 0},
         "data": {"limit": 150}}
@@ -83,3 +86,25 @@ def test_the_docs_shell_block_runs_as_written(block: ShellBlock, tmp_path: Path)
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     assert done.returncode == 0, f"{block.name} exited {done.returncode}:\n{done.stdout[-3000:]}"
     assert "Traceback" not in done.stdout and "error:" not in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow  # a PostgreSQL server and two tiny runs at once: about 30 s
+def test_the_machines_page_postgresql_commands_run_as_two_machines_on_one_server(tmp_path: Path):
+    (block,) = [b for b in shell_blocks() if b.page == "docs/machines.md" and "postgresql" in b.body]
+    run_line, show_line = [line.split("  #")[0] for line in block.body.splitlines()]
+    env = docs_folder(tmp_path)
+    with postgres_server() as url:
+        def as_here(line: str) -> str:  # the page's placeholders: its server, its space file and search name
+            line = re.sub(r"postgresql\+psycopg://\S+", url, line)
+            return line.replace("space.yaml", "search_spaces/vit.yaml").replace("my-search", "vit-digits")
+
+        machines = [subprocess.Popen(["bash", "-c", as_here(run_line)], cwd=tmp_path, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+        assert [m.returncode for m in machines] == [0, 0], outputs
+        shown = subprocess.run(["bash", "-c", as_here(show_line)], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        assert shown.returncode == 0, shown.stdout
+        trials = optuna.load_study(study_name="vit-digits:one_round", storage=url).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2  # the space's 2 trials, no more
+    assert "2 trials" in shown.stdout and not any("error:" in output for output in outputs)

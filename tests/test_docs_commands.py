@@ -25,6 +25,7 @@ from tests.postgres import postgres_server
 
 TINY = {"search": {"trials": 2}, "train": {"epochs": 1, "select_epochs": 1, "warmup_epochs": 0, "finetune_epochs": 0},
         "data": {"limit": 150}}
+OPTUNA_CLI = "import sys, optuna.cli; sys.exit(optuna.cli.main())"  # `optuna`, as its console script runs it
 
 
 def unique_run_blocks() -> list[ShellBlock]:
@@ -40,13 +41,15 @@ def tiny_space(text: str) -> str:
     """A shipped space file cut to a tiny run; its comments go (the runs only need its keys)."""
     space = yaml.safe_load(text)
     for section, changes in TINY.items():
+        if section == "data" and "factory" in space["data"]:
+            continue  # a data factory makes its own splits: no limit
         space.setdefault(section, {}).update(changes)
     return yaml.safe_dump(space, sort_keys=False)
 
 
 def docs_folder(folder: Path) -> dict[str, str]:
     """Lay out `folder` as the docs' commands expect a clone to look (search_spaces/, examples/); the environment
-    in which `kronsearch` and `python` are this interpreter running this checkout."""
+    in which `kronsearch`, `optuna` and `python` are this interpreter running this checkout."""
     spaces = folder / "search_spaces"
     spaces.mkdir()
     for path in (ROOT / "search_spaces").glob("*.yaml"):
@@ -55,7 +58,8 @@ def docs_folder(folder: Path) -> dict[str, str]:
     bin_dir = folder / ".bin"
     bin_dir.mkdir()
     for name, command in (("python", f'exec "{sys.executable}" "$@"'),
-                          ("kronsearch", f'exec "{sys.executable}" -m kronsearch "$@"')):
+                          ("kronsearch", f'exec "{sys.executable}" -m kronsearch "$@"'),
+                          ("optuna", f'exec "{sys.executable}" -c "{OPTUNA_CLI}" "$@"')):
         (bin_dir / name).write_text(f"#!/bin/sh\n{command}\n")
         (bin_dir / name).chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),

@@ -9,6 +9,7 @@ one line on stderr ("error: ..."), never a traceback.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 
 import kronsearch
 
+from kronsearch.console import drop_output, ignore_absurd_columns
 from kronsearch.errors import BadInput, RunFailure, Terminated
 from kronsearch.record import Strategy
 from kronsearch.storage import load_studies, storage_for
@@ -61,8 +63,17 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """typer.echo that outlives its reader (`run ... | head -1`): once the pipe is closed the rest of the output
+    is dropped, and the exit code still says whether the work was done (kronsearch.console)."""
+    try:
+        typer.echo(text, err=err)
+    except BrokenPipeError:
+        drop_output(sys.stderr if err else sys.stdout)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    _echo(f"error: {message}", err=True)
     return typer.Exit(code)
 
 
@@ -77,6 +88,9 @@ def _errors(interrupted: str = "interrupted") -> Iterator[None]:
         raise _fail(f"terminated (SIGTERM): {interrupted}", EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         raise _fail(interrupted, EXIT_INTERRUPTED) from None
+    except SystemExit as err:  # typer.Exit is no SystemExit: this is code kronsearch ran (a user's) calling sys.exit
+        raise _fail(f"code run by kronsearch called sys.exit({err.code!r}) (SystemExit); {interrupted}",
+                    EXIT_FAILURE) from None
     except BadInput as err:  # SpaceError, ModelError, DatasetError, StudyNotFound, bad blocks and files
         raise _fail(_one_line(err), EXIT_BAD_INPUT) from None
     except (RunFailure, OSError) as err:  # StorageError, ExportError, a missing dataset, a full disk
@@ -124,10 +138,10 @@ def run(
                              dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet,
                              wide=wide)
         if dry_run and summary.plan_text:
-            typer.echo(summary.plan_text)
+            _echo(summary.plan_text)
         if summary.failed:
             raise _fail(summary.message, EXIT_FAILURE)
-        typer.echo(summary.message)
+        _echo(summary.message)
 
 
 def _stdout() -> Console:
@@ -226,13 +240,18 @@ def plot(
 def main() -> None:
     """Console-script entry point.
 
-    A Ctrl-C while click still parses the command line (before any command's own handling) is turned by
-    typer into a silent exit 130; it gets its one line here."""
+    A Ctrl-C (or SIGTERM) while click still parses the command line (before any command's own handling) is
+    turned by typer into a silent exit 130; it gets its one line (and SIGTERM its 143) here."""
+    ignore_absurd_columns()
     try:
         app()
     except SystemExit as exit:
-        if exit.code == EXIT_INTERRUPTED and isinstance(getattr(exit.__context__, "__cause__", None), KeyboardInterrupt):
-            typer.echo("error: interrupted", err=True)
+        cause = getattr(exit.__context__, "__cause__", None)
+        if exit.code == EXIT_INTERRUPTED and isinstance(cause, Terminated):
+            _echo("error: terminated (SIGTERM)", err=True)
+            sys.exit(EXIT_TERMINATED)
+        if exit.code == EXIT_INTERRUPTED and isinstance(cause, KeyboardInterrupt):
+            _echo("error: interrupted", err=True)
         raise
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from kronsearch.backends.base import Backend, Budget
 from kronsearch.backends.local import LocalBackend
+from kronsearch.console import progress_console
 from kronsearch.record import Strategy, TrialRecord, finished, study_name, tolerance_pick
 from kronsearch.report.plan import render_plan
 from kronsearch.space import Space, load_space
@@ -79,7 +80,7 @@ def run_search(
     """Validate the space file, then run (or resume) its study (dry_run: only its plan, 80 columns wide unless
     `wide`). Raises SpaceError on bad input."""
     started = time.monotonic()
-    console = console or Console(stderr=True, quiet=not progress, soft_wrap=True)
+    console = console or progress_console(quiet=not progress)
     space = load_space(space_path, trials=trials, strategy=strategy, device=device, backend=backend,
                        address=address)
     strategy = space.search["strategy"]

@@ -20,6 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from kronsearch.data import DataSplits, load_dataset
 from kronsearch.data.batches import Batches
+from kronsearch.errors import user_code_exits
 from kronsearch.layers.kronify import kronify
 from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.layers.blocks import parse_block
@@ -82,6 +83,11 @@ def check_fit(space: Space, batch: int = 16) -> None:
     must return one (batch, num_classes) tensor of logits and every label must lie in [0, num_classes) (all of
     them for in-memory data, the first batch otherwise). SpaceError naming the key otherwise: every trial
     would fail the same way."""
+    with user_code_exits(f"{space.path}: the data or model code (checked before training)"):
+        _check_fit(space, batch)
+
+
+def _check_fit(space: Space, batch: int) -> None:
     data, classes = load_space_data(space), space.num_classes
     model = build_configured_model(space.model, space.input_shape, classes).eval()
     for split in ("train", "val", "test"):
@@ -134,10 +140,11 @@ def run_trial(
     folder): that is no fault of the trial, and the search stops instead of failing every trial after
     it; earlier trials' artifacts are untouched (every file is written to a temporary name first).
     """
-    data = load_space_data(space)
-    model = build_trial_model(space, spec)
-    config = space.train_config(lambda2=spec.lambda2, progress=progress)
-    result: TrainResult = train(model, data, config, on_epoch)
+    with user_code_exits("the trial's data or model code"):
+        data = load_space_data(space)
+        model = build_trial_model(space, spec)
+        config = space.train_config(lambda2=spec.lambda2, progress=progress)
+        result: TrainResult = train(model, data, config, on_epoch)
     bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # the last step can leave NaN/inf weights without a non-finite loss
         raise TrainingDiverged(f"non-finite weights after training in {', '.join(bad[:3])}")

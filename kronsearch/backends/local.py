@@ -16,6 +16,7 @@ from rich.console import Console
 from kronsearch import record
 from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, should_prune,
                                       start_trial, trial_artifact_dir, trial_failure)
+from kronsearch.errors import Terminated
 from kronsearch.progress import EpochLines, planned_epochs
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, storage_reason, study_artifacts_dir
@@ -92,8 +93,8 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
     def interruptible(trial: optuna.Trial) -> list[float]:
         try:
             return objective(trial)
-        except KeyboardInterrupt:
-            record.interrupt(trial, "stopped by Ctrl-C (SIGINT)")
+        except KeyboardInterrupt as err:
+            record.interrupt(trial, "stopped by SIGTERM" if isinstance(err, Terminated) else "stopped by Ctrl-C (SIGINT)")
             raise
         except StorageError as err:
             record.interrupt(trial, str(err))

@@ -37,8 +37,13 @@ def merge(base: dict, changes: dict) -> dict:
     return out
 
 
+TEST_SESSION_ENV = "KRONSEARCH_TEST_SESSION"  # marks every process this test session starts (test_ray_backend.ray_processes)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """In a pytest-xdist worker, torch gets one thread: the workers already share the cores between them."""
+    """Mark this test session's processes (its xdist workers inherit the controller's mark). In a pytest-xdist
+    worker, torch gets one thread: the workers already share the cores between them."""
+    os.environ.setdefault(TEST_SESSION_ENV, f"{os.getpid()}-{os.urandom(4).hex()}")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
 

@@ -154,7 +154,7 @@ def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, wo
 
     (study,) = load_studies("tiny:one_round")
     assert [t.user_attrs.get("interrupted") for t in study.trials][:1] == ["stopped by SIGTERM"]
-    assert list((temp / "kronsearch-ray").glob("run-*")) == []  # the session folder is removed
+    assert list((temp / f"kronsearch-ray-{os.getuid()}").iterdir()) == []  # the session folder is removed
 
 
 @pytest.mark.slow  # starts Ray in a fresh process, about 31 s; CI runs it (-m slow)
@@ -174,19 +174,19 @@ def test_a_killed_raylet_ends_the_run_with_one_error_line_its_trials_interrupted
     (study,) = load_studies("tiny:one_round")
     assert [t.state.name for t in study.trials] == ["FAIL"]
     assert study.trials[0].user_attrs["interrupted"].startswith("the run stopped abruptly")
-    assert list((short_tmp / "kronsearch-ray").glob("run-*")) == []
+    assert list((short_tmp / f"kronsearch-ray-{os.getuid()}").iterdir()) == []
 
 
 def test_a_ray_run_removes_the_session_folders_of_drivers_that_died(tmp_path):
     import subprocess
     import sys
 
-    from kronsearch.backends.ray import KEPT, sweep_dead_sessions
+    from kronsearch.backends.ray_folders import KEPT, sweep_dead_sessions
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    kept = f"run-{pid}-{KEPT}-b"
-    for name in (f"run-{pid}-a", kept, f"run-{os.getpid()}-live", "run-oldstyle"):
+    for name in (f"{pid}-000a", f"{pid}-000b", f"{os.getpid()}-0000", "run-1-a"):
         (tmp_path / name / "ray").mkdir(parents=True)
-    assert sweep_dead_sessions(tmp_path) == [tmp_path / f"run-{pid}-a"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept, f"run-{os.getpid()}-live", "run-oldstyle"])
+    (tmp_path / f"{pid}-000b" / KEPT).touch()
+    assert sweep_dead_sessions(tmp_path) == [tmp_path / f"{pid}-000a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{pid}-000b", f"{os.getpid()}-0000", "run-1-a"])

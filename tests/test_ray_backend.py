@@ -23,16 +23,18 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kronsearch.record import metrics
-from kronsearch.backends.ray import TEMP_DIR, check_cluster, check_resources, ray_session
+from kronsearch.backends.ray import check_cluster, check_resources, ray_session
 from kronsearch.backends.tune import CRASH_HOOK_ENV, StudySearcher
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
 from kronsearch.record import finished
+from tests.conftest import TEST_SESSION_ENV
 
 pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: one worker runs every Ray file (tests/conftest.py)
 
 RAY = {"name": "ray", "max_concurrent": 2, "max_retries": 1, "resources_per_trial": {"cpu": 1, "gpu": 0}}
+RAY_WORDS = ("raylet", "gcs_server", "ray::", "kronsearch-ray-")  # in the command lines of Ray's processes
 CRASH_SEARCH = "ray-crash"  # the search whose trial 0 kills its worker (see the module fixture)
 
 
@@ -44,10 +46,21 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def started_by_this_test_session(pid: int) -> bool:
+    """Whether process `pid` carries this test session's mark (conftest's TEST_SESSION_ENV, inherited by every
+    process it starts: Ray's daemons and workers, even once their driver died and they were reparented)."""
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or another user's
+        return False
+    return f"{TEST_SESSION_ENV}={os.environ[TEST_SESSION_ENV]}".encode() in environment
+
+
 def ray_processes() -> set[int]:
-    """pids of Ray's daemons and workers on this machine (raylet, gcs_server, ray::..., our temp dir)."""
-    return {int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
-            and any(word in command_line(int(entry.name)) for word in ("raylet", "gcs_server", "ray::", str(TEMP_DIR)))}
+    """pids of Ray's daemons and workers (raylet, gcs_server, ray::..., kronsearch's session folders) that this test
+    session started: another user's Ray on the machine is not this session's to leave behind."""
+    return {pid for entry in Path("/proc").iterdir() if entry.name.isdigit() and started_by_this_test_session(
+        pid := int(entry.name)) and any(word in command_line(pid) for word in RAY_WORDS)}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +86,23 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     while (left := ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.25)
     assert not left, f"Ray processes left behind: {sorted(left)}"
+
+
+def test_the_left_behind_check_counts_only_processes_this_test_session_started():
+    import subprocess
+    import sys
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "raylet"]  # a command line like Ray's raylet
+    foreign = {key: value for key, value in os.environ.items() if key != TEST_SESSION_ENV}
+    others, ours = subprocess.Popen(sleeper, env=foreign), subprocess.Popen(sleeper)
+    try:
+        time.sleep(0.3)
+        found = ray_processes()
+        assert ours.pid in found and others.pid not in found
+    finally:
+        for proc in (others, ours):
+            proc.kill()
+            proc.wait()
 
 
 def trials_of(study_name: str, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kronsearch.record import metrics
-from kronsearch.backends.ray import TEMP_DIR
+from kronsearch.backends.ray_folders import KEPT, session_root
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
 
@@ -41,10 +41,10 @@ def one_thread():
 def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(write_space, workdir, one_thread):
     path = write_space(**PRUNING)
     processes = ray_processes()
-    sessions = set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()
+    sessions = set(session_root().iterdir()) if session_root().is_dir() else set()
     run_search(path, progress=False)  # starts and stops its own local Ray
     assert left_running(processes) == {}
-    assert (set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()) == sessions  # its session folder is gone
+    assert set(session_root().iterdir()) == sessions  # its session folder is gone
     run_search(path, backend="local", progress=False, studies_dir="local-studies")
 
     (ray_study,) = load_studies("tiny:one_round")
@@ -66,13 +66,13 @@ def test_ray_prunes_mid_trial_like_the_local_backend_and_leaves_nothing_behind(w
 
 def test_keep_session_keeps_the_runs_ray_and_tune_folders_and_says_where(write_space):
     path = write_space(search={"trials": 1}, backend={**RAY, "keep_session": True})
-    sessions = set(TEMP_DIR.iterdir()) if TEMP_DIR.is_dir() else set()
+    sessions = set(session_root().iterdir()) if session_root().is_dir() else set()
     console = Console(record=True, width=400)
     run_search(path, console=console)
-    (kept,) = set(TEMP_DIR.iterdir()) - sessions
+    (kept,) = set(session_root().iterdir()) - sessions
     try:
         assert f"kept in {kept}" in console.export_text()
-        assert sorted(p.name for p in kept.iterdir()) == ["ray", "tune"]
+        assert sorted(p.name for p in kept.iterdir()) == [KEPT, "ray", "tune"]
         assert any((kept / "tune").rglob("result.json"))  # Tune's per-trial results, as its loggers wrote them
     finally:
         shutil.rmtree(kept)

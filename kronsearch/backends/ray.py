@@ -33,7 +33,7 @@ Failures
 Sessions: one per `kronsearch run` (a hybrid's two stages share it)
 - backend.address null: a new local Ray on this machine (even if RAY_ADDRESS is set) with
   os.cpu_count() CPUs and every GPU, no dashboard, token auth off unless RAY_AUTH_MODE says otherwise.
-  Its session folder and Tune's trial folders are in one folder under <system temp dir>/kronsearch-ray,
+  Its session folder and Tune's trial folders are in one short private folder (backends.ray_folders),
   removed when the run ends (backend.keep_session: true keeps it and prints where). "auto": join the
   cluster `ray start` started on this machine; "ray://host:port": a remote cluster through Ray Client.
   A joined cluster is left running; only Tune's folder is removed. If this process is already connected
@@ -52,11 +52,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import secrets
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -72,18 +69,17 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
+from kronsearch.backends.ray_folders import (new_session_folder, private_folder, remove_session,  # noqa: E402
+                                              session_root, sweep_dead_sessions)
 from kronsearch.backends.ray_watch import DriverWatch  # noqa: E402
 from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_trial  # noqa: E402
 from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_artifacts_dir, study_storage_url  # noqa: E402
-from kronsearch.processes import process_alive  # noqa: E402
 from kronsearch.study import Heartbeats  # noqa: E402
 
-TEMP_DIR = Path(tempfile.gettempdir()) / "kronsearch-ray"  # short: Ray's socket paths must fit in 107 bytes
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
-KEPT = "keep"  # run-<pid>-keep-*: a run folder of backend.keep_session: true
 ADDRESS_TIMEOUT = 10.0  # seconds: how long backend.address may take to answer
 
 
@@ -205,41 +201,8 @@ def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def new_session_folder(keep: bool) -> Path:
-    """TEMP_DIR/run-<pid>-[keep-]<4 hex digits>, private to this user; short, as Ray's socket paths below it
-    must fit in 107 bytes."""
-    while True:
-        folder = TEMP_DIR / f"run-{os.getpid()}-{f'{KEPT}-' if keep else ''}{secrets.token_hex(2)}"
-        try:
-            folder.mkdir(mode=0o700)
-            return folder
-        except FileExistsError:
-            continue
-
-
-def sweep_dead_sessions(folder: Path) -> list[Path]:
-    """Remove the run-<pid>-* folders of drivers that died without cleaning up (Ray can end its driver natively,
-    e.g. when the raylet dies), unless they were to be kept; returns the removed ones."""
-    removed = []
-    for session in folder.glob("run-*-*"):
-        _, pid, rest = session.name.split("-", 2)
-        if pid.isdigit() and not rest.startswith(f"{KEPT}-") and not process_alive(int(pid)):
-            remove_session(session)
-            removed.append(session)
-    return removed
-
-
 def _stopped_by() -> str:
     return "stopped by SIGTERM" if TERMINATED.is_set() else "stopped by Ctrl-C (SIGINT)"
-
-
-def remove_session(session: Path) -> None:
-    """Delete one run's folder (Ray's session, Tune's trial folders); other runs' folders are left alone."""
-    for _ in range(5):  # a stopping daemon may still write a last log line
-        shutil.rmtree(session, ignore_errors=True)
-        if not session.exists():
-            return
-        time.sleep(0.2)
 
 
 class RayBackend(Backend):
@@ -255,9 +218,9 @@ class RayBackend(Backend):
     def session(self, space: Space, console: Console) -> Iterator[None]:
         """One Ray session (and one folder for it and Tune) for every stage of the run."""
         check_resources(space)
-        TEMP_DIR.mkdir(parents=True, exist_ok=True)
-        sweep_dead_sessions(TEMP_DIR)
-        self.folder = new_session_folder(space.backend["keep_session"])
+        root = private_folder(session_root())
+        sweep_dead_sessions(root)
+        self.folder = new_session_folder(root, space.backend["keep_session"])
         self.watch = DriverWatch(self.folder, space.backend["keep_session"])  # if Ray ends this process natively
         try:
             with ray_session(space.backend["address"], self.folder) as own:

@@ -21,12 +21,11 @@ from rich.console import Console
 import kronsearch
 
 from kronsearch.console import drop_output, ignore_absurd_columns
-from kronsearch.errors import BadInput, RunFailure, Terminated
+from kronsearch.errors import RUN_INTERRUPTED, BadInput, RunFailure, Terminated
 from kronsearch.record import Strategy
 from kronsearch.storage import load_studies, storage_for
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same command to resume"
 
 app = typer.Typer(
     name="kronsearch", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

@@ -14,7 +14,10 @@ from contextlib import contextmanager
 
 from kronsearch.layers.errors import BadInput, KronsearchError, RunFailure
 
-__all__ = ["BadInput", "KronsearchError", "RunFailure", "Terminated", "UserCodeExit", "user_code_exits"]
+__all__ = ["BadInput", "KronsearchError", "RUN_INTERRUPTED", "RunFailure", "Terminated", "UserCodeExit",
+           "user_code_exits"]
+
+RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same command to resume"  # after Ctrl-C, SIGTERM
 
 
 class Terminated(KeyboardInterrupt):

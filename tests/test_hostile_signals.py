@@ -75,6 +75,49 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_sigterm_during_the_first_seconds_is_one_line_and_exit_143(write_space, python, delay):
+    write_space()
+    proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
+                  "runpy.run_module('kronsearch', run_name='__main__')")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: terminated (SIGTERM)"), err
+
+
+RUN_HANGING_TRIAL = """
+import sys, time
+from pathlib import Path
+import kronsearch.backends.local as local
+
+def run_trial(*args, **kwargs):
+    Path("hanging").write_text("1")
+    time.sleep(300)
+
+local.run_trial = run_trial
+sys.argv = ["kronsearch", "run", "tiny.yaml", "--quiet"]
+from kronsearch.__main__ import main
+main()
+"""
+
+
+def test_sigterm_while_a_local_trial_trains_marks_it_interrupted_and_exits_143(write_space, workdir, python):
+    write_space()
+    proc = python(RUN_HANGING_TRIAL)
+    wait_for(workdir / "hanging", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, err
+    assert err.strip().startswith("error: terminated (SIGTERM): interrupted; completed trials are saved"), err
+    from kronsearch.storage import load_studies
+
+    (study,) = load_studies("tiny:one_round")
+    assert [(t.state.name, t.user_attrs.get("interrupted")) for t in study.trials] == [("FAIL", "stopped by SIGTERM")]
+
+
 def test_ctrl_c_landing_in_a_callback_is_not_lost(python):
     out, err = python(CTRL_C_IN_A_CALLBACK).communicate(timeout=TIMEOUT)
     assert out.strip() == "stopped", (out, err)
@@ -120,13 +163,16 @@ def short_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def ray_run_with_a_trial_training(write_space, workdir: Path, python, temp: Path):
+RAY_RUN = ("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
+           "runpy.run_module('kronsearch', run_name='__main__')")
+
+
+def ray_run_with_a_trial_training(write_space, workdir: Path, python, temp: Path, script: str = RAY_RUN):
     """A `kronsearch run` on a local Ray in `temp`, returned 2 s after its first trial started training."""
     import sqlite3
 
     write_space(train={"epochs": 500}, backend={"name": "ray", "max_concurrent": 1})
-    proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
-                  "runpy.run_module('kronsearch', run_name='__main__')", TMPDIR=str(temp), RAY_AUTH_MODE="disabled")
+    proc = python(script, TMPDIR=str(temp), RAY_AUTH_MODE="disabled")
     deadline = time.monotonic() + TIMEOUT
     while True:  # until a trial trains in a Ray worker
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -155,6 +201,58 @@ def test_sigterm_to_a_ray_driver_stops_like_ctrl_c_and_exits_143(write_space, wo
     (study,) = load_studies("tiny:one_round")
     assert [t.user_attrs.get("interrupted") for t in study.trials][:1] == ["stopped by SIGTERM"]
     assert list((temp / f"kronsearch-ray-{os.getuid()}").iterdir()) == []  # the session folder is removed
+
+
+def assert_terminated_cleanly(proc, err: str, temp: Path, trials: int) -> None:
+    """Exit 143 with one `error: terminated` line, no stack; the trials interrupted; no session folder left."""
+    assert proc.returncode == 143, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: terminated (SIGTERM): interrupted;"), err[-3000:]
+    assert "Traceback" not in err and "SIGTERM received" not in err
+    from kronsearch.storage import load_studies
+
+    (study,) = load_studies("tiny:one_round")
+    started = [t for t in study.trials if t.state.name != "WAITING"]  # an interrupted trial's params, queued again
+    assert [(t.state.name, t.user_attrs.get("interrupted")) for t in started] == [("FAIL", "stopped by SIGTERM")] * trials
+    assert list((temp / f"kronsearch-ray-{os.getuid()}").iterdir()) == []  # the session folder is removed
+
+
+@pytest.mark.slow  # starts Ray in a fresh process, about 25 s; CI runs it (-m slow)
+def test_sigterm_to_a_ray_drivers_whole_process_group_exits_143_at_once(write_space, workdir, python, short_tmp):
+    """As `timeout` and systemd send it: Ray's own processes get it too, and the driver finds them gone."""
+    proc = ray_run_with_a_trial_training(write_space, workdir, python, short_tmp, "import os; os.setpgrp()\n" + RAY_RUN)
+    os.killpg(proc.pid, signal.SIGTERM)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert time.monotonic() - started < 20, err[-3000:]  # not Ray's 60 s wait for its GCS
+    assert_terminated_cleanly(proc, err, short_tmp, trials=1)
+
+
+RAY_INIT_SIGNALLED = """
+import signal, sys, runpy, time
+from pathlib import Path
+import ray
+
+real_init = ray.init
+
+def init(*args, **kwargs):
+    Path("initializing").write_text("1")
+    return real_init(*args, **kwargs)
+
+ray.init = init
+""" + RAY_RUN
+
+
+@pytest.mark.slow  # starts Ray in a fresh process, about 15 s each; CI runs it (-m slow)
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_sigterm_during_ray_init_is_one_line_and_exit_143(write_space, workdir, python, short_tmp, delay):
+    write_space(backend={"name": "ray", "max_concurrent": 1})
+    proc = python(RAY_INIT_SIGNALLED, TMPDIR=str(short_tmp), RAY_AUTH_MODE="disabled")
+    wait_for(workdir / "initializing", proc)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert_terminated_cleanly(proc, err, short_tmp, trials=0)
 
 
 @pytest.mark.slow  # starts Ray in a fresh process, about 31 s; CI runs it (-m slow)

@@ -49,6 +49,7 @@ Storage
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -56,7 +57,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -69,6 +70,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
+from kronsearch.backends.ray_stop import StopDeadline  # noqa: E402
 from kronsearch.backends.ray_folders import (new_session_folder, private_folder, remove_session,  # noqa: E402
                                               session_root, sweep_dead_sessions)
 from kronsearch.backends.ray_watch import DriverWatch  # noqa: E402
@@ -165,38 +167,67 @@ def speaks_grpc(connection: socket.socket) -> bool:
 
 
 TERMINATED = threading.Event()  # SIGTERM arrived during this process's Ray session
+_INITIALIZING = threading.Event()  # ray.init runs: a SIGTERM waits until it returns
+_OUTSIDE_SIGINT: list = []  # the SIGINT handler outside fit() (Tune installs its own while fit() runs)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_sigterm(started: Callable[[], None], signum: int, frame: FrameType | None) -> None:
     """SIGTERM as Ctrl-C: Tune's own SIGINT handler when fit() runs (it ends fit, and run raises Terminated), else
-    Terminated at once. Ray's native handler, which this replaces, aborts the process with a dump."""
+    Terminated at once (after ray.init returns, when it lands during it). `started()` first (a StopDeadline)."""
     TERMINATED.set()
+    started()
+    if _INITIALIZING.is_set():
+        return
     handler = signal.getsignal(signal.SIGINT)
-    if not callable(handler) or handler is signal.default_int_handler:
+    if not callable(handler) or handler is signal.default_int_handler or handler in _OUTSIDE_SIGINT:
         raise Terminated()
     handler(signal.SIGINT, frame)
 
 
 @contextmanager
-def ray_session(address: str | None, folder: Path) -> Iterator[bool]:
-    """Connect to Ray for the duration; yields True when this call started a local Ray (and stops it after)."""
+def _sigterm_held() -> Iterator[None]:
+    """ray.init with this process's SIGTERM handler kept, and a SIGTERM held until it returns (then Terminated, and
+    the session is shut down as after any SIGTERM). ray.init installs Python SIGTERM handlers that exit 15 or 1
+    with no line, and the driver's C++ core worker a handler that printed a stack and aborted (exit 134, the
+    session folder left behind): neither is installed in the driver; Ray's workers keep theirs."""
+    utils, constants = ray._private.utils, ray._private.ray_constants
+    installer, native = utils.set_sigterm_handler, constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    utils.set_sigterm_handler = lambda handler: None
+    constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read as ray.init makes the driver's core worker
+    _INITIALIZING.set()
+    try:
+        yield
+    finally:
+        _INITIALIZING.clear()
+        utils.set_sigterm_handler, constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = installer, native
+    if TERMINATED.is_set():
+        raise Terminated()
+
+
+@contextmanager
+def ray_session(address: str | None, folder: Path, on_sigterm: Callable[[], None] = lambda: None) -> Iterator[bool]:
+    """Connect to Ray for the duration; yields True when this call started a local Ray (and stops it after).
+    A SIGTERM meanwhile calls `on_sigterm` and stops the run as Ctrl-C does (Terminated)."""
     if ray.is_initialized():
         yield False
         return
-    if address is None:
-        path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=str(folder / "ray"),
-                 logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    else:
-        check_address(address)
-        ray.init(address=address, logging_level=logging.WARNING)
     TERMINATED.clear()
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
+    previous = signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, on_sigterm)) if main else None
+    _OUTSIDE_SIGINT[:] = [signal.getsignal(signal.SIGINT)]
     try:
+        with _sigterm_held():
+            if address is None:
+                path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                         _temp_dir=str(folder / "ray"), logging_level=logging.WARNING,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}})
+            else:
+                check_address(address)
+                ray.init(address=address, logging_level=logging.WARNING)
         yield address is None
     finally:
-        ray.shutdown()  # stops a local Ray; only disconnects from a joined cluster
+        ray.shutdown()  # stops a local Ray (also one that ray.init left half started); only disconnects from a cluster
         if main:
             signal.signal(signal.SIGTERM, previous)
 
@@ -213,6 +244,7 @@ class RayBackend(Backend):
     def __init__(self) -> None:
         self.folder: Path | None = None
         self.watch: DriverWatch | None = None
+        self.searcher: StudySearcher | None = None  # the stage running now
 
     @contextmanager
     def session(self, space: Space, console: Console) -> Iterator[None]:
@@ -222,8 +254,16 @@ class RayBackend(Backend):
         sweep_dead_sessions(root)
         self.folder = new_session_folder(root, space.backend["keep_session"])
         self.watch = DriverWatch(self.folder, space.backend["keep_session"])  # if Ray ends this process natively
+        keep = space.backend["keep_session"]
+
+        def abandon() -> None:
+            if self.searcher is not None:
+                self._abandon(self.searcher, _stopped_by(), console)
+
+        deadline = StopDeadline(abandon, lambda: self._release(keep, console))
         try:
-            with ray_session(space.backend["address"], self.folder) as own:
+            with ray_session(space.backend["address"], self.folder, deadline.start) as own:
+                deadline.node = ray._private.worker._global_node if own else None
                 check_cluster(space, own, console)
                 total = ray.cluster_resources()
                 concurrent = space.backend["max_concurrent"]
@@ -233,11 +273,16 @@ class RayBackend(Backend):
                               f"{space.backend['resources_per_trial']['gpu']:g} GPU")
                 yield
         finally:
-            if space.backend["keep_session"]:
-                console.print(f"ray: the session's logs and Tune's trial folders are kept in {self.folder}")
-            else:
-                remove_session(self.folder)
-            self.watch.done()
+            self._release(keep, console)
+            deadline.done()
+
+    def _release(self, keep: bool, console: Console) -> None:
+        """The session folder removed (or said where it is kept); the watcher told the session ended."""
+        if keep:
+            console.print(f"ray: the session's logs and Tune's trial folders are kept in {self.folder}")
+        else:
+            remove_session(self.folder)
+        self.watch.done()
 
     def run(self, study: optuna.Study, space: Space, kind: str, budget: Budget, progress: bool,
             console: Console) -> None:
@@ -249,8 +294,8 @@ class RayBackend(Backend):
             self.watch.watch(url, study.study_name)
         backend = space.backend
         timeout = budget.time_left()
-        searcher = StudySearcher(study, space, kind, budget, study_artifacts_dir(study).resolve(), console,
-                                 budget.deadline, progress)
+        searcher = self.searcher = StudySearcher(study, space, kind, budget, study_artifacts_dir(study).resolve(),
+                                                 console, budget.deadline, progress)
         scheduler = StudyScheduler(searcher, attempts=1 + backend["max_retries"])
         resources = {"cpu": backend["resources_per_trial"]["cpu"], "gpu": backend["resources_per_trial"]["gpu"]}
         tuner = tune.Tuner(

@@ -131,3 +131,32 @@ def test_columns_0_hides_no_progress_line(write_space, workdir):
     out = proc.communicate(timeout=TIMEOUT)[0].decode()
     assert proc.returncode == 0, out
     assert "trial 0 epoch 1/2 (select): val" in out and "[2/2 done, best val" in out and "pick (the cheapest" in out
+
+
+CALLBACK = '''
+from ray import tune
+
+
+class Raises(tune.Callback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        raise RuntimeError("no callback today")
+
+
+def raising():
+    return Raises()
+'''
+
+
+@pytest.mark.slow  # starts Ray, about 25 s; CI runs it (-m slow)
+@pytest.mark.xdist_group("ray")
+def test_a_ray_callback_that_raises_is_one_short_line_naming_its_key(write_space, workdir, cli):
+    (workdir / "user_callback.py").write_text(CALLBACK, encoding="utf-8")
+    space = write_space(search={"trials": 1}, backend={"name": "ray", "max_concurrent": 1,
+                                                      "callbacks": ["user_callback:raising"]})
+    result = cli("run", space, "--quiet")
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert line == ("error: backend.callbacks[0] 'user_callback:raising': its on_trial_result raised RuntimeError: "
+                    "no callback today")
+    (study,) = load_studies("tiny")
+    assert TrialState.RUNNING not in [t.state for t in study.trials]

@@ -57,6 +57,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,23 @@ def user_callbacks(references: list[str]) -> list[tune.Callback]:
                            f"ray.tune.Callback")
         made.append(callback)
     return made
+
+
+def callback_error(err: BaseException, callbacks: list[tune.Callback], references: list[str]) -> BadInput | None:
+    """A BadInput naming the backend.callbacks entry whose hook raised `err` inside fit(), or None. (Tune wraps the
+    error in a TuneError whose text is a whole traceback: a 1,154-character `error:` line that named no key.)"""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for frame, _ in traceback.walk_tb(err.__traceback__):
+            owner = frame.f_locals.get("self")
+            index = next((i for i, callback in enumerate(callbacks) if owner is callback), None)
+            if index is not None:
+                text = " ".join(str(err).split())[:500]
+                return BadInput(f"backend.callbacks[{index}] {references[index]!r}: its {frame.f_code.co_name} "
+                                f"raised {type(err).__name__}{': ' + text if text else ''}")
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def check_resources(space: Space) -> None:
@@ -304,7 +322,7 @@ class RayBackend(Backend):
                                         max_concurrent_trials=backend["max_concurrent"], reuse_actors=True,
                                         time_budget_s=timeout),
             run_config=tune.RunConfig(name=f"{space.name}-{kind}", storage_path=str(self.folder / "tune"),
-                                      verbose=0, callbacks=user_callbacks(backend["callbacks"]),
+                                      verbose=0, callbacks=(callbacks := user_callbacks(backend["callbacks"])),
                                       failure_config=tune.FailureConfig(max_failures=backend["max_retries"])))
         saved = {key: os.environ.get(key) for key in QUIET_ENV}
         os.environ.update(QUIET_ENV)
@@ -314,8 +332,11 @@ class RayBackend(Backend):
             with Heartbeats(study, lambda: [t for job in searcher.running.values() for t in (job.trial, *job.twins)]):
                 tuner.fit()
         except BaseException as err:
-            why = _stopped_by() if isinstance(err, KeyboardInterrupt) else f"driver error: {err}"
+            failed = callback_error(err, callbacks, backend["callbacks"])
+            why = _stopped_by() if isinstance(err, KeyboardInterrupt) else f"driver error: {failed or err}"
             self._abandon(searcher, why, console)
+            if failed is not None:
+                raise failed from None
             raise
         finally:
             for key, value in saved.items():

@@ -41,17 +41,21 @@ main()
 """
 
 
+@pytest.mark.parametrize("sent, code, said", [(signal.SIGINT, 130, "error: interrupted"),
+                                               (signal.SIGTERM, 143, "error: terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
-def test_ctrl_c_during_the_first_seconds_is_one_line_and_exit_130(write_space, python, delay):
+def test_ctrl_c_or_sigterm_during_the_first_seconds_is_one_line_and_its_exit_code(write_space, python, delay, sent,
+                                                                                   code, said):
     write_space()
     proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
                   "runpy.run_module('kronsearch', run_name='__main__')")
     time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+    assert len(lines) == 1 and lines[0].startswith(said), err
 
 
 # Ctrl-C landing inside a weakref callback (as importlib's module locks have), which Python only prints.
@@ -73,19 +77,6 @@ try:
 except KeyboardInterrupt:
     print("stopped")
 """
-
-
-@pytest.mark.parametrize("delay", [0.3, 1.5])
-def test_sigterm_during_the_first_seconds_is_one_line_and_exit_143(write_space, python, delay):
-    write_space()
-    proc = python("import sys, runpy; sys.argv = ['kronsearch', 'run', 'tiny.yaml', '--quiet']; "
-                  "runpy.run_module('kronsearch', run_name='__main__')")
-    time.sleep(delay)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 143, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: terminated (SIGTERM)"), err
 
 
 RUN_HANGING_TRIAL = """

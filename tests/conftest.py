@@ -37,7 +37,7 @@ def merge(base: dict, changes: dict) -> dict:
     return out
 
 
-TEST_SESSION_ENV = "KRONSEARCH_TEST_SESSION"  # marks every process this test session starts (test_ray_backend.ray_processes)
+TEST_SESSION_ENV = "KRONSEARCH_TEST_SESSION"  # marks the processes this test session starts (test_ray_backend)
 
 
 def pytest_configure(config: pytest.Config) -> None:

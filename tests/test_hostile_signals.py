@@ -204,7 +204,8 @@ def assert_terminated_cleanly(proc, err: str, temp: Path, trials: int) -> None:
 
     (study,) = load_studies("tiny:one_round")
     started = [t for t in study.trials if t.state.name != "WAITING"]  # an interrupted trial's params, queued again
-    assert [(t.state.name, t.user_attrs.get("interrupted")) for t in started] == [("FAIL", "stopped by SIGTERM")] * trials
+    interrupted = [(t.state.name, t.user_attrs.get("interrupted")) for t in started]
+    assert interrupted == [("FAIL", "stopped by SIGTERM")] * trials
     assert list((temp / f"kronsearch-ray-{os.getuid()}").iterdir()) == []  # the session folder is removed
 
 

@@ -94,7 +94,8 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
         try:
             return objective(trial)
         except KeyboardInterrupt as err:
-            record.interrupt(trial, "stopped by SIGTERM" if isinstance(err, Terminated) else "stopped by Ctrl-C (SIGINT)")
+            why = "stopped by SIGTERM" if isinstance(err, Terminated) else "stopped by Ctrl-C (SIGINT)"
+            record.interrupt(trial, why)
             raise
         except StorageError as err:
             record.interrupt(trial, str(err))

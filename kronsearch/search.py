@@ -25,6 +25,7 @@ from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
 from kronsearch.strategies import seed_hybrid, seed_params
 from kronsearch.study import open_study, recover_dead_trials
+from kronsearch.study_owner import StudyHold
 from kronsearch.trial_run import check_fit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,7 +107,7 @@ def run_search(
     timeout = space.search["timeout"]
     deadline = started + timeout if timeout else None
     backend = make_backend(space)
-    with backend.session(space, console):
+    with storage_errors(url, "write to"), StudyHold(study), backend.session(space, console):  # StudyHold: no --fresh now
         for kind, target, budget_kind in stages(space):
             with storage_errors(url, "write to"):
                 if kind == Strategy.PER_PATTERN and strategy == Strategy.HYBRID:

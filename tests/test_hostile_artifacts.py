@@ -16,7 +16,7 @@ import pytest
 from kronsearch.errors import BadInput
 from kronsearch.search import run_search
 from kronsearch.storage import StorageError, load_studies
-from kronsearch.study import StudyInUse
+from kronsearch.study_owner import StudyInUse
 from tests.test_reliability import RUN_HANGING, TIMEOUT, python, wait_for  # noqa: F401 - python is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,7 +102,7 @@ def test_fresh_is_refused_while_another_process_runs_the_study(write_space, work
     path = write_space(search={"trials": 2})
     proc = python(RUN_HANGING, HANG_AT="1")
     wait_for(workdir / "hanging", proc)
-    with pytest.raises(StudyInUse, match=f"process .*:{proc.pid} is running its trial 0"):
+    with pytest.raises(StudyInUse, match=f"process .*:{proc.pid} holds it"):
         run_search(path, fresh=True, progress=False)
     assert issubclass(StudyInUse, StorageError)
     (study,) = load_studies("tiny:one_round")

@@ -26,7 +26,8 @@ from kronsearch.layers.plan import parse_plan
 from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import (ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
                                      default_trial, fmt_accuracies)
-from kronsearch.storage import storage_file, study_storage_url, write_atomic
+from kronsearch.atomic_write import write_atomic
+from kronsearch.storage import storage_file, study_storage_url
 
 WEIGHTS_FILE = "model.safetensors"
 

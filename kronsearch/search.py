@@ -100,6 +100,15 @@ def run_search(
                                f"run from a writable folder or pass --storage") from err
     with storage_errors(url):
         study = open_study(space, strategy, url, fresh, studies_dir)
+    with storage_errors(url, "write to"), StudyHold(study):  # against --fresh (study_owner), to its summary
+        return _run_study(space, study, url, storage, started, console, progress)
+
+
+def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None, started: float, console: Console,
+               progress: bool) -> RunSummary:
+    """run_search's search on its opened study: recover cut-off trials, run the stages, summarize."""
+    strategy, names = space.search["strategy"], [study.study_name]
+    with storage_errors(url):
         recovered = recover_dead_trials(study)
     if recovered:
         console.print(f"trials {recovered} were interrupted (crash, Ctrl-C or storage error): marked FAIL, "
@@ -107,7 +116,7 @@ def run_search(
     timeout = space.search["timeout"]
     deadline = started + timeout if timeout else None
     backend = make_backend(space)
-    with storage_errors(url, "write to"), StudyHold(study), backend.session(space, console):  # StudyHold: no --fresh now
+    with backend.session(space, console):
         for kind, target, budget_kind in stages(space):
             with storage_errors(url, "write to"):
                 if kind == Strategy.PER_PATTERN and strategy == Strategy.HYBRID:

@@ -312,9 +312,10 @@ def recorded_artifacts_dir(root: Path, name: str, recorded: object) -> Path:
     """The trial folders of study `name` whose "artifacts_dir" user attr is `recorded`: that folder under `root` when it
     names one strictly below it (a relative path of plain names: never '', '.', '..', absolute or not a string, as a
     corrupt or received storage may hold), else <root>/<search>/<strategy>."""
-    parts = Path(recorded).parts if isinstance(recorded, str) and "\0" not in recorded else ()
-    if parts and not Path(recorded).is_absolute() and not {".", ".."} & set(parts):
-        return root.joinpath(*parts)
+    if isinstance(recorded, str) and "\0" not in recorded:
+        path = Path(recorded)
+        if path.parts and not path.is_absolute() and not {".", ".."} & set(path.parts):
+            return root / path
     search, strategy = split_study_name(name)
     return artifacts_dir(search, strategy or "", root)
 

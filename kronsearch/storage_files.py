@@ -2,14 +2,14 @@
 
 A file given as a storage must already be one of its kind, or empty. A SQLite database is foreign unless Optuna
 made it: Optuna's version tables (version_info, alembic_version) are there, with Optuna's columns (tables of
-another application may share such a file, beside Optuna's studies and trials). Only one file without them is Optuna's: its creation cut off (Optuna creates
-its tables one commit each, so a process killed while creating the file, or another starting on it at that very
-moment, finds some of them), which shows as tables that are all Optuna's, each with exactly the columns, types and
-keys Optuna's models give it, and all empty; Optuna completes them. Anything else (an application's `studies` or
-`trials` table) is refused with its bytes unchanged. A SQLite file given as a journal path is not read as text, and
-a text file that is no journal is not appended to (storage.open_storage refuses them with the problem found here).
-SQLite URI filenames (file:...?uri=true, mode=memory) are refused: an in-memory database keeps nothing, and a URI
-names a file the checks here would not see.
+another application may share such a file, beside Optuna's studies and trials). Only one file without them is
+Optuna's: its creation cut off (Optuna creates its tables one commit each, so a process killed while creating the
+file, or another starting on it at that very moment, finds some of them), which shows as tables that are all
+Optuna's, each with exactly the columns, types and keys Optuna's models give it, and all empty; Optuna completes
+them. Anything else (an application's `studies` or `trials` table) is refused with its bytes unchanged. A SQLite
+file given as a journal path is not read as text, and a text file that is no journal is not appended to
+(storage.open_storage refuses them with the problem found here). SQLite URI filenames (file:...?uri=true,
+mode=memory) are refused: an in-memory database keeps nothing, and a URI names a file the checks here would not see.
 
 A journal entry is one line written under the file's lock; a writer killed mid-line leaves a torn last line,
 which readers skip but an append would glue onto the next entry: JournalFile drops it first. A corrupt line

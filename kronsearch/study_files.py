@@ -57,9 +57,9 @@ def checked_folder(root: Path, folder: Path, create: bool) -> bool:
             else:
                 continue
         if stat.S_ISLNK(found.st_mode):
-            raise UnsafeFolder(f"{current} is a symbolic link (to {os.path.realpath(current)}); kronsearch never writes "
-                               f"or deletes through a link on the way to a study's folder: remove the link (move the "
-                               f"studies folder itself instead) and re-run")
+            raise UnsafeFolder(f"{current} is a symbolic link (to {os.path.realpath(current)}); kronsearch never "
+                               f"writes or deletes through a link on the way to a study's folder: remove the link "
+                               f"(move the studies folder itself instead) and re-run")
         if not stat.S_ISDIR(found.st_mode):
             raise UnsafeFolder(f"{current} is a file, not a folder, so the trial folders under it cannot be made; it "
                                f"was left untouched: move it aside, or give the search another name")

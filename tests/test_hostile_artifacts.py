@@ -295,3 +295,15 @@ def test_export_never_replaces_a_path_that_is_not_a_regular_file(searched, workd
     after = os.stat(target)
     assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
     assert not stat.S_ISREG(after.st_mode)
+
+
+@pytest.mark.parametrize("out", ["studies/tiny/one_round", "studies/tiny/one_round/trial-0", "folder"])
+def test_plot_never_writes_into_a_study_artifact_folder_nor_replaces_what_is_no_file(searched, workdir, cli, out):
+    if out == "folder":
+        Path("plots/tiny-history.png").mkdir(parents=True)  # a FIFO too, but savefig would block on one
+        out = "plots"
+    before = digest_tree(workdir / "studies")
+    result = cli("plot", "tiny", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert ("a study's artifact folder" if out != "plots" else "not a regular file") in error_line(result)
+    assert digest_tree(workdir / "studies") == before

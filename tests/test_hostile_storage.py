@@ -168,8 +168,9 @@ def test_an_optuna_file_whose_creation_was_cut_off_before_its_version_tables_is_
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("url", ["sqlite:///file::memory:?cache=shared&uri=true", "sqlite:///file:x?mode=memory&uri=true",
-                                 "sqlite:///x.db?mode=memory", "sqlite:///file:x.db?uri=true"],
+@pytest.mark.parametrize("url", ["sqlite:///file::memory:?cache=shared&uri=true",
+                                 "sqlite:///file:x?mode=memory&uri=true", "sqlite:///x.db?mode=memory",
+                                 "sqlite:///file:x.db?uri=true"],
                          ids=["shared-cache", "mode-memory-uri", "mode-memory", "uri-filename"])
 def test_in_memory_and_uri_sqlite_storages_are_refused_before_anything_runs(write_space, workdir, cli, url):
     path = write_space()

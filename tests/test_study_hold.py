@@ -44,7 +44,8 @@ main()
 
 def holds(url: str | None = None) -> dict:
     (study,) = load_studies("tiny:one_round", url)
-    return {k: v for k, v in study._storage.get_study_system_attrs(study._study_id).items() if k.startswith(HOLD_PREFIX)}
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return {k: v for k, v in attrs.items() if k.startswith(HOLD_PREFIX)}
 
 
 @pytest.mark.parametrize("url", [None, "studies/tiny.log"], ids=["sqlite", "journal"])

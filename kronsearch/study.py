@@ -140,6 +140,7 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     name, folder = study_name(space.name, strategy), artifacts_folder(storage_url, space.name, strategy)
     check_made_by_kronsearch(storage, name, storage_url)  # a foreign study is left untouched, --fresh or not
     if fresh:
+        checked_folder(root, root / folder, create=False)  # a link on the way: refused before anything is deleted
         _delete_study(storage, name)
         remove_study_files(root, root / folder)
     directions = [o["direction"] for o in space.search["objectives"]]

@@ -100,8 +100,9 @@ def _remove_if_empty(folder: Path) -> bool:
 def study_folders(study: optuna.Study) -> list[Path]:
     """The folders of trial folders of every study in `study`'s storage (export never writes into one)."""
     root = study_artifacts_root(study)
-    return [recorded_artifacts_dir(root, s.study_name, s.user_attrs.get("artifacts_dir"))
-            for s in study._storage.get_all_studies()]  # noqa: SLF001
+    folders = [recorded_artifacts_dir(root, s.study_name, s.user_attrs.get("artifacts_dir"))
+               for s in study._storage.get_all_studies()]  # noqa: SLF001
+    return [folder for folder in folders if root in folder.parents]  # a study named ':' would name the root itself
 
 
 def inside_study_folder(path: Path, folders: list[Path]) -> Path | None:

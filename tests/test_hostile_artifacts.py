@@ -307,3 +307,13 @@ def test_plot_never_writes_into_a_study_artifact_folder_nor_replaces_what_is_no_
     assert result.exit_code == 2, result.output
     assert ("a study's artifact folder" if out != "plots" else "not a regular file") in error_line(result)
     assert digest_tree(workdir / "studies") == before
+
+
+def test_a_link_as_the_strategy_folder_is_refused_too(write_space, workdir, cli):
+    outside = workdir / "outside"
+    outside.mkdir()
+    Path("studies/tiny").mkdir(parents=True)
+    os.symlink(outside, "studies/tiny/one_round")
+    result = cli("run", write_space(search={"trials": 1}), "--quiet")
+    assert result.exit_code == 1 and "studies/tiny/one_round is a symbolic link" in error_line(result)
+    assert list(outside.iterdir()) == []

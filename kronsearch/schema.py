@@ -105,8 +105,10 @@ def globs(default: list) -> Rule:
 POSITIVE = number("a number > 0", lambda v: 0 < v < 1e6)
 NON_NEGATIVE = number("a number >= 0", lambda v: 0 <= v < 1e6)
 
-TOP = {"name": text("a name of letters, digits, '.', '_' or '-'",
-                    lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None),
+TOP = {"name": text("a name of letters, digits, '.', '_' or '-', not ending in .db (search N's storage is N.db, its "
+                    "trial folders N/: a search 'a.db' would put them where search 'a' keeps its storage)",
+                    lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None
+                    and not v.lower().endswith(".db")),
        "seed": integer(0, 2**31 - 1, 0), "data": later(), "model": later(), "train": later({}),
        "search": later({}), "backend": later({}), "space": later()}
 REFERENCE = text("'package.module:function'", lambda v: re.fullmatch(r"[\w.]+:[\w.]+", v) is not None, None, True)

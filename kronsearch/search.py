@@ -25,6 +25,7 @@ from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
 from kronsearch.strategies import seed_hybrid, seed_params
 from kronsearch.study import open_study, recover_dead_trials
+from kronsearch.study_owner import StudyHold
 from kronsearch.trial_run import check_fit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,6 +100,15 @@ def run_search(
                                f"run from a writable folder or pass --storage") from err
     with storage_errors(url):
         study = open_study(space, strategy, url, fresh, studies_dir)
+    with storage_errors(url, "write to"), StudyHold(study):  # against --fresh (study_owner), to its summary
+        return _run_study(space, study, url, storage, started, console, progress)
+
+
+def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None, started: float, console: Console,
+               progress: bool) -> RunSummary:
+    """run_search's search on its opened study: recover cut-off trials, run the stages, summarize."""
+    strategy, names = space.search["strategy"], [study.study_name]
+    with storage_errors(url):
         recovered = recover_dead_trials(study)
     if recovered:
         console.print(f"trials {recovered} were interrupted (crash, Ctrl-C or storage error): marked FAIL, "

@@ -10,7 +10,8 @@ MAX_SYNTHETIC_VALUES); the model's size is computed before it is built, and it i
 meta device, so nothing big is allocated or built before training. train.device must exist here
 (cpu, cuda, cuda:N below the visible GPU count, auto; on Ray, the worker's GPUs are checked there).
 `name` is used in file names and may only hold letters, digits, '.', '_' and '-' (no path
-separators, no leading '.'). `data.root`, when given, must be an existing folder: relative paths are
+separators, no leading '.', no trailing '.db': the trial folders studies/a.db/ of a search 'a.db' would be
+the storage file of search 'a'). `data.root`, when given, must be an existing folder: relative paths are
 relative to the space file, '~' is expanded; any folder may be named (it is the user's data), and it
 is only ever read, by parsers that accept nothing but the dataset formats (IDX headers are checked,
 CIFAR pickles go through a restricted unpickler).

@@ -24,14 +24,13 @@ import hashlib
 import os
 import random
 import sqlite3
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import optuna
 import sqlalchemy.engine
@@ -43,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import STRATEGIES, StudyRecord, split_study_name
-from kronsearch.storage_files import JournalFile, storage_file_problem
+from kronsearch.storage_files import JournalFile, sqlite_url_problem, storage_file_problem
 
 STUDIES_DIR = Path("studies")
 
@@ -243,10 +242,9 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     and is not created (SQLite's mode=rw), no table is created, and the schema is never migrated.
     Raises StorageError when it cannot be opened.
     """
+    if url.startswith("sqlite:") and (problem := sqlite_url_problem(url)):
+        raise BadInput(problem)
     file = storage_file(url)
-    if file is None and url.startswith("sqlite:"):
-        raise BadInput(f"storage {url} is an in-memory SQLite database: it holds nothing before or after this "
-                       f"process, and no folder would keep its trials' weights; give a file, e.g. sqlite:///x.db")
     if file is not None and (problem := storage_file_problem(url, file)):  # a foreign or corrupt file: untouched
         raise storage_error(url, RuntimeError(problem))
     if not create and file is not None and not file.is_file():
@@ -307,11 +305,19 @@ def study_storage_url(study: optuna.Study) -> str | None:
 def study_artifacts_dir(study: optuna.Study) -> Path:
     """Where this study's trial folders go now: the folder it recorded when it was created (see
     artifacts_folder) under its artifact root; <artifact root>/<search>/<strategy> for older studies."""
-    recorded = StudyRecord.of(study).artifacts_dir
-    if recorded and not Path(recorded).is_absolute() and ".." not in Path(recorded).parts:  # never out of the root
-        return study_artifacts_root(study) / recorded
-    search, strategy = split_study_name(study.study_name)
-    return artifacts_dir(search, strategy or "", study_artifacts_root(study))
+    return recorded_artifacts_dir(study_artifacts_root(study), study.study_name, StudyRecord.of(study).artifacts_dir)
+
+
+def recorded_artifacts_dir(root: Path, name: str, recorded: object) -> Path:
+    """The trial folders of study `name` whose "artifacts_dir" user attr is `recorded`: that folder under `root` when it
+    names one strictly below it (a relative path of plain names: never '', '.', '..', absolute or not a string, as a
+    corrupt or received storage may hold), else <root>/<search>/<strategy>."""
+    if isinstance(recorded, str) and "\0" not in recorded:
+        path = Path(recorded)
+        if path.parts and not path.is_absolute() and not {".", ".."} & set(path.parts):
+            return root / path
+    search, strategy = split_study_name(name)
+    return artifacts_dir(search, strategy or "", root)
 
 
 def artifact_dir_record(study: optuna.Study, number: int) -> str:
@@ -356,43 +362,3 @@ def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Stud
     order = {s: i for i, s in enumerate(STRATEGIES)}
     found.sort(key=lambda n: order.get(split_study_name(n)[1], len(order)))
     return [optuna.load_study(study_name=n, storage=storage) for n in found]
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write a file via write(f) into a temp file in the same folder, fsync, then os.replace it into place.
-
-    An existing file at `path` is either fully replaced or left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
-    with suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

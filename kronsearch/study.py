@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import socket
 import threading
 import warnings
@@ -31,11 +30,10 @@ from kronsearch.layers.blocks import format_block
 from kronsearch.processes import worker_alive, worker_attrs
 from kronsearch.record import DEFAULT_TOLERANCE, StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import StorageError, artifact_root, artifacts_folder, open_storage, study_artifacts_dir
-
-
-class StudyInUse(StorageError):
-    """A study another live process is running cannot be deleted (--fresh)."""
+from kronsearch.storage import (artifact_root, artifacts_folder, open_storage, study_artifacts_dir,
+                                study_artifacts_root)
+from kronsearch.study_files import checked_folder, remove_study_files
+from kronsearch.study_owner import check_made_by_kronsearch, check_not_held, mark_made_by_kronsearch
 
 
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
@@ -140,12 +138,15 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     storage = open_storage(storage_url, owner=worker_attrs(), heartbeat=space.backend["heartbeat"])
     storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)
     name, folder = study_name(space.name, strategy), artifacts_folder(storage_url, space.name, strategy)
+    check_made_by_kronsearch(storage, name, storage_url)  # a foreign study is left untouched, --fresh or not
     if fresh:
+        checked_folder(root, root / folder, create=False)  # a link on the way: refused before anything is deleted
         _delete_study(storage, name)
-        shutil.rmtree(root / folder, ignore_errors=True)
+        remove_study_files(root, root / folder)
     directions = [o["direction"] for o in space.search["objectives"]]
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(space), pruner=make_pruner(space))
+    mark_made_by_kronsearch(study)
     identity = space_identity(space)
     _check_same_space(study, space, identity, storage_url)
     if [d.name.lower() for d in study.directions] != directions:
@@ -163,19 +164,18 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
 
 
 def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
-    """--fresh: delete study `name` and its trial folders, unless a live process on this host is running one of
-    its trials (its trials would be renumbered under it). A missing study is nothing to delete."""
+    """--fresh: delete study `name` and what its runs wrote in its folder (study_files.remove_study_files), unless
+    a live run holds it (study_owner.check_not_held: its trials would be renumbered under it), or a link is on the
+    way to its folder (checked before anything is deleted). A missing study is nothing to delete."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return
-    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_alive(t) is True]
-    if running:
-        raise StudyInUse(f"cannot --fresh study {name!r}: process {TrialRecord.of(running[0]).worker} is running its "
-                         f"trial {running[0].number}; stop that run first (or resume instead of --fresh)")
-    folder = study_artifacts_dir(study)
+    check_not_held(study)
+    root, folder = study_artifacts_root(study), study_artifacts_dir(study)
+    checked_folder(root, folder, create=False)
     optuna.delete_study(study_name=name, storage=storage)
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_study_files(root, folder)
 
 
 # Keys that do not change a study's results: its budget, where it runs, and where its data is found.

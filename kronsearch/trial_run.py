@@ -26,7 +26,8 @@ from kronsearch.references import build_configured_model, factory_data, load_che
 from kronsearch.layers.blocks import parse_block
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import StorageError, write_atomic
+from kronsearch.atomic_write import write_atomic
+from kronsearch.storage import StorageError
 from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train
 
 

@@ -25,7 +25,8 @@ from kronsearch.report.export import (
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.models import build_model
 from kronsearch.layers.plan import LayerPattern
-from kronsearch.storage import load_studies, write_atomic
+from kronsearch.atomic_write import write_atomic
+from kronsearch.storage import load_studies
 from tests.test_report import build_search
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from kronsearch.search import run_search
@@ -128,3 +129,117 @@ def test_a_database_a_writer_was_killed_in_is_rolled_back_and_resumed_not_called
     connection = sqlite3.connect("studies/tiny.db")
     assert connection.execute("select count(*) from pad where x like '%changed'").fetchone() == (0,)  # rolled back
     connection.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 31: a DB is foreign unless Optuna made it, a study unless kronsearch made it
+
+
+@pytest.mark.parametrize("schema", [
+    ["create table studies (study_id integer, study_name text)", "insert into studies values (1, 'mine')"],
+    ["create table trials (trial_id integer primary key, number integer)"],
+    ["create table studies (study_id integer, study_name text)", "create table version_info (x)"],
+], ids=["studies", "trials", "fake-version-table"])
+def test_an_application_database_with_optuna_table_names_is_refused_untouched(write_space, workdir, cli, schema):
+    connection = sqlite3.connect("app.db")
+    for statement in schema:
+        connection.execute(statement)
+    connection.commit()
+    connection.close()
+    before = sha("app.db")
+    for command in (["run", write_space(), "--quiet"], ["run", write_space(), "--quiet", "--fresh"], ["show", "tiny"]):
+        result = cli(*command, "--storage", "sqlite:///app.db")
+        assert result.exit_code == 1
+        assert "not an Optuna storage" in error_line(result) and "left untouched" in error_line(result)
+    assert sha("app.db") == before
+
+
+def test_an_optuna_file_whose_creation_was_cut_off_before_its_version_tables_is_completed(write_space, workdir, cli):
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    models.BaseModel.metadata.create_all(sqlalchemy.create_engine("sqlite:///cut.db"))
+    connection = sqlite3.connect("cut.db")
+    for table in ("version_info", "trial_values", "trial_heartbeats"):  # created last, or not yet
+        connection.execute(f"drop table {table}")
+    connection.commit()
+    connection.close()
+    result = cli("run", write_space(search={"trials": 1}), "--storage", "sqlite:///cut.db", "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("url", ["sqlite:///file::memory:?cache=shared&uri=true",
+                                 "sqlite:///file:x?mode=memory&uri=true", "sqlite:///x.db?mode=memory",
+                                 "sqlite:///file:x.db?uri=true"],
+                         ids=["shared-cache", "mode-memory-uri", "mode-memory", "uri-filename"])
+def test_in_memory_and_uri_sqlite_storages_are_refused_before_anything_runs(write_space, workdir, cli, url):
+    path = write_space()
+    result = cli("run", path, "--storage", url, "--quiet")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert url in line and ("in-memory" in line if "memory" in url else "URI filename" in line), line
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.yaml"]
+
+
+def foreign_study(url: str, trials: int = 3, **user_attrs) -> None:
+    """Another tool's Optuna study named as tiny.yaml's."""
+    storage = url if "://" in url else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    study = optuna.create_study(study_name="tiny:one_round", storage=storage, directions=["maximize"])
+    for key, value in user_attrs.items():
+        study.set_user_attr(key, value)
+    for i in range(trials):
+        study.add_trial(optuna.trial.create_trial(value=0.1 * i, params={"x": i},
+                                                  distributions={"x": optuna.distributions.IntDistribution(0, 9)}))
+
+
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]], ids=["run", "fresh"])
+@pytest.mark.parametrize("url", ["sqlite:///studies/tiny.db", "studies/tiny.log"], ids=["sqlite", "journal"])
+def test_a_foreign_study_of_the_same_name_is_refused_untouched(write_space, workdir, cli, url, fresh):
+    Path("studies").mkdir()
+    foreign_study(url, owner="someone")
+    file = url.removeprefix("sqlite:///")
+    before = sha(file)
+    result = cli("run", write_space(), "--storage", url, "--quiet", *fresh)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "study 'tiny:one_round'" in line and "not made by kronsearch (3 trials" in line and "untouched" in line
+    assert sha(file) == before and not Path("studies/tiny").exists()
+
+
+def test_an_empty_unmarked_study_left_by_a_cut_off_creation_is_taken_and_marked(write_space, workdir):
+    Path("studies").mkdir()
+    foreign_study("sqlite:///studies/tiny.db", trials=0)
+    run_search(write_space(search={"trials": 1}), progress=False)
+    (study,) = load_studies("tiny:one_round")
+    assert len(study.trials) == 1 and study._storage.get_study_system_attrs(study._study_id)["kronsearch"]
+
+
+def test_a_study_of_an_earlier_kronsearch_without_the_mark_resumes(write_space, workdir):
+    path = write_space(search={"trials": 1})
+    run_search(path, progress=False)
+    connection = sqlite3.connect("studies/tiny.db")  # as kronsearch 0.2 left it: user attrs only
+    connection.execute("delete from study_system_attributes")
+    connection.commit()
+    connection.close()
+    run_search(path, trials=2, progress=False)
+    (study,) = load_studies("tiny:one_round")
+    assert len(study.trials) == 2
+
+
+@pytest.mark.parametrize("line, words", [
+    (b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "us\x01"}\n', "line 6 is corrupt"),
+    (b'{"op_code": 99}\n', "line 6 is corrupt (it is JSON but no journal entry)"),
+    (b'[1, 2]\n', "line 6 is corrupt"),
+], ids=["bad-json", "unknown-operation", "not-an-entry"])
+def test_a_journal_with_a_corrupt_middle_line_names_the_file_and_the_line(write_space, workdir, cli, line, words):
+    path = write_space(search={"trials": 1})
+    Path("studies").mkdir()
+    run_search(path, storage="studies/j.log", progress=False)
+    lines = Path("studies/j.log").read_bytes().splitlines(keepends=True)
+    Path("studies/j.log").write_bytes(b"".join(lines[:5] + [line] + lines[5:]))
+    before = sha("studies/j.log")
+    for command in (["run", path, "--trials", "2", "--quiet"], ["show", "tiny"]):
+        result = cli(*command, "--storage", "studies/j.log")
+        assert result.exit_code == 1
+        assert "journal file studies/j.log" in error_line(result) and words in error_line(result)
+    assert sha("studies/j.log") == before

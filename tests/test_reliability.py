@@ -42,6 +42,7 @@ from kronsearch.backends.local import make_objective
 from kronsearch.search import run_search
 from kronsearch.processes import process_started, worker_id
 from kronsearch.study import open_study, recover_dead_trials
+from kronsearch.study_owner import live_holders
 from kronsearch.schema import MAX_CANDIDATES, MAX_EPOCHS
 from kronsearch.space import SpaceError, load_space
 from kronsearch.cli import app
@@ -405,6 +406,9 @@ def crash_fuzz(path: Path, python, seed: int, kills: int, trials: int) -> None:
             assert not {t.number for t in every if t.state == TrialState.RUNNING} & running_before
         finished_before = len(done)
         running_before = {t.number for t in every if t.state == TrialState.RUNNING}
+    if fuzz_snapshot() is not None:  # the killed runs' holds are stale: nothing keeps --fresh from the study
+        (study,) = load_studies(STUDY)
+        assert live_holders(study) == []
     summary = run_search(path, progress=False)
     assert summary.completed == trials
     every = fuzz_snapshot()
@@ -816,7 +820,7 @@ def test_data_root_is_resolved_next_to_the_space_file_and_expands_home(write_spa
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "..", ".hidden", "/etc/passwd", "x" * 101, "a:b",
-                                  "", "nul\x00l", ["list"]])
+                                  "", "nul\x00l", ["list"], "a.db", "b.DB"])
 def test_names_that_could_escape_the_studies_folder_are_refused(write_space, name):
     rejected(write_space(name=name), "name: must be a name of letters, digits")
 

@@ -19,7 +19,8 @@ from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped
 from kronsearch.errors import Terminated
 from kronsearch.progress import EpochLines, planned_epochs
 from kronsearch.space import Space
-from kronsearch.storage import StorageError, storage_reason, study_artifacts_dir
+from kronsearch.storage import StorageError, storage_reason
+from kronsearch.study_files import study_folder
 from kronsearch.trainer import EpochReport
 from kronsearch.trial_run import run_trial
 
@@ -122,7 +123,7 @@ class LocalBackend(Backend):
         remaining = budget.remaining(study)
         if remaining == 0 or budget.timed_out():
             return
-        folder = study_artifacts_dir(study)
+        folder = study_folder(study, create=space.search["save_weights"])
         study.optimize(make_objective(space, kind, folder, progress, budget, console), n_trials=remaining,
                        timeout=budget.time_left(), catch=(TrialFailed, TrialSkipped), callbacks=[budget],
                        gc_after_trial=True)

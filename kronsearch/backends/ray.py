@@ -79,7 +79,8 @@ from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_tri
 from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
-from kronsearch.storage import StorageError, study_artifacts_dir, study_storage_url  # noqa: E402
+from kronsearch.storage import StorageError, study_storage_url  # noqa: E402
+from kronsearch.study_files import study_folder  # noqa: E402
 from kronsearch.study import Heartbeats  # noqa: E402
 
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -312,8 +313,8 @@ class RayBackend(Backend):
             self.watch.watch(url, study.study_name)
         backend = space.backend
         timeout = budget.time_left()
-        searcher = self.searcher = StudySearcher(study, space, kind, budget, study_artifacts_dir(study).resolve(),
-                                                 console, budget.deadline, progress)
+        folder = study_folder(study, create=space.search["save_weights"])  # checked: no link on the way
+        searcher = self.searcher = StudySearcher(study, space, kind, budget, folder, console, budget.deadline, progress)
         scheduler = StudyScheduler(searcher, attempts=1 + backend["max_retries"])
         resources = {"cpu": backend["resources_per_trial"]["cpu"], "gpu": backend["resources_per_trial"]["gpu"]}
         tuner = tune.Tuner(

@@ -26,7 +26,9 @@ from kronsearch.layers.plan import parse_plan
 from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import (ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
                                      default_trial, fmt_accuracies)
-from kronsearch.storage import storage_file, study_storage_url, write_atomic
+from kronsearch.atomic_write import write_atomic
+from kronsearch.storage import storage_file, study_storage_url
+from kronsearch.study_files import inside_study_folder, study_folders
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -138,15 +140,20 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
                             f"{where} does not exist")
 
 
-def check_outputs(outputs: dict[str, Path], keep: list[Path]) -> None:
-    """Refuse (BadInput) outputs that name one file twice, or a file to keep: the study's storage, the trial's
-    weights, or any SQLite database (another storage). Paths are compared after resolving links."""
+def check_outputs(outputs: dict[str, Path], keep: list[Path], folders: list[Path]) -> None:
+    """Refuse (BadInput) outputs that name one file twice, a file to keep (the study's storage, the trial's weights,
+    or any SQLite database: another storage), or a place inside a study's folder of trial folders (`folders`) or
+    any trial folder (study_files.inside_study_folder). Paths are compared after resolving links."""
     seen: dict[str, str] = {}
     for option, path in outputs.items():
         real = os.path.realpath(path)
         if real in seen:
             raise BadInput(f"{seen[real]} and {option} are both {path}: each output needs a file of its own")
         seen[real] = option
+        inside = inside_study_folder(path, folders)
+        if inside is not None:
+            raise BadInput(f"{option} {path} lies inside {inside}, a study's artifact folder: exports never write "
+                           f"there (they would overwrite or mix with the trials' own files); write it elsewhere")
         kept = next((k for k in keep if os.path.realpath(k) == real), None)
         if kept is None and path.is_file():
             with path.open("rb") as f:
@@ -182,7 +189,7 @@ def export_trial(
     outputs = {"--out": out, "--weights": weights, "--bsr": bsr_path(weights) if bsr else None}
     url = storage_url or study_storage_url(study)
     check_outputs({k: Path(v) for k, v in outputs.items() if v is not None},
-                  [p for p in (url and storage_file(url), source) if p])
+                  [p for p in (url and storage_file(url), source) if p], study_folders(study))
     result = ExportResult(study.study_name, chosen.number, Path(out), accuracies=fmt_accuracies(metrics(chosen)))
     if source is not None:
         # torch is imported only here: a pattern file alone is exported as a read command (table 13)

@@ -25,10 +25,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch.atomic_write import write_atomic
 from kronsearch.layers.errors import BadInput
 from kronsearch.record import best_one_round, metrics, split_study_name, study_strategy, trial_kind, val_accuracy
 from kronsearch.report.cost import cost_curve
 from kronsearch.report.trials import norm_block, trial_history
+from kronsearch.study_files import inside_study_folder, study_folders
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
 PRUNED_MARKERS = {"one_round": "x", "per_pattern": "+", None: "1"}  # the study's colour, one legend entry per kind
@@ -43,11 +45,9 @@ class PlotResult:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The PNG written atomically (atomic_write: a FIFO or device at `path` is refused, never replaced)."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
 
 
 def _complete(study: optuna.Study) -> list:
@@ -267,6 +267,10 @@ def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, pr
     if trial is not None:
         one_round_trial(studies, trial)  # a bad --trial is refused before any file is written
     out_dir = Path(out_dir)
+    inside = next((found for s in studies if (found := inside_study_folder(out_dir / "x.png", study_folders(s)))), None)
+    if inside is not None:
+        raise BadInput(f"--out {out_dir} lies inside {inside}, a study's artifact folder: plots never write there; "
+                       f"give another folder")
     prefix = prefix or plot_prefix(studies)
     result = PlotResult()
     names = ", ".join(s.study_name for s in studies)

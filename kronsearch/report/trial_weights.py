@@ -24,7 +24,7 @@ from kronsearch.loading import dense_layers, model_bsr_tensors
 from kronsearch.record import full_config, metrics
 from kronsearch.references import build_configured_model
 from kronsearch.report.trials import ExportError, bsr_path
-from kronsearch.storage import write_atomic
+from kronsearch.atomic_write import write_atomic
 
 BsrFile = tuple[dict[str, torch.Tensor], dict[str, str]]  # the --bsr file's tensors and header
 

@@ -1,6 +1,6 @@
 """kronsearch: search block-sparsity patterns for Kronecker-decomposed networks.
 
-The public names are imported on first use (PEP 562), so importing the package, as the command line's
+The public names are imported on first use (PEP 562; dir() lists them all), so importing the package, as the command line's
 entry point (kronsearch.__main__) does before anything else, loads no torch.
 """
 
@@ -25,3 +25,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The public names (imported or not yet), so tab completion and dir() find them."""
+    return sorted(set(globals()) | set(__all__))

@@ -115,7 +115,8 @@ def _print_json(data: object) -> None:
 
 @app.command()
 def run(
-    space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The search space YAML file.")],
+    space: Annotated[Path, typer.Argument(metavar="SPACE", help="The search space YAML file, or the name of a bundled "
+                                                                "space (`kronsearch spaces` lists them).")],
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
     strategy: Annotated[Optional[Strategy], typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
@@ -129,7 +130,7 @@ def run(
     wide: Annotated[bool, typer.Option("--wide", help="With --dry-run: the plan's lines unbroken; by default it "
                                                       "fits 80 columns.")] = False,
 ) -> None:
-    """Run (or resume) a search over the patterns of SPACE.yaml."""
+    """Run (or resume) a search over the patterns of SPACE (a file, or a bundled space's name: `kronsearch run vit`)."""
     with _errors(RUN_INTERRUPTED):
         from kronsearch.search import run_search
 
@@ -141,6 +142,59 @@ def run(
         if summary.failed:
             raise _fail(summary.message, EXIT_FAILURE)
         _echo(summary.message)
+
+
+spaces_app = typer.Typer(no_args_is_help=False, add_completion=False, rich_markup_mode=None,
+                         help="The example spaces bundled with kronsearch: list them, or copy one out to edit.")
+app.add_typer(spaces_app, name="spaces")
+
+
+@spaces_app.callback(invoke_without_command=True)
+def spaces(ctx: typer.Context) -> None:
+    """List the bundled spaces (run one by name: `kronsearch run vit`; copy one: `kronsearch spaces copy vit my.yaml`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kronsearch.bundled import bundled_spaces, space_summary
+
+    found = bundled_spaces()
+    width = max(map(len, found), default=0)
+    for name, path in found.items():
+        typer.echo(f"{name:<{width}}  {space_summary(path)}")
+    typer.echo("run one: kronsearch run NAME; copy one to edit: kronsearch spaces copy NAME FILE")
+
+
+@spaces_app.command("copy")
+def spaces_copy(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A bundled space (`kronsearch spaces` lists them).")],
+    destination: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write it (a folder: FOLDER/NAME.yaml).")]
+    = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Copy bundled space NAME to FILE, to edit and run."""
+    from kronsearch.bundled import copy_space
+
+    with _errors():
+        typer.echo(f"wrote {copy_space(name, destination, overwrite=force)}")
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(metavar="FILE.yaml", help="The space file to write.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", metavar="REF", help="Your model factory 'package.module:function' (called with input_shape, "
+                                       "num_classes), a built-in model or 'timm:<name>' (default: mlp).")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", metavar="REF", help="Your data factory 'package.module:function' or a built-in dataset "
+                                      "(default: digits).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE.yaml if it exists.")] = False,
+) -> None:
+    """Write a starting space file for your own model, every key commented; `kronsearch run FILE.yaml --dry-run`
+    accepts it as it is."""
+    from kronsearch.starter import write_starting_space
+
+    with _errors():
+        written = write_starting_space(path, model, data, overwrite=force)
+        typer.echo(f"wrote {written}; check it with: kronsearch run {written} --dry-run")
 
 
 def _stdout() -> Console:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import reprlib
 import shutil
 import socket
 import threading
@@ -212,6 +213,20 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(top level)"]
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def _value_at(identity: dict, key: str) -> str:
+    """The value at dotted `key` of a space identity, short ('0.005', '[1, 2]', 'absent')."""
+    value: object = identity
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "absent"
+        value = value[part]
+    return _SHORT.repr(value)
+
+
 def _with_added_keys(identity: dict) -> dict:
     """A stored identity with the keys added since its study was created at their defaults
     (search.tolerance: 0.5, data.test_limit: none), so such a study resumes and reads as made with them."""
@@ -237,9 +252,12 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
     """Refuse to resume a study whose results were produced by a different space (SpaceError, exit 2)."""
     stored = StudyRecord.of(study)
     if stored.space_identity is not None:
-        changed = changed_keys(_with_added_keys(stored.space_identity), identity)
+        before = _with_added_keys(stored.space_identity)
+        changed = [f"{key} ({_value_at(before, key)} -> {_value_at(identity, key)})"
+                   for key in changed_keys(before, identity)
+                   if not (key == "data.limit" and _old_limit(stored.space_identity))]
         if _old_limit(stored.space_identity):
-            changed = [key for key in changed if key != "data.limit"] + [OLD_LIMIT]
+            changed.append(OLD_LIMIT)
     elif stored.space_hash is not None and stored.space_hash != space.sha256:
         changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
     else:

@@ -197,8 +197,16 @@ def test_a_real_change_is_refused_naming_the_changed_keys_and_the_ways_out(write
     with pytest.raises(SpaceError) as refused:
         run_search(write_space(train={"epochs": 2}, space={"ranks": [1, 2]}), progress=False)
     message = str(refused.value)
-    assert "space.ranks, train.epochs changed since study 'tiny:one_round'" in message
+    assert "space.ranks (" in message and "train.epochs (" in message and "changed since study 'tiny:one_round'" in message
     assert "--fresh" in message and "new name" in message
+
+
+def test_a_changed_value_is_refused_showing_its_old_and_new_values(write_space):
+    run_search(write_space(search={"trials": 1}, train={"lr": 0.005}), progress=False)
+    with pytest.raises(SpaceError) as refused:
+        run_search(write_space(train={"lr": 0.01}, space={"ranks": [1, 2]}), progress=False)
+    message = str(refused.value)
+    assert "space.ranks ([1] -> [1, 2]), train.lr (0.005 -> 0.01) changed since study 'tiny:one_round'" in message
 
 
 def test_several_objectives_give_a_pareto_study(write_space):

@@ -122,7 +122,7 @@ train:
   # threads: null  # torch CPU threads (null: torch's default); 1 is fastest for small models
 search:
   strategy: one_round  # one_round | per_pattern | hybrid
-  trials: 8
+  trials: 8  # trials to run (`kronsearch run --trials N` overrides)
   objectives:  # val_accuracy first; then any of train_macs, train_params, inference_nonzeros, final_macs, final_params
     - {{metric: val_accuracy, direction: maximize}}
   sampler: tpe  # tpe | random | nsga2

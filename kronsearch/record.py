@@ -249,6 +249,12 @@ def metrics(trial: FrozenTrial) -> dict:
     return {**(record.metrics or {}), **flat}
 
 
+def final_blocks(trial: FrozenTrial) -> dict[str, str]:
+    """layer -> the block the trial's model ended with: the one round's selection, else its plan's."""
+    m = metrics(trial)
+    return dict(m.get("selected") or {layer: p["block"] for layer, p in (m.get("plan") or {}).items()})
+
+
 def train_macs_total(trial: FrozenTrial) -> int | None:
     """The forward MACs a trial trained, what a pruned trial had spent when it stopped included; None when
     unknown (a failed trial, or a trial pruned before kronsearch recorded it)."""

@@ -19,8 +19,9 @@ from rich.console import Console
 from kronsearch.backends.base import Backend, Budget
 from kronsearch.backends.local import LocalBackend
 from kronsearch.console import progress_console
-from kronsearch.record import Strategy, TrialRecord, finished, study_name, tolerance_pick
+from kronsearch.record import Strategy, TrialRecord, final_blocks, finished, study_name, tolerance_pick
 from kronsearch.report.plan import render_plan
+from kronsearch.report.show import count_blocks
 from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
 from kronsearch.strategies import seed_hybrid, seed_params
@@ -128,8 +129,9 @@ def run_search(
         pick = tolerance_pick(complete, tolerance)
         summary.best = {"trial": pick.number, "val_accuracy": pick.values[0]}
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; pick (the cheapest within {tolerance:g} "
-                           f"points of the best val accuracy {study.best_value:.4f}): trial {pick.number}, val "
-                           f"accuracy {pick.values[0]:.4f}. Inspect: kronsearch show {names[0]}")
+                           f"points of the best val accuracy {study.best_value:.4f}): trial {pick.number}, blocks "
+                           f"{count_blocks(final_blocks(pick)) or 'none recorded'}, val accuracy {pick.values[0]:.4f}. "
+                           f"Inspect: kronsearch show {names[0]}")
     else:
         front = [t.number for t in study.best_trials] if complete else []
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; Pareto front: trials {front}. "

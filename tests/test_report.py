@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from kronsearch import kronify, record
 from kronsearch.models import build_model
 from kronsearch.processes import process_started
+from kronsearch.report.show import tolerance_note
 from kronsearch.report import (
     best_trials,
     compare_data,
@@ -307,6 +308,30 @@ def test_render_show_prints_trials_and_best(search):
     assert "Pareto front of demo:per_pattern (3 trials)" in text
     assert "diverged at [epoch 2]" in text  # brackets are shown, not eaten as rich markup
     assert "#4 same configuration as #1" in text and "#1 selected layers.0:2x2 head:2x2" in text
+
+
+def test_show_s_legend_spells_out_the_params_its_rows_use(search):
+    one, per = show_data(load_studies("demo"))
+    assert "r rank, l2 lambda2 (the l1 penalty on S), l1 lambda1 (the group penalty" in render(render_show, [one])
+    text = render(render_show, [per])
+    assert "r rank, l2 lambda2 (the l1 penalty on S); --wide" in text and "l1 lambda1" not in text
+    assert "l1/l2 lambdas" not in text
+
+
+@pytest.mark.parametrize("points, examples, warned", [(0.5, 144, True), (0.7, 144, False), (0, 144, False),
+                                                      (0.5, 200, False), (0.05, 1000, True)])
+def test_a_tolerance_under_one_validation_example_is_noted(points, examples, warned):
+    note = tolerance_note(points, examples)
+    assert (note is not None) == warned
+    if warned:
+        assert f"the tolerance, {points:g} points, is under one validation example ({100 / examples:.2f} points" in note
+
+
+def test_show_prints_the_tolerance_note_under_the_pick(search):
+    one, _ = show_data(load_studies("demo"))
+    assert one["tolerance_note"] is None  # the demo's trials recorded no validation count
+    text = render(render_show, [{**one, "tolerance_note": tolerance_note(0.5, 144)}])
+    assert "note: the tolerance, 0.5 points, is under one validation example (0.69 points of 144)" in text
 
 
 def test_show_fits_80_columns_with_notes_on_their_own_lines(search):

@@ -430,6 +430,29 @@ def test_compare_data_pick_that_is_not_the_best(tmp_path, monkeypatch):
     assert data["compute"]["per_pattern"]["train_macs_total"] == 8 * 10**6
 
 
+def test_compare_ranks_blocks_by_their_best_trial_of_either_strategy(tmp_path, monkeypatch):
+    """Issue 34: per_pattern trained 4x4 once, worse than 2x2, while a one_round trial ending with 4x4 was the
+    best model of both: 4x4 ranks first among blocks, with the trials behind each block counted."""
+    monkeypatch.chdir(tmp_path)
+    build_hybrid(tmp_path)
+    study = load_studies("hyb")[0]
+    study.add_trial(create_trial(
+        value=0.90, params={"rank": 1, "lambda1": 1e-3, "lambda2": 1e-4}, distributions=ONE_ROUND_DISTS,
+        user_attrs=trial_attrs("one_round", tmp_path, 3, metrics_for(0.90, plan_for("4x4", 1),
+                                                                     selected={"layers.0": "4x4"}))))
+    data = compare_data([study])
+    assert data["agreement"]["position"] == 2 and data["agreement"]["position_trials"] == 1  # per pattern only
+    assert [(e["label"], e["val_accuracy"], e["kind"], e["trial"], e["trials"]) for e in data["blocks"]] == [
+        ("layers.0:4x4", 0.90, "one_round", 3, {"one_round": 2, "per_pattern": 1}),
+        ("head:2x2 layers.0:2x2", 0.84, "per_pattern", 1, {"one_round": 0, "per_pattern": 1})]
+    text = render(partial(render_compare, wide=True), data)
+    assert "its blocks rank 2 of 2 patterns trained per pattern (by that pattern's best of 1 trial)" in text
+    assert "hyb:hybrid #3 (one_round)" in text
+    assert ("by their best trial of either strategy, the one-round pick's blocks rank 1 of 2 (3 trials: "
+            "2 one_round, 1 per_pattern)") in text
+    assert "blocks ranked by their best trial" in render(render_compare, data)
+
+
 def test_compare_data_with_one_side_only_says_so(search):
     data = compare_data(load_studies("demo:one_round"))
     assert data["agreement"] is None and data["per_pattern"]["ranking"] == []

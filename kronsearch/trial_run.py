@@ -25,6 +25,7 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.layers.blocks import parse_block
 from kronsearch.layers.plan import LayerPattern
+from kronsearch.progress import BarStatus
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import StorageError, write_atomic
 from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train
@@ -132,6 +133,7 @@ def run_trial(
     artifact_dir: str | os.PathLike | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: bool = False,
+    bar_status: BarStatus | None = None,
 ) -> tuple[dict, list[dict]]:
     """Train one pattern; return (metrics, per-epoch history), saving weights when artifact_dir is given.
 
@@ -144,7 +146,8 @@ def run_trial(
         data = load_space_data(space)
         model = build_trial_model(space, spec)
         config = space.train_config(lambda2=spec.lambda2, progress=progress)
-        result: TrainResult = train(model, data, config, on_epoch)
+        result: TrainResult = train(model, data, config, on_epoch, bar_label=bar_status.label if bar_status else "",
+                                    bar_status=bar_status)
     bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # the last step can leave NaN/inf weights without a non-finite loss
         raise TrainingDiverged(f"non-finite weights after training in {', '.join(bad[:3])}")

@@ -3,7 +3,7 @@
 The commands only parse arguments and print; the work is done by kronsearch.search (run) and
 kronsearch.report (show, compare, and its export and plot modules), which can be used from Python
 directly. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted. Errors are
-one line on stderr ("error: ..."), never a traceback.
+one line on stderr ("error: ..."; a YAML error adds the line it quotes, with a caret), never a traceback.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def options(
 
 
 def _one_line(err: BaseException) -> str:
+    """The message on one line, unless it quotes a line of a file under a caret (keeps_layout: YAML errors)."""
+    if getattr(err, "keeps_layout", False):
+        return str(err)
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return text or type(err).__name__
 
@@ -239,7 +242,7 @@ def compare(
 
 @app.command()
 def export(
-    study: StudyArg,
+    study: Annotated[str, typer.Argument(metavar="STUDY", help='One study: "N:S", or "N" when search N has one study.')],
     out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
     trial: Annotated[Optional[int], typer.Option(
         "--trial", min=0, metavar="N", help="Trial number (default: the pick, see --tolerance; with several objectives "
@@ -257,8 +260,8 @@ def export(
     with _errors():
         found = load_studies(study, storage)
         if len(found) != 1:
-            names = ", ".join(s.study_name for s in found)
-            raise _fail(f"{study!r} names {len(found)} studies ({names}); pick one as N:S", EXIT_BAD_INPUT)
+            names = " or ".join(s.study_name for s in found)
+            raise _fail(f"{study!r} names {len(found)} studies; export takes one: give {names}", EXIT_BAD_INPUT)
         result = export_trial(found[0], out, trial=trial, storage_url=storage_for(study, storage),
                               weights=weights, bsr=bsr, tolerance=tolerance)
         typer.echo(f"exported trial {result.trial} of {result.study} ({result.accuracies})")

@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bsr_inference import time_models
-from kronsearch import KronInference, KronLinear, export_program, for_inference
+from kronsearch import KronInference, KronLinear, export_onnx, export_program, for_inference
 from kronsearch.layers.blocks import kron_macs
 from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
@@ -83,10 +81,7 @@ def onnx_runner(model: nn.Module, folder: Path, input_shape: tuple[int, ...], ba
 
     program = export_program(for_inference(model, batches, exportable=True), input_shape)
     path = folder / "model.onnx"
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(program, f=str(path), verbose=False)
+    export_onnx(program, path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

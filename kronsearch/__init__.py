@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {name: "kronsearch.layers" for name in (
     "BSRLinear", "KronInference", "KronLinear", "KronifyReport", "LayerPattern", "PatternSelectLinear",
     "Plan", "finalize_model", "for_inference", "kronify", "load_plan", "model_plan", "l1_penalty", "valid_blocks")}
-_EXPORTS["load_model"] = _EXPORTS["export_program"] = "kronsearch.loading"
+_EXPORTS["load_model"] = _EXPORTS["export_program"] = _EXPORTS["export_onnx"] = "kronsearch.loading"
 _EXPORTS["OneRound"] = "kronsearch.one_round"
 _EXPORTS["suggest"] = _EXPORTS["record_trial"] = "kronsearch.objective"
 __all__ = [*_EXPORTS, "__version__"]

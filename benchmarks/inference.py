@@ -7,11 +7,11 @@
 The MLP (28x28 inputs) has its hidden layers kronified (head dense); the ViT-tiny of
 benchmarks/model_speed.py (3x32x32 inputs, 64 tokens) every Linear of its blocks at 16x16 rank 1. A
 fraction of each layer's S entries (the block sparsity the l1 penalty reaches) is set to exactly 0.
-Compared, on the same inputs: "dense" (nn.Linear layers holding the merged weights), "kron" (the
-KronLinear model as trained, factored path), "new" (`kronsearch.for_inference(model)`, each layer's
-path chosen by timing at the rows of the table's batch sizes: batch x 65 tokens for the ViT), and "ort" (`for_inference(model, exportable=True)`
-through `kronsearch.export_program` and torch.onnx.export, run by onnxruntime with one thread; "-"
-where onnxruntime is not installed). MAC ratios: the KronLinear model's and the new form's
+Compared, on the same inputs: "dense" (nn.Linear layers holding the merged weights), "kron" (the KronLinear model
+as trained, factored path), "new" (`kronsearch.for_inference(model)`, each layer's path chosen by timing at the
+rows of the table's batch sizes: batch x 65 tokens for the ViT), and "ort" (`for_inference(model, exportable=True)`
+through `kronsearch.export_program` and torch.onnx.export, run by onnxruntime with one thread; "-" where
+onnxruntime is not installed). MAC ratios: the KronLinear model's and the new form's
 multiply-adds per sample over the dense model's (weight layers only; attention products excluded).
 
 Timing (as benchmarks/bsr_inference.py): forward passes under torch.inference_mode on one CPU thread;

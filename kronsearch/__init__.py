@@ -1,7 +1,7 @@
 """kronsearch: search block-sparsity patterns for Kronecker-decomposed networks.
 
-The public names are imported on first use (PEP 562; dir() lists them all), so importing the package, as the command line's
-entry point (kronsearch.__main__) does before anything else, loads no torch.
+The public names are imported on first use (PEP 562; dir() lists them all), so importing the package, as the
+command line's entry point (kronsearch.__main__) does before anything else, loads no torch.
 """
 
 from __future__ import annotations

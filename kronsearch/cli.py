@@ -154,7 +154,7 @@ app.add_typer(spaces_app, name="spaces")
 
 @spaces_app.callback(invoke_without_command=True)
 def spaces(ctx: typer.Context) -> None:
-    """List the bundled spaces (run one by name: `kronsearch run vit`; copy one: `kronsearch spaces copy vit my.yaml`)."""
+    """List the bundled spaces (run one: `kronsearch run vit`; copy one: `kronsearch spaces copy vit my.yaml`)."""
     if ctx.invoked_subcommand is not None:
         return
     from kronsearch.bundled import bundled_spaces, space_summary
@@ -242,7 +242,8 @@ def compare(
 
 @app.command()
 def export(
-    study: Annotated[str, typer.Argument(metavar="STUDY", help='One study: "N:S", or "N" when search N has one study.')],
+    study: Annotated[str, typer.Argument(
+        metavar="STUDY", help='One study: "N:S", or "N" when search N has one study.')],
     out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
     trial: Annotated[Optional[int], typer.Option(
         "--trial", min=0, metavar="N", help="Trial number (default: the pick, see --tolerance; with several objectives "

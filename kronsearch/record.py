@@ -363,7 +363,8 @@ def tolerance_pick(trials: Iterable[FrozenTrial], tolerance: float) -> FrozenTri
 
 
 def cheapest_first(trial: FrozenTrial) -> tuple[float, float, float, int]:
-    """Sort key: fewer final_macs, then final_params (unknown counts highest), the higher val_accuracy, the lower number."""
+    """Sort key: fewer final_macs, then final_params (unknown counts highest), the higher val_accuracy, the lower
+    number."""
     m = metrics(trial)
     cost = [math.inf if m.get(key) is None else m[key] for key in ("final_macs", "final_params")]
     return (*cost, -val_accuracy(trial), trial.number)

@@ -1,7 +1,8 @@
 """Search space files: YAML -> a validated `Space`, checked whole before any training.
 
 Every problem is a SpaceError naming the file, the key path and what is allowed. A file looks like
-search_spaces/vit.yaml (kronsearch/spaces/vit.yaml in the package); the sections are name, seed, data, model, train, search, backend, space.
+search_spaces/vit.yaml (kronsearch/spaces/vit.yaml in the package); the sections are name, seed, data, model,
+train, search, backend, space.
 
 Space files may come from anywhere, so reading one is bounded (kronsearch.layers.yamlfile: size, UTF-8,
 no aliases, nesting depth, no key given twice); numbers are finite and within limits (MAX_EPOCHS,

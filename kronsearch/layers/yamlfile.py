@@ -95,7 +95,8 @@ def marked_error(error: type[ValueError], path: Path, err: yaml.MarkedYAMLError)
     context = ""
     if err.problem and err.context:
         at = err.context_mark
-        context = f" ({err.context}" + (f" that starts at line {at.line + 1}, column {at.column + 1}" if at else "") + ")"
+        start = f" that starts at line {at.line + 1}, column {at.column + 1}" if at is not None else ""
+        context = f" ({err.context}{start})"
     snippet = mark.get_snippet(indent=2, max_length=100) if mark is not None else None
     exc = error(f"{where}: invalid YAML: {str(problem)[:500]}{context}" + (f"\n{snippet}" if snippet else ""))
     exc.keeps_layout = True  # type: ignore[attr-defined]

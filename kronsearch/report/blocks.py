@@ -24,7 +24,8 @@ def block_ranking(pools: Mapping[str, Iterable[tuple[str, FrozenTrial]]]) -> lis
     """kind -> (study, trial) pairs -> one entry per set of final blocks (layer -> block), best val first.
 
     Each entry: blocks, label, the best trial's val/test accuracy, kind, study and number, `trials` per kind
-    (trials that reused another's result not counted), and its 1-based position. Ties on val accuracy go to fewer training MACs per sample."""
+    (trials that reused another's result not counted), and its 1-based position. Ties on val accuracy go to
+    fewer training MACs per sample."""
     groups: dict[tuple, list[tuple[str, str, FrozenTrial]]] = {}
     for kind, entries in pools.items():
         for study_name, trial in entries:

@@ -82,7 +82,7 @@ class TrialRecord:
     history: list | None = None  # per-epoch history, kronsearch 0.1 only (now history.json)
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> TrialRecord:
+    def of(cls, trial: FrozenTrial | optuna.Trial) -> TrialRecord:
         attrs = trial.user_attrs
         return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
 

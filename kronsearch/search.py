@@ -106,15 +106,15 @@ def run_search(
                       f"their configurations re-queued")
     timeout = space.search["timeout"]
     deadline = started + timeout if timeout else None
-    backend = make_backend(space)
-    with backend.session(space, console):
+    runner = make_backend(space)
+    with runner.session(space, console):
         for kind, target, budget_kind in stages(space):
             with storage_errors(url, "write to"):
                 if kind == Strategy.PER_PATTERN and strategy == Strategy.HYBRID:
                     source = seed_hybrid(study, space)
                     if source is not None:
                         console.print(describe_seed(space, study.get_trials(deepcopy=False)[source]))
-                backend.run(study, space, kind, Budget(target, budget_kind, console, deadline), progress, console)
+                runner.run(study, space, kind, Budget(target, budget_kind, console, deadline), progress, console)
     done = finished(study)
     summary = RunSummary(names, url, completed=len(done))
     complete = [t for t in done if t.state == TrialState.COMPLETE]
@@ -127,6 +127,7 @@ def run_search(
     elif complete and len(study.directions) == 1:
         tolerance = space.search["tolerance"]
         pick = tolerance_pick(complete, tolerance)
+        assert pick is not None  # complete holds a trial
         summary.best = {"trial": pick.number, "val_accuracy": pick.values[0]}
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; pick (the cheapest within {tolerance:g} "
                            f"points of the best val accuracy {study.best_value:.4f}): trial {pick.number}, blocks "
@@ -143,7 +144,7 @@ def run_search(
 
 def describe_seed(space: Space, source: FrozenTrial) -> str:
     """What the hybrid's first per_pattern trial trains, and how it follows from one_round trial `source`."""
-    params, selected = seed_params(space, source), TrialRecord.of(source).metrics["selected"]
+    params, selected = seed_params(space, source), final_blocks(source)
     picks = ", ".join(f"{b} on {n}" for b, n in Counter(selected.values()).most_common())
     if "block" in params:
         trains = f"block {params['block']} on every layer"

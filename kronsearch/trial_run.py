@@ -148,6 +148,7 @@ def run_trial(
         config = space.train_config(lambda2=spec.lambda2, progress=progress)
         result: TrainResult = train(model, data, config, on_epoch, bar_label=bar_status.label if bar_status else "",
                                     bar_status=bar_status)
+    assert result.model is not None  # train() returns the model it trained
     bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # the last step can leave NaN/inf weights without a non-finite loss
         raise TrainingDiverged(f"non-finite weights after training in {', '.join(bad[:3])}")
@@ -174,8 +175,9 @@ def save_artifacts(folder: Path, result: TrainResult, metrics: dict, history: li
         raise StorageError(f"the trial folder {folder} is a symbolic link to {os.path.realpath(folder)}; a run never "
                            f"writes through a link out of its studies folder: remove the link and re-run")
     folder.mkdir(parents=True, exist_ok=True)
+    assert result.model is not None  # train() returns the model it trained
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     write_atomic(folder / "model.safetensors", lambda f: f.write(safetensors_bytes(state)))
     for name, payload in (("metrics.json", metrics), ("history.json", history), ("config.json", config)):
         text = json.dumps(payload, indent=1, default=str).encode("utf-8")
-        write_atomic(folder / name, lambda f, text=text: f.write(text))
+        write_atomic(folder / name, lambda f, text=text: f.write(text))  # type: ignore[misc]

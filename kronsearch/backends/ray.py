@@ -307,6 +307,7 @@ class RayBackend(Backend):
         remaining = budget.remaining(study)
         if remaining == 0 or budget.timed_out():
             return
+        assert self.watch is not None and self.folder is not None  # set by session(), which run() is called in
         url = study_storage_url(study)
         if url is not None:
             self.watch.watch(url, study.study_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
@@ -33,7 +34,7 @@ def block_ranking(pools: Mapping[str, Iterable[tuple[str, FrozenTrial]]]) -> lis
             reused = TrialRecord.of(trial).duplicate_of is not None  # another trial's result: no evidence of its own
             if trial.state == TrialState.COMPLETE and val_accuracy(trial) is not None and blocks and not reused:
                 groups.setdefault(tuple(sorted(blocks.items())), []).append((kind, study_name, trial))
-    ranking = []
+    ranking: list[dict[str, Any]] = []
     for key, members in groups.items():
         kind, study_name, best = max(members, key=lambda m: (val_accuracy(m[2]), -m[2].number))
         ranking.append({

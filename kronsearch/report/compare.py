@@ -145,7 +145,7 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
         "studies": [s.study_name for s in studies],
         "tolerance": points,
         "one_round": one_round,
-        "per_pattern": {"ranking": ranking, "pick": None if found is None else {
+        "per_pattern": {"ranking": ranking, "pick": None if found is None or pick is None else {
             "study": found[0], "trial": found[1].number, "val_accuracy": val_accuracy(found[1]),
             "final_macs": metrics(found[1]).get("final_macs"), "label": pick["label"], "position": pick["position"]}},
         "agreement": _agreement(one_round, ranking, pick),
@@ -160,8 +160,8 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
 def _tolerance(studies: Sequence[optuna.Study], tolerance: float | None) -> tuple[float, list[str]]:
     """The one tolerance both sides are picked at: `tolerance` if given, else the studies' (the first
     study's when they differ, with a note saying so)."""
-    if check_tolerance(tolerance) is not None:
-        return tolerance, []
+    if (checked := check_tolerance(tolerance)) is not None:
+        return checked, []
     recorded = {s.study_name: study_tolerance(s) for s in studies}
     points = next(iter(recorded.values()), DEFAULT_TOLERANCE)
     if len(set(recorded.values())) <= 1:

@@ -83,7 +83,7 @@ def study_report(study: optuna.Study, tolerance: float | None = None) -> dict:
         "trials": rows,
         "best": {"kind": "best" if len(objs) == 1 else "pareto_front",
                  "trials": [trial_row(t, study) for t in best_trials(study, points)]},
-        "pick": None if pick is None else {
+        "pick": None if pick is None or most_accurate is None else {
             "tolerance": points, "best_val": val_accuracy(most_accurate), "trial": trial_row(pick, study),
             "most_accurate": None if most_accurate.number == pick.number else trial_row(most_accurate, study)},
     }

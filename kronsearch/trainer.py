@@ -266,8 +266,7 @@ def train(
     history: list[EpochReport] = []
     race = [("select", math.ceil(config.selection_epochs))] if select_layers else []
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
-    planned = sum(epochs for _, epochs in phases)  # at most: a race may end within its last epoch
-    status = ""
+    planned, status = sum(epochs for _, epochs in phases), ""  # planned: at most (a race may end within an epoch)
     macs_total = trained = 0
     selection: Race | None = None
     one_round: OneRound | None = None  # the race's hooks on the optimizer (prox, race steps, routing)

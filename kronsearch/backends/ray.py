@@ -98,7 +98,8 @@ def user_callbacks(references: list[str]) -> list[tune.Callback]:
     return made
 
 
-def callback_error(err: BaseException, callbacks: list[tune.Callback], references: list[str]) -> BadInput | None:
+def callback_error(err: BaseException | None, callbacks: list[tune.Callback],
+                   references: list[str]) -> BadInput | None:
     """A BadInput naming the backend.callbacks entry whose hook raised `err` inside fit(), or None. (Tune wraps the
     error in a TuneError whose text is a whole traceback: a 1,154-character `error:` line that named no key.)"""
     seen = set()
@@ -296,6 +297,7 @@ class RayBackend(Backend):
 
     def _release(self, keep: bool, console: Console) -> None:
         """The session folder removed (or said where it is kept); the watcher told the session ended."""
+        assert self.folder is not None and self.watch is not None  # set when session() began
         if keep:
             console.print(f"ray: the session's logs and Tune's trial folders are kept in {self.folder}")
         else:

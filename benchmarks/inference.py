@@ -7,11 +7,11 @@
 The MLP (28x28 inputs) has its hidden layers kronified (head dense); the ViT-tiny of
 benchmarks/model_speed.py (3x32x32 inputs, 64 tokens) every Linear of its blocks at 16x16 rank 1. A
 fraction of each layer's S entries (the block sparsity the l1 penalty reaches) is set to exactly 0.
-Compared, on the same inputs: "dense" (nn.Linear layers holding the merged weights), "kron" (the
-KronLinear model as trained, factored path), "new" (`kronsearch.for_inference(model)`, each layer's
-path chosen by timing at the rows of the table's batch sizes: batch x 65 tokens for the ViT), and "ort" (`for_inference(model, exportable=True)`
-through `kronsearch.export_program` and torch.onnx.export, run by onnxruntime with one thread; "-"
-where onnxruntime is not installed). MAC ratios: the KronLinear model's and the new form's
+Compared, on the same inputs: "dense" (nn.Linear layers holding the merged weights), "kron" (the KronLinear model
+as trained, factored path), "new" (`kronsearch.for_inference(model)`, each layer's path chosen by timing at the
+rows of the table's batch sizes: batch x 65 tokens for the ViT), and "ort" (`for_inference(model, exportable=True)`
+through `kronsearch.export_program` and torch.onnx.export, run by onnxruntime with one thread; "-" where
+onnxruntime is not installed). MAC ratios: the KronLinear model's and the new form's
 multiply-adds per sample over the dense model's (weight layers only; attention products excluded).
 
 Timing (as benchmarks/bsr_inference.py): forward passes under torch.inference_mode on one CPU thread;
@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bsr_inference import time_models
-from kronsearch import KronInference, KronLinear, export_program, for_inference
+from kronsearch import KronInference, KronLinear, export_onnx, export_program, for_inference
 from kronsearch.layers.blocks import kron_macs
 from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
@@ -83,10 +81,7 @@ def onnx_runner(model: nn.Module, folder: Path, input_shape: tuple[int, ...], ba
 
     program = export_program(for_inference(model, batches, exportable=True), input_shape)
     path = folder / "model.onnx"
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(program, f=str(path), verbose=False)
+    export_onnx(program, path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

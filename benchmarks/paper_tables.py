@@ -335,7 +335,8 @@ def table_search(args, smoke: bool) -> list[str]:
                 if a is None:
                     notes.append(f"- {source.name}, {label}: no agreement ({'; '.join(data['notes'])})")
                     continue
-                notes.append(f"- {source.name}, {label}: one-round pick {a['one_round_rank'] and 'r' + str(a['one_round_rank'])} "
+                rank = a["one_round_rank"] and "r" + str(a["one_round_rank"])
+                notes.append(f"- {source.name}, {label}: one-round pick {rank} "
                              f"{'=' if a['same_as_best'] else '!='} per-pattern best ({a['best_label']}); the pick's "
                              f"blocks rank {a['position']} of {a['patterns']} patterns tried (with its rank: "
                              f"{a['position_with_rank']}); compute ratio per_pattern/one_round: wall "
@@ -412,7 +413,7 @@ def table_speed(args, smoke: bool) -> list[str]:
             kronify(model, block=block, include=["blocks.*"])
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-        def step():
+        def step(model=model, opt=opt):  # this iteration's model, bound (called within the iteration)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()

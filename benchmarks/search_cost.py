@@ -204,8 +204,8 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
             plan = {n: b for n, b in pick_plan(final).items() if n in shapes} if final else {}
             label = plan_label(plan) if plan else None
             if label is not None and label not in alone:
-                alone[label] = run(bench_task, data, seed, lambda m: kronify(
-                    m, {n: LayerPattern(b, 1) for n, b in plan.items()}))
+                alone[label] = run(bench_task, data, seed, lambda m, p=plan: kronify(
+                    m, {n: LayerPattern(b, 1) for n, b in p.items()}))
             sweep = {k: alone[k] for k in dict.fromkeys(plan_label(alone_plan(c, shapes, bench_task.candidates))
                                                           for c in bench_task.candidates)}
             best = max(r.test_accuracy for r in sweep.values())
@@ -219,8 +219,9 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
                 "answer": right_answer(*scored(sweep), args.tolerance)})
             spent = max(rows[strategy][-1]["macs"], 1)
             pruned = sum(train_macs_total(t) or 0 for t in trials if t.state == TrialState.PRUNED)
-            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, MACs {rows[strategy][-1]['macs']:.3g} "
-                  f"(races {sum(races.values()) / spent:.0%}, pruned trials {pruned / spent:.0%}), "
+            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, "
+                  f"MACs {rows[strategy][-1]['macs']:.3g} (races {sum(races.values()) / spent:.0%}, "
+                  f"pruned trials {pruned / spent:.0%}), "
                   f"wall {wall:.0f} s, pick {label} (right answer {rows[strategy][-1]['answer']}), "
                   f"at 0.25/0.5/1/2x per_pattern MACs: {rows[strategy][-1]['budgets']}", flush=True)
     return [summary_row(task, strategy, runs, rows["per_pattern"]) for strategy, runs in rows.items()]

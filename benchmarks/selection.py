@@ -29,11 +29,11 @@ within it is cheaper (final MACs, then parameters), next to how often three fixe
 (always the smallest candidate, always the largest, always the candidate best on average over the
 seeds, which needs hindsight) and the noise ceiling of "right": for every ordered pair of seeds, the
 right answer of one seed's full sweep (every candidate alone) taken as the pick on the other seed,
-a sweep that is right with certainty on its own seed; regret = best test accuracy alone - the pick's test accuracy alone
-(the picked plan retrained alone), and the fixed rules' and the other seed's sweep's regrets; the pick's final MACs over the
-costliest candidate's; final gap = the one round's own final test accuracy - the best alone; cost =
-the one-round run's train_macs_total (its race's validation passes included) and wall time against
-one training of the pick alone and against the sweep (all runs alone).
+a sweep that is right with certainty on its own seed; regret = best test accuracy alone - the pick's test accuracy
+alone (the picked plan retrained alone), and the fixed rules' and the other seed's sweep's regrets; the pick's
+final MACs over the costliest candidate's; final gap = the one round's own final test accuracy - the best alone;
+cost = the one-round run's train_macs_total (its race's validation passes included) and wall time against one
+training of the pick alone and against the sweep (all runs alone).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
         labels = [plan_label(alone_plan(c, shapes, task.candidates)) for c in task.candidates]
         sweep = {k: alone[k] for k in labels}
         if pick_key not in alone:
-            alone[pick_key] = run(task, data, seed, lambda m: kronify(m, {n: LayerPattern(b, 1) for n, b in pick.items()}))
+            alone[pick_key] = run(task, data, seed, lambda m, p=pick: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
         best = max(r.test_accuracy for r in sweep.values())
         decisions = kept.decisions.values()
         accuracy, cost = scored(alone)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +55,7 @@ from kronsearch.trainer import TrainConfig, TrainResult, accuracy, resolve_devic
 METHODS: tuple[str, ...] = ("dense", "group_lasso", "elastic_group_lasso", "rigl", "iterative_pruning")
 
 
-BlockSpec = Union[Sequence[int], Mapping[str, Sequence[int]]]
+BlockSpec = Sequence[int] | Mapping[str, Sequence[int]]
 
 
 def layer_blocks(model: nn.Module, block: BlockSpec, include: Sequence[str] = ("*",),
@@ -223,9 +222,10 @@ def train_baseline(
 ) -> TrainResult:
     """Train dense `model` with a baseline `method` (see the module doc) and return its metrics.
 
-    block: one (h, w) for every layer, or {layer: (h, w)}. strength: group lasso weight; l1:
-    elastic_group_lasso's l1 weight; rigl_every: steps between mask updates (default: about 20 updates over the first rigl_end of the training); rounds: pruning rounds
-    of iterative_pruning. Raises BadInput for an unknown method or a target outside [0, 1).
+    block: one (h, w) for every layer, or {layer: (h, w)}. strength: group lasso weight; l1: elastic_group_lasso's
+    l1 weight; rigl_every: steps between mask updates (default: about 20 updates over the first rigl_end of the
+    training); rounds: pruning rounds of iterative_pruning. Raises BadInput for an unknown method or a target
+    outside [0, 1).
     """
     if method not in METHODS:
         raise BadInput(f"unknown baseline method {method!r}; methods: {', '.join(METHODS)}")

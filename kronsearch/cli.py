@@ -3,7 +3,7 @@
 The commands only parse arguments and print; the work is done by kronsearch.search (run) and
 kronsearch.report (show, compare, and its export and plot modules), which can be used from Python
 directly. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted. Errors are
-one line on stderr ("error: ..."), never a traceback.
+one line on stderr ("error: ..."; a YAML error adds the line it quotes, with a caret), never a traceback.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def options(
 
 
 def _one_line(err: BaseException) -> str:
+    """The message on one line, unless it quotes a line of a file under a caret (keeps_layout: YAML errors)."""
+    if getattr(err, "keeps_layout", False):
+        return str(err)
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return text or type(err).__name__
 
@@ -115,7 +118,8 @@ def _print_json(data: object) -> None:
 
 @app.command()
 def run(
-    space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The search space YAML file.")],
+    space: Annotated[Path, typer.Argument(metavar="SPACE", help="The search space YAML file, or the name of a bundled "
+                                                                "space (`kronsearch spaces` lists them).")],
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
     strategy: Annotated[Optional[Strategy], typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
@@ -129,7 +133,7 @@ def run(
     wide: Annotated[bool, typer.Option("--wide", help="With --dry-run: the plan's lines unbroken; by default it "
                                                       "fits 80 columns.")] = False,
 ) -> None:
-    """Run (or resume) a search over the patterns of SPACE.yaml."""
+    """Run (or resume) a search over the patterns of SPACE (a file, or a bundled space's name: `kronsearch run vit`)."""
     with _errors(RUN_INTERRUPTED):
         from kronsearch.search import run_search
 
@@ -141,6 +145,59 @@ def run(
         if summary.failed:
             raise _fail(summary.message, EXIT_FAILURE)
         _echo(summary.message)
+
+
+spaces_app = typer.Typer(no_args_is_help=False, add_completion=False, rich_markup_mode=None,
+                         help="The example spaces bundled with kronsearch: list them, or copy one out to edit.")
+app.add_typer(spaces_app, name="spaces")
+
+
+@spaces_app.callback(invoke_without_command=True)
+def spaces(ctx: typer.Context) -> None:
+    """List the bundled spaces (run one: `kronsearch run vit`; copy one: `kronsearch spaces copy vit my.yaml`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kronsearch.bundled import bundled_spaces, space_summary
+
+    found = bundled_spaces()
+    width = max(map(len, found), default=0)
+    for name, path in found.items():
+        typer.echo(f"{name:<{width}}  {space_summary(path)}")
+    typer.echo("run one: kronsearch run NAME; copy one to edit: kronsearch spaces copy NAME FILE")
+
+
+@spaces_app.command("copy")
+def spaces_copy(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A bundled space (`kronsearch spaces` lists them).")],
+    destination: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write it (a folder: FOLDER/NAME.yaml).")]
+    = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Copy bundled space NAME to FILE, to edit and run."""
+    from kronsearch.bundled import copy_space
+
+    with _errors():
+        typer.echo(f"wrote {copy_space(name, destination, overwrite=force)}")
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(metavar="FILE.yaml", help="The space file to write.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", metavar="REF", help="Your model factory 'package.module:function' (called with input_shape, "
+                                       "num_classes), a built-in model or 'timm:<name>' (default: mlp).")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", metavar="REF", help="Your data factory 'package.module:function' or a built-in dataset "
+                                      "(default: digits).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE.yaml if it exists.")] = False,
+) -> None:
+    """Write a starting space file for your own model, every key commented; `kronsearch run FILE.yaml --dry-run`
+    accepts it as it is."""
+    from kronsearch.starter import write_starting_space
+
+    with _errors():
+        written = write_starting_space(path, model, data, overwrite=force)
+        typer.echo(f"wrote {written}; check it with: kronsearch run {written} --dry-run")
 
 
 def _stdout() -> Console:
@@ -185,7 +242,8 @@ def compare(
 
 @app.command()
 def export(
-    study: StudyArg,
+    study: Annotated[str, typer.Argument(
+        metavar="STUDY", help='One study: "N:S", or "N" when search N has one study.')],
     out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
     trial: Annotated[Optional[int], typer.Option(
         "--trial", min=0, metavar="N", help="Trial number (default: the pick, see --tolerance; with several objectives "
@@ -203,8 +261,8 @@ def export(
     with _errors():
         found = load_studies(study, storage)
         if len(found) != 1:
-            names = ", ".join(s.study_name for s in found)
-            raise _fail(f"{study!r} names {len(found)} studies ({names}); pick one as N:S", EXIT_BAD_INPUT)
+            names = " or ".join(s.study_name for s in found)
+            raise _fail(f"{study!r} names {len(found)} studies; export takes one: give {names}", EXIT_BAD_INPUT)
         result = export_trial(found[0], out, trial=trial, storage_url=storage_for(study, storage),
                               weights=weights, bsr=bsr, tolerance=tolerance)
         typer.echo(f"exported trial {result.trial} of {result.study} ({result.accuracies})")

@@ -82,5 +82,5 @@ class ReaderSafeStream:
 def progress_console(quiet: bool = False) -> Console:
     """The console of a run's progress lines: stderr, lines never wrapped, dropped once stderr's reader is gone,
     80 columns wide when COLUMNS is absurd."""
-    return Console(file=ReaderSafeStream(lambda: sys.stderr), quiet=quiet, soft_wrap=True,
+    return Console(file=ReaderSafeStream(lambda: sys.stderr), quiet=quiet, soft_wrap=True,  # type: ignore[arg-type]
                    width=None if usable_columns() else 80)

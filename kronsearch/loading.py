@@ -10,10 +10,12 @@ weights for inference.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -79,12 +81,45 @@ def export_program(model: nn.Module, input_shape: Sequence[int]) -> torch.export
     """torch.export of `model` (eval mode, no grad) for inputs (batch, *input_shape), the batch dynamic.
 
     Save it with torch.export.save(program, "model.pt2") (loads with torch alone, torch.export.load),
-    or write ONNX with torch.onnx.export(program, f="model.onnx") (needs the [deploy] extra).
+    or write ONNX with kronsearch.export_onnx(program, "model.onnx") (needs the [deploy] extra).
     """
     model = model.eval()
     example = torch.zeros(2, *input_shape)  # batch 2: torch.export specializes sizes 0 and 1
     with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
+ONNX_NOISE_LOGGER = "torch.onnx._internal.exporter._registration"  # one note per torchvision op it skips
+
+
+class _TorchvisionNotes(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping torchvision::nms" notes (four per export):
+    torchvision's detection ops, which no kronsearch model uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+def export_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
+    """Write an export_program result as ONNX to `path` (torch.onnx.export; needs the [deploy] extra).
+
+    Without the exporter's noise that concerns no kronsearch model: the "torchvision is not installed" notes
+    and torch's FutureWarning on pytree's LeafSpec (raised inside torch's own export code); every other
+    warning and log record goes through."""
+    path = Path(path)
+    notes = _TorchvisionNotes()
+    logger = logging.getLogger(ONNX_NOISE_LOGGER)
+    logger.addFilter(notes)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            torch.onnx.export(program, f=str(path), verbose=False)
+    except ImportError as err:
+        raise ImportError(f"ONNX export needs onnx and onnxscript ({err}): pip install 'kronsearch[deploy]'") from err
+    finally:
+        logger.removeFilter(notes)
+    return path
 
 
 def _build(pattern_file: str | os.PathLike, document: object, trust_code: bool) -> nn.Module:

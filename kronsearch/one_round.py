@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import torch
 from torch import nn
@@ -118,7 +119,7 @@ class OneRound:
             raise BadInput(f"OneRound: layers {', '.join(taken)} already race under another OneRound; close() "
                            f"it first (one race per layer)")
         for layer in race.layers.values():
-            layer._one_round_attached = True
+            layer._one_round_attached = True  # type: ignore[assignment]  # a plain flag, not a submodule
         self.race, self.lambda2 = race, lambda2
         self.model, self.optimizer = race.model, race.optimizer
         self.records: list[StepRecord] = []
@@ -176,7 +177,7 @@ class OneRound:
             raise BadInput(f"the race is open at step {self.race.steps} of {self.race.select_steps} in "
                            f"{', '.join(self.race.open_layers)}; call finish() to decide now")
         inside = tuple(f"{n}." for n in self.race.layers)
-        plan = {n: LayerPattern(self._branches(n)[d.block].block, self.race.layers[n].rank)
+        plan = {n: LayerPattern(cast(KronLinear, self._branches(n)[d.block]).block, self.race.layers[n].rank)
                 for n, d in self.race.decisions.items()}
         plan.update({n: LayerPattern(m.block, m.rank) for n, m in self.model.named_modules()
                      if isinstance(m, KronLinear) and not n.startswith(inside)})
@@ -188,7 +189,7 @@ class OneRound:
             handle.remove()
         self._handles = []
         for layer in self.race.layers.values():
-            layer._one_round_attached = False
+            layer._one_round_attached = False  # type: ignore[assignment]
 
     # ------------------------------------------------------------------------------------ the hooks
 

@@ -51,10 +51,10 @@ def worker_alive(trial: FrozenTrial, host: str | None = None) -> bool | None:
     trial is only asked about while this process runs none (recovery) or is excluded by the caller.
     """
     rec = TrialRecord.of(trial)
-    worker_host, _, pid = (rec.worker or "").rpartition(":")
-    if worker_host != (host or socket.gethostname()) or not pid.isdigit():
+    worker_host, _, digits = (rec.worker or "").rpartition(":")
+    if worker_host != (host or socket.gethostname()) or not digits.isdigit():
         return None
-    pid = int(pid)
+    pid = int(digits)
     if Path("/proc/self/stat").is_file():  # Linux: a pid and its start time identify a process
         started, now = rec.worker_started, process_started(pid)
         return now is not None and (started == now if started is not None else pid != os.getpid())

@@ -82,7 +82,7 @@ class TrialRecord:
     history: list | None = None  # per-epoch history, kronsearch 0.1 only (now history.json)
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> TrialRecord:
+    def of(cls, trial: FrozenTrial | optuna.Trial) -> TrialRecord:
         attrs = trial.user_attrs
         return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
 
@@ -249,6 +249,12 @@ def metrics(trial: FrozenTrial) -> dict:
     return {**(record.metrics or {}), **flat}
 
 
+def final_blocks(trial: FrozenTrial) -> dict[str, str]:
+    """layer -> the block the trial's model ended with: the one round's selection, else its plan's."""
+    m = metrics(trial)
+    return dict(m.get("selected") or {layer: p["block"] for layer, p in (m.get("plan") or {}).items()})
+
+
 def train_macs_total(trial: FrozenTrial) -> int | None:
     """The forward MACs a trial trained, what a pruned trial had spent when it stopped included; None when
     unknown (a failed trial, or a trial pruned before kronsearch recorded it)."""
@@ -262,7 +268,7 @@ def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     for t in trials:
         # t.system_attrs["failed_trial"] is RetryHeartbeatStaleTrialCallback.retried_trial_number(t), which warns
         found |= {TrialRecord.of(t).retry_of, t.system_attrs.get("failed_trial")}
-    return found - {None}
+    return {number for number in found if number is not None}
 
 
 def study_name(search: str, strategy: str) -> str:
@@ -349,15 +355,17 @@ def tolerance_pick(trials: Iterable[FrozenTrial], tolerance: float) -> FrozenTri
     (0.5 -> 0.005) of the best, the one with the fewest final_macs, then final_params, then the higher
     val_accuracy, then the lower number. Tolerance 0 is the most accurate (ties go to the cheaper).
     None when no complete trial has a val_accuracy."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and val_accuracy(t) is not None]
+    complete = [(t, v) for t in trials if t.state == TrialState.COMPLETE and (v := val_accuracy(t)) is not None]
     if not complete:
         return None
-    floor = max(val_accuracy(t) for t in complete) - tolerance / 100 - 1e-12  # 1e-12: 0.86 - 0.005 in floats
-    return min((t for t in complete if val_accuracy(t) >= floor), key=cheapest_first)
+    floor = max(v for _, v in complete) - tolerance / 100 - 1e-12  # 1e-12: 0.86 - 0.005 in floats
+    return min((t for t, v in complete if v >= floor), key=cheapest_first)
 
 
 def cheapest_first(trial: FrozenTrial) -> tuple[float, float, float, int]:
-    """Sort key: fewer final_macs, then final_params (unknown counts highest), the higher val_accuracy, the lower number."""
+    """Sort key: fewer final_macs, then final_params (unknown counts highest), the higher val_accuracy, the lower
+    number."""
     m = metrics(trial)
-    cost = [math.inf if m.get(key) is None else m[key] for key in ("final_macs", "final_params")]
-    return (*cost, -val_accuracy(trial), trial.number)
+    macs, params = (math.inf if m.get(key) is None else m[key] for key in ("final_macs", "final_params"))
+    value = val_accuracy(trial)
+    return macs, params, -value if value is not None else math.inf, trial.number

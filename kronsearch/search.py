@@ -19,8 +19,9 @@ from rich.console import Console
 from kronsearch.backends.base import Backend, Budget
 from kronsearch.backends.local import LocalBackend
 from kronsearch.console import progress_console
-from kronsearch.record import Strategy, TrialRecord, finished, study_name, tolerance_pick
+from kronsearch.record import Strategy, TrialRecord, final_blocks, finished, study_name, tolerance_pick
 from kronsearch.report.plan import render_plan
+from kronsearch.report.show import count_blocks
 from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
 from kronsearch.strategies import seed_hybrid, seed_params
@@ -115,15 +116,15 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
                       f"their configurations re-queued")
     timeout = space.search["timeout"]
     deadline = started + timeout if timeout else None
-    backend = make_backend(space)
-    with backend.session(space, console):
+    runner = make_backend(space)
+    with runner.session(space, console):
         for kind, target, budget_kind in stages(space):
             with storage_errors(url, "write to"):
                 if kind == Strategy.PER_PATTERN and strategy == Strategy.HYBRID:
                     source = seed_hybrid(study, space)
                     if source is not None:
                         console.print(describe_seed(space, study.get_trials(deepcopy=False)[source]))
-                backend.run(study, space, kind, Budget(target, budget_kind, console, deadline), progress, console)
+                runner.run(study, space, kind, Budget(target, budget_kind, console, deadline), progress, console)
     done = finished(study)
     summary = RunSummary(names, url, completed=len(done))
     complete = [t for t in done if t.state == TrialState.COMPLETE]
@@ -136,10 +137,12 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
     elif complete and len(study.directions) == 1:
         tolerance = space.search["tolerance"]
         pick = tolerance_pick(complete, tolerance)
+        assert pick is not None  # complete holds a trial
         summary.best = {"trial": pick.number, "val_accuracy": pick.values[0]}
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; pick (the cheapest within {tolerance:g} "
-                           f"points of the best val accuracy {study.best_value:.4f}): trial {pick.number}, val "
-                           f"accuracy {pick.values[0]:.4f}. Inspect: kronsearch show {names[0]}")
+                           f"points of the best val accuracy {study.best_value:.4f}): trial {pick.number}, blocks "
+                           f"{count_blocks(final_blocks(pick)) or 'none recorded'}, val accuracy {pick.values[0]:.4f}. "
+                           f"Inspect: kronsearch show {names[0]}")
     else:
         front = [t.number for t in study.best_trials] if complete else []
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; Pareto front: trials {front}. "
@@ -151,7 +154,7 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
 
 def describe_seed(space: Space, source: FrozenTrial) -> str:
     """What the hybrid's first per_pattern trial trains, and how it follows from one_round trial `source`."""
-    params, selected = seed_params(space, source), TrialRecord.of(source).metrics["selected"]
+    params, selected = seed_params(space, source), final_blocks(source)
     picks = ", ".join(f"{b} on {n}" for b, n in Counter(selected.values()).most_common())
     if "block" in params:
         trains = f"block {params['block']} on every layer"

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import cast
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -345,7 +346,7 @@ class Race:
     def _cost(self, name: str, candidate: str) -> tuple[int, int]:
         """(MACs per input row, parameters) of one candidate alone."""
         layer = self.layers[name]
-        block, rank = layer.branches[candidate].block, layer.rank
+        block, rank = cast(KronLinear, layer.branches[candidate]).block, layer.rank
         return (kron_macs(layer.out_features, layer.in_features, block, rank),
                 kron_params(layer.out_features, layer.in_features, block, rank))
 

@@ -1,7 +1,8 @@
 """Search space files: YAML -> a validated `Space`, checked whole before any training.
 
 Every problem is a SpaceError naming the file, the key path and what is allowed. A file looks like
-search_spaces/vit.yaml; the sections are name, seed, data, model, train, search, backend, space.
+search_spaces/vit.yaml (kronsearch/spaces/vit.yaml in the package); the sections are name, seed, data, model,
+train, search, backend, space.
 
 Space files may come from anywhere, so reading one is bounded (kronsearch.layers.yamlfile: size, UTF-8,
 no aliases, nesting depth, no key given twice); numbers are finite and within limits (MAX_EPOCHS,
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kronsearch.bundled import find_space
 from kronsearch.data import SYNTHETIC_DEFAULTS, dataset_shape, find_root
 from kronsearch.layers.blocks import MAX_RANK, Block, format_block, valid_blocks
 from kronsearch.layers.kronify import matching_linears
@@ -91,7 +93,9 @@ def read_yaml(path: str | os.PathLike) -> tuple[dict, bytes]:
 
 
 def load_space(path: str | os.PathLike, **overrides: Any) -> Space:
-    """Read and validate a space file. overrides: trials, strategy, device, backend, address."""
+    """Read and validate a space file, or a bundled space by name (kronsearch.bundled.find_space).
+    overrides: trials, strategy, device, backend, address."""
+    path = find_space(path)
     raw, data = read_yaml(path)
     space = parse_space(raw, str(path), overrides)
     space.sha256 = hashlib.sha256(data).hexdigest()

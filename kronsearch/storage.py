@@ -254,7 +254,7 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     for attempt in range(attempts):
         try:
             storage = _open(url, file, owner, create, heartbeat)
-            storage.kronsearch_root, storage.kronsearch_url = artifact_root(url), url  # see study_artifacts_root
+            storage.kronsearch_root, storage.kronsearch_url = artifact_root(url), url  # type: ignore[attr-defined]
             return storage
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
             # another process creating the same new storage's tables at this very moment
@@ -360,5 +360,5 @@ def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Stud
     if not found:
         raise StudyNotFound(f"no study {study!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
     order = {s: i for i, s in enumerate(STRATEGIES)}
-    found.sort(key=lambda n: order.get(split_study_name(n)[1], len(order)))
+    found.sort(key=lambda n: order.get(split_study_name(n)[1] or "", len(order)))
     return [optuna.load_study(study_name=n, storage=storage) for n in found]

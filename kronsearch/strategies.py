@@ -60,7 +60,7 @@ def seed_params(space: Space, source: FrozenTrial) -> dict:
 
     Without per-layer blocks, the block most layers selected stands for all of them.
     """
-    selected = TrialRecord.of(source).metrics["selected"]
+    selected = (TrialRecord.of(source).metrics or {})["selected"]
     params = {"rank": source.params["rank"], "lambda2": source.params["lambda2"]}
     if space.search["per_layer_blocks"]:
         params.update({f"block:{layer}": block for layer, block in selected.items()})
@@ -78,7 +78,7 @@ def seed_hybrid(study: optuna.Study, space: Space) -> int | None:
     one_round = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if trial_kind(t, strategy) == Strategy.ONE_ROUND]
     source = tolerance_pick(one_round, space.search["tolerance"])
-    if source is None or not TrialRecord.of(source).metrics["selected"]:
+    if source is None or not (TrialRecord.of(source).metrics or {}).get("selected"):
         return None
     enqueue_seed(study, seed_params(space, source), source.number)
     return source.number

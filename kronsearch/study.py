@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import reprlib
 import socket
 import threading
 import warnings
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
         self._for(trial).before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: list[float] | None) -> None:
+                    values: Sequence[float] | None) -> None:
         self._for(trial).after_trial(study, trial, state, values)
         self._samplers.pop(trial.number, None)
 
@@ -91,6 +92,7 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     kind = space.search["pruner"]
     if kind == "none" or len(space.search["objectives"]) > 1:
         return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
+    pruner: optuna.pruners.BasePruner
     if kind == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.train["epochs"])
     else:  # no verdict before a third of the selection epochs: early val accuracy says little about the end
@@ -113,7 +115,7 @@ class KindPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         kind = record.trial_kind(trial, self.strategy)
-        view = optuna.Study(study.study_name, _KindTrials(study._storage, kind, self.strategy),  # noqa: SLF001
+        view = optuna.Study(study.study_name, _KindTrials(study._storage, kind, self.strategy),  # type: ignore[arg-type]  # noqa: SLF001
                             sampler=study.sampler, pruner=self.pruner)
         return self.pruner.prune(view, trial)
 
@@ -136,7 +138,7 @@ class _KindTrials:
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:
     """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
     storage = open_storage(storage_url, owner=worker_attrs(), heartbeat=space.backend["heartbeat"])
-    storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)
+    storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)  # type: ignore[attr-defined]
     name, folder = study_name(space.name, strategy), artifacts_folder(storage_url, space.name, strategy)
     check_made_by_kronsearch(storage, name, storage_url)  # a foreign study is left untouched, --fresh or not
     if fresh:
@@ -212,6 +214,20 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(top level)"]
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def _value_at(identity: dict, key: str) -> str:
+    """The value at dotted `key` of a space identity, short ('0.005', '[1, 2]', 'absent')."""
+    value: object = identity
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "absent"
+        value = value[part]
+    return _SHORT.repr(value)
+
+
 def _with_added_keys(identity: dict) -> dict:
     """A stored identity with the keys added since its study was created at their defaults
     (search.tolerance: 0.5, data.test_limit: none), so such a study resumes and reads as made with them."""
@@ -237,9 +253,12 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
     """Refuse to resume a study whose results were produced by a different space (SpaceError, exit 2)."""
     stored = StudyRecord.of(study)
     if stored.space_identity is not None:
-        changed = changed_keys(_with_added_keys(stored.space_identity), identity)
+        before = _with_added_keys(stored.space_identity)
+        changed = [f"{key} ({_value_at(before, key)} -> {_value_at(identity, key)})"
+                   for key in changed_keys(before, identity)
+                   if not (key == "data.limit" and _old_limit(stored.space_identity))]
         if _old_limit(stored.space_identity):
-            changed = [key for key in changed if key != "data.limit"] + [OLD_LIMIT]
+            changed.append(OLD_LIMIT)
     elif stored.space_hash is not None and stored.space_hash != space.sha256:
         changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
     else:
@@ -287,7 +306,7 @@ def ask(study: optuna.Study) -> optuna.Trial:
         warnings.simplefilter("ignore", UserWarning)
         trial = study.ask()
     if is_heartbeat_enabled(study._storage):  # noqa: SLF001
-        study._storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]  # noqa: SLF001
     return trial
 
 
@@ -305,7 +324,8 @@ class Heartbeats:
 
     def __init__(self, study: optuna.Study, trials: Callable[[], Iterable[optuna.Trial]]) -> None:
         self.study, self.trials = study, trials
-        self.interval = study._storage.get_heartbeat_interval() if is_heartbeat_enabled(study._storage) else None  # noqa: SLF001
+        self.interval = (study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]  # noqa: SLF001
+                         if is_heartbeat_enabled(study._storage) else None)  # noqa: SLF001
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True, name="kronsearch-heartbeat")
 
@@ -313,7 +333,7 @@ class Heartbeats:
         while not self.stopped.wait(self.interval):
             for trial in list(self.trials()):
                 try:
-                    self.study._storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+                    self.study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]  # noqa: SLF001
                 except Exception:  # noqa: BLE001 - a lost beat only brings the grace period nearer
                     continue
 

@@ -235,6 +235,8 @@ def train(
     *,
     regularizer: Callable[[nn.Module], Tensor] | None = None,
     after_step: Callable[[int, int], None] | None = None,
+    bar_label: str = "",
+    bar_status: Callable[[EpochReport], str] | None = None,
 ) -> TrainResult:
     """Train `model` on `data` and measure it. The callback may raise (e.g. optuna.TrialPruned) to stop.
 
@@ -247,6 +249,9 @@ def train(
     Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the loss of every step;
     `after_step(step, total_steps)` runs after every optimizer step (step is 1-based within the
     phase; the gradients of that step are still in `.grad`).
+
+    With config.progress, a live bar per phase says '<bar_label>epoch x/N <phase>', the phase's steps and
+    time left, and after each epoch `bar_status(report)` (default: its loss and val accuracy).
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
@@ -261,6 +266,7 @@ def train(
     history: list[EpochReport] = []
     race = [("select", math.ceil(config.selection_epochs))] if select_layers else []
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
+    planned, status = sum(epochs for _, epochs in phases), ""  # planned: at most (a race may end within an epoch)
     macs_total = trained = 0
     selection: Race | None = None
     one_round: OneRound | None = None  # the race's hooks on the optimizer (prox, race steps, routing)
@@ -284,10 +290,12 @@ def train(
             schedule = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s, shape=shape, total=total_steps, warmup=warmup: lr_factor(s, total, warmup, shape))
             s_params = s_parameters(model)
-            task = bar.add_task(phase, total=total_steps, status="")
+            task = bar.add_task(f"{bar_label}epoch {len(history) + 1}/{planned} {phase}", total=total_steps,
+                                status=status)  # the last epoch's, until this phase's first ends
             for index in range(epochs):
                 if selection is not None and phase == "select" and selection.done:
                     break
+                bar.update(task, description=f"{bar_label}epoch {len(history) + 1}/{planned} {phase}")
                 epoch_start = time.perf_counter()
                 task_sum = penalty_sum = 0.0
                 seen = 0
@@ -333,7 +341,9 @@ def train(
                                       config.lr * lr_factor(schedule.last_epoch, total_steps, warmup, shape),
                                       macs_total, final=(phase, epochs) == phases[-1] and index == epochs - 1)
                 history.append(report)
-                bar.update(task, status=f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
+                status = (bar_status(report) if bar_status is not None else
+                          f"loss {report.train_loss:.3f} val {report.val_accuracy:.3f}")
+                bar.update(task, status=status)
                 if callback is not None:
                     callback(report)
             bar.remove_task(task)

@@ -25,6 +25,7 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.layers.blocks import parse_block
 from kronsearch.layers.plan import LayerPattern
+from kronsearch.progress import BarStatus
 from kronsearch.space import Space, SpaceError
 from kronsearch.atomic_write import write_atomic
 from kronsearch.storage import StorageError
@@ -133,6 +134,7 @@ def run_trial(
     artifact_dir: str | os.PathLike | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: bool = False,
+    bar_status: BarStatus | None = None,
 ) -> tuple[dict, list[dict]]:
     """Train one pattern; return (metrics, per-epoch history), saving weights when artifact_dir is given.
 
@@ -145,7 +147,9 @@ def run_trial(
         data = load_space_data(space)
         model = build_trial_model(space, spec)
         config = space.train_config(lambda2=spec.lambda2, progress=progress)
-        result: TrainResult = train(model, data, config, on_epoch)
+        result: TrainResult = train(model, data, config, on_epoch, bar_label=bar_status.label if bar_status else "",
+                                    bar_status=bar_status)
+    assert result.model is not None  # train() returns the model it trained
     bad = [name for name, p in result.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:  # the last step can leave NaN/inf weights without a non-finite loss
         raise TrainingDiverged(f"non-finite weights after training in {', '.join(bad[:3])}")
@@ -172,8 +176,9 @@ def save_artifacts(folder: Path, result: TrainResult, metrics: dict, history: li
         raise StorageError(f"the trial folder {folder} is a symbolic link to {os.path.realpath(folder)}; a run never "
                            f"writes through a link out of its studies folder: remove the link and re-run")
     folder.mkdir(parents=True, exist_ok=True)
+    assert result.model is not None  # train() returns the model it trained
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     write_atomic(folder / "model.safetensors", lambda f: f.write(safetensors_bytes(state)))
     for name, payload in (("metrics.json", metrics), ("history.json", history), ("config.json", config)):
         text = json.dumps(payload, indent=1, default=str).encode("utf-8")
-        write_atomic(folder / name, lambda f, text=text: f.write(text))
+        write_atomic(folder / name, lambda f, text=text: f.write(text))  # type: ignore[misc]

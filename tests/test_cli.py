@@ -123,8 +123,31 @@ def test_export_a_chosen_trial(cli, demo):
 
 
 def test_export_needs_exactly_one_study(cli, demo):
-    assert_error(cli("export", "demo", "--out", "x.yaml"), 2, "2 studies (demo:one_round, demo:per_pattern)")
+    assert_error(cli("export", "demo", "--out", "x.yaml"), 2,
+                 "'demo' names 2 studies; export takes one: give demo:one_round or demo:per_pattern")
     assert not (demo / "x.yaml").exists()
+
+
+def test_a_yaml_error_keeps_its_line_column_and_caret_layout(cli, workdir):
+    (workdir / "bad.yaml").write_text("name: x\ndata: name: digits\n")
+    result = cli("run", "bad.yaml")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == ["error: bad.yaml:2:11: invalid YAML: mapping values are not allowed here",
+                                          "  data: name: digits",
+                                          "            ^"]
+
+
+def test_a_yaml_error_names_where_its_context_starts(cli, workdir):
+    (workdir / "bad.yaml").write_text("name: x\ndata:\n  limit: [1, 2\nmodel: {name: mlp}\n")
+    first = cli("run", "bad.yaml").stderr.splitlines()[0]
+    assert first == ("error: bad.yaml:4:6: invalid YAML: expected ',' or ']', but got ':' (while parsing a flow "
+                     "sequence that starts at line 3, column 10)")
+
+
+def test_export_help_says_n_stands_for_a_search_of_one_study_only(cli):
+    text = " ".join(cli("export", "--help").stdout.split())
+    assert 'One study: "N:S", or "N" when search N has one study.' in text
+    assert "all its strategy studies" not in text
 
 
 @pytest.mark.parametrize("trial, code, message", [

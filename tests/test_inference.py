@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from kronsearch import KronInference, KronLinear, export_program, for_inference, load_model
+from kronsearch import KronInference, KronLinear, export_onnx, export_program, for_inference, load_model
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.inference import INFERENCE_PATHS, choose_inference_path, time_inference_paths
 from kronsearch.layers.kronify import kronify
@@ -138,13 +138,29 @@ def test_onnx_round_trip_matches_pytorch(exported, tmp_path):
 
     _, _, model = exported
     program = export_program(for_inference(model, exportable=True, batch_sizes=(1, 8)), (1, 28, 28))
-    torch.onnx.export(program, f=str(tmp_path / "model.onnx"))
+    export_onnx(program, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     for batch in (1, 9):
         x = torch.randn(batch, 1, 28, 28)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             assert torch.allclose(torch.from_numpy(got), model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
+                    reason="onnxruntime and onnxscript are not installed (pip install 'kronsearch[deploy]')")
+def test_export_onnx_prints_no_torchvision_notes_and_no_future_warning(exported, tmp_path, capfd):
+    import warnings
+
+    _, _, model = exported
+    program = export_program(for_inference(model, exportable=True, batch_sizes=(1, 8)), (1, 28, 28))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(program, tmp_path / "model.onnx")
+    out, err = capfd.readouterr()
+    assert "torchvision" not in out + err and "FutureWarning" not in out + err
+    assert [w for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert (tmp_path / "model.onnx").stat().st_size > 0
 
 
 def test_macs_count_the_kept_blocks():

@@ -1,5 +1,6 @@
 """kronsearch.load_model: an exported pattern file (+ weights, + the --bsr file) back to a working model,
-and the docs' snippets for it (docs/inference.md, README.md), run as written on a real export of the shipped ViT space."""
+and the docs' snippets for it (docs/inference.md, README.md), run as written on a real export of the shipped
+ViT space."""
 
 from __future__ import annotations
 

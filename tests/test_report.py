@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from kronsearch import kronify, record
 from kronsearch.models import build_model
 from kronsearch.processes import process_started
+from kronsearch.report.show import tolerance_note
 from kronsearch.report import (
     best_trials,
     compare_data,
@@ -309,6 +310,30 @@ def test_render_show_prints_trials_and_best(search):
     assert "#4 same configuration as #1" in text and "#1 selected layers.0:2x2 head:2x2" in text
 
 
+def test_show_s_legend_spells_out_the_params_its_rows_use(search):
+    one, per = show_data(load_studies("demo"))
+    assert "r rank, l2 lambda2 (the l1 penalty on S), l1 lambda1 (the group penalty" in render(render_show, [one])
+    text = render(render_show, [per])
+    assert "r rank, l2 lambda2 (the l1 penalty on S); --wide" in text and "l1 lambda1" not in text
+    assert "l1/l2 lambdas" not in text
+
+
+@pytest.mark.parametrize("points, examples, warned", [(0.5, 144, True), (0.7, 144, False), (0, 144, False),
+                                                      (0.5, 200, False), (0.05, 1000, True)])
+def test_a_tolerance_under_one_validation_example_is_noted(points, examples, warned):
+    note = tolerance_note(points, examples)
+    assert (note is not None) == warned
+    if warned:
+        assert f"the tolerance, {points:g} points, is under one validation example ({100 / examples:.2f} points" in note
+
+
+def test_show_prints_the_tolerance_note_under_the_pick(search):
+    one, _ = show_data(load_studies("demo"))
+    assert one["tolerance_note"] is None  # the demo's trials recorded no validation count
+    text = render(render_show, [{**one, "tolerance_note": tolerance_note(0.5, 144)}])
+    assert "note: the tolerance, 0.5 points, is under one validation example (0.69 points of 144)" in text
+
+
 def test_show_fits_80_columns_with_notes_on_their_own_lines(search):
     buffer = io.StringIO()
     render_show(show_data(load_studies("demo")), Console(file=buffer, width=80, color_system=None))
@@ -403,6 +428,29 @@ def test_compare_data_pick_that_is_not_the_best(tmp_path, monkeypatch):
     assert data["agreement"]["same_rank_as_best"] is True
     assert data["compute"]["one_round"]["train_macs_total"] == 3 * 10**6
     assert data["compute"]["per_pattern"]["train_macs_total"] == 8 * 10**6
+
+
+def test_compare_ranks_blocks_by_their_best_trial_of_either_strategy(tmp_path, monkeypatch):
+    """Issue 34: per_pattern trained 4x4 once, worse than 2x2, while a one_round trial ending with 4x4 was the
+    best model of both: 4x4 ranks first among blocks, with the trials behind each block counted."""
+    monkeypatch.chdir(tmp_path)
+    build_hybrid(tmp_path)
+    study = load_studies("hyb")[0]
+    study.add_trial(create_trial(
+        value=0.90, params={"rank": 1, "lambda1": 1e-3, "lambda2": 1e-4}, distributions=ONE_ROUND_DISTS,
+        user_attrs=trial_attrs("one_round", tmp_path, 3, metrics_for(0.90, plan_for("4x4", 1),
+                                                                     selected={"layers.0": "4x4"}))))
+    data = compare_data([study])
+    assert data["agreement"]["position"] == 2 and data["agreement"]["position_trials"] == 1  # per pattern only
+    assert [(e["label"], e["val_accuracy"], e["kind"], e["trial"], e["trials"]) for e in data["blocks"]] == [
+        ("layers.0:4x4", 0.90, "one_round", 3, {"one_round": 2, "per_pattern": 1}),
+        ("head:2x2 layers.0:2x2", 0.84, "per_pattern", 1, {"one_round": 0, "per_pattern": 1})]
+    text = render(partial(render_compare, wide=True), data)
+    assert "its blocks rank 2 of 2 patterns trained per pattern (by that pattern's best of 1 trial)" in text
+    assert "hyb:hybrid #3 (one_round)" in text
+    assert ("by their best trial of either strategy, the one-round pick's blocks rank 1 of 2 (3 trials: "
+            "2 one_round, 1 per_pattern)") in text
+    assert "blocks ranked by their best trial" in render(render_compare, data)
 
 
 def test_compare_data_with_one_side_only_says_so(search):

@@ -197,8 +197,17 @@ def test_a_real_change_is_refused_naming_the_changed_keys_and_the_ways_out(write
     with pytest.raises(SpaceError) as refused:
         run_search(write_space(train={"epochs": 2}, space={"ranks": [1, 2]}), progress=False)
     message = str(refused.value)
-    assert "space.ranks, train.epochs changed since study 'tiny:one_round'" in message
+    assert "space.ranks (" in message and "train.epochs (" in message
+    assert "changed since study 'tiny:one_round'" in message
     assert "--fresh" in message and "new name" in message
+
+
+def test_a_changed_value_is_refused_showing_its_old_and_new_values(write_space):
+    run_search(write_space(search={"trials": 1}, train={"lr": 0.005}), progress=False)
+    with pytest.raises(SpaceError) as refused:
+        run_search(write_space(train={"lr": 0.01}, space={"ranks": [1, 2]}), progress=False)
+    message = str(refused.value)
+    assert "space.ranks ([1] -> [1, 2]), train.lr (0.005 -> 0.01) changed since study 'tiny:one_round'" in message
 
 
 def test_several_objectives_give_a_pareto_study(write_space):
@@ -292,3 +301,20 @@ def test_hybrid_seeds_per_pattern_with_the_cheapest_one_round_trial_within_the_t
     assert seed_hybrid(study, space) == 1  # 4x4: 0.3 point under the best at a tenth of its MACs; 8x8 is 2 under
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.system_attrs["fixed_params"]["block"] == "4x4"
+
+
+def test_the_run_s_last_line_names_the_pick_s_blocks(write_space):
+    summary = run_search(write_space(search={"trials": 1}), progress=False)
+    pick = trials_of("tiny:one_round")[summary.best["trial"]]
+    blocks = " ".join(f"{layer}:{block}" for layer, block in pick.user_attrs["metrics"]["selected"].items())
+    assert f"trial {pick.number}, blocks {blocks}, val accuracy" in summary.message
+
+
+def test_show_notes_when_a_real_study_s_tolerance_is_under_one_validation_example(write_space):
+    from kronsearch.report import show_data
+    from kronsearch.report.show import tolerance_note
+
+    run_search(write_space(search={"trials": 1}), progress=False)
+    (report,) = show_data(load_studies("tiny"))
+    examples = report["trials"][0]["val_examples"]
+    assert examples < 200 and report["tolerance_note"] == tolerance_note(0.5, examples) is not None

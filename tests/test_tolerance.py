@@ -241,7 +241,7 @@ def test_search_tolerance_reaches_every_trials_train_config_and_the_study(write_
 
 def test_changing_search_tolerance_is_refused_naming_the_key(write_space):
     run_search(write_space(search={"trials": 1}), progress=False)
-    with pytest.raises(SpaceError, match="search.tolerance changed since study 'tiny:one_round'"):
+    with pytest.raises(SpaceError, match=r"search.tolerance \(0.5 -> 1.0\) changed since study 'tiny:one_round'"):
         run_search(write_space(search={"trials": 1, "tolerance": 1}), progress=False)
 
 

@@ -125,8 +125,7 @@ def describe(trial: FrozenTrial) -> str:
     if trial.state != TrialState.COMPLETE:
         return f"trial {trial.number} {trial.state.name.lower()}{': ' + rec.reason if rec.reason else ''}"
     m = record.metrics(trial)
-    picked = m["selected"] or {layer: p["block"] for layer, p in m["plan"].items()}
-    blocks = ", ".join(f"{b} on {n}" for b, n in sorted(Counter(picked.values()).items()))
+    blocks = ", ".join(f"{b} on {n}" for b, n in sorted(Counter(record.final_blocks(trial).values()).items()))
     return (f"trial {trial.number} {rec.kind}: val {m['val_accuracy']:.4f}, "
             f"sparsity {m['block_sparsity']:.2f}, train MACs {m['train_macs']:,}, blocks [{blocks}], "
             f"{m['wall_time']:.1f}s" + (f" (same as trial {rec.duplicate_of})" if rec.duplicate_of is not None else ""))

@@ -17,7 +17,7 @@ from kronsearch import record
 from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, should_prune,
                                       start_trial, trial_artifact_dir, trial_failure)
 from kronsearch.errors import Terminated
-from kronsearch.progress import EpochLines, planned_epochs
+from kronsearch.progress import BarStatus, EpochLines, StudyClock, planned_epochs
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, storage_reason
 from kronsearch.study_files import study_folder
@@ -79,10 +79,12 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool,
         artifact_dir = trial_artifact_dir(space, folder, trial.number)
         try:
             on_epoch = pruning_reporter(trial, single)
+            epochs = planned_epochs(space.train_config(), kind == "one_round")
+            clock = StudyClock.of(trial.study, trial.number, budget.target, budget.kind) if budget else None
             if progress and not bar and console is not None:
-                epochs = planned_epochs(space.train_config(), kind == "one_round")
-                on_epoch = EpochLines(console, trial.number, epochs, then=on_epoch)
-            metrics, _ = run_trial(space, started.spec, artifact_dir, on_epoch, bar)
+                on_epoch = EpochLines(console, trial.number, epochs, then=on_epoch, study=clock)
+            status = BarStatus(trial.number, epochs, clock) if bar else None
+            metrics, _ = run_trial(space, started.spec, artifact_dir, on_epoch, bar, status)
         except Exception as err:
             reason = trial_failure(err)
             if reason is None:

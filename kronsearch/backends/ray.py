@@ -99,7 +99,8 @@ def user_callbacks(references: list[str]) -> list[tune.Callback]:
     return made
 
 
-def callback_error(err: BaseException, callbacks: list[tune.Callback], references: list[str]) -> BadInput | None:
+def callback_error(err: BaseException | None, callbacks: list[tune.Callback],
+                   references: list[str]) -> BadInput | None:
     """A BadInput naming the backend.callbacks entry whose hook raised `err` inside fit(), or None. (Tune wraps the
     error in a TuneError whose text is a whole traceback: a 1,154-character `error:` line that named no key.)"""
     seen = set()
@@ -297,6 +298,7 @@ class RayBackend(Backend):
 
     def _release(self, keep: bool, console: Console) -> None:
         """The session folder removed (or said where it is kept); the watcher told the session ended."""
+        assert self.folder is not None and self.watch is not None  # set when session() began
         if keep:
             console.print(f"ray: the session's logs and Tune's trial folders are kept in {self.folder}")
         else:
@@ -308,6 +310,7 @@ class RayBackend(Backend):
         remaining = budget.remaining(study)
         if remaining == 0 or budget.timed_out():
             return
+        assert self.watch is not None and self.folder is not None  # set by session(), which run() is called in
         url = study_storage_url(study)
         if url is not None:
             self.watch.watch(url, study.study_name)

@@ -43,6 +43,7 @@ class DriverWatch:
     def done(self) -> None:
         """The session ended normally: the watcher exits without touching anything."""
         self._send("done")
+        assert self.process.stdin is not None  # started with stdin=PIPE
         try:
             self.process.stdin.close()
             self.process.wait(timeout=10)
@@ -51,6 +52,7 @@ class DriverWatch:
             self.process.wait()
 
     def _send(self, line: str) -> None:
+        assert self.process.stdin is not None  # started with stdin=PIPE
         try:
             self.process.stdin.write(line + "\n")
             self.process.stdin.flush()

@@ -122,7 +122,7 @@ class StudySearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]  # Searcher.FINISHED is a str
         """Ask the study for the next trial to train; duplicates and twins are told without training."""
         while True:
             if self.storage_error is not None or (self.deadline is not None and time.monotonic() > self.deadline):

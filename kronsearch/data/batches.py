@@ -24,7 +24,7 @@ class Batches:
 
     def __len__(self) -> int:
         """Examples in the split."""
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # a map-style Dataset (checked where it is made)
 
     def shuffled(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch in an order drawn from `generator` (so a seeded run repeats)."""

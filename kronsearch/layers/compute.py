@@ -80,7 +80,7 @@ def set_default_compute(compute: str) -> None:
     global _default_compute
     if compute is None:
         raise BadInput(f"the default compute must be one of {', '.join(map(repr, COMPUTE_MODES))}, got None")
-    _default_compute = check_compute(compute)
+    _default_compute = check_compute(compute) or compute  # check_compute returns a mode it accepts
 
 
 def default_compute() -> str:
@@ -115,6 +115,7 @@ def kron_linear(x: Tensor, terms: Sequence[Term], bias: Tensor | None, path: str
     for factors, blocks, order in terms:
         part = kron_matmul(x, factors, blocks, fixed or order)
         y = part if y is None else y + part
+    assert y is not None, "kron_forward needs at least one term"
     return y if bias is None else y + bias
 
 
@@ -144,7 +145,7 @@ def choose_path(x: Tensor, terms: Sequence[Term]) -> str:
     key = (x.shape[1], shapes, rows_bucket(x.shape[0]), x.dtype, str(x.device), grad)
     if key not in _choices:
         times = time_paths(rows_bucket(x.shape[0]), x.shape[1], terms, x.dtype, x.device, grad)
-        _choices[key] = min(times, key=times.get)
+        _choices[key] = min(times, key=lambda path: times[path])
         log.debug("compute auto %s: %s -> %s", key,
                   ", ".join(f"{p} {t * 1e3:.3f} ms" for p, t in times.items()), _choices[key])
     return _choices[key]

@@ -54,6 +54,16 @@ class KronInference(nn.Module):
     `macs`: its multiply-adds per input row (bias adds excluded), counted as layers.blocks.kron_macs does.
     """
 
+    # buffers, by path, typed for the checker (nn.Module.__getattr__ says Tensor | Module)
+    bias: Tensor | None
+    weight: Tensor  # merged
+    factors: Tensor  # product
+    blocks: Tensor  # product
+    c: Tensor  # factored, sparse
+    b: Tensor
+    rows: Tensor | None
+    cols: Tensor | None
+
     def __init__(self, layer: KronLinear, path: str, threshold: float = DEFAULT_THRESHOLD) -> None:
         super().__init__()
         if path not in INFERENCE_PATHS:
@@ -190,5 +200,5 @@ def for_inference(model: nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_S
             else:  # the model is one KronLinear
                 model = form
             choices[name] = (chosen, times)
-    model.inference_choices = choices
+    model.inference_choices = choices  # type: ignore[assignment]  # a plain attribute, not a submodule
     return model

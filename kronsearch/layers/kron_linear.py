@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,7 @@ class KronLinear(nn.Module):
         self.rank = rank
         h, w = self.block
         m1, n1 = out_features // h, in_features // w
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.s = nn.Parameter(torch.empty(m1, n1, **factory))
         self.a = nn.Parameter(torch.empty(rank, m1, n1, **factory))
         self.b = nn.Parameter(torch.empty(rank, h, w, **factory))
@@ -86,7 +87,8 @@ class KronLinear(nn.Module):
     @property
     def grid(self) -> tuple[int, int]:
         """(m1, n1): how many blocks tile W vertically and horizontally."""
-        return tuple(self.s.shape)
+        m1, n1 = self.s.shape
+        return m1, n1
 
     def factors(self) -> Tensor:
         """S ⊙ A_i for every term: (r, m1, n1)."""
@@ -162,7 +164,7 @@ class KronLinear(nn.Module):
         layer.a[:kept] = (u[:, :kept] * root).t().reshape(kept, m1, n1)
         layer.b[:kept] = (vh[:kept] * root[:, None]).reshape(kept, h, w)
         layer.s.copy_((r != 0).any(dim=1).reshape(m1, n1).to(layer.s.dtype))
-        if linear.bias is not None:
+        if linear.bias is not None and layer.bias is not None:
             layer.bias.copy_(linear.bias)
         return layer
 
@@ -182,6 +184,10 @@ class BSRLinear(nn.Module):
     dtype and for non-square blocks, which torch's CPU BSR kernels do not support.
     """
 
+    weight: Tensor  # buffers, typed for the checker (nn.Module.__getattr__ says Tensor | Module)
+    bias: Tensor | None
+    block_rows: Tensor
+
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
         if weight.layout != torch.sparse_bsr:
@@ -190,7 +196,8 @@ class BSRLinear(nn.Module):
         crow = weight.crow_indices()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.register_buffer("block_rows", torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff()))
+        rows = torch.arange(len(crow) - 1, device=crow.device)
+        self.register_buffer("block_rows", torch.repeat_interleave(rows, crow.diff()))
 
     @classmethod
     def from_kron(cls, layer: KronLinear, threshold: float | None = DEFAULT_THRESHOLD) -> BSRLinear:

@@ -133,7 +133,7 @@ class _MergedLinear(torch.autograd.Function):
         grad = grad.to(x.dtype)  # under autocast the output (so grad) is bf16/fp16, x and the factors are not
         grad_x = grad @ _sum_weights(pairs) if ctx.needs_input_grad[0] else None
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
-        grad_pairs = [None] * len(pairs)
+        grad_pairs: list[Tensor | None] = [None] * len(pairs)
         if any(ctx.needs_input_grad[2:]):
             grad_w = grad.t() @ x
             for k in range(0, len(pairs), 2):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
+from typing import cast
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -113,8 +114,9 @@ def kronify(
         elif not matches(name, include, exclude):
             change, module = LayerChange(name, shape, "dense", reason="not matched by include/exclude"), None
         elif block is not None:
-            change, module = _to_kron(name, linear, tuple(block), rank, init, strict=False)
+            change, module = _to_kron(name, linear, cast(Block, tuple(block)), rank, init, strict=False)
         else:
+            assert candidates is not None  # exactly one of plan, block, candidates (checked above)
             change, module = _to_select(name, linear, candidates, rank, init)
         if module is not None:
             replacements[name] = module

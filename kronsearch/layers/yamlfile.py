@@ -77,8 +77,30 @@ def read_yaml_file(path: str | os.PathLike, kind: str, error: type[ValueError]) 
     loader = type("Loader", (_BoundedLoader,), {"kind": kind})
     try:
         document = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        raise marked_error(error, path, err) from None
     except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer of more than 4300 digits
         raise error(f"{path}: invalid YAML: {str(err)[:2000]}") from None
     except RecursionError:  # a backstop: the loader's depth limit comes first
         raise error(f"{path}: invalid YAML: nested too deeply") from None
     return document, data
+
+
+def marked_error(error: type[ValueError], path: Path, err: yaml.MarkedYAMLError) -> ValueError:
+    """'FILE:LINE:COL: invalid YAML: problem (context at line L, column C)', then the line and a caret under
+    the column, as PyYAML marks them (unless the mark is past the last line). The error's `keeps_layout` tells
+    the command line not to join its lines."""
+    mark = err.problem_mark or err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = err.problem or err.context or "unreadable"
+    context = ""
+    if err.problem and err.context:
+        at = err.context_mark
+        start = f" that starts at line {at.line + 1}, column {at.column + 1}" if at is not None else ""
+        context = f" ({err.context}{start})"
+    snippet = mark.get_snippet(indent=2, max_length=100) if mark is not None else None
+    if snippet and not snippet.splitlines()[0].strip():  # the end of the file: nothing to point at
+        snippet = None
+    exc = error(f"{where}: invalid YAML: {str(problem)[:500]}{context}" + (f"\n{snippet}" if snippet else ""))
+    exc.keeps_layout = True  # type: ignore[attr-defined]
+    return exc

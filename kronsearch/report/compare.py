@@ -15,6 +15,7 @@ from rich.table import Table
 
 from kronsearch.record import (DEFAULT_TOLERANCE, FINISHED, KINDS, StudyRecord, TrialRecord, metrics, study_strategy, study_tolerance,
                                tolerance_pick, train_macs_total, trial_kind, val_accuracy)
+from kronsearch.report.blocks import block_position, block_ranking, block_table, trials_behind
 from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
                                       narrowed, norm_block, print_uncut, report_table, trial_rank)
@@ -134,6 +135,7 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
                      "ties are ranked by fewer training MACs")
     found = _pick(pools["per_pattern"], points)
     pick = None if found is None else next(e for e in ranking if _key(e) == _key(trial_pattern(found[1])))
+    blocks = block_ranking(pools)
     compute = _compute(studies, pools, notes)
     curves = [cost_curve(s) for s in studies]
     hashes = {StudyRecord.of(s).space_hash for s in studies} - {None}
@@ -143,10 +145,11 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
         "studies": [s.study_name for s in studies],
         "tolerance": points,
         "one_round": one_round,
-        "per_pattern": {"ranking": ranking, "pick": None if found is None else {
+        "per_pattern": {"ranking": ranking, "pick": None if found is None or pick is None else {
             "study": found[0], "trial": found[1].number, "val_accuracy": val_accuracy(found[1]),
             "final_macs": metrics(found[1]).get("final_macs"), "label": pick["label"], "position": pick["position"]}},
         "agreement": _agreement(one_round, ranking, pick),
+        "blocks": blocks,
         "compute": compute,
         "cost_curves": curves,
         "reach": reach(curves),
@@ -157,8 +160,8 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
 def _tolerance(studies: Sequence[optuna.Study], tolerance: float | None) -> tuple[float, list[str]]:
     """The one tolerance both sides are picked at: `tolerance` if given, else the studies' (the first
     study's when they differ, with a note saying so)."""
-    if check_tolerance(tolerance) is not None:
-        return tolerance, []
+    if (checked := check_tolerance(tolerance)) is not None:
+        return checked, []
     recorded = {s.study_name: study_tolerance(s) for s in studies}
     points = next(iter(recorded.values()), DEFAULT_TOLERANCE)
     if len(set(recorded.values())) <= 1:
@@ -219,6 +222,7 @@ def _agreement(one_round: dict | None, ranking: list[dict], best: dict | None) -
         "majority_position": global_hits[0]["position"] if global_hits else None,
         "same_as_best": same_blocks(selected, best),
         "position": by_blocks[0]["position"] if by_blocks else None,
+        "position_trials": by_blocks[0]["trials"] if by_blocks else None,
         "patterns": len(ranking),
         "best_label": best["label"],
         "one_round_rank": rank,
@@ -277,7 +281,9 @@ def _draw_compare(data: Mapping, console: Console, wide: bool) -> None:
                              f"{fmt_pct(per_pick['val_accuracy'])}, final MACs {fmt_count(per_pick['final_macs'])}), "
                              f"position {per_pick['position']} by val accuracy"), highlight=False)
     if agreement is not None:
-        where = (f"its blocks rank {agreement['position']} of {agreement['patterns']}" if agreement["position"]
+        where = (f"its blocks rank {agreement['position']} of {agreement['patterns']} patterns trained per pattern "
+                 f"(by that pattern's best of {agreement['position_trials']} trial"
+                 f"{'' if agreement['position_trials'] == 1 else 's'})" if agreement["position"]
                  else f"its blocks are none of the {agreement['patterns']} patterns trained per pattern")
         same = "equals" if agreement["same_as_best"] else "differs from"
         console.print(f"one-round pick {same} the per-pattern pick ({escape(agreement['best_label'])}) by blocks; "
@@ -289,10 +295,24 @@ def _draw_compare(data: Mapping, console: Console, wide: bool) -> None:
         if agreement["majority_block"] is not None and agreement["majority_position"] is not None:
             console.print(f"the block most layers picked, {agreement['majority_block']}, used for every layer: "
                           f"position {agreement['majority_position']} of {agreement['patterns']}", highlight=False)
+    _render_blocks(data, console, wide)
     _render_compute(data["compute"], console, wide)
     render_cost(data["cost_curves"], data["reach"], console, wide)
     for note in data["notes"]:
         console.print(f"note: {escape(note)}", highlight=False)
+
+
+def _render_blocks(data: Mapping, console: Console, wide: bool) -> None:
+    """The blocks ranked by their best trial of either strategy, and where the one-round pick's blocks stand."""
+    if not data["blocks"]:
+        return
+    print_uncut(console, block_table(data["blocks"], wide))
+    one = data["one_round"]
+    entry = block_position(data["blocks"], one["selected"]) if one is not None else None
+    if entry is not None:
+        console.print(escape(f"by their best trial of either strategy, the one-round pick's blocks rank "
+                             f"{entry['position']} of {len(data['blocks'])} ({trials_behind(entry)})"),
+                      highlight=False)
 
 
 def _ranking_table(ranking: Sequence[Mapping], marks: Sequence[str], wide: bool) -> Table:

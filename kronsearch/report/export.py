@@ -186,12 +186,12 @@ def export_trial(
     document = pattern_document(study, chosen, storage_url)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
     source = weights_path(study, chosen) if weights is not None else None
-    outputs = {"--out": out, "--weights": weights, "--bsr": bsr_path(weights) if bsr else None}
+    outputs = {"--out": out, "--weights": weights, "--bsr": bsr_path(weights) if bsr and weights is not None else None}
     url = storage_url or study_storage_url(study)
     check_outputs({k: Path(v) for k, v in outputs.items() if v is not None},
                   [p for p in (url and storage_file(url), source) if p], study_folders(study))
     result = ExportResult(study.study_name, chosen.number, Path(out), accuracies=fmt_accuracies(metrics(chosen)))
-    if source is not None:
+    if source is not None and weights is not None:  # source is only found for given weights
         # torch is imported only here: a pattern file alone is exported as a read command (table 13)
         from kronsearch.report.trial_weights import read_weights, write_weights
 

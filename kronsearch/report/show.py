@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -70,9 +71,11 @@ def study_report(study: optuna.Study, tolerance: float | None = None) -> dict:
     rows = [trial_row(t, study) for t in trials]
     points = pick_tolerance(study, tolerance)
     pick, most_accurate = tolerance_pick(trials, points), tolerance_pick(trials, 0)
+    examples = [r["val_examples"] for r in rows if r["state"] == "COMPLETE" and r["val_examples"]]
     return {
         "study": study.study_name,
         "strategy": study_strategy(study),
+        "tolerance_note": tolerance_note(points, min(examples)) if examples and pick is not None else None,
         "objectives": objs,
         "space_hash": StudyRecord.of(study).space_hash,
         "space_path": StudyRecord.of(study).space_path,
@@ -80,10 +83,24 @@ def study_report(study: optuna.Study, tolerance: float | None = None) -> dict:
         "trials": rows,
         "best": {"kind": "best" if len(objs) == 1 else "pareto_front",
                  "trials": [trial_row(t, study) for t in best_trials(study, points)]},
-        "pick": None if pick is None else {
+        "pick": None if pick is None or most_accurate is None else {
             "tolerance": points, "best_val": val_accuracy(most_accurate), "trial": trial_row(pick, study),
             "most_accurate": None if most_accurate.number == pick.number else trial_row(most_accurate, study)},
     }
+
+
+def tolerance_note(points: float, val_examples: int) -> str | None:
+    """Why a tolerance under one validation example (100 / n points) picks only among ties; None otherwise.
+
+    Accuracies move in steps of one example, so within such a tolerance lies nothing but the best
+    accuracy itself: the pick is the cheapest of the trials tied with the best (0 asks for exactly that)."""
+    step = 100 / val_examples
+    if points == 0 or points >= step:
+        return None
+    return (f"the tolerance, {points:g} points, is under one validation example ({step:.2f} points of "
+            f"{val_examples:,}): only trials tied with the best val accuracy are within it. A tolerance of "
+            f"{math.ceil(step * 100) / 100:g} or more (--tolerance, search.tolerance) or a larger validation set "
+            f"(data.val_fraction) lets the pick trade accuracy for cost")
 
 
 def show_data(studies: Sequence[optuna.Study], tolerance: float | None = None) -> list[dict]:
@@ -116,6 +133,14 @@ def row_notes(row: Mapping) -> list[str]:
 
 
 SHORT_PARAMS = {"rank": "r", "lambda1": "l1", "lambda2": "l2"}
+PARAMS_LEGEND = {"rank": "r rank", "lambda2": "l2 lambda2 (the l1 penalty on S)",
+                 "lambda1": "l1 lambda1 (the group penalty of studies before the race)"}
+
+
+def params_legend(rows: Sequence[Mapping]) -> str:
+    """'r rank, l2 lambda2 (the l1 penalty on S); ': the short params the rows use, spelled out."""
+    used = [text for key, text in PARAMS_LEGEND.items() if any(key in r["params"] for r in rows)]
+    return f"{', '.join(used)}; " if used else ""
 
 
 def short_params(params: Mapping[str, Any]) -> str:
@@ -167,9 +192,10 @@ def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -
             for r in rows:
                 for note in row_notes(r):
                     console.print(f"#{r['number']} {escape(note)}", highlight=False)
-            console.print("MACs per training sample; r rank, l1/l2 lambdas; --wide shows every column",
-                          highlight=False)
+            console.print(f"MACs per training sample; {params_legend(rows)}--wide shows every column", highlight=False)
         _render_best(report, console)
+        if report["tolerance_note"]:
+            console.print(f"note: {escape(report['tolerance_note'])}", highlight=False)
         console.print()
 
 

@@ -17,7 +17,7 @@ from kronsearch.record import (DEFAULT_TOLERANCE, FINISHED, KINDS, StudyRecord, 
                                tolerance_pick, train_macs_total, trial_kind, val_accuracy)
 from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
-                                      narrowed, norm_block, print_uncut, report_table, trial_rank)
+                                      malformed_notes, narrowed, norm_block, print_uncut, report_table, trial_rank)
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:
@@ -139,6 +139,7 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
     hashes = {StudyRecord.of(s).space_hash for s in studies} - {None}
     if len(hashes) > 1:
         notes.append("the studies were run on different search spaces (their space_hash differ)")
+    notes += malformed_notes(studies)
     return {
         "studies": [s.study_name for s in studies],
         "tolerance": points,

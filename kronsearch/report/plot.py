@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kronsearch.layers.errors import BadInput
 from kronsearch.record import best_one_round, metrics, split_study_name, study_strategy, trial_kind, val_accuracy
 from kronsearch.report.cost import cost_curve
-from kronsearch.report.trials import norm_block, trial_history
+from kronsearch.report.trials import malformed_notes, norm_block, trial_history
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
 PRUNED_MARKERS = {"one_round": "x", "per_pattern": "+", None: "1"}  # the study's colour, one legend entry per kind
@@ -281,4 +281,5 @@ def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, pr
             result.notes.append(f"skipped {kind} plot: {why}")
         else:
             result.paths.append(path)
+    result.notes += malformed_notes(studies)
     return result

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from kronsearch.processes import worker_alive
-from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, metrics, study_strategy, tolerance_pick,
-                               trial_kind, val_accuracy)
+from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, malformed, metrics, study_strategy,
+                               tolerance_pick, trial_kind, val_accuracy)
 from kronsearch.report.trials import (best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
                                       fmt_params, fmt_pct, fmt_seconds, narrow_table, norm_block, objectives,
                                       pick_tolerance, print_uncut)
@@ -58,6 +58,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "fail_reason": TrialRecord.of(trial).fail_reason,
         "interrupted": interrupted,
         "last_epoch": last_epoch(trial) if state == "RUNNING" else None,
+        "malformed": malformed(trial),
     }
 
 
@@ -112,6 +113,8 @@ def row_notes(row: Mapping) -> list[str]:
     if row["last_epoch"] is not None:
         epoch = row["last_epoch"]
         notes.append(f"running: epoch {epoch['epoch']} reported, val {fmt_pct(epoch['val_accuracy'])}")
+    if row.get("malformed"):
+        notes.append(f"malformed record, read as missing: {row['malformed']}")
     return notes
 
 

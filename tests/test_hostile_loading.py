@@ -53,6 +53,17 @@ def test_a_pattern_file_is_bounded_like_a_space_file_before_anything_is_allocate
     assert MAX_MODEL_PARAMS == 250_000_000
 
 
+def test_a_pattern_whose_kronecker_layers_exceed_the_parameter_bound_is_refused_before_kronify(tmp_path):
+    path = pattern(tmp_path, {"name": "mlp", "options": {"hidden": [4096]}},
+                   {"input_shape": [1, 64, 64], "num_classes": 10})
+    document = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**document, "layers": {"layers.0": {"block": "1x1", "rank": 1024}}}))
+    with pytest.raises(BadInput, match=r"p.yaml: key layers: the Kronecker layers would have 17,196,651,520 trainable "
+                                       r"parameters \(largest: layers.0 4096x4096 at 1x1 rank 1024: 17,196,651,520\); "
+                                       r"at most 250,000,000 are allowed"):
+        load_model(path)
+
+
 def test_weights_that_do_not_fit_name_the_missing_unexpected_and_mis_shaped_keys(tmp_path):
     other = build_model("mlp", (1, 8, 8), 10, hidden=[8]).state_dict()
     other["extra"] = other["head.bias"].clone()

@@ -82,7 +82,8 @@ def test_a_malformed_attr_another_tool_wrote_is_flagged_and_every_read_command_g
     url = build_search(workdir)
     corrupt(url, "demo:per_pattern", 2, key, value)
     line = f"trial 2 of demo:per_pattern: malformed record, read as missing: {words}"
-    for args in (["compare", "demo"], ["export", "demo:per_pattern", "--out", "p.yaml"], ["plot", "demo", "--out", "p"]):
+    for args in (["compare", "demo"], ["export", "demo:per_pattern", "--out", "p.yaml"],
+                 ["plot", "demo", "--out", "p"]):
         result = cli(*args)
         assert result.exit_code == 0, (args, result.output)
         assert line in " ".join(result.output.split()), (args, result.output)  # compare wraps at 80 columns

@@ -187,6 +187,11 @@ def to_bsr_modules(model: nn.Module, bsr: str | os.PathLike) -> list[str]:
         header = f.metadata() or {}
     if header.get("format") != BSR_FORMAT:
         raise BadInput(f"{bsr}: not a kronsearch BSR file (written by `kronsearch export --bsr`)")
+    weights = {k: v for k, v in tensors.items() if k.endswith((".bsr.values", ".dense.weight"))}
+    broken = [k for k, v in weights.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
+    if broken:  # as the weights file (references.read_state_dict): NaN would only surface as NaN outputs
+        raise BadInput(f"{bsr}: the BSR file holds NaN, infinite or non-float weights in {', '.join(broken[:5])}; "
+                       f"only finite floating-point weights are allowed")
     replaced = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, KronLinear):

@@ -21,6 +21,7 @@ SECONDS = ("wall_time",)  # numbers >= 0
 TEXTS = ("kind", "artifact_dir", "fail_reason", "skipped", "interrupted", "worker", "worker_started", "ray_worker")
 TRIAL_NUMBERS = ("duplicate_of", "retry_of", "seeded_from")
 SHOWN = 40  # characters of a malformed value quoted in a message
+SCALARS = frozenset(FRACTIONS + COUNTS + SECONDS)
 
 
 def allowed(name: str) -> str:
@@ -72,9 +73,31 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
 
 
+_RULES = {**dict.fromkeys(FRACTIONS, "fraction"), **dict.fromkeys(COUNTS, "count"), **dict.fromkeys(SECONDS, "seconds"),
+          **dict.fromkeys(TEXTS, "text"), **dict.fromkeys(TRIAL_NUMBERS, "count"), "config": "mapping",
+          "metrics": "mapping", "history": "list"}
+
+
+def _well_formed(rule: str, value: Any) -> bool:
+    """Whether a value already is what its rule keeps as it is (the common case on read, so checked first and fast;
+    anything else goes through _attr_problem, which converts or explains)."""
+    kind = type(value)
+    if rule == "text":
+        return kind is str
+    if rule == "mapping":
+        return kind is dict
+    if rule == "list":
+        return kind is list
+    if rule == "count":
+        return kind is int and value >= 0
+    if kind is not int and kind is not float:
+        return False
+    return 0 <= value < math.inf and (rule != "fraction" or value <= 1)
+
+
 def _attr_problem(name: str, value: Any) -> tuple[Any, str | None]:
     """(the value as read, or None; why it was dropped, or None) for one user attr of a trial."""
-    if name in FRACTIONS + COUNTS + SECONDS:
+    if name in SCALARS:
         try:
             return scalar_metric(name, value), None
         except ValueError:
@@ -90,22 +113,27 @@ def _attr_problem(name: str, value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def _metric_problem(key: str, value: Any) -> tuple[Any, str | None]:
+    """_attr_problem for one entry of the "metrics" user attr: its scalars, "selected" (layer -> block text) and
+    "plan" (layer -> {block, rank})."""
+    if key == "selected" and not (type(value) is dict and all(type(b) is str for b in value.values())):
+        return None, f"metrics.selected {shown(value)} (not a mapping of layer to block)"
+    if key == "plan" and not (type(value) is dict and all(type(p) is dict for p in value.values())):
+        return None, f"metrics.plan {shown(value)} (not a mapping of layer to {{block, rank}})"
+    if key in SCALARS and not _well_formed(_RULES[key], value):
+        value, problem = _attr_problem(key, value)
+        return value, None if problem is None else f"metrics.{problem}"
+    return value, None
+
+
 def _metrics_problems(metrics: dict) -> tuple[dict, list[str]]:
-    """The "metrics" user attr with its malformed entries dropped: scalars (older studies keep every metric
-    there), "selected" (layer -> block text) and "plan" (layer -> {block, rank})."""
-    kept, problems = {}, []
-    for key, value in metrics.items():
-        if key == "selected" and not (isinstance(value, dict) and all(isinstance(b, str) for b in value.values())):
-            problems.append(f"metrics.selected {shown(value)} (not a mapping of layer to block)")
-        elif key == "plan" and not (isinstance(value, dict) and all(isinstance(p, dict) for p in value.values())):
-            problems.append(f"metrics.plan {shown(value)} (not a mapping of layer to {{block, rank}})")
-        else:
-            value, problem = _attr_problem(key, value) if key in FRACTIONS + COUNTS + SECONDS else (value, None)
-            if problem is None:
-                kept[key] = value
-            else:
-                problems.append(f"metrics.{problem}")
-    return kept, problems
+    """The "metrics" user attr with its malformed entries dropped (older studies keep every metric there); the
+    same dict when nothing is."""
+    checked = {key: _metric_problem(key, value) for key, value in metrics.items()}
+    problems = [problem for _, problem in checked.values() if problem is not None]
+    if not problems and all(metrics[key] is value for key, (value, _) in checked.items()):
+        return metrics, []
+    return {key: value for key, (value, problem) in checked.items() if problem is None}, problems
 
 
 def checked_attrs(attrs: dict[str, Any], names: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
@@ -114,10 +142,12 @@ def checked_attrs(attrs: dict[str, Any], names: tuple[str, ...]) -> tuple[dict[s
     for name in names:
         value = attrs.get(name)
         if value is not None:
-            value, problem = _attr_problem(name, value)
-            if problem is not None:
-                problems.append(problem)
-            elif name == "metrics":
+            rule = _RULES.get(name)
+            if rule is not None and not _well_formed(rule, value):
+                value, problem = _attr_problem(name, value)
+                if problem is not None:
+                    problems.append(problem)
+            if name == "metrics" and value is not None:
                 value, inner = _metrics_problems(value)
                 problems += inner
         out[name] = value

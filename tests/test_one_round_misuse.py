@@ -19,6 +19,14 @@ from tests.test_one_round import attached, batches, select_model, snapshot, step
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def one_step_in() -> tuple[nn.Module, OneRound, torch.optim.Optimizer]:
+    """A model whose 6-step race has run one step."""
+    model = select_model()
+    one_round, optimizer = attached(model)
+    step(model, optimizer, batches())
+    return model, one_round, optimizer
+
+
 def test_an_optimizer_of_another_model_is_refused():
     model, other = select_model(), select_model(seed=1)
     with pytest.raises(BadInput, match="the optimizer holds none of the model's parameters: it belongs to another "
@@ -48,9 +56,7 @@ def test_a_racing_step_after_eval_mode_forwards_only_is_refused_before_anything_
 
 
 def test_a_racing_step_with_no_forward_pass_is_refused():
-    model = select_model()
-    one_round, optimizer = attached(model)
-    step(model, optimizer, batches())
+    _, one_round, optimizer = one_step_in()
     with pytest.raises(BadInput, match=r"optimizer step 2 \(the race's 6 steps\) with no forward pass of the model "
                                        r"since the last step"):
         optimizer.step()
@@ -104,9 +110,7 @@ def test_validate_may_give_hits_as_zeros_and_ones_with_a_loss():
 
 
 def test_finalize_model_refuses_a_layer_whose_race_has_not_decided_and_works_after_finish():
-    model = select_model()
-    one_round, optimizer = attached(model)
-    step(model, optimizer, batches())
+    model, one_round, _ = one_step_in()
     with pytest.raises(BadInput, match=r"finalize_model: the OneRound race of 1 layer\(s\) never decided: 0 \(2x2, "
                                        r"4x4, 8x8 live\); call one_round.finish\(\) first"):
         finalize_model(model)

@@ -303,7 +303,8 @@ class CheckedValidation:
         except (TypeError, ValueError, RuntimeError):
             raise BadInput(f"OneRound: {allowed}; it returned {type(hits).__name__} {_shown(hits)}") from None
         if values.ndim == 0 or values.numel() == 0:
-            what = "no hits" if values.numel() == 0 else f"one number, {_shown(hits if isinstance(hits, (int, float)) else values.item())}, not a hit per example"
+            number = hits if isinstance(hits, (int, float)) else values.item() if values.numel() else None
+            what = "no hits" if values.numel() == 0 else f"one number, {_shown(number)}, not a hit per example"
             raise BadInput(f"OneRound: {allowed}; it returned {what}")
         if values.dtype != torch.bool and not bool(((values == 0) | (values == 1)).all()):
             bad = values[~((values == 0) | (values == 1))].flatten()[0].item()

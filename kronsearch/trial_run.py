@@ -80,8 +80,8 @@ def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
 def check_fit(space: Space, batch: int = 16) -> None:
     """One forward pass of the space's model on a real batch of each split, before anything trains: the model
     must return one (batch, num_classes) tensor of logits and every label must be an integer class index in
-    [0, num_classes) (all of them for in-memory data, the first batch otherwise; float labels are refused). SpaceError naming the key otherwise: every trial
-    would fail the same way."""
+    [0, num_classes) (all of them for in-memory data, the first batch otherwise; float labels are refused).
+    SpaceError naming the key otherwise: every trial would fail the same way."""
     data, classes = load_space_data(space), space.num_classes
     model = build_configured_model(space.model, space.input_shape, classes).eval()
     for split in ("train", "val", "test"):

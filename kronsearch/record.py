@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kronsearch.record_check import checked_attrs, checked_metrics
+from kronsearch.record_check import checked_attrs, checked_metrics, checked_record
 
 
 class Strategy(StrEnum):
@@ -85,7 +85,7 @@ class TrialRecord:
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         """The trial's record, a malformed attr (record_check) read as None (`malformed` says which)."""
-        return _checked(trial)[0]
+        return checked_record(trial.user_attrs, cls)[0]
 
     @property
     def reason(self) -> str:
@@ -93,33 +93,15 @@ class TrialRecord:
         return self.fail_reason or self.skipped or self.interrupted or ""
 
 
-TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord))
-_CHECKED: dict[int, tuple[dict, tuple, TrialRecord, str | None]] = {}
-CHECKED_CACHE = 20_000
-"""Trials whose checked record is kept: the reports read a trial's record about 18 times per command, and checking it
-each time made show and compare of 3,000 trials 1.3x as slow."""
-
-
-def _checked(trial: FrozenTrial) -> tuple[TrialRecord, str | None]:
-    """(the trial's checked record, its malformed attrs in one line or None), kept per user_attrs dict: Optuna replaces
-    that dict on every write, and a value replaced in it changes the fingerprint of its values' identities."""
-    attrs = trial.user_attrs
-    fingerprint = tuple(map(id, attrs.values()))
-    kept = _CHECKED.get(id(attrs))
-    if kept is not None and kept[0] is attrs and kept[1] == fingerprint:
-        return kept[2], kept[3]
-    fields, problems = checked_attrs(attrs, TRIAL_FIELDS)
-    record, line = TrialRecord(**fields), "; ".join(problems) or None
-    if len(_CHECKED) >= CHECKED_CACHE:
-        _CHECKED.clear()
-    _CHECKED[id(attrs)] = (attrs, fingerprint, record, line)  # the dict is held: its id is not reused meanwhile
-    return record, line
-
-
 def malformed(trial: FrozenTrial) -> str | None:
     """The trial's malformed user attrs (written by another tool), which every reader takes as missing, in one
     line: "val_accuracy 'high' (not a finite number in [0, 1])"; None if there are none."""
-    return _checked(trial)[1]
+    return checked_record(trial.user_attrs, TrialRecord)[1]
+
+
+def malformed_study(study: optuna.Study) -> str | None:
+    """The study's malformed user attrs (e.g. tolerance 'high'), read as missing, in one line; None if none."""
+    return "; ".join(checked_attrs(study.user_attrs, STUDY_FIELDS)[1]) or None
 
 
 @dataclass(frozen=True)
@@ -140,8 +122,11 @@ class StudyRecord:
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
-        attrs = study.user_attrs
-        return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
+        """The study's record, a malformed attr (record_check) read as None (`malformed_study` says which)."""
+        return cls(**checked_attrs(study.user_attrs, STUDY_FIELDS)[0])
+
+
+STUDY_FIELDS = tuple(f.name for f in dataclasses.fields(StudyRecord))
 
 
 def write_study(study: optuna.Study, **fields: Any) -> None:

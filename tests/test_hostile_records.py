@@ -103,3 +103,37 @@ def test_a_malformed_metric_inside_the_metrics_attr_is_dropped_alone(workdir):
     assert metrics(trial)["plan"] == {"layers.0": {"block": "2x2", "rank": 2}} and "selected" not in metrics(trial)
     assert kronsearch.record.malformed(trial) == ("metrics.final_params 'many' (not a whole number >= 0); "
                                                   "metrics.selected '2x2' (not a mapping of layer to block)")
+
+
+def corrupt_study(url: str, study_name: str, key: str, value: object) -> None:
+    """Set a study's user attr straight in the SQLite file."""
+    study_id = optuna.load_study(study_name=study_name, storage=url)._study_id  # noqa: SLF001
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+        db.execute("DELETE FROM study_user_attributes WHERE study_id = ? AND key = ?", (study_id, key))
+        db.execute("INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?, ?, ?)",
+                   (study_id, key, json.dumps(value)))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("tolerance", "high", "tolerance 'high' (not a number of accuracy points in [0, 100])"),
+    ("trial_config", 3, "trial_config 3 (not a mapping)"),
+])
+def test_a_malformed_study_attr_is_flagged_and_every_read_command_goes_on(workdir, cli, key, value, words):
+    url = build_search(workdir)
+    corrupt_study(url, "demo:per_pattern", key, value)
+    line = f"study demo:per_pattern: malformed record, read as missing: {words}"
+    for args in (["compare", "demo"], ["export", "demo:per_pattern", "--out", "p.yaml"],
+                 ["plot", "demo", "--out", "p"]):
+        result = cli(*args)
+        assert result.exit_code == 0, (args, result.output)
+        assert line in " ".join(result.output.split()), (args, result.output)
+    shown = cli("show", "demo")
+    assert shown.exit_code == 0, shown.output
+    assert f"demo:per_pattern: malformed study record, read as missing: {words}" in " ".join(shown.output.split())
+
+
+def test_a_record_read_again_after_optuna_replaced_a_value_is_checked_again():
+    trial = optuna.trial.create_trial(value=0.5, user_attrs={"val_accuracy": 0.5})
+    assert metrics(trial)["val_accuracy"] == 0.5
+    trial.user_attrs["val_accuracy"] = "high"  # the same dict, one value replaced
+    assert "val_accuracy" not in metrics(trial) and kronsearch.record.malformed(trial).startswith("val_accuracy")

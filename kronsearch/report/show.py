@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from kronsearch.processes import worker_alive
-from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, malformed, metrics, study_strategy,
-                               tolerance_pick, trial_kind, val_accuracy)
+from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, malformed, malformed_study, metrics,
+                               study_strategy, tolerance_pick, trial_kind, val_accuracy)
 from kronsearch.report.trials import (best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
                                       fmt_params, fmt_pct, fmt_seconds, narrow_table, norm_block, objectives,
                                       pick_tolerance, print_uncut)
@@ -77,6 +77,7 @@ def study_report(study: optuna.Study, tolerance: float | None = None) -> dict:
         "objectives": objs,
         "space_hash": StudyRecord.of(study).space_hash,
         "space_path": StudyRecord.of(study).space_path,
+        "malformed": malformed_study(study),
         "counts": dict(Counter(r["state"] for r in rows)),
         "trials": rows,
         "best": {"kind": "best" if len(objs) == 1 else "pareto_front",
@@ -171,6 +172,9 @@ def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -
                 for note in row_notes(r):
                     console.print(f"#{r['number']} {escape(note)}", highlight=False)
             console.print("MACs per training sample; r rank, l1/l2 lambdas; --wide shows every column",
+                          highlight=False)
+        if report.get("malformed"):
+            console.print(escape(f"{report['study']}: malformed study record, read as missing: {report['malformed']}"),
                           highlight=False)
         _render_best(report, console)
         console.print()

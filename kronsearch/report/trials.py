@@ -26,8 +26,8 @@ from rich.table import Table
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput, RunFailure
-from kronsearch.record import (StudyRecord, TrialRecord, best_first, malformed, metrics, study_tolerance,
-                               tolerance_pick)
+from kronsearch.record import (StudyRecord, TrialRecord, best_first, malformed, malformed_study, metrics,
+                               study_tolerance, tolerance_pick)
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"
@@ -108,8 +108,13 @@ def default_trial(study: optuna.Study, tolerance: float | None = None) -> Frozen
 def malformed_notes(studies: Sequence[optuna.Study]) -> list[str]:
     """One line per trial whose record another tool wrote malformed (record.malformed): the reports read those
     attrs as missing and go on with the rest of the study."""
-    return [f"trial {t.number} of {s.study_name}: malformed record, read as missing: {problems}"
-            for s in studies for t in s.get_trials(deepcopy=False) if (problems := malformed(t)) is not None]
+    notes = []
+    for study in studies:
+        if (problems := malformed_study(study)) is not None:
+            notes.append(f"study {study.study_name}: malformed record, read as missing: {problems}")
+        notes += [f"trial {t.number} of {study.study_name}: malformed record, read as missing: {problems}"
+                  for t in study.get_trials(deepcopy=False) if (problems := malformed(t)) is not None]
+    return notes
 
 
 def artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:

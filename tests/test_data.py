@@ -444,3 +444,10 @@ def test_an_idx_body_longer_than_its_header_says_is_refused(tmp_path: Path, gz: 
     path.write_bytes(gzip.compress(raw + b"\0") if gz else raw + b"\0")
     with pytest.raises(DatasetError, match=r"dims \(3, 2\) need 6 bytes, found more"):
         idx.read_idx(path)
+
+
+def test_idx_labels_of_a_float_type_are_refused_not_truncated(tmp_path: Path) -> None:
+    write_idx_dataset(tmp_path, gz=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", (np.arange(30) % 10 + 0.5).astype(np.float32))
+    with pytest.raises(DatasetError, match="train labels are float32; they must be integer class indices"):
+        load_dataset("mnist", tmp_path)

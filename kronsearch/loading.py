@@ -22,11 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from kronsearch.layers.blocks import MAX_KRON_PARAMS, format_block, kron_params, valid_blocks
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.inference import DEFAULT_BATCH_SIZES, for_inference
 from kronsearch.layers.kron_linear import BSRLinear, KronLinear
 from kronsearch.layers.kronify import kronify
-from kronsearch.layers.plan import parse_plan
+from kronsearch.layers.plan import Plan, parse_plan
 from kronsearch.layers.yamlfile import read_yaml_file
 from kronsearch.references import build_configured_model, read_state_dict, state_mismatch
 
@@ -41,7 +42,8 @@ def load_model(pattern_file: str | os.PathLike, weights: str | os.PathLike | Non
 
     A pattern file is data: loading it runs no code of its own. A `model.factory` (a Python function it
     names) is imported and called only with trust_code=True, for a file you trust (as trust_remote_code);
-    built-in models are bounded as in space files (models.check_model_size) before anything is allocated.
+    built-in models are bounded as in space files (models.check_model_size), and the plan's Kronecker layers
+    by MAX_KRON_PARAMS, before anything is allocated.
 
     weights: the exported weights (.safetensors, or a .pt state dict read with weights_only=True);
     without them the Kronecker factors are freshly initialized. bsr: the `--bsr` file; every
@@ -143,8 +145,26 @@ def _build(pattern_file: str | os.PathLike, document: object, trust_code: bool) 
         plan = parse_plan(document["layers"])
     except (TypeError, ValueError) as err:  # a ModelError too: an unknown model, or one over the size bounds
         raise BadInput(f"{pattern_file}: keys model, data and layers: {err}") from None
+    _check_kron_size(pattern_file, net, plan)
     kronify(net, plan)
     return net
+
+
+def _check_kron_size(pattern_file: str | os.PathLike, net: nn.Module, plan: Plan) -> None:
+    """BadInput when the plan's Kronecker layers would have more than MAX_KRON_PARAMS trainable parameters,
+    counted before kronify allocates them (a pattern file may come from anywhere)."""
+    sizes, modules = {}, dict(net.named_modules())
+    for name, pattern in plan.items():
+        linear = modules.get(name)
+        if isinstance(linear, nn.Linear) and pattern.block in valid_blocks(linear.out_features, linear.in_features):
+            sizes[name] = kron_params(linear.out_features, linear.in_features, pattern.block, pattern.rank)
+    if sum(sizes.values()) > MAX_KRON_PARAMS:
+        name = max(sizes, key=sizes.get)
+        linear, pattern = modules[name], plan[name]
+        raise BadInput(f"{pattern_file}: key layers: the Kronecker layers would have {sum(sizes.values()):,} trainable "
+                       f"parameters (largest: {name} {linear.out_features}x{linear.in_features} at "
+                       f"{format_block(pattern.block)} rank {pattern.rank}: {sizes[name]:,}); at most "
+                       f"{MAX_KRON_PARAMS:,} are allowed")
 
 
 @contextmanager
@@ -202,6 +222,11 @@ def to_bsr_modules(model: nn.Module, bsr: str | os.PathLike) -> list[str]:
         header = f.metadata() or {}
     if header.get("format") != BSR_FORMAT:
         raise BadInput(f"{bsr}: not a kronsearch BSR file (written by `kronsearch export --bsr`)")
+    weights = {k: v for k, v in tensors.items() if k.endswith((".bsr.values", ".dense.weight"))}
+    broken = [k for k, v in weights.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
+    if broken:  # as the weights file (references.read_state_dict): NaN would only surface as NaN outputs
+        raise BadInput(f"{bsr}: the BSR file holds NaN, infinite or non-float weights in {', '.join(broken[:5])}; "
+                       f"only finite floating-point weights are allowed")
     replaced = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, KronLinear):

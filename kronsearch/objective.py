@@ -31,7 +31,8 @@ from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.layers.kronify import model_plan
 from kronsearch.one_round import OneRound
-from kronsearch.record import KINDS, StudyRecord, TrialRecord, save_results, start, write_study
+from kronsearch.record import KINDS, SCALAR_METRICS, StudyRecord, TrialRecord, save_results, start, write_study
+from kronsearch.record_check import checked_metrics
 from kronsearch.space import Space, load_space
 from kronsearch.strategies import suggest as suggest_spec
 from kronsearch.trainer import block_sparsity
@@ -79,9 +80,16 @@ def record_trial(trial: optuna.Trial, one_round: OneRound | None = None, *, val_
     give the plan. model gives block_sparsity; with input_shape (one sample's, e.g. (1, 28, 28)) also
     final_params, final_macs and inference_nonzeros; further metrics (test_accuracy, train_macs, ... of
     record.SCALAR_METRICS) are kept as given. config: the trial's configuration (data, model, train).
+    Every metric must be a finite plain number (numpy and torch scalars are converted), a fraction in [0, 1]
+    for the accuracies and block_sparsity, whole and >= 0 for counts: else BadInput naming it, nothing written.
     """
-    if not 0 <= val_accuracy <= 1:
-        raise BadInput(f"val_accuracy is a fraction in [0, 1], got {val_accuracy!r}")
+    unknown = sorted(set(metrics) - set(SCALAR_METRICS))
+    if unknown:
+        raise BadInput(f"record_trial has no metric {', '.join(unknown)}; it records {', '.join(SCALAR_METRICS)}")
+    metrics = checked_metrics(metrics, SCALAR_METRICS)
+    val_accuracy = checked_metrics({"val_accuracy": val_accuracy}, ("val_accuracy",)).get("val_accuracy")
+    if val_accuracy is None:
+        raise BadInput("val_accuracy must be a finite number in [0, 1], got None")
     if one_round is not None and not one_round.done:
         one_round.finish()
     if one_round is not None:

@@ -39,6 +39,7 @@ Each check's estimates are broadcast from rank 0, so every rank takes the same d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -101,10 +102,14 @@ class OneRound:
         if not hasattr(optimizer, "register_step_post_hook") or not hasattr(optimizer, "param_groups"):
             problems.append(f"optimizer must be a torch.optim.Optimizer (step hooks, param_groups), "
                             f"got {type(optimizer).__name__}")
+        elif not problems:
+            problems += _optimizer_problems(inner, optimizer)
         if problems:
             raise BadInput("OneRound: " + "; ".join(problems))
-        self._attach(Race(inner, optimizer, select_steps, tolerance, validate, seed,
+        self._attach(Race(inner, optimizer, select_steps, tolerance,
+                          CheckedValidation(validate) if callable(validate) else validate, seed,
                           check_examples=check_examples), lambda2)
+        self._check_steps = True  # a user's loop: every racing step must have trained a candidate
 
     @classmethod
     def around(cls, race: Race, lambda2: float = 0.0) -> OneRound:
@@ -120,7 +125,9 @@ class OneRound:
                            f"it first (one race per layer)")
         for layer in race.layers.values():
             layer._one_round_attached = True  # type: ignore[assignment]  # a plain flag, not a submodule
+            layer._one_round_race = True  # finalize_model refuses the layer while its race has not decided
         self.race, self.lambda2 = race, lambda2
+        self._check_steps, self._eval_forwards = False, 0
         self.model, self.optimizer = race.model, race.optimizer
         self.records: list[StepRecord] = []
         self._s = s_parameters(self.model)
@@ -201,6 +208,8 @@ class OneRound:
         or by the race's own checks, is left alone)."""
         if len(module.branches) < 2 or name in self.race.decisions:
             return
+        if not module.training:
+            self._eval_forwards += 1
         if module.training:
             if name not in self.race.active:
                 self.race.draw()
@@ -216,7 +225,11 @@ class OneRound:
             module.branches = stashed
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        """Only this step's candidates have gradients: the others sat out."""
+        """Only this step's candidates have gradients: the others sat out. (A step with a closure, LBFGS's, runs
+        its forward inside step(): its check waits for the post-hook.)"""
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args: (optimizer, closure?), as torch passes
+        if closure is None:
+            self._check_trained()
         for name, trained in self.race.active.items():
             for k, branch in self.race.layers[name].branches.items():
                 if k != trained:
@@ -225,12 +238,27 @@ class OneRound:
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """The prox where the optimizer stepped (a candidate that sat out keeps its S), then the race's step."""
+        self._check_trained()
         racing = not self.race.done
         prox_l1_(optimizer, [p for p in self._s if p.grad is not None] if racing else self._s, self.lambda2)
         if racing:
             trained, live = dict(self.race.active), self.live
             self.race.step()
             self._record(self.race.steps, trained, live)
+        self._eval_forwards = 0
+
+    def _check_trained(self) -> None:
+        """BadInput at a racing step of a user's loop in which no candidate trained: the model ran no forward
+        since the last step, or ran it in eval mode (each layer's leader, which the race does not count)."""
+        if not self._check_steps or self.race.done or self.race.active:
+            return
+        step = f"optimizer step {self.race.steps + 1} (the race's {self.race.select_steps} steps)"
+        if self._eval_forwards:
+            raise BadInput(f"OneRound: {step} follows forwards in eval() mode only, which run each layer's leader "
+                           f"and train no candidate; call model.train() before the training forwards (eval() only "
+                           f"for validation)")
+        raise BadInput(f"OneRound: {step} with no forward pass of the model since the last step: no candidate "
+                       f"trained; step the optimizer after the forward and backward of each batch")
 
     def _record(self, step: int, trained: dict[str, str], live_before: dict[str, list[str]]) -> None:
         now = self.live
@@ -238,3 +266,56 @@ class OneRound:
         decided = {n: d.block for n, d in self.race.decisions.items() if d.step == step and n in live_before
                    and len(live_before[n]) > 1}
         self.records.append(StepRecord(step, trained, left, decided))
+
+
+def _optimizer_problems(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """What is wrong with `optimizer` for racing `model`: it must hold every trainable tensor of every candidate."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    kron = {n: [p for p in m.branches.parameters() if p.requires_grad] for n, m in model.named_modules()
+            if isinstance(m, PatternSelectLinear)}
+    tensors = [p for ps in kron.values() for p in ps]
+    found = sum(id(p) in held for p in tensors)
+    if found == len(tensors):
+        return []
+    if not any(id(p) in held for p in model.parameters()):
+        return ["the optimizer holds none of the model's parameters: it belongs to another model; build it from "
+                "this model's parameters after kronify, e.g. torch.optim.AdamW(model.parameters())"]
+    missing = [n for n, ps in kron.items() if not all(id(p) in held for p in ps)]
+    return [f"the optimizer holds {found} of the {len(tensors)} Kronecker tensors of the candidate layers (missing "
+            f"in {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): it was built before kronify replaced "
+            f"the layers, or from part of the model; build it after kronsearch.kronify(...), from model.parameters()"]
+
+
+class CheckedValidation:
+    """A user's `validate` callable whose answer is checked at every race check: per-example hits (a bool tensor,
+    or 0/1 values, one per validation example), or (hits, mean loss). An accuracy, a NaN or any other value is a
+    BadInput saying what is allowed, not a decision taken on it."""
+
+    def __init__(self, validate: Validation) -> None:
+        self.validate = validate
+
+    def __call__(self, model: nn.Module) -> object:
+        answer = self.validate(model)
+        hits, loss = answer if isinstance(answer, tuple) and len(answer) == 2 else (answer, None)
+        allowed = ("validate(model) must return per-example hits, a bool tensor (or 0/1 values) with one entry per "
+                   "validation example, or (hits, mean loss)")
+        try:
+            values = torch.as_tensor(hits).detach()
+        except (TypeError, ValueError, RuntimeError):
+            raise BadInput(f"OneRound: {allowed}; it returned {type(hits).__name__} {_shown(hits)}") from None
+        if values.ndim == 0 or values.numel() == 0:
+            number = hits if isinstance(hits, (int, float)) else values.item() if values.numel() else None
+            what = "no hits" if values.numel() == 0 else f"one number, {_shown(number)}, not a hit per example"
+            raise BadInput(f"OneRound: {allowed}; it returned {what}")
+        if values.dtype != torch.bool and not bool(((values == 0) | (values == 1)).all()):
+            bad = values[~((values == 0) | (values == 1))].flatten()[0].item()
+            raise BadInput(f"OneRound: {allowed}; it returned values other than 0 and 1, e.g. {_shown(bad)}")
+        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float, torch.Tensor))
+                                 or torch.as_tensor(loss).numel() != 1 or not math.isfinite(float(loss))):
+            raise BadInput(f"OneRound: {allowed}; its loss is {_shown(loss)}, not a finite number")
+        return answer
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

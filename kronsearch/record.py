@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch.record_check import checked_attrs, checked_metrics, checked_record
 
 
 class Strategy(StrEnum):
@@ -83,13 +84,24 @@ class TrialRecord:
 
     @classmethod
     def of(cls, trial: FrozenTrial | optuna.Trial) -> TrialRecord:
-        attrs = trial.user_attrs
-        return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
+        """The trial's record, a malformed attr (record_check) read as None (`malformed` says which)."""
+        return checked_record(trial.user_attrs, cls)[0]
 
     @property
     def reason(self) -> str:
         """Why the trial did not complete ("" if it did, or nothing was recorded)."""
         return self.fail_reason or self.skipped or self.interrupted or ""
+
+
+def malformed(trial: FrozenTrial) -> str | None:
+    """The trial's malformed user attrs (written by another tool), which every reader takes as missing, in one
+    line: "val_accuracy 'high' (not a finite number in [0, 1])"; None if there are none."""
+    return checked_record(trial.user_attrs, TrialRecord)[1]
+
+
+def malformed_study(study: optuna.Study) -> str | None:
+    """The study's malformed user attrs (e.g. tolerance 'high'), read as missing, in one line; None if none."""
+    return "; ".join(checked_attrs(study.user_attrs, STUDY_FIELDS)[1]) or None
 
 
 @dataclass(frozen=True)
@@ -110,8 +122,11 @@ class StudyRecord:
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
-        attrs = study.user_attrs
-        return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
+        """The study's record, a malformed attr (record_check) read as None (`malformed_study` says which)."""
+        return cls(**checked_attrs(study.user_attrs, STUDY_FIELDS)[0])
+
+
+STUDY_FIELDS = tuple(f.name for f in dataclasses.fields(StudyRecord))
 
 
 def write_study(study: optuna.Study, **fields: Any) -> None:
@@ -137,10 +152,11 @@ def start(trial: optuna.Trial, kind: str) -> None:
 
 
 def study_metrics(metrics: dict) -> dict[str, Any]:
-    """A trial's metrics as user attrs: each scalar (SCALAR_METRICS) under its own name, and "metrics" with
-    the selected blocks and the final plan."""
+    """A trial's metrics as user attrs: each scalar (SCALAR_METRICS) under its own name, checked and made a plain
+    number (record_check.scalar_metric; BadInput naming a bad one), and "metrics" with the selected blocks and
+    the final plan."""
     return {"metrics": {k: metrics[k] for k in STUDY_METRICS if k in metrics},
-            **{k: metrics[k] for k in SCALAR_METRICS if metrics.get(k) is not None}}
+            **checked_metrics(metrics, SCALAR_METRICS)}
 
 
 def split_config(config: dict) -> tuple[dict, dict]:

@@ -128,7 +128,13 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
     done = finished(study)
     summary = RunSummary(names, url, completed=len(done))
     complete = [t for t in done if t.state == TrialState.COMPLETE]
-    if done and not complete:
+    if not done:  # nothing to pick from, whatever the objectives: the run did no work
+        ran_out = deadline is not None and time.monotonic() >= deadline
+        summary.failed = True
+        summary.message = (f"study {names[0]}: no trial finished: "
+                           + (f"search.timeout ({timeout:g} s) ran out before the first trial finished; raise it"
+                              if ran_out else "no trial ran") + f". Inspect: kronsearch show {names[0]}")
+    elif not complete:
         reason, count = Counter((TrialRecord.of(t).fail_reason or "")[:300] for t in done).most_common(1)[0]
         summary.failed = True
         summary.message = (f"study {names[0]}: no trial completed ({trials_finished(len(done))}); the most common "

@@ -34,7 +34,7 @@ from torch import nn
 
 from kronsearch.bundled import find_space
 from kronsearch.data import SYNTHETIC_DEFAULTS, dataset_shape, find_root
-from kronsearch.layers.blocks import MAX_RANK, Block, format_block, valid_blocks
+from kronsearch.layers.blocks import MAX_KRON_PARAMS, MAX_RANK, Block, format_block, kron_params, valid_blocks
 from kronsearch.layers.kronify import matching_linears
 from kronsearch.layers.yamlfile import read_yaml_file
 from kronsearch.layers.errors import BadInput
@@ -195,6 +195,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         input_shape=tuple(input_shape), num_classes=num_classes, path=path, raw=raw,
     )
     _check_blocks_fit(c, result)
+    _check_kron_size(c, result)
     return result
 
 
@@ -254,6 +255,38 @@ def _check_device_exists(c: Checker, device: str) -> None:
         allowed = ", ".join(["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else []))
         raise c.fail("train.device", f"{device!r} does not exist: torch sees {count} CUDA device"
                                      f"{'' if count == 1 else 's'} here; allowed: {allowed}")
+
+
+def kron_size(space: Space, rank: int) -> tuple[int, str]:
+    """(the most trainable parameters a trial's Kronecker layers can have at `rank`: every candidate of a layer
+    in a one-round model, its largest in a per-pattern one; the largest layer's share, in words)."""
+    every_candidate = space.search["strategy"] != "per_pattern"
+    total, largest = 0, (0, "")
+    for name, (out, inp) in space.layers.items():
+        sizes = {b: kron_params(out, inp, b, rank) for b in space.layer_blocks(name)}
+        if sizes:
+            size = sum(sizes.values()) if every_candidate else max(sizes.values())
+            total += size
+            shown = list(sizes) if every_candidate else [max(sizes, key=sizes.get)]
+            blocks = ", ".join(format_block(b) for b in shown)
+            largest = max(largest, (size, f"{name} {out}x{inp} at {blocks}: {size:,}"))
+    return total, largest[1]
+
+
+def _check_kron_size(c: Checker, space: Space) -> None:
+    """The Kronecker layers at the largest of space.ranks within MAX_KRON_PARAMS, counted before anything is built;
+    the message says up to which rank they fit."""
+    rank = space.ranks[-1]
+    total, largest = kron_size(space, rank)
+    if total <= MAX_KRON_PARAMS:
+        return
+    low, high = 0, rank  # kron_size grows with the rank: the largest rank that fits, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if kron_size(space, mid)[0] <= MAX_KRON_PARAMS else (low, mid - 1)
+    fits = f"ranks up to {low} fit" if low else "no rank fits: use larger blocks or fewer candidates (space.blocks)"
+    raise c.fail("space.ranks", f"rank {rank} gives the Kronecker layers {total:,} trainable parameters (largest: "
+                                f"{largest}); at most {MAX_KRON_PARAMS:,} are allowed: {fits}")
 
 
 def _check_blocks_fit(c: Checker, space: Space) -> None:

@@ -82,9 +82,9 @@ def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
 
 def check_fit(space: Space, batch: int = 16) -> None:
     """One forward pass of the space's model on a real batch of each split, before anything trains: the model
-    must return one (batch, num_classes) tensor of logits and every label must lie in [0, num_classes) (all of
-    them for in-memory data, the first batch otherwise). SpaceError naming the key otherwise: every trial
-    would fail the same way."""
+    must return one (batch, num_classes) tensor of logits and every label must be an integer class index in
+    [0, num_classes) (all of them for in-memory data, the first batch otherwise; float labels are refused).
+    SpaceError naming the key otherwise: every trial would fail the same way."""
     with user_code_exits(f"{space.path}: the data or model code (checked before training)"):
         _check_fit(space, batch)
 
@@ -98,6 +98,10 @@ def _check_fit(space: Space, batch: int) -> None:
         if first is None:
             continue
         images, labels = first
+        raw = dataset.tensors[1] if isinstance(dataset, TensorDataset) else torch.as_tensor(dataset[0][1])
+        if raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:  # the loss takes class indices
+            raise SpaceError(f"{space.path}: key data: {split} labels are {raw.dtype}; they must be integer class "
+                             f"indices in 0..{classes - 1} (torch.int64, e.g. labels.long())")
         if isinstance(dataset, TensorDataset):
             labels = dataset.tensors[1]
         if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < classes:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import gzip
 import os
 import pickle
+import struct
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -404,3 +407,47 @@ def test_synthetic_sparsity_must_leave_a_nonzero_block_per_row() -> None:
 def test_synthetic_unknown_option_lists_allowed_options() -> None:
     with pytest.raises(DatasetError, match="in_features.*num_classes.*block.*sparsity"):
         load_dataset("synthetic", width=3)
+
+
+def idx_bomb(path: Path, images: int) -> Path:
+    """A gzipped IDX images file whose header claims `images` 28x28 images, its body 16 MB of zeros (16 KB gzipped)."""
+    header = struct.pack(">BBBBIII", 0, 0, 0x08, 3, images, 28, 28)
+    with gzip.open(path, "wb") as file:
+        file.write(header)
+        for _ in range(16):
+            file.write(bytes(1 << 20))
+    return path
+
+
+def test_an_idx_header_claiming_more_than_the_limit_is_refused_before_its_body_is_decompressed(tmp_path: Path) -> None:
+    path = idx_bomb(tmp_path / "train-images-idx3-ubyte.gz", 2_000_000)
+    with mock.patch.object(gzip.GzipFile, "readinto", side_effect=AssertionError("the body was read")):
+        with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.gz: its header claims dims "
+                                               r"\(2000000, 28, 28\) of uint8, 1,568,000,000 bytes of data; an IDX "
+                                               r"file may hold at most 1,073,741,824 bytes"):
+            idx.read_idx(path)
+
+
+def test_idx_images_and_labels_whose_headers_disagree_are_refused_before_any_body_is_read(tmp_path: Path) -> None:
+    write_idx_dataset(tmp_path, gz=True)
+    idx_bomb(tmp_path / "train-images-idx3-ubyte.gz", 1_000_000)  # 784 MB claimed: under the limit
+    with mock.patch.object(gzip.GzipFile, "readinto", side_effect=AssertionError("a body was read")):
+        with pytest.raises(DatasetError, match="by their headers train-images-idx3-ubyte.gz holds 1,000,000 images and "
+                                               "train-labels-idx1-ubyte.gz 30 labels: they do not match"):
+            load_dataset("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_an_idx_body_longer_than_its_header_says_is_refused(tmp_path: Path, gz: bool) -> None:
+    path = write_idx(tmp_path / ("a" + (".gz" if gz else "")), np.zeros((3, 2), dtype=np.uint8))
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    path.write_bytes(gzip.compress(raw + b"\0") if gz else raw + b"\0")
+    with pytest.raises(DatasetError, match=r"dims \(3, 2\) need 6 bytes, found more"):
+        idx.read_idx(path)
+
+
+def test_idx_labels_of_a_float_type_are_refused_not_truncated(tmp_path: Path) -> None:
+    write_idx_dataset(tmp_path, gz=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", (np.arange(30) % 10 + 0.5).astype(np.float32))
+    with pytest.raises(DatasetError, match="train labels are float32; they must be integer class indices"):
+        load_dataset("mnist", tmp_path)

@@ -35,8 +35,20 @@ class Pair(nn.Module):
         return logits, logits
 
 
-def splits(num_classes=10, low=0, high=10):
-    make = lambda n: TensorDataset(torch.randn(n, 1, 8, 8), torch.randint(low, high, (n,)))
+class Items(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+def splits(num_classes=10, low=0, high=10, float_labels=False, items=False):
+    labels = lambda n: torch.randint(low, high, (n,)).to(torch.float32 if float_labels else torch.int64)
+    make = lambda n: (Items if items else lambda d: d)(TensorDataset(torch.randn(n, 1, 8, 8), labels(n)))
     return {"train": make(64), "val": make(16), "test": make(16), "input_shape": (1, 8, 8), "num_classes": num_classes}
 '''
 
@@ -55,7 +67,12 @@ def factories(workdir: Path) -> None:
      "data", "train labels run from 0 to 9; with num_classes 3"),
     ({"data": {"name": None, "limit": None, "factory": "fit_factories:splits", "options": {"low": -1}}},
      "data", "labels run from -1"),
-], ids=["3-class-head", "tuple-output", "declares-3-classes", "label-minus-1"])
+    ({"data": {"name": None, "limit": None, "factory": "fit_factories:splits", "options": {"float_labels": True}}},
+     "data", "train labels are torch.float32; they must be integer class indices in 0..9"),
+    ({"data": {"name": None, "limit": None, "factory": "fit_factories:splits",
+               "options": {"float_labels": True, "items": True}}},
+     "data", "train labels are torch.float32; they must be integer class indices in 0..9"),
+], ids=["3-class-head", "tuple-output", "declares-3-classes", "label-minus-1", "float-labels", "float-label-items"])
 @pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
 def test_a_model_whose_output_does_not_fit_the_data_is_refused_before_training(
         write_space, workdir, cli, factories, changes, key, words, dry):

@@ -14,6 +14,8 @@ from torch import nn
 
 from kronsearch import load_model
 from kronsearch.errors import BadInput
+from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
+from kronsearch.loading import model_bsr_tensors
 from kronsearch.models import MAX_MODEL_PARAMS, build_model
 
 
@@ -53,6 +55,17 @@ def test_a_pattern_file_is_bounded_like_a_space_file_before_anything_is_allocate
     assert MAX_MODEL_PARAMS == 250_000_000
 
 
+def test_a_pattern_whose_kronecker_layers_exceed_the_parameter_bound_is_refused_before_kronify(tmp_path):
+    path = pattern(tmp_path, {"name": "mlp", "options": {"hidden": [4096]}},
+                   {"input_shape": [1, 64, 64], "num_classes": 10})
+    document = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**document, "layers": {"layers.0": {"block": "1x1", "rank": 1024}}}))
+    with pytest.raises(BadInput, match=r"p.yaml: key layers: the Kronecker layers would have 17,196,651,520 trainable "
+                                       r"parameters \(largest: layers.0 4096x4096 at 1x1 rank 1024: 17,196,651,520\); "
+                                       r"at most 250,000,000 are allowed"):
+        load_model(path)
+
+
 def test_weights_that_do_not_fit_name_the_missing_unexpected_and_mis_shaped_keys(tmp_path):
     other = build_model("mlp", (1, 8, 8), 10, hidden=[8]).state_dict()
     other["extra"] = other["head.bias"].clone()
@@ -76,6 +89,25 @@ def test_non_finite_or_integer_weights_are_refused_naming_the_tensor(tmp_path):
     save_file(state, tmp_path / "int.safetensors")
     with pytest.raises(BadInput, match="dtype mismatch layers.0.weight torch.int64 vs torch.float32"):
         load_model(pattern(tmp_path), tmp_path / "int.safetensors")
+
+
+@pytest.mark.parametrize("stored", ["bsr", "dense"])
+def test_a_bsr_file_with_nan_weights_is_refused_naming_the_tensor(tmp_path, stored):
+    path = pattern(tmp_path)
+    document = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**document, "layers": {"layers.0": {"block": "4x4", "rank": 1}}}))
+    model = load_model(path)
+    if stored == "bsr":
+        with torch.no_grad():
+            model.layers[0].s[1:] = 0.0  # one block row kept: the layer is stored in BSR form
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    tensors, header = model_bsr_tensors(model, DEFAULT_THRESHOLD)
+    key = f"layers.0.{'bsr.values' if stored == 'bsr' else 'dense.weight'}"
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, tmp_path / "nan.bsr.safetensors", metadata=header)
+    with pytest.raises(BadInput, match=f"nan.bsr.safetensors: the BSR file holds NaN, infinite or non-float weights "
+                                       f"in {key}; only finite floating-point weights are allowed"):
+        load_model(path, tmp_path / "w.safetensors", bsr=tmp_path / "nan.bsr.safetensors")
 
 
 def test_a_nan_checkpoint_with_init_dense_is_refused_in_dry_run_and_run(write_space, workdir, cli):

@@ -86,6 +86,17 @@ def test_for_inference_leaves_the_model_alone_and_names_what_is_wrong():
         for_inference(nn.Sequential(PatternSelectLinear(16, 16, [(4, 4), (2, 2)])))
 
 
+def test_for_inference_of_a_bf16_model_times_only_the_paths_with_a_bf16_kernel():
+    model = nn.Sequential(pruned(16, 16, (4, 4), 1, 0.5)).to(torch.bfloat16)
+    fast = for_inference(model, (1, 8))
+    chosen, times = fast.inference_choices["0"]
+    assert "sparse" not in times[1] and chosen in times[1]  # torch has no bf16 CSR product on CPU
+    x = torch.randn(8, 16, dtype=torch.bfloat16)
+    torch.testing.assert_close(fast(x).float(), model(x).float(), rtol=0, atol=3e-2 * model(x).abs().max().item())
+    with pytest.raises(BadInput, match="path 'sparse' has no torch.bfloat16 kernel on cpu"):
+        for_inference(model, path="sparse")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path, nn.Module]:
     """An MLP 784-64-64-10 kronified at 8x8 rank 1 and 4x4 rank 2, 60% of S zero, as `kronsearch export` writes it."""

@@ -68,5 +68,5 @@ def test_show_and_export_read_a_study_a_users_objective_wrote(users_study, workd
 
 
 def test_record_trial_refuses_an_accuracy_in_points():
-    with pytest.raises(BadInput, match=r"val_accuracy is a fraction in \[0, 1\], got 85"):
+    with pytest.raises(BadInput, match=r"val_accuracy must be a finite number in \[0, 1\], got 85"):
         kronsearch.record_trial(optuna.create_study().ask(), val_accuracy=85, model=nn.Linear(2, 2))

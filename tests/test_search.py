@@ -280,8 +280,10 @@ def test_a_run_whose_output_is_no_terminal_prints_a_plain_line_per_epoch(write_s
 def test_a_timeout_shorter_than_the_set_up_starts_no_trial_and_says_so(write_space):
     out = io.StringIO()
     summary = run_search(write_space(search={"trials": 2, "timeout": 0.001}), console=Console(file=out))
-    assert summary.completed == 0
+    assert summary.completed == 0 and summary.failed
     assert "search.timeout reached: no more trials start" in out.getvalue()
+    assert summary.message.startswith("study tiny:one_round: no trial finished: search.timeout (0.001 s) ran out "
+                                      "before the first trial finished; raise it")  # not "Pareto front: trials []"
     assert trials_of("tiny:one_round") == []
 
 

@@ -138,6 +138,23 @@ def test_an_absurdly_deep_model_is_refused_by_arithmetic_within_a_second(write_s
     assert time.perf_counter() - started < 1
 
 
+@pytest.mark.parametrize("strategy", ["per_pattern", "one_round"])
+def test_a_rank_whose_kronecker_layers_exceed_the_parameter_bound_is_refused_naming_the_rank_that_fits(
+        write_space, strategy):
+    path = write_space(data={"name": "synthetic", "options": {"in_features": 4096}, "limit": None},
+                       model={"options": {"hidden": [4096]}, "include": ["layers.0"]},
+                       search={"strategy": strategy}, space={"blocks": ["1x1"], "ranks": [1, 1024]})
+    started = time.perf_counter()
+    with pytest.raises(SpaceError, match=r"tiny.yaml: space.ranks: rank 1024 gives the Kronecker layers "
+                                         r"17,196,651,520 trainable parameters \(largest: layers.0 4096x4096 at 1x1: "
+                                         r"17,196,651,520\); at most 250,000,000 are allowed: ranks up to 13 fit"):
+        load_space(path)
+    assert time.perf_counter() - started < 5  # by arithmetic: nothing of 68.7 GB is allocated
+    load_space(write_space(data={"name": "synthetic", "options": {"in_features": 4096}, "limit": None},
+                           model={"options": {"hidden": [4096]}, "include": ["layers.0"]},
+                           search={"strategy": strategy}, space={"blocks": ["1x1"], "ranks": [13]}))
+
+
 def test_a_model_of_too_many_layers_is_refused_even_when_small(write_space):
     path = write_space(model={"options": {"hidden": [1] * 5000}})
     with pytest.raises(SpaceError, match="model.options: the model has 5,001 nn.Linear layers; at most 1,024"):

@@ -130,11 +130,13 @@ def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def check_images_labels(folder: Path, part: str, images: np.ndarray, labels: np.ndarray, *,
                          num_classes: int, image_ndim: int) -> None:
-    """Raise DatasetError unless images have ``image_ndim`` dims and match valid labels."""
+    """Raise DatasetError unless images have ``image_ndim`` dims and match valid (integer, in range) labels."""
     where = f"{folder}: {part}"
     if images.ndim != image_ndim or labels.ndim != 1 or len(images) != len(labels):
         raise DatasetError(f"{where} images of shape {images.shape} do not match labels of "
                            f"shape {labels.shape}")
+    if labels.dtype.kind not in "iu":  # converting float labels to class indices would truncate them silently
+        raise DatasetError(f"{where} labels are {labels.dtype.name}; they must be integer class indices")
     if len(labels) and not (labels.min() >= 0 and labels.max() < num_classes):
         raise DatasetError(f"{where} labels must be in [0, {num_classes}), found "
                            f"[{labels.min()}, {labels.max()}]")

@@ -15,6 +15,11 @@ from kronsearch.layers.errors import BadInput
 
 Block = tuple[int, int]
 MAX_RANK = 1024  # the largest rank a space file or a plan may ask for
+MAX_KRON_PARAMS = 250_000_000
+"""The Kronecker layers' trainable parameters a space file or a pattern file may ask for (a one-round model's
+every candidate counted), as models.MAX_MODEL_PARAMS bounds the dense model: 1 GB of float32, 4 GB with
+gradients and Adam's states. The rank alone was bounded before: 1x1 blocks at rank 1024 on one 4096x4096
+layer passed, and asked for 68.7 GB."""
 
 
 def contraction_macs(m1: int, n1: int, h: int, w: int, rank: int) -> tuple[int, int]:

@@ -68,6 +68,9 @@ class KronInference(nn.Module):
         super().__init__()
         if path not in INFERENCE_PATHS:
             raise BadInput(f"path must be one of {', '.join(map(repr, INFERENCE_PATHS))}, got {path!r}")
+        if path == "sparse" and not sparse_supports(layer.s.dtype, layer.s.device):
+            raise BadInput(f"path 'sparse' has no {layer.s.dtype} kernel on {layer.s.device.type} in this torch "
+                           f"(sparse CSR products); use 'factored', 'merged' or 'product', or path='auto'")
         self.path = path
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.grid, self.block = layer.grid, layer.block
@@ -141,6 +144,19 @@ class KronInference(nn.Module):
                 f"block={self.block[0]}x{self.block[1]}, path={self.path!r}")
 
 
+@functools.cache
+def sparse_supports(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether torch has a sparse CSR x dense product for `dtype` on `device` (on CPU: float32 and float64,
+    not bfloat16 or float16), tried once on a 2x2 product."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        try:
+            torch.eye(2, dtype=dtype, device=device).to_sparse_csr() @ torch.ones(2, 1, dtype=dtype, device=device)
+        except (NotImplementedError, RuntimeError):
+            return False
+    return True
+
+
 def time_inference_paths(layer: KronLinear, batch_sizes: Sequence[int], paths: Sequence[str],
                          threshold: float = DEFAULT_THRESHOLD) -> dict[int, dict[str, float]]:
     """{batch: {path: fastest seconds per forward}} of `layer`'s inference forms on random rows."""
@@ -177,6 +193,8 @@ def for_inference(model: nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_S
     path "auto" times the candidate paths per layer at `batch_sizes`, rows per call of the layer (samples
     times tokens for a transformer's layers); "factored",
     "sparse" or "merged" pins one. exportable: only paths that torch.export and ONNX take (no "sparse").
+    "auto" leaves out the paths torch has no kernel for in the layer's dtype (sparse_supports: no bfloat16
+    or float16 CSR product on CPU).
     The chosen path and timings of each layer are in the returned module's `inference_choices`
     ({layer: (path, {batch: {path: seconds}})}). The model itself is not changed.
     """
@@ -192,7 +210,8 @@ def for_inference(model: nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_S
     choices = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, KronLinear):
-            times = {} if path != "auto" else time_inference_paths(module, batch_sizes, allowed, threshold)
+            paths = [p for p in allowed if p != "sparse" or sparse_supports(module.s.dtype, module.s.device)]
+            times = {} if path != "auto" else time_inference_paths(module, batch_sizes, paths, threshold)
             chosen = path if path != "auto" else choose_inference_path(times)
             form = KronInference(module, chosen, threshold)
             if name:

@@ -51,22 +51,30 @@ def cheaper_order(m1: int, n1: int, h: int, w: int, rank: int) -> int:
 
 
 class _BroadcastBmm(torch.autograd.Function):
-    """out[n] = c @ z[n] for c (P, K), z (N, K, M); grad c = one GEMM over the (n, m) pairs."""
+    """out[n] = c @ z[n] for c (P, K), z (N, K, M); grad c = one GEMM over the (n, m) pairs.
+
+    Under autocast the forward's bmm runs in the autocast dtype (c may be float32, z bfloat16), but the
+    backward runs outside autocast: it computes in the dtype the forward's output had, as autograd's own
+    bmm backward would, and returns each gradient in its input's dtype."""
 
     @staticmethod
     def forward(ctx, c: Tensor, z: Tensor) -> Tensor:
         ctx.save_for_backward(c, z)
-        return torch.bmm(c.expand(z.shape[0], -1, -1), z)
+        out = torch.bmm(c.expand(z.shape[0], -1, -1), z)
+        ctx.compute_dtype = out.dtype
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         c, z = ctx.saved_tensors
         (n, k, m), p = z.shape, c.shape[0]
+        dtype = ctx.compute_dtype
+        grad, c_, z_ = grad.to(dtype), c.to(dtype), z.to(dtype)
         grad_c = grad_z = None
         if ctx.needs_input_grad[0]:
-            grad_c = grad.transpose(0, 1).reshape(p, n * m) @ z.transpose(0, 1).reshape(k, n * m).t()
+            grad_c = (grad.transpose(0, 1).reshape(p, n * m) @ z_.transpose(0, 1).reshape(k, n * m).t()).to(c.dtype)
         if ctx.needs_input_grad[1]:
-            grad_z = torch.bmm(c.t().expand(n, -1, -1), grad)
+            grad_z = torch.bmm(c_.t().expand(n, -1, -1), grad).to(z.dtype)
         return grad_c, grad_z
 
 

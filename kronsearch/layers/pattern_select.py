@@ -181,7 +181,16 @@ def l1_penalty(model: nn.Module, lambda2: float) -> Tensor:
 
 
 def finalize_model(model: nn.Module) -> dict[str, tuple[Block, dict[str, float]]]:
-    """Replace every PatternSelectLinear by its winner, in place; return {layer: (winner, norms)}."""
+    """Replace every PatternSelectLinear by its winner, in place; return {layer: (winner, norms)}.
+
+    A layer a OneRound raced must have its race decided (one live candidate): BadInput otherwise, rather than a
+    winner by norm that the race never chose. A layer no race ran keeps its largest ||W_k||_F (`selected`)."""
+    undecided = {name: list(m.branches) for name, m in model.named_modules() if isinstance(m, PatternSelectLinear)
+                 and getattr(m, "_one_round_race", False) and len(m.branches) > 1}
+    if undecided:
+        layers = "; ".join(f"{name} ({', '.join(live)} live)" for name, live in list(undecided.items())[:5])
+        raise BadInput(f"finalize_model: the OneRound race of {len(undecided)} layer(s) never decided: {layers}; "
+                       f"call one_round.finish() first, which decides every open race now")
     selections = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, PatternSelectLinear):

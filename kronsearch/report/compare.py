@@ -18,7 +18,7 @@ from kronsearch.record import (DEFAULT_TOLERANCE, FINISHED, KINDS, StudyRecord, 
 from kronsearch.report.blocks import block_position, block_ranking, block_table, trials_behind
 from kronsearch.report.cost import cost_curve, reach, render_cost
 from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
-                                      narrowed, norm_block, print_uncut, report_table, trial_rank)
+                                      malformed_notes, narrowed, norm_block, print_uncut, report_table, trial_rank)
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:
@@ -141,6 +141,7 @@ def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None
     hashes = {StudyRecord.of(s).space_hash for s in studies} - {None}
     if len(hashes) > 1:
         notes.append("the studies were run on different search spaces (their space_hash differ)")
+    notes += malformed_notes(studies)
     return {
         "studies": [s.study_name for s in studies],
         "tolerance": points,

@@ -25,7 +25,7 @@ from kronsearch.layers.errors import BadInput
 from kronsearch.layers.plan import parse_plan
 from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
 from kronsearch.report.trials import (ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
-                                     default_trial, fmt_accuracies)
+                                     default_trial, fmt_accuracies, malformed_notes)
 from kronsearch.atomic_write import write_atomic
 from kronsearch.storage import storage_file, study_storage_url
 from kronsearch.study_files import inside_study_folder, study_folders
@@ -199,4 +199,5 @@ def export_trial(
         result.weights, result.bsr, result.notes = write_weights(source, Path(weights), state_dict, sparse)
     # The pattern file goes last: it only changes once the weights it describes are in place.
     write_atomic(out, lambda f: f.write(text))
+    result.notes += malformed_notes([study])
     return result

@@ -29,7 +29,7 @@ from kronsearch.atomic_write import write_atomic
 from kronsearch.layers.errors import BadInput
 from kronsearch.record import best_one_round, metrics, split_study_name, study_strategy, trial_kind, val_accuracy
 from kronsearch.report.cost import cost_curve
-from kronsearch.report.trials import norm_block, trial_history
+from kronsearch.report.trials import malformed_notes, norm_block, trial_history
 from kronsearch.study_files import inside_study_folder, study_folders
 
 MARKERS = {"one_round": "o", "per_pattern": "s", None: "^"}
@@ -285,4 +285,5 @@ def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, pr
             result.notes.append(f"skipped {kind} plot: {why}")
         else:
             result.paths.append(path)
+    result.notes += malformed_notes(studies)
     return result

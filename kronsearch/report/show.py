@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from kronsearch.processes import worker_alive
-from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, metrics, study_strategy, tolerance_pick,
-                               trial_kind, val_accuracy)
+from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, malformed, malformed_study, metrics,
+                               study_strategy, tolerance_pick, trial_kind, val_accuracy)
 from kronsearch.report.trials import (best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
                                       fmt_params, fmt_pct, fmt_seconds, narrow_table, norm_block, objectives,
                                       pick_tolerance, print_uncut)
@@ -59,6 +59,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "fail_reason": TrialRecord.of(trial).fail_reason,
         "interrupted": interrupted,
         "last_epoch": last_epoch(trial) if state == "RUNNING" else None,
+        "malformed": malformed(trial),
     }
 
 
@@ -79,6 +80,7 @@ def study_report(study: optuna.Study, tolerance: float | None = None) -> dict:
         "objectives": objs,
         "space_hash": StudyRecord.of(study).space_hash,
         "space_path": StudyRecord.of(study).space_path,
+        "malformed": malformed_study(study),
         "counts": dict(Counter(r["state"] for r in rows)),
         "trials": rows,
         "best": {"kind": "best" if len(objs) == 1 else "pareto_front",
@@ -129,6 +131,8 @@ def row_notes(row: Mapping) -> list[str]:
     if row["last_epoch"] is not None:
         epoch = row["last_epoch"]
         notes.append(f"running: epoch {epoch['epoch']} reported, val {fmt_pct(epoch['val_accuracy'])}")
+    if row.get("malformed"):
+        notes.append(f"malformed record, read as missing: {row['malformed']}")
     return notes
 
 
@@ -193,6 +197,9 @@ def render_show(data: Sequence[Mapping], console: Console, wide: bool = False) -
                 for note in row_notes(r):
                     console.print(f"#{r['number']} {escape(note)}", highlight=False)
             console.print(f"MACs per training sample; {params_legend(rows)}--wide shows every column", highlight=False)
+        if report.get("malformed"):
+            console.print(escape(f"{report['study']}: malformed study record, read as missing: {report['malformed']}"),
+                          highlight=False)
         _render_best(report, console)
         if report["tolerance_note"]:
             console.print(f"note: {escape(report['tolerance_note'])}", highlight=False)

@@ -26,7 +26,8 @@ from rich.table import Table
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput, RunFailure
-from kronsearch.record import StudyRecord, TrialRecord, best_first, metrics, study_tolerance, tolerance_pick
+from kronsearch.record import (StudyRecord, TrialRecord, best_first, malformed, malformed_study, metrics,
+                               study_tolerance, tolerance_pick)
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"
@@ -102,6 +103,18 @@ def default_trial(study: optuna.Study, tolerance: float | None = None) -> Frozen
     if not front:
         raise BadInput(f"study {study.study_name!r} has no complete trial")
     return max(front, key=best_first)
+
+
+def malformed_notes(studies: Sequence[optuna.Study]) -> list[str]:
+    """One line per trial whose record another tool wrote malformed (record.malformed): the reports read those
+    attrs as missing and go on with the rest of the study."""
+    notes = []
+    for study in studies:
+        if (problems := malformed_study(study)) is not None:
+            notes.append(f"study {study.study_name}: malformed record, read as missing: {problems}")
+        notes += [f"trial {t.number} of {study.study_name}: malformed record, read as missing: {problems}"
+                  for t in study.get_trials(deepcopy=False) if (problems := malformed(t)) is not None]
+    return notes
 
 
 def artifact_dirs(study: optuna.Study, trial: FrozenTrial) -> list[Path]:

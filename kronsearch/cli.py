@@ -128,6 +128,8 @@ def run(
         if summary.failed:
             raise _fail(summary.message, EXIT_FAILURE)
         typer.echo(summary.message)
+        if summary.race_note:
+            typer.echo(summary.race_note)
 
 
 def _stdout() -> Console:

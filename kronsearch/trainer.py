@@ -34,7 +34,7 @@ from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model
 from kronsearch.layers.kronify import model_plan
 from kronsearch.record import DEFAULT_TOLERANCE
 from kronsearch.one_round import OneRound
-from kronsearch.selection import Race, prox_l1_, s_parameters
+from kronsearch.selection import RACE_CAP, Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -133,7 +133,7 @@ class TrainResult:
     final_macs: int
     inference_nonzeros: int  # weight entries after merging, dense layers counted as dense
     selected: dict[str, str]  # layer -> winning block (pattern selection only)
-    decisions: dict[str, dict]  # layer -> {block, epoch (fractional, of the choice), by, accuracy}
+    decisions: dict[str, dict]  # layer -> {block, step, epoch (fractional), by, estimates, pace}: Race.records
     plan: dict[str, dict]  # layer -> {block, rank} of the final model
     wall_time: float
     history: list[EpochReport] = field(default_factory=list)
@@ -259,7 +259,7 @@ def train(
     train_params = model_cost(model, data.input_shape, config.threshold).total.params  # candidates included
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
-    race = [("select", math.ceil(config.selection_epochs))] if select_layers else []
+    race = [("select", math.ceil(config.selection_epochs * RACE_CAP))] if select_layers else []  # it may extend
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = trained = 0
     selection: Race | None = None
@@ -271,7 +271,7 @@ def train(
         for phase, epochs in phases:
             if phase != "train" or optimizer is None:  # the winner trains on with its moments from the race
                 optimizer = make_optimizer(model, config)
-            if phase == "select":
+            if phase == "select":  # the schedule is constant: its length is the race's budget, not its cap
                 total_steps = round(config.selection_epochs * steps_per_epoch)
                 selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size)
                 one_round = OneRound.around(selection, config.lambda2)
@@ -284,7 +284,7 @@ def train(
             schedule = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s, shape=shape, total=total_steps, warmup=warmup: lr_factor(s, total, warmup, shape))
             s_params = s_parameters(model)
-            task = bar.add_task(phase, total=total_steps, status="")
+            task = bar.add_task(phase, total=selection.cap_steps if phase == "select" else total_steps, status="")
             for index in range(epochs):
                 if selection is not None and phase == "select" and selection.done:
                     break
@@ -379,12 +379,7 @@ def epoch_report(model: nn.Module, selection: Race | None, config: TrainConfig, 
 
 
 def selection_records(selection: Race, steps_per_epoch: int) -> dict[str, dict]:
-    """layer -> {block, epoch, by, accuracy} of each layer's choice.
-
-    epoch is fractional (the step of the choice / steps per epoch); by is "budget" (the cheapest within
-    tolerance at the budget) or "survivor" (every other candidate was clearly out before it); accuracy
-    is every candidate's validation accuracy alone, in percent, at the last check it took part in.
-    """
-    return {name: {"block": d.block, "epoch": round(d.step / steps_per_epoch, 3), "by": d.by,
-                   "accuracy": {k: round(100 * e.accuracy, 2) for k, e in selection.estimates.get(name, {}).items()}}
-            for name, d in selection.decisions.items()}
+    """layer -> {block, step, epoch, by, estimates, pace} of each layer's choice (Race.records), epoch being
+    fractional: the step of the choice / steps per epoch."""
+    return {name: {**record, "epoch": round(record["step"] / steps_per_epoch, 3)}
+            for name, record in selection.records().items()}

@@ -31,7 +31,7 @@ def test_selection_smoke_prints_one_summary_row_per_task_with_every_metric():
                      "| right: another seed's sweep | regret |") == 1
     rows = [line for line in out.splitlines() if re.match(r"\| [a-z0-9-]+ \| \d+/1 \|", line)]
     assert [r.split(" | ")[0][2:] for r in rows] == list(TASKS)
-    assert all(len(r.strip("|").split("|")) == 18 for r in rows)
+    assert all(len(r.strip("|").split("|")) == 20 for r in rows)
     for task in TASKS:  # one line per (task, seed): every candidate alone, the right answer, the pick, the cost
         assert re.search(rf"  {task} seed 0: alone .*; right .+; picked .* estimates .* cost x[\d.]+ MACs", out)
 

@@ -10,10 +10,11 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
 - `Race`, the contest of every PatternSelectLinear, run before the training (`select_epochs`). Each
   step trains one candidate per layer, alone (`PatternSelectLinear.only`), in turns, one block as a
   path through the layers that have it; at the race's check, its end, every live candidate is
-  validated on its path, and the cheapest candidate (MACs per input row, then parameters) whose
-  accuracy is within the tolerance of the best wins. The winner then trains `epochs` with the race's optimizer
-  state under a fresh schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the
-  race and the prox by forward and optimizer-step hooks, in the trainer and in any training loop.
+  validated on its path; where the evidence (kronsearch/evidence.py) allows, the cheapest candidate (MACs
+  per input row, then parameters) within the tolerance of the best wins, else the race extends itself or
+  falls back and says so. The winner then trains `epochs` with the race's optimizer state under a fresh
+  schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the race and the prox by
+  hooks, in the trainer and in any training loop.
 
 Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
 - The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm
@@ -105,13 +106,12 @@ class Decision:
 
     block: str  # the winner
     step: int  # optimizer step of the choice (1-based)
-    by: str  # "survivor": every other candidate was clearly out (by evidence); "budget": the candidates settled and
-    # this is the cheapest within tolerance (by evidence); "fallback": the evidence did not separate candidates that
-    # still learned, by the race's cap or its finish(): the most accurate at the last check (NOT by evidence)
+    by: str  # DECIDED_BY: "survivor" (every other candidate separated), "budget" (settled: the cheapest within
+    # tolerance), "fallback" (not separated while still learning, at the cap or finish(): the most accurate)
 
 
 DECIDED_BY = ("survivor", "budget", "fallback")
-"""Every Decision.by; only the first two are decisions by evidence."""
+"""Every Decision.by; only the first two are decisions by evidence (kronsearch/evidence.py)."""
 
 
 def s_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -121,12 +121,8 @@ def s_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 RACE_CHECKS = (1.0,)
 """Fractions of the selection budget at which the race validates every live candidate: once, at its end. A check
-halfway dropped candidates after a tenth of the race each (10 steps on table 11's MLP), where the cheaper blocks
-still trailed the costlier ones by their early pace, and the race's second half then trained only the costly ones
-(table 3, ten seeds of narrow-mlp and tie-mlp: right 8/20 against 6/20, regret 0.57 against 0.48 point, the pick's
-MACs 0.56 against 0.77 of the costliest; LeNet-5 unchanged). A race now runs its whole length (table 11, seeds 0-2: a
-one-round study's MACs against per_pattern's 1.57x -> 1.38x on the MLP, 1.05x -> 1.13x on the ViT, 1.23x -> 1.28x on
-LeNet-5; over ten seeds the MLP's is 0.94x, the ViT's 1.16x)."""
+halfway dropped candidates after a tenth of the race each, where the cheaper blocks still trailed the costlier ones by
+their early pace (BENCHMARKS.md table 3, "One check, at the race's end"; table 11 for what it does to a search)."""
 READING_INTERVAL = 0.5
 """The race reads its candidates one interval (this share of its steps) before its end, without deciding, so its
 check at the end knows which candidates still learn (kronsearch/evidence.py); an extended race checks once an

@@ -47,6 +47,8 @@ class TrainConfig:
     epochs: int = 10  # the training of the model (with candidates: of the race's winner, after the race)
     finetune_epochs: int = 0  # optional extra epochs of the final model, fresh optimizer and schedule
     select_epochs: float | None = None  # the race before `epochs` (candidates only); None: a quarter of `epochs`
+    race_cap: float = RACE_CAP  # while its evidence cannot decide, the race extends itself up to race_cap times
+    # select_epochs, then falls back and says so (kronsearch/evidence.py); 1: it decides at select_epochs
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -79,6 +81,7 @@ class TrainConfig:
             "tolerance": 0 <= self.tolerance <= 100,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
             "select_epochs": self.select_epochs is None or 0 < self.select_epochs <= self.epochs,
+            "race_cap": self.race_cap >= 1,
             # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "threads": self.threads is None or self.threads >= 1,
@@ -90,7 +93,7 @@ class TrainConfig:
             raise BadInput(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
                              f"counts and rates positive, "
-                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, max_grad_norm None or > 0)")
+                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, race_cap >= 1, max_grad_norm None or > 0)")
 
     @property
     def selection_epochs(self) -> float:
@@ -259,7 +262,7 @@ def train(
     train_params = model_cost(model, data.input_shape, config.threshold).total.params  # candidates included
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
-    race = [("select", math.ceil(config.selection_epochs * RACE_CAP))] if select_layers else []  # it may extend
+    race = [("select", math.ceil(config.selection_epochs * config.race_cap))] if select_layers else []  # it may extend
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     macs_total = trained = 0
     selection: Race | None = None
@@ -273,7 +276,8 @@ def train(
                 optimizer = make_optimizer(model, config)
             if phase == "select":  # the schedule is constant: its length is the race's budget, not its cap
                 total_steps = round(config.selection_epochs * steps_per_epoch)
-                selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size)
+                selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size,
+                                 extend=config.race_cap)
                 one_round = OneRound.around(selection, config.lambda2)
             else:
                 total_steps = epochs * steps_per_epoch

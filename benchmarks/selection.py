@@ -11,8 +11,8 @@ Smoke run for CI (digits only, one seed, tiny budgets; checks the script runs, i
     python benchmarks/selection.py --smoke
 
 Tasks (TASKS below; narrow-mlp-long and tie-mlp-long are narrow-mlp and tie-mlp at 24 epochs, the users'
-regime where the race's quarter gives each candidate more than an epoch): the synthetic planted-block task (a linear layer whose teacher is block-sparse
-with the block planted per seed, cycling 4x4, 8x8, 2x8, 8x2, 2x2, so the largest candidate is the
+regime where the race's quarter gives each candidate more than an epoch): the synthetic planted-block task (a
+linear layer whose teacher is block-sparse with the block planted per seed, cycling 4x4, 8x8, 2x8, 8x2, 2x2, so the largest candidate is the
 planted one on seed 1); a small ViT on scikit-learn's digits (every Linear of the blocks picks its
 own block); an MLP on Fashion-MNIST (the 256-wide hidden layer picks, the head stays dense); LeNet-5
 on Fashion-MNIST (fc1, fc2, fc3 pick among the candidates that divide them). Fashion-MNIST trains on
@@ -242,8 +242,8 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
             f"({alone[pick_key].test_accuracy:.4f} alone), one round final {kept.test_accuracy:.4f}; "
             f"choices at epochs {', '.join(str(d['epoch']) for d in decisions)} of {task.train['epochs']} "
             f"({', '.join(sorted({d['by'] for d in decisions}))}); estimates "
-            + "; ".join(", ".join(f"{k} {e['accuracy']}±{e['se']} ({e['steps']} steps)" for k, e in d["estimates"].items())
-                        for d in decisions)
+            + "; ".join(", ".join(f"{k} {e['accuracy']}±{e['se']} ({e['steps']} steps)"
+                                  for k, e in d["estimates"].items()) for d in decisions)
             + f"; cost x{per_seed[-1]['macs_pick']:.2f} MACs x{per_seed[-1]['wall_pick']:.2f} wall of the pick alone")
         print(lines[-1], flush=True)
     return lines, summary_row(task, per_seed, args.tolerance)

@@ -93,7 +93,8 @@ class TrainConfig:
             raise BadInput(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
                              f"counts and rates positive, "
-                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, race_cap >= 1, max_grad_norm None or > 0)")
+                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, race_cap >= 1, "
+                             f"max_grad_norm None or > 0)")
 
     @property
     def selection_epochs(self) -> float:

@@ -206,3 +206,13 @@ def test_a_run_whose_pick_fell_back_ends_naming_its_layers_what_to_raise_and_per
 
 def test_a_run_whose_races_all_decided_by_evidence_adds_no_line():
     assert fallback_note([trial_deciding(0, {"fc1": "survivor"})], pick=0) == ""
+
+
+def test_kronsearch_run_prints_the_fallback_line_after_its_summary(monkeypatch, cli, write_space):
+    from kronsearch import search
+
+    summary = search.RunSummary(["tiny:one_round"], "sqlite://", completed=1, message="study tiny:one_round: done",
+                                race_note="race: in 1 of 1 complete trials ...")
+    monkeypatch.setattr(search, "run_search", lambda *args, **kwargs: summary)
+    done = cli("run", write_space())
+    assert done.exit_code == 0 and done.stdout.splitlines()[-2:] == [summary.message, summary.race_note]

@@ -12,6 +12,8 @@ Three seeds (the default) say little about MACs: per_pattern's cost follows the 
 `--seeds 0,1,2,3,4,5,6,7,8,9` for the MLP and the ViT (about 2.3 minutes a seed here) and 0-4 for
 LeNet-5 (about 9 minutes a seed).
 
+mlp-long is the users' regime (24 epochs, a 784-256-10 MLP): about 4x a short task's time a seed.
+
 `--per-trial` also prints every trial's state, params, kept blocks and training MACs (where a study's
 MACs go).
 
@@ -88,6 +90,12 @@ SPACES = {
         "train": {"epochs": 12, "batch_size": 64, "lr": 0.005, "weight_decay": 0.05, "warmup_epochs": 1,
                   "threads": 1},
         "blocks": ["2x2", "4x4", "8x8"]},
+    # the users' regime (issue 32): 24 epochs, one hidden layer, so the race's quarter gives each candidate 1.2 epochs
+    "mlp-long": {
+        "data": {"name": "fashion-mnist", "limit": 10000},
+        "model": {"name": "mlp", "options": {"hidden": [256]}, "include": ["layers.0"]},
+        "train": {"epochs": 24, "lr": 0.003, "threads": 1},
+        "blocks": ["2x2", "4x4", "8x8", "4x16", "16x4"]},
 }
 
 

@@ -4,7 +4,9 @@
 
 kronsearch.OneRound attaches to the model and the optimizer by hooks: each optimizer step trains one
 candidate block per layer, the race validates them after `select_steps` steps, the losers leave the layer and
-the optimizer, and the cheapest candidate within `tolerance` accuracy points of the best wins. The
+the optimizer, and the cheapest candidate within `tolerance` accuracy points of the best wins where the evidence
+allows; while candidates that still learn are not separated the race runs on (up to twice `select_steps`), and
+a layer it cannot decide keeps its most accurate candidate and says so (Decision.by "fallback"). The
 loop itself is a plain PyTorch loop; the lines marked "kronsearch" are all it adds.
 """
 

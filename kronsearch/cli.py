@@ -145,6 +145,8 @@ def run(
         if summary.failed:
             raise _fail(summary.message, EXIT_FAILURE)
         _echo(summary.message)
+        if summary.race_note:
+            _echo(summary.race_note)
 
 
 spaces_app = typer.Typer(no_args_is_help=False, add_completion=False, rich_markup_mode=None,

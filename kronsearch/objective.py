@@ -76,7 +76,8 @@ def record_trial(trial: optuna.Trial, one_round: OneRound | None = None, *, val_
     """Write the trial's standard record (kronsearch.record.save_results) and return val_accuracy in [0, 1],
     the value for the objective to return.
 
-    one_round: its decisions give `selected` and its plan `plan`; without it, the model's Kronecker layers
+    one_round: its decisions give `selected` and `decisions` (how each layer's race decided, every candidate's
+    estimate: Race.records) and its plan `plan`; without it, the model's Kronecker layers
     give the plan. model gives block_sparsity; with input_shape (one sample's, e.g. (1, 28, 28)) also
     final_params, final_macs and inference_nonzeros; further metrics (test_accuracy, train_macs, ... of
     record.SCALAR_METRICS) are kept as given. config: the trial's configuration (data, model, train).
@@ -95,6 +96,7 @@ def record_trial(trial: optuna.Trial, one_round: OneRound | None = None, *, val_
     if one_round is not None:
         plan = one_round.plan()
         selected = {n: d.block for n, d in one_round.decisions.items()}
+        metrics = {**metrics, "decisions": one_round.race.records()}
     elif model is not None:
         plan, selected = model_plan(model), {}
     else:

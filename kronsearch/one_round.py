@@ -19,7 +19,9 @@ same object), driven by hooks instead of calls:
   `zero_grad(set_to_none=False)` cannot let Adam move them by momentum);
 - an optimizer step post-hook applies lambda2's l1 prox to S (selection.prox_l1_) and advances the race
   one step: at its check (the race's end) it validates every live candidate on its path and removes the
-  losers from the layer and from the optimizer (selection.drop_from_optimizer).
+  losers from the layer and from the optimizer (selection.drop_from_optimizer). Where the evidence does not
+  separate candidates that still learn, the race runs on past select_steps (up to `extend` times it) and
+  the loop must keep stepping; `finish()` ends it at once by the fallback rule, and says so in Decision.by.
 
 The race counts optimizer steps that ran: a GradScaler step skipped on inf/NaN never calls
 `optimizer.step()`, so no hook fires and the race neither advances nor moves a candidate. Clipping and
@@ -52,7 +54,7 @@ from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.layers.plan import LayerPattern, Plan
 from kronsearch.record import DEFAULT_TOLERANCE
-from kronsearch.selection import Decision, Race, Validation, prox_l1_, s_parameters
+from kronsearch.selection import RACE_CAP, Decision, Race, Validation, prox_l1_, s_parameters
 
 
 @dataclass
@@ -77,12 +79,15 @@ class OneRound:
     (selection.Validation: (inputs, labels) batches, or model -> per-example hits); tolerance: accuracy
     points within which the cheapest candidate wins; lambda2: the l1 prox on every S after each step (0:
     none); check_examples: validation examples one check spends at most (None: selection.CHECK_EXAMPLES);
-    seed: the order in which candidates take turns (the same on every rank).
+    seed: the order in which candidates take turns (the same on every rank); extend: where the evidence does not
+    separate candidates that still learn, the race goes on up to extend * select_steps steps (keep the loop
+    running: `done` says when it is over), then falls back to the most accurate and says so (Decision.by
+    "fallback"); 1: never extend (selection.RACE_CAP, kronsearch/evidence.py).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int, validate: Validation,
                  tolerance: float = DEFAULT_TOLERANCE, lambda2: float = 0.0, seed: int = 0,
-                 check_examples: int | None = None) -> None:
+                 check_examples: int | None = None, extend: float = RACE_CAP) -> None:
         inner = unwrapped(model)
         problems = []
         if not any(isinstance(m, PatternSelectLinear) for m in inner.modules()):
@@ -108,7 +113,7 @@ class OneRound:
             raise BadInput("OneRound: " + "; ".join(problems))
         self._attach(Race(inner, optimizer, select_steps, tolerance,
                           CheckedValidation(validate) if callable(validate) else validate, seed,
-                          check_examples=check_examples), lambda2)
+                          check_examples=check_examples, extend=extend), lambda2)
         self._check_steps = True  # a user's loop: every racing step must have trained a candidate
 
     @classmethod

@@ -45,7 +45,7 @@ KINDS: tuple[str, ...] = (Strategy.ONE_ROUND, Strategy.PER_PATTERN)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DEFAULT_TOLERANCE = 0.5  # accuracy points: search.tolerance's default (TrainConfig.tolerance)
 SHARED_CONFIG = ("space", "seed", "data", "model")  # stored once per study (StudyRecord.trial_config)
-STUDY_METRICS = ("selected", "plan")  # the per-layer metrics kept in the study's "metrics" user attr
+STUDY_METRICS = ("selected", "plan", "decisions")  # the per-layer metrics kept in the study's "metrics" user attr
 # the scalar metrics, each its own user attr under this name (docs/workflow.md, "The study in Optuna's tools")
 SCALAR_METRICS = ("val_accuracy", "test_accuracy", "val_examples", "test_examples", "block_sparsity", "train_params",
                   "train_macs", "train_macs_total", "final_params", "final_macs", "inference_nonzeros", "wall_time")

@@ -124,6 +124,7 @@ MODEL = {"name": text(f"one of {', '.join(MODELS)} or 'timm:<model name>'",
          "init": choice(("random", "dense"), "random")}
 TRAIN_RULES = {
     "epochs": integer(1, MAX_EPOCHS), "finetune_epochs": integer(0, MAX_EPOCHS), "select_epochs": later(),
+    "race_cap": number("a number >= 1 (the race's cap, times select_epochs)", lambda v: v >= 1),
     "batch_size": integer(1, 1_000_000), "optimizer": choice(OPTIMIZERS), "schedule": choice(SCHEDULES),
     "compute": choice(COMPUTE_MODES), "lr": POSITIVE, "s_lr_scale": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "threshold": NON_NEGATIVE,

@@ -19,7 +19,7 @@ from rich.console import Console
 from kronsearch.backends.base import Backend, Budget
 from kronsearch.backends.local import LocalBackend
 from kronsearch.console import progress_console
-from kronsearch.record import Strategy, TrialRecord, final_blocks, finished, study_name, tolerance_pick
+from kronsearch.record import Strategy, TrialRecord, final_blocks, finished, metrics, study_name, tolerance_pick
 from kronsearch.report.plan import render_plan
 from kronsearch.report.show import count_blocks
 from kronsearch.space import Space, load_space
@@ -43,6 +43,7 @@ class RunSummary:
     message: str = ""
     best: dict = field(default_factory=dict)
     failed: bool = False  # trials finished but none completed (`kronsearch run` exits 1)
+    race_note: str = ""  # one-round races that decided without separating evidence (fallback_note), printed last
 
 
 def make_backend(space: Space) -> Backend:
@@ -155,7 +156,23 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
                            f"Inspect: kronsearch show {names[0]}")
     if storage:
         summary.message += f" --storage {storage}"
+    summary.race_note = fallback_note(complete, summary.best.get("trial"))
     return summary
+
+
+def fallback_note(trials: list[FrozenTrial], pick: int | None) -> str:
+    """The line a run ends with when one-round races fell back (kronsearch/evidence.py): which trials and layers,
+    what to raise, and the per_pattern alternative; '' when every race decided by evidence."""
+    fell = {t.number: [layer for layer, d in (metrics(t).get("decisions") or {}).items() if d.get("by") == "fallback"]
+            for t in trials}
+    fell = {n: layers for n, layers in fell.items() if layers}
+    if not fell:
+        return ""
+    where = (f"the pick, trial {pick}, in {', '.join(fell[pick])}" if pick in fell else
+             f"trial {min(fell)} in {', '.join(fell[min(fell)])}")
+    return (f"race: in {len(fell)} of {len(trials)} complete trials the race did not separate candidates that still "
+            f"learned and kept the most accurate at its cap ({where}); raise train.select_epochs (or train.epochs) "
+            f"so each candidate trains longer, or run --strategy per_pattern to train each block alone")
 
 
 def describe_seed(space: Space, source: FrozenTrial) -> str:

@@ -10,10 +10,11 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
 - `Race`, the contest of every PatternSelectLinear, run before the training (`select_epochs`). Each
   step trains one candidate per layer, alone (`PatternSelectLinear.only`), in turns, one block as a
   path through the layers that have it; at the race's check, its end, every live candidate is
-  validated on its path, and the cheapest candidate (MACs per input row, then parameters) whose
-  accuracy is within the tolerance of the best wins. The winner then trains `epochs` with the race's optimizer
-  state under a fresh schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the
-  race and the prox by forward and optimizer-step hooks, in the trainer and in any training loop.
+  validated on its path; where the evidence (kronsearch/evidence.py) allows, the cheapest candidate (MACs
+  per input row, then parameters) within the tolerance of the best wins, else the race extends itself or
+  falls back and says so. The winner then trains `epochs` with the race's optimizer state under a fresh
+  schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the race and the prox by
+  hooks, in the trainer and in any training loop.
 
 Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
 - The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm
@@ -40,15 +41,15 @@ Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals
   (LeNet-5), its accuracy at 1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and
   80.23 to 80.59. The price: the layers on one
   path share one estimate, so where blocks tie they tend to choose alike (each by its own costs).
-- Picks (table 3, ten seeds, tolerance 0.5): right on 6/10 where one block is clearly worse (narrow-mlp;
-  never the block that ends 3.8 points under), 2/10 where all tie (tie-mlp: after 0.3 epoch each the
-  leaders are not the blocks that end best), 1/3 on LeNet-5, 1/5 on a slow-learning synthetic task at
-  the default race (12 steps per candidate; 9/9 with a race of 5 epochs at batch 32).
+- Picks (table 3, ten seeds, tolerance 0.5, the race that extends itself): right on 5/10 where one block
+  is clearly worse (narrow-mlp, regret 0.39; never the block that ends 3.8 points under), 1/10 where all
+  tie (tie-mlp: the leaders after 0.3-0.6 epoch each are not the blocks that end best; 5 fell back), 5/10
+  on the slow synthetic task; the issue-32 planted blocks through OneRound 9/9, none wrong by evidence.
 """
 
 from __future__ import annotations
 
-import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import cast
 from contextlib import ExitStack, contextmanager
@@ -60,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kronsearch.data.batches import Batches
+from kronsearch.evidence import OUT_Z, PICK_Z, Estimate, Reading, read, within_tolerance
 from kronsearch.layers.costs import model_cost
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
@@ -105,7 +107,12 @@ class Decision:
 
     block: str  # the winner
     step: int  # optimizer step of the choice (1-based)
-    by: str  # "survivor": every other candidate was clearly out; "budget": the cheapest within tolerance
+    by: str  # DECIDED_BY: "survivor" (every other candidate separated), "budget" (settled: the cheapest within
+    # tolerance), "fallback" (not separated while still learning, at the cap or finish(): the most accurate)
+
+
+DECIDED_BY = ("survivor", "budget", "fallback")
+"""Every Decision.by; only the first two are decisions by evidence (kronsearch/evidence.py)."""
 
 
 def s_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -115,44 +122,20 @@ def s_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 RACE_CHECKS = (1.0,)
 """Fractions of the selection budget at which the race validates every live candidate: once, at its end. A check
-halfway dropped candidates after a tenth of the race each (10 steps on table 11's MLP), where the cheaper blocks
-still trailed the costlier ones by their early pace, and the race's second half then trained only the costly ones
-(table 3, ten seeds of narrow-mlp and tie-mlp: right 8/20 against 6/20, regret 0.57 against 0.48 point, the pick's
-MACs 0.56 against 0.77 of the costliest; LeNet-5 unchanged). A race now runs its whole length (table 11, seeds 0-2: a
-one-round study's MACs against per_pattern's 1.57x -> 1.38x on the MLP, 1.05x -> 1.13x on the ViT, 1.23x -> 1.28x on
-LeNet-5; over ten seeds the MLP's is 0.94x, the ViT's 1.16x)."""
-OUT_Z = 2.0
-"""Before the budget a candidate leaves when its accuracy gap to the best exceeds the tolerance by OUT_Z
-standard errors (paired, on the same validation examples): clearly out."""
-PICK_Z = 1.0
-"""At the budget the cheapest candidate whose gap is within the tolerance plus PICK_Z standard errors wins."""
+halfway dropped candidates after a tenth of the race each, where the cheaper blocks still trailed the costlier ones by
+their early pace (BENCHMARKS.md table 3, "One check, at the race's end"; table 11 for what it does to a search)."""
+READING_INTERVAL = 0.5
+"""The race reads its candidates one interval (this share of its steps) before its end, without deciding, so its
+check at the end knows which candidates still learn (kronsearch/evidence.py); an extended race checks once an
+interval."""
+RACE_CAP = 2.0
+"""Where the evidence does not separate candidates that still learn, the race extends itself, an interval at a
+time, up to this multiple of its steps; then it falls back to the most accurate candidate and says so."""
 CHECK_EXAMPLES = 2048
 """Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
 CHECK_SHARE = 0.25
 """...and at most this share of the examples the race trains on, so the checks stay a small part of a
 trial's cost (forward only)."""
-
-
-@dataclass
-class Estimate:
-    """A candidate measured alone on the race's validation examples."""
-
-    accuracy: float  # in [0, 1]
-    loss: float  # mean cross-entropy
-    correct: torch.Tensor  # (n,) bool per example, for paired comparisons between candidates
-
-
-def within_tolerance(estimates: dict[str, Estimate], tolerance: float, z: float) -> list[str]:
-    """The candidates whose accuracy is within `tolerance` (in [0, 1]) plus z paired standard errors of the best."""
-    best = max(estimates, key=lambda k: estimates[k].accuracy)
-    top = estimates[best].correct.float()
-    kept = []
-    for k, e in estimates.items():
-        diff = top - e.correct.float()
-        se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        if float(diff.mean()) <= tolerance + z * se:
-            kept.append(k)
-    return kept
 
 
 class Race:
@@ -164,19 +147,32 @@ class Race:
     path through every open layer that has it (a layer without it takes its own next candidate), so
     each candidate trains on an equal share of the steps, on the features of the same block upstream.
     At the checks (`checks`, fractions of the budget; RACE_CHECKS: at its end) every live candidate is
-    validated on its path, each path once for all the layers on it: a candidate clearly worse than the
-    best leaves the layer and the optimizer (OUT_Z), and at the budget each layer keeps its cheapest
-    candidate within the tolerance (PICK_Z). Only the trained candidates get gradients, so the others
-    keep their weights and optimizer state untouched.
+    validated on its path, each path once for all the layers on it, and read an interval before the end
+    (READING_INTERVAL) for its pace: a candidate separated from the best beyond noise (kronsearch/evidence.py,
+    OUT_Z) leaves the layer and the optimizer; at the budget a layer whose candidates settled keeps its
+    cheapest candidate within the tolerance (PICK_Z, "budget"); one whose candidates still learn and are not
+    separated races on, an interval at a time, up to `extend` times the budget, then falls back to its most
+    accurate candidate ("fallback"). Only the trained candidates get gradients, so the others keep their
+    weights and optimizer state untouched.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int,
                  tolerance: float, validation: Validation, seed: int = 0, batch_size: int | None = None,
-                 check_examples: int | None = None, checks: Sequence[float] = RACE_CHECKS) -> None:
+                 check_examples: int | None = None, checks: Sequence[float] = RACE_CHECKS,
+                 extend: float = RACE_CAP) -> None:
+        if not extend >= 1:
+            raise BadInput(f"extend is the race's cap as a multiple of select_steps, >= 1 (1: never extend), "
+                           f"got {extend!r}")
         self.model, self.optimizer, self.validation = model, optimizer, validation
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
         self.select_steps = max(1, select_steps)
         self.checks = sorted({max(1, round(f * self.select_steps)) for f in checks})
+        self.interval = max(1, round(READING_INTERVAL * self.select_steps))
+        self.cap_steps = max(self.select_steps, round(extend * self.select_steps))
+        self.readings = {self.select_steps - self.interval} - {0, *self.checks}
+        self.previous: dict[str, dict[str, Estimate]] = {}  # layer -> its candidates at the last reading
+        self.evidence: dict[str, Reading] = {}  # layer -> what its last check's evidence said
+        self.trained: dict[str, Counter[str]] = {n: Counter() for n in self.layers}  # steps each candidate trained
         self.tolerance = tolerance / 100
         self.generator = torch.Generator().manual_seed(seed)
         self.turns: dict[str, list[str]] = {n: [] for n in self.layers}
@@ -253,42 +249,78 @@ class Race:
                 self._macs[key] = model_cost(self.model, input_shape).total.macs
         return self._macs[key]
 
+    @property
+    def extended(self) -> bool:
+        """The race runs past its budget: the evidence has not yet separated candidates that still learn."""
+        return self.steps >= self.select_steps and not self.done
+
     @torch.no_grad()
     def step(self) -> bool:
-        """Count the step; at a check validate and decide. True when a candidate left (the cost changed)."""
+        """Count the step; read, or at a check validate and decide. True when a candidate left (the cost changed)."""
+        for name, candidate in self.active.items():
+            self.trained[name][candidate] += 1
         self.steps += 1
         self.active = {}
-        if not self.open_layers or (self.steps not in self.checks and self.steps < self.select_steps):
+        if not self.open_layers:
             return False
-        return self._check(final=self.steps >= self.select_steps)
+        if self.steps in self.readings:
+            self._read()
+            return False
+        past = self.steps - self.select_steps
+        if self.steps not in self.checks and (past < 0 or past % self.interval) and self.steps < self.cap_steps:
+            return False
+        return self._check(budget=past >= 0, final=self.steps >= self.cap_steps)
 
     @torch.no_grad()
     def finish(self) -> None:
         """End every race now (the run is over): validate and choose where still open."""
         if self.open_layers:
-            self._check(final=True)
+            self._check(budget=True, final=True)
 
-    def _check(self, final: bool) -> bool:
-        """Validate every open layer's candidates; remove the clearly worse; at the budget keep the leader."""
+    def _read(self) -> None:
+        """Measure every open layer's candidates without deciding: the reading the next check's pace is taken from."""
+        measured: dict[tuple, Estimate] = {}
+        for name in self.open_layers:
+            self.previous[name] = self.measure_candidates(name, measured)
+
+    def _check(self, budget: bool, final: bool) -> bool:
+        """Validate every open layer's candidates; remove those separated by evidence; from the budget on, decide
+        where the evidence allows (survivor, budget), and at the cap (`final`) fall back where it does not."""
         left = False
         measured: dict[tuple, Estimate] = {}  # path -> estimate: a path is measured once per check
         current_of = {name: self.measure_candidates(name, measured) for name in self.open_layers}
         for name, current in current_of.items():
             self.estimates.setdefault(name, {}).update(current)
-            out = set(current) - set(within_tolerance(current, self.tolerance, OUT_Z))
+            evidence = self.evidence[name] = read(current, self.previous.get(name, {}), self.tolerance)
+            self.previous[name] = current
+            out = set(current) - set(within_tolerance(current, self.tolerance, OUT_Z, evidence.volatility))
             for k in out:
                 self._remove(name, k)
                 left = True
             live = self.layers[name].branches
             if len(live) == 1:
                 self.decisions[name] = Decision(next(iter(live)), self.steps, "survivor")
-            elif final:
-                winner = self.leader(name)
+            elif budget and (evidence.settled or final):
+                by = "budget" if evidence.settled else "fallback"
+                winner = self.leader(name) if evidence.settled else max(live, key=lambda k: current[k].accuracy)
                 for k in [k for k in live if k != winner]:
                     self._remove(name, k)
                 left = True
-                self.decisions[name] = Decision(winner, self.steps, "budget")
+                self.decisions[name] = Decision(winner, self.steps, by)
         return left
+
+    def records(self) -> dict[str, dict]:
+        """layer -> {block, step, by, estimates, pace} of each decided layer, JSON-able: by is Decision.by;
+        estimates are every candidate's at the last check it took part in, {accuracy, se (points), examples,
+        steps it trained}; pace is the largest rise of a candidate over the last interval (points)."""
+        def estimate(name: str, k: str, e: Estimate) -> dict:
+            return {"accuracy": round(100 * e.accuracy, 2), "se": round(100 * e.se, 2), "examples": e.examples,
+                    "steps": self.trained[name][k]}
+
+        return {name: {"block": d.block, "step": d.step, "by": d.by,
+                       "estimates": {k: estimate(name, k, e) for k, e in self.estimates.get(name, {}).items()},
+                       "pace": round(100 * self.evidence[name].pace, 2) if name in self.evidence else None}
+                for name, d in self.decisions.items()}
 
     def path(self, name: str, candidate: str) -> tuple[tuple[str, str], ...]:
         """The routing that measures `candidate` of layer `name`, as sorted (layer, candidate) pairs: the same block

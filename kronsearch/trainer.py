@@ -2,11 +2,10 @@
 
 train(model, data, config, callback) trains and measures one model. With PatternSelectLinear layers
 a race of `select_epochs` comes first (kronsearch/selection.py, driven by kronsearch/one_round.py's
-hooks, as in a user's own loop): each step trains one candidate per layer, and at the race's end each
-layer keeps the cheapest candidate within `tolerance` of the best. The winner then trains `epochs`
-under the same optimizer state and a fresh schedule, as a per-pattern training of it would, from the
-race's weights. `finetune_epochs` optionally adds epochs of the final model under a fresh optimizer
-and schedule. Returns the metrics the search optimizes.
+hooks, as in a user's own loop): each step trains one candidate per layer, and each layer keeps what
+the evidence decides (kronsearch/evidence.py; the race extends itself up to `race_cap`). The winner then
+trains `epochs` under the same optimizer state and a fresh schedule, from the race's weights.
+`finetune_epochs` optionally adds epochs of the final model. Returns the metrics the search optimizes.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model
 from kronsearch.layers.kronify import model_plan
 from kronsearch.record import DEFAULT_TOLERANCE
 from kronsearch.one_round import OneRound
-from kronsearch.selection import Race, prox_l1_, s_parameters
+from kronsearch.selection import RACE_CAP, Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -47,6 +46,8 @@ class TrainConfig:
     epochs: int = 10  # the training of the model (with candidates: of the race's winner, after the race)
     finetune_epochs: int = 0  # optional extra epochs of the final model, fresh optimizer and schedule
     select_epochs: float | None = None  # the race before `epochs` (candidates only); None: a quarter of `epochs`
+    race_cap: float = RACE_CAP  # while its evidence cannot decide, the race extends itself up to race_cap times
+    # select_epochs, then falls back and says so (kronsearch/evidence.py); 1: it decides at select_epochs
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -79,6 +80,7 @@ class TrainConfig:
             "tolerance": 0 <= self.tolerance <= 100,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
             "select_epochs": self.select_epochs is None or 0 < self.select_epochs <= self.epochs,
+            "race_cap": self.race_cap >= 1,
             # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "threads": self.threads is None or self.threads >= 1,
@@ -90,7 +92,8 @@ class TrainConfig:
             raise BadInput(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
                              f"counts and rates positive, "
-                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, max_grad_norm None or > 0)")
+                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, race_cap >= 1, "
+                             f"max_grad_norm None or > 0)")
 
     @property
     def selection_epochs(self) -> float:
@@ -133,7 +136,7 @@ class TrainResult:
     final_macs: int
     inference_nonzeros: int  # weight entries after merging, dense layers counted as dense
     selected: dict[str, str]  # layer -> winning block (pattern selection only)
-    decisions: dict[str, dict]  # layer -> {block, epoch (fractional, of the choice), by, accuracy}
+    decisions: dict[str, dict]  # layer -> {block, step, epoch (fractional), by, estimates, pace}: Race.records
     plan: dict[str, dict]  # layer -> {block, rank} of the final model
     wall_time: float
     history: list[EpochReport] = field(default_factory=list)
@@ -264,7 +267,7 @@ def train(
     train_params = model_cost(model, data.input_shape, config.threshold).total.params  # candidates included
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
-    race = [("select", math.ceil(config.selection_epochs))] if select_layers else []
+    race = [("select", math.ceil(config.selection_epochs * config.race_cap))] if select_layers else []  # it may extend
     phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
     planned, status = sum(epochs for _, epochs in phases), ""  # planned: at most (a race may end within an epoch)
     macs_total = trained = 0
@@ -277,9 +280,10 @@ def train(
         for phase, epochs in phases:
             if phase != "train" or optimizer is None:  # the winner trains on with its moments from the race
                 optimizer = make_optimizer(model, config)
-            if phase == "select":
+            if phase == "select":  # the schedule is constant: its length is the race's budget, not its cap
                 total_steps = round(config.selection_epochs * steps_per_epoch)
-                selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size)
+                selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size,
+                                 extend=config.race_cap)
                 one_round = OneRound.around(selection, config.lambda2)
             else:
                 total_steps = epochs * steps_per_epoch
@@ -290,7 +294,8 @@ def train(
             schedule = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s, shape=shape, total=total_steps, warmup=warmup: lr_factor(s, total, warmup, shape))
             s_params = s_parameters(model)
-            task = bar.add_task(f"{bar_label}epoch {len(history) + 1}/{planned} {phase}", total=total_steps,
+            bar_total = selection.cap_steps if selection is not None and phase == "select" else total_steps
+            task = bar.add_task(f"{bar_label}epoch {len(history) + 1}/{planned} {phase}", total=bar_total,
                                 status=status)  # the last epoch's, until this phase's first ends
             for index in range(epochs):
                 if selection is not None and phase == "select" and selection.done:
@@ -389,12 +394,7 @@ def epoch_report(model: nn.Module, selection: Race | None, config: TrainConfig, 
 
 
 def selection_records(selection: Race, steps_per_epoch: int) -> dict[str, dict]:
-    """layer -> {block, epoch, by, accuracy} of each layer's choice.
-
-    epoch is fractional (the step of the choice / steps per epoch); by is "budget" (the cheapest within
-    tolerance at the budget) or "survivor" (every other candidate was clearly out before it); accuracy
-    is every candidate's validation accuracy alone, in percent, at the last check it took part in.
-    """
-    return {name: {"block": d.block, "epoch": round(d.step / steps_per_epoch, 3), "by": d.by,
-                   "accuracy": {k: round(100 * e.accuracy, 2) for k, e in selection.estimates.get(name, {}).items()}}
-            for name, d in selection.decisions.items()}
+    """layer -> {block, step, epoch, by, estimates, pace} of each layer's choice (Race.records), epoch being
+    fractional: the step of the choice / steps per epoch."""
+    return {name: {**record, "epoch": round(record["step"] / steps_per_epoch, 3)}
+            for name, record in selection.records().items()}

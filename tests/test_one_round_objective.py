@@ -4,6 +4,7 @@ standard trial record, and `kronsearch show/compare/export` read the user's stud
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
@@ -15,6 +16,7 @@ import kronsearch
 from examples import own_objective
 from kronsearch.cli import app
 from kronsearch.layers.errors import BadInput
+from kronsearch.report import plot as kplot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,6 +67,40 @@ def test_show_and_export_read_a_study_a_users_objective_wrote(users_study, workd
     assert exported.exit_code == 0, exported.output
     layers = yaml.safe_load((workdir / "best.yaml").read_text())["layers"]
     assert list(layers) == ["1", "3"] and kronsearch.load_plan(workdir / "best.yaml")
+
+
+def test_show_prints_how_each_layers_race_decided_with_every_candidates_estimate(users_study):
+    _, url = users_study
+    runner = CliRunner(env={"COLUMNS": "250"})
+    shown = runner.invoke(app, ["show", "own-objective", "--storage", url, "--format", "json"])
+    race = json.loads(shown.stdout)[0]["trials"][0]["race"]
+    assert set(race) == {"1", "3"}
+    for decision in race.values():
+        assert decision["by"] in ("survivor", "budget", "fallback")
+        assert set(decision["estimates"]) == {"2x2", "4x4", "8x8"}
+        assert all({"accuracy", "se", "examples", "steps"} <= set(e) for e in decision["estimates"].values())
+    text = runner.invoke(app, ["show", "own-objective", "--storage", url]).stdout
+    assert re.search(r"#0 race 1, 3: \dx\d by (survivor|budget|fallback)[^;]*; 2x2 [\d.]+ ± [\d.]+% \([\d,]+ ex, "
+                     r"\d+ steps\), 4x4 [\d.]+ ± ", text)
+
+
+def test_the_selection_plot_draws_the_accuracies_that_decided_each_race(users_study, workdir, monkeypatch):
+    study, _ = users_study
+    drawn = {}
+    real_save = kplot._save
+
+    def spy(fig, path):
+        drawn["titles"] = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+        drawn["points"] = [[bar.lines[0].get_ydata()[0] for bar in ax.containers] for ax in fig.axes
+                           if ax.get_visible()]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(kplot, "_save", spy)
+    assert kplot.plot_selection([study], workdir / "sel.png") == workdir / "sel.png"
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    decisions = best.user_attrs["metrics"]["decisions"]
+    assert drawn["titles"] == [f"{layer}: {d['block']} by {d['by']}" for layer, d in decisions.items()]
+    assert drawn["points"][0] == [e["accuracy"] for e in decisions["1"]["estimates"].values()]
 
 
 def test_record_trial_refuses_an_accuracy_in_points():

@@ -43,7 +43,8 @@ def test_plotting_a_search_or_one_of_its_studies_writes_the_same_file_names(stud
 def test_selection_is_skipped_without_a_one_round_trial(studies, tmp_path):
     result = plot_studies(studies[1:], tmp_path)
     assert [p.name for p in result.paths] == ["demo-history.png", "demo-pareto.png", "demo-cost.png"]
-    assert result.notes == ["skipped selection plot: no one_round trial with candidate norms in demo:per_pattern"]
+    assert result.notes == ["skipped selection plot: no one_round trial with race estimates or candidate norms in "
+                            "demo:per_pattern"]
 
 
 def test_selection_draws_one_subplot_per_layer_from_the_best_one_round_trial(studies, tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.slow  # each runs a selection benchmark (8-15 s each); CI runs them
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("synthetic", "vit-digits", "narrow-mlp", "tie-mlp", "mlp-fashion", "lenet5-fashion")
+TASKS = ("synthetic", "vit-digits", "narrow-mlp", "tie-mlp", "mlp-fashion", "lenet5-fashion", "narrow-mlp-long",
+         "tie-mlp-long")
 
 
 def run_script(*args: str, script: str = "selection.py") -> subprocess.CompletedProcess:
@@ -31,7 +32,7 @@ def test_selection_smoke_prints_one_summary_row_per_task_with_every_metric():
                      "| right: another seed's sweep | regret |") == 1
     rows = [line for line in out.splitlines() if re.match(r"\| [a-z0-9-]+ \| \d+/1 \|", line)]
     assert [r.split(" | ")[0][2:] for r in rows] == list(TASKS)
-    assert all(len(r.strip("|").split("|")) == 18 for r in rows)
+    assert all(len(r.strip("|").split("|")) == 20 for r in rows)
     for task in TASKS:  # one line per (task, seed): every candidate alone, the right answer, the pick, the cost
         assert re.search(rf"  {task} seed 0: alone .*; right .+; picked .* estimates .* cost x[\d.]+ MACs", out)
 
@@ -54,7 +55,7 @@ def test_selection_rejects_an_unknown_task_naming_the_allowed_ones():
     done = run_script("--tasks", "imagenet")
     assert done.returncode == 2
     assert ("--tasks: unknown ['imagenet']; allowed: synthetic, vit-digits, narrow-mlp, tie-mlp, mlp-fashion, "
-            "lenet5-fashion") in done.stderr
+            "lenet5-fashion, narrow-mlp-long, tie-mlp-long") in done.stderr
 
 
 def test_signals_smoke_prints_a_correlation_row_per_task_and_race_signal():
@@ -76,6 +77,13 @@ def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_patt
     rows = [line for line in search_cost_smoke.stdout.splitlines() if line.startswith("| vit-digits |")]
     assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
     assert rows[0].split(" | ")[6:9] == ["1.00", "1.00-1.00", "1.00"]  # per_pattern's MACs against its own
+
+
+def test_search_cost_smoke_runs_the_long_training_task():
+    done = run_script("--smoke", "--tasks", "mlp-long", script="search_cost.py")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| mlp-long |")]
+    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
 
 
 def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(search_cost_smoke):

@@ -64,7 +64,7 @@ def two_phase(digits):
     cost_before = model_cost(model, digits.input_shape).total
     reports: list[EpochReport] = []
     config = TrainConfig(epochs=TRAIN_EPOCHS, finetune_epochs=FINETUNE_EPOCHS, select_epochs=RACE_EPOCHS, lr=1e-2,
-                         lambda2=1e-3, progress=False)
+                         lambda2=1e-3, progress=False, race_cap=1.0)  # the race decides at its epoch's end
     result = train(model, digits, config, callback=reports.append)
     return result, reports, cost_before, config
 

@@ -198,47 +198,74 @@ def one_round_trial(studies: Sequence[optuna.Study], number: int) -> tuple[optun
 
 
 def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike, trial: int | None = None) -> Path | None:
-    """Each candidate block's ||W_k||_F per epoch, one subplot per layer, for one-round trial `trial` of the one
-    study given, by default the best one-round trial.
+    """For one-round trial `trial` of the one study given (by default the best one-round trial), per layer: the
+    accuracies that decided its race (each candidate's estimate ± its standard error at its last check, the
+    kept one drawn thick, titled with how it was decided) and each candidate block's ||W_k||_F per epoch.
 
-    Like the paper's Figure 3: the selected block is drawn thick. None if there is no complete
-    one_round trial or its history recorded no candidate norms.
+    Like the paper's Figure 3 for the norms: the selected block is drawn thick. None if there is no complete
+    one_round trial or it recorded neither estimates nor candidate norms.
     """
     found = best_one_round(studies) if trial is None else one_round_trial(studies, trial)
     if found is None:
         return None
     study, picked = found
     epochs = [e for e in trial_history(study, picked) if e.get("candidate_norms")]
-    layers = list(dict.fromkeys(layer for e in epochs for layer in e["candidate_norms"]))
+    decisions = {layer: d for layer, d in (metrics(picked).get("decisions") or {}).items() if d.get("estimates")}
+    layers = list(dict.fromkeys([*decisions, *(layer for e in epochs for layer in e["candidate_norms"])]))
     if not layers:
         return None
     selected = {layer: norm_block(b) for layer, b in (metrics(picked).get("selected") or {}).items()}
-    cols = min(4, len(layers))
-    rows = math.ceil(len(layers) / cols)
+    panels = [(kind, layer) for layer in layers for kind in ("estimates", "norms")
+              if (kind == "estimates" and layer in decisions)
+              or (kind == "norms" and any(layer in e["candidate_norms"] for e in epochs))]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
     width = max(6.0, 3.4 * cols)
     fig = Figure(figsize=(width, 2.6 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, layer in zip(axes.flat, layers):
-        blocks = list(dict.fromkeys(b for e in epochs for b in e["candidate_norms"].get(layer, {})))
-        for index, block in enumerate(blocks):
-            points = [(e["epoch"], e["candidate_norms"][layer][block]) for e in epochs
-                      if block in e["candidate_norms"].get(layer, {})]
-            chosen = norm_block(block) == selected.get(layer)
-            ax.plot([p[0] for p in points], [p[1] for p in points], color=f"C{index}", marker="o",
-                    markersize=3, linewidth=2.4 if chosen else 1.0, label=f"{block} (selected)" if chosen else block)
-        ax.set_title(layer, fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        _epoch_ticks(ax, sorted({e["epoch"] for e in epochs}))
-        ax.set_ylabel("||W_k||_F", fontsize=8)
+    for ax, (kind, layer) in zip(axes.flat, panels):
+        if kind == "estimates":
+            _draw_estimates(ax, layer, decisions[layer], selected.get(layer))
+        else:
+            _draw_norms(ax, layer, epochs, selected.get(layer))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(layers):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in picked.params.items())
     title = textwrap.fill(f"{study.study_name} trial {picked.number}: {params}", width=int(width * 11))
-    fig.suptitle(f"Candidate norms during selection\n{title}", fontsize=10)
+    fig.suptitle(f"The race's estimates and the candidate norms during selection\n{title}", fontsize=10)
     return _save(fig, path)
+
+
+def _draw_estimates(ax, layer: str, decision: dict, chosen: str | None) -> None:
+    """Each candidate's accuracy ± se at its last check (points), the kept one thick; how the layer decided."""
+    estimates = decision["estimates"]
+    for index, (block, e) in enumerate(estimates.items()):
+        kept = norm_block(block) == chosen
+        ax.errorbar([index], [e["accuracy"]], yerr=[e.get("se", 0.0)], fmt="o", color=f"C{index}", capsize=3,
+                    markersize=6 if kept else 4, elinewidth=2.4 if kept else 1.0,
+                    label=f"{block} (selected)" if kept else block)
+    ax.set_xticks(range(len(estimates)), list(estimates), fontsize=7)
+    ax.set_xlim(-0.6, len(estimates) - 0.4)
+    ax.set_title(f"{layer}: {decision.get('block')} by {decision.get('by')}", fontsize=9)
+    ax.set_ylabel("accuracy alone (%)", fontsize=8)
+
+
+def _draw_norms(ax, layer: str, epochs: list[dict], chosen: str | None) -> None:
+    """Each candidate's ||W_k||_F per epoch, the selected one thick."""
+    blocks = list(dict.fromkeys(b for e in epochs for b in e["candidate_norms"].get(layer, {})))
+    for index, block in enumerate(blocks):
+        points = [(e["epoch"], e["candidate_norms"][layer][block]) for e in epochs
+                  if block in e["candidate_norms"].get(layer, {})]
+        kept = norm_block(block) == chosen
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=f"C{index}", marker="o",
+                markersize=3, linewidth=2.4 if kept else 1.0, label=f"{block} (selected)" if kept else block)
+    ax.set_title(layer, fontsize=9)
+    ax.set_xlabel("epoch", fontsize=8)
+    _epoch_ticks(ax, sorted({e["epoch"] for e in epochs}))
+    ax.set_ylabel("||W_k||_F", fontsize=8)
+    ax.legend(fontsize=7)
 
 
 def _epoch_ticks(ax, epochs: list[int]) -> None:
@@ -278,7 +305,8 @@ def plot_studies(studies: Sequence[optuna.Study], out_dir: str | os.PathLike, pr
         ("history", plot_history, f"no complete trial in {names}"),
         ("pareto", plot_pareto, f"no complete trial with val accuracy and training MACs in {names}"),
         ("cost", plot_cost, f"no complete trial in {names}"),
-        ("selection", partial(plot_selection, trial=trial), f"no one_round trial with candidate norms in {names}"),
+        ("selection", partial(plot_selection, trial=trial),
+         f"no one_round trial with race estimates or candidate norms in {names}"),
     ):
         path = draw(studies, out_dir / f"{prefix}-{kind}.png")
         if path is None:

@@ -53,6 +53,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "values": dict(zip(names, trial.values)) if trial.values else None,
         **{key: m.get(key) for key in SCALAR_METRICS if key != "wall_time"},
         "selected": {layer: norm_block(b) for layer, b in (m.get("selected") or {}).items()},
+        "race": m.get("decisions") or {},
         "duration": duration(trial),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "duplicate_of": TrialRecord.of(trial).duplicate_of,
@@ -122,6 +123,7 @@ def row_notes(row: Mapping) -> list[str]:
     notes = []
     if row["selected"]:
         notes.append(f"selected {count_blocks(row['selected'])}")
+    notes.extend(race_lines(row.get("race") or {}))
     if row["duplicate_of"] is not None:
         notes.append(f"same configuration as #{row['duplicate_of']}: its result reused, nothing trained")
     if row["fail_reason"]:
@@ -134,6 +136,23 @@ def row_notes(row: Mapping) -> list[str]:
     if row.get("malformed"):
         notes.append(f"malformed record, read as missing: {row['malformed']}")
     return notes
+
+
+def race_lines(decisions: Mapping[str, Mapping]) -> list[str]:
+    """How a one-round trial's race decided, one line per group of layers that decided alike on the same estimates:
+    'race layers.0, layers.1: 4x4 by budget; 2x2 72.4 ± 1.9% (512 ex, 40 steps), 4x4 ...'. A fallback says that
+    the evidence did not separate the candidates (kronsearch/evidence.py)."""
+    groups: dict[str, list[str]] = {}
+    for layer, d in decisions.items():
+        estimates = d.get("estimates") or {k: {"accuracy": a} for k, a in (d.get("accuracy") or {}).items()}
+        parts = []
+        for k, e in estimates.items():
+            seen = f" ({e['examples']:,} ex, {e['steps']:,} steps)" if "examples" in e else ""
+            spread = f" ± {e['se']:.1f}" if "se" in e else ""
+            parts.append(f"{k} {e['accuracy']:.1f}{spread}%{seen}")
+        why = " (not separated by the evidence: the most accurate)" if d.get("by") == "fallback" else ""
+        groups.setdefault(f"{d.get('block')} by {d.get('by')}{why}; {', '.join(parts)}", []).append(layer)
+    return [f"race {', '.join(layers)}: {text}" for text, layers in groups.items()]
 
 
 SHORT_PARAMS = {"rank": "r", "lambda1": "l1", "lambda2": "l2"}

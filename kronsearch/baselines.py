@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +76,7 @@ def layer_blocks(model: nn.Module, block: BlockSpec, include: Sequence[str] = ("
 def prunable_layers(model: nn.Module, block: BlockSpec, include: Sequence[str] = ("*",),
                     exclude: Sequence[str] = ()) -> dict[str, nn.Linear]:
     """The nn.Linear modules of layer_blocks()."""
-    return {n: model.get_submodule(n) for n in layer_blocks(model, block, include, exclude)}
+    return {n: cast(nn.Linear, model.get_submodule(n)) for n in layer_blocks(model, block, include, exclude)}
 
 
 def block_norms(weight: Tensor, block: Block, eps: float = 0.0) -> Tensor:
@@ -135,12 +136,12 @@ def weight_nonzeros(model: nn.Module) -> int:
 def group_lasso_penalty(layers: dict[str, nn.Linear], blocks: dict[str, Block], strength: float, l1: float = 0.0
                         ) -> Callable[[nn.Module], Tensor]:
     def penalty(_: nn.Module) -> Tensor:
-        total = sum(math.sqrt(blocks[n][0] * blocks[n][1]) * block_norms(m.weight, blocks[n], eps=1e-12).sum()
-                    for n, m in layers.items())
+        total: Tensor | float = sum(math.sqrt(blocks[n][0] * blocks[n][1])
+                                    * block_norms(m.weight, blocks[n], eps=1e-12).sum() for n, m in layers.items())
         total = strength * total
         if l1:
             total = total + l1 * sum(m.weight.abs().sum() for m in layers.values())
-        return total
+        return cast(Tensor, total)  # 0.0, a float, when no layer is prunable: the trainer adds it to the loss
 
     return penalty
 
@@ -192,8 +193,9 @@ def _finish(result: TrainResult, model: nn.Module, data: DataSplits, config: Tra
             layers: dict[str, nn.Linear], blocks: dict[str, Block], remeasure: bool) -> TrainResult:
     """Replace the Kronecker-only metrics by the baseline's; re-measure accuracy after a final pruning."""
     overall, per = layer_block_sparsity(layers, blocks)
-    changes = {"block_sparsity": overall, "layer_sparsity": per, "inference_nonzeros": weight_nonzeros(model),
-               "plan": {n: {"block": format_block(b), "pruned_dense": True} for n, b in blocks.items()}}
+    changes: dict[str, Any] = {
+        "block_sparsity": overall, "layer_sparsity": per, "inference_nonzeros": weight_nonzeros(model),
+        "plan": {n: {"block": format_block(b), "pruned_dense": True} for n, b in blocks.items()}}
     if remeasure:
         device = resolve_device(config.device)
 
@@ -232,7 +234,7 @@ def train_baseline(
     if not 0.0 <= target_sparsity < 1.0:
         raise BadInput(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
     blocks = layer_blocks(model, block, include, exclude)  # layer -> its block
-    layers = {n: model.get_submodule(n) for n in blocks}
+    layers = {n: cast(nn.Linear, model.get_submodule(n)) for n in blocks}
     if method == "dense":
         return _finish(train(model, data, config, callback), model, data, config, layers, blocks, False)
     if method in ("group_lasso", "elastic_group_lasso"):

@@ -159,7 +159,7 @@ def _check_kron_size(pattern_file: str | os.PathLike, net: nn.Module, plan: Plan
         if isinstance(linear, nn.Linear) and pattern.block in valid_blocks(linear.out_features, linear.in_features):
             sizes[name] = kron_params(linear.out_features, linear.in_features, pattern.block, pattern.rank)
     if sum(sizes.values()) > MAX_KRON_PARAMS:
-        name = max(sizes, key=sizes.get)
+        name = max(sizes, key=sizes.__getitem__)
         linear, pattern = modules[name], plan[name]
         raise BadInput(f"{pattern_file}: key layers: the Kronecker layers would have {sum(sizes.values()):,} trainable "
                        f"parameters (largest: {name} {linear.out_features}x{linear.in_features} at "

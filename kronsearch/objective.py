@@ -88,9 +88,10 @@ def record_trial(trial: optuna.Trial, one_round: OneRound | None = None, *, val_
     if unknown:
         raise BadInput(f"record_trial has no metric {', '.join(unknown)}; it records {', '.join(SCALAR_METRICS)}")
     metrics = checked_metrics(metrics, SCALAR_METRICS)
-    val_accuracy = checked_metrics({"val_accuracy": val_accuracy}, ("val_accuracy",)).get("val_accuracy")
-    if val_accuracy is None:
+    checked = checked_metrics({"val_accuracy": val_accuracy}, ("val_accuracy",)).get("val_accuracy")
+    if checked is None:
         raise BadInput("val_accuracy must be a finite number in [0, 1], got None")
+    val_accuracy = checked
     if one_round is not None and not one_round.done:
         one_round.finish()
     if one_round is not None:

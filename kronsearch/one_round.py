@@ -42,12 +42,13 @@ Each check's estimates are broadcast from rank 0, so every rank takes the same d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import KronLinear
@@ -130,7 +131,8 @@ class OneRound:
                            f"it first (one race per layer)")
         for layer in race.layers.values():
             layer._one_round_attached = True  # type: ignore[assignment]  # a plain flag, not a submodule
-            layer._one_round_race = True  # finalize_model refuses the layer while its race has not decided
+            # finalize_model refuses the layer while its race has not decided
+            layer._one_round_race = True  # type: ignore[assignment]
         self.race, self.lambda2 = race, lambda2
         self._check_steps, self._eval_forwards = False, 0
         self.model, self.optimizer = race.model, race.optimizer
@@ -296,10 +298,10 @@ class CheckedValidation:
     or 0/1 values, one per validation example), or (hits, mean loss). An accuracy, a NaN or any other value is a
     BadInput saying what is allowed, not a decision taken on it."""
 
-    def __init__(self, validate: Validation) -> None:
+    def __init__(self, validate: Callable[[nn.Module], Tensor | tuple[Tensor, float]]) -> None:
         self.validate = validate
 
-    def __call__(self, model: nn.Module) -> object:
+    def __call__(self, model: nn.Module) -> Tensor | tuple[Tensor, float]:
         answer = self.validate(model)
         hits, loss = answer if isinstance(answer, tuple) and len(answer) == 2 else (answer, None)
         allowed = ("validate(model) must return per-example hits, a bool tensor (or 0/1 values) with one entry per "

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -115,12 +115,13 @@ def build_configured_model(model: Mapping[str, Any], input_shape: tuple[int, int
             raise ModelError(f"model.factory {model['factory']!r} returned a {type(net).__name__}, not an nn.Module")
         return net
     name = model.get("name")
+    shape = cast(tuple[int, int, int], tuple(input_shape))  # a tuple even where the caller passed a list
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
-        return create_timm(name[len(TIMM_PREFIX):], tuple(input_shape), num_classes, options)
+        return create_timm(name[len(TIMM_PREFIX):], shape, num_classes, options)
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}, 'timm:<model name>', "
                          f"or factory: 'package.module:function'")
-    return build_model(name, tuple(input_shape), num_classes, **options)
+    return build_model(name, shape, num_classes, **options)
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
@@ -186,7 +187,10 @@ def _factory_data(reference: str, options: str) -> DataSplits:
 def load_factory_data(reference: str, options: Mapping[str, Any]) -> DataSplits:
     """DataSplits from a data factory (see the module doc); BadInput naming what is missing."""
     made = call_user_code(reference, "data.factory", BadInput, **dict(options))
-    get = (lambda key: made.get(key)) if isinstance(made, Mapping) else (lambda key: getattr(made, key, None))
+
+    def get(key: str) -> Any:
+        return made.get(key) if isinstance(made, Mapping) else getattr(made, key, None)
+
     missing = [k for k in ("train", "val", "test", "input_shape", "num_classes") if get(k) is None]
     if missing:
         raise BadInput(f"data.factory {reference!r} returned no {', '.join(missing)}; it must return train, val, "

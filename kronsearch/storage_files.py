@@ -23,9 +23,9 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy
 import sqlalchemy.engine
@@ -141,7 +141,7 @@ def _optuna_columns() -> dict[str, list[tuple]]:
     engine = sqlalchemy.create_engine("sqlite://")
     rdb_models.BaseModel.metadata.create_all(engine)
     with engine.connect() as connection:
-        raw = connection.connection.dbapi_connection
+        raw = cast(sqlite3.Connection, connection.connection.dbapi_connection)  # a sqlite:// engine's
         return {name: _columns(raw, name) for name in rdb_models.BaseModel.metadata.tables}
 
 
@@ -167,7 +167,7 @@ def sqlite_tables(file: Path, mode: str) -> set[str]:
 class JournalFile(JournalFileBackend):
     """A journal file whose appends first drop a torn last line, and whose reads name a corrupt line (module doc)."""
 
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         line = log_number_from + 1
         try:
             for entry in super().read_logs(log_number_from):

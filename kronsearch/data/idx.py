@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -24,7 +24,7 @@ holds 547 MB, MNIST's 47 MB. Checked before the body is read, so a gzip bomb is 
 CHUNK_BYTES = 1 << 20  # the body is decompressed (or read) this much at a time into its array's buffer
 
 
-def idx_header(path: Path, file: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+def idx_header(path: Path, file: io.BufferedIOBase) -> tuple[tuple[int, ...], np.dtype]:
     """(dims, dtype) from the header at the start of `file`, its claimed size checked against MAX_IDX_BYTES.
 
     Layout: 2 zero bytes, a dtype code, the number of dims, one big-endian uint32 per dim, then the
@@ -45,7 +45,7 @@ def idx_header(path: Path, file: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     return dims, dtype
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 

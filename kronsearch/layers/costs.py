@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -44,27 +45,29 @@ class ModelCost:
 
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, KronLinear, PatternSelectLinear)
+WeightLayer = nn.Linear | nn.Conv2d | KronLinear | PatternSelectLinear  # WEIGHT_LAYERS as a type
 
 
 def _trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def _macs_per_row(module: nn.Module) -> int:
+def _macs_per_row(module: nn.Linear | KronLinear | PatternSelectLinear) -> int:
     if isinstance(module, KronLinear):
         return kron_macs(module.out_features, module.in_features, module.block, module.rank)
     if isinstance(module, PatternSelectLinear):
-        return sum(_macs_per_row(b) for b in module.branches.values())
+        return sum(_macs_per_row(cast(KronLinear, b)) for b in module.branches.values())
     return module.in_features * module.out_features
 
 
 @torch.no_grad()
-def _nonzeros(module: nn.Module, threshold: float) -> int:
+def _nonzeros(module: WeightLayer, threshold: float) -> int:
     if isinstance(module, KronLinear):
         return int(module.block_mask(threshold).sum()) * module.block[0] * module.block[1]
     if isinstance(module, PatternSelectLinear):
         alive = torch.zeros(module.out_features, module.in_features, dtype=torch.bool)
         for branch in module.branches.values():
+            branch = cast(KronLinear, branch)  # ModuleDict is typed as holding nn.Module
             h, w = branch.block
             alive |= branch.block_mask(threshold).cpu().repeat_interleave(h, 0).repeat_interleave(w, 1)
         return int(alive.sum())
@@ -76,7 +79,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int], threshold: float = 
 
     The total's params is every trainable parameter of the model (norms, embeddings included).
     """
-    outermost = {}
+    outermost: dict[str, WeightLayer] = {}
     for name, module in model.named_modules():
         if isinstance(module, WEIGHT_LAYERS) and not any(name.startswith(p + ".") for p in outermost):
             outermost[name] = module

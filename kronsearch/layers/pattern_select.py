@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +76,7 @@ class PatternSelectLinear(nn.Module):
     def reset_parameters(self) -> None:
         """Every branch as a fresh KronLinear; the bias as nn.Linear's."""
         with torch.no_grad():
-            for branch in self.branches.values():
+            for branch in self._live():
                 branch.reset_parameters()
             if self.bias is not None:
                 bound = 1.0 / math.sqrt(self.in_features)
@@ -91,12 +92,12 @@ class PatternSelectLinear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, candidates, rank, linear.bias is not None,
                     weight.device, weight.dtype)
         with torch.no_grad():
-            for block, branch in zip(layer.candidates, layer.branches.values()):
+            for block, branch in zip(layer.candidates, layer._live()):
                 nearest = KronLinear.from_linear(linear, block, rank)
                 branch.s.copy_(nearest.s)
                 branch.a.copy_(nearest.a)
                 branch.b.copy_(nearest.b)
-            if linear.bias is not None:
+            if layer.bias is not None and linear.bias is not None:  # both or neither (bias=linear.bias is not None)
                 layer.bias.copy_(linear.bias)
         return layer
 
@@ -107,7 +108,7 @@ class PatternSelectLinear(nn.Module):
         """
         if x.shape[-1] != self.in_features:
             raise BadInput(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
-        terms = [(branch.factors(), branch.b, branch.order) for branch in self.branches.values()]
+        terms = [(branch.factors(), branch.b, branch.order) for branch in self._live()]
         return kron_forward(x, terms, self.bias, self.compute)
 
     def candidate_norms(self) -> Tensor:
@@ -116,7 +117,7 @@ class PatternSelectLinear(nn.Module):
         ||sum_i C_i ⊗ B_i||_F^2 = sum_ij <C_i, C_j> <B_i, B_j> with C_i = S ⊙ A_i: O(r^2 (m1 n1 + h w)).
         """
         norms = []
-        for branch in self.branches.values():
+        for branch in self._live():
             c = branch.factors().flatten(1)
             b = branch.b.flatten(1)
             norms.append(((c @ c.t()) * (b @ b.t())).sum().clamp_min(0).sqrt())
@@ -149,19 +150,26 @@ class PatternSelectLinear(nn.Module):
         """The winning block (the live candidate with the largest ||W_k||_F: after the race, the only one)
         and every live candidate's ||W_k||_F."""
         norms = self.weight_norms()
-        winner = max(norms, key=norms.get)
-        return self.branches[winner].block, norms
+        winner = max(norms, key=norms.__getitem__)
+        return self._branch(winner).block, norms
 
     @torch.no_grad()
     def finalize(self) -> KronLinear:
         """The winner alone as a plain KronLinear, keeping its trained factors and the shared bias."""
         block, _ = self.selected()
-        branch = self.branches[format_block(block)]
+        branch = self._branch(format_block(block))
         p = branch.s
         layer = KronLinear(self.in_features, self.out_features, block, self.rank,
                            self.bias is not None, p.device, p.dtype)
         layer.load_state_dict({**branch.state_dict(), **({"bias": self.bias} if self.bias is not None else {})})
         return layer
+
+    def _branch(self, name: str) -> KronLinear:
+        return cast(KronLinear, self.branches[name])  # ModuleDict is typed as holding nn.Module
+
+    def _live(self) -> list[KronLinear]:
+        """The live candidates' layers, in `branches` order."""
+        return [cast(KronLinear, branch) for branch in self.branches.values()]
 
     def extra_repr(self) -> str:
         blocks = ", ".join(format_block(c) for c in self.candidates)

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import STRATEGIES, StudyRecord, split_study_name
+from kronsearch.snapshot import StudySnapshot
 from kronsearch.storage_files import JournalFile, storage_file_problem
 
 STUDIES_DIR = Path("studies")
@@ -347,7 +348,7 @@ def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Stud
     """'N:S' -> that study; 'N' -> every study of search N in the storage, in strategy order."""
     url = storage_for(study, storage_url)
     storage = open_storage(url, create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = [s.study_name for s in storage.get_all_studies()]  # not get_all_study_summaries: it reads every trial
     search, strategy = split_study_name(study)
     wanted = [study] if strategy else [n for n in names if split_study_name(n)[0] == search]
     found = [n for n in wanted if n in names]
@@ -355,7 +356,7 @@ def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Stud
         raise StudyNotFound(f"no study {study!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
     order = {s: i for i, s in enumerate(STRATEGIES)}
     found.sort(key=lambda n: order.get(split_study_name(n)[1], len(order)))
-    return [optuna.load_study(study_name=n, storage=storage) for n in found]
+    return [StudySnapshot(n, storage) for n in found]  # each read once (snapshot.py)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:

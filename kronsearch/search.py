@@ -76,9 +76,11 @@ def run_search(
     studies_dir: str | os.PathLike = STUDIES_DIR,
     console: Console | None = None,
     wide: bool = False,
+    artifacts: str | os.PathLike | None = None,
 ) -> RunSummary:
     """Validate the space file, then run (or resume) its study (dry_run: only its plan, 80 columns wide unless
-    `wide`). Raises SpaceError on bad input."""
+    `wide`). artifacts: the trials' artifact root, shared by every machine (kronsearch.artifacts; default: the
+    space's search.artifacts, else the study's). Raises SpaceError on bad input."""
     started = time.monotonic()
     console = console or progress_console(quiet=not progress)
     space = load_space(space_path, trials=trials, strategy=strategy, device=device, backend=backend,
@@ -98,7 +100,7 @@ def run_search(
             raise StorageError(f"cannot create the studies folder {studies_dir}: {err.strerror or err}; "
                                f"run from a writable folder or pass --storage") from err
     with storage_errors(url):
-        study = open_study(space, strategy, url, fresh, studies_dir)
+        study = open_study(space, strategy, url, fresh, studies_dir, artifacts)
         recovered = recover_dead_trials(study)
     if recovered:
         console.print(f"trials {recovered} were interrupted (crash, Ctrl-C or storage error): marked FAIL, "
@@ -136,6 +138,8 @@ def run_search(
                            f"Inspect: kronsearch show {names[0]}")
     if storage:
         summary.message += f" --storage {storage}"
+    if artifacts:
+        summary.message += f" --artifacts {artifacts}"
     return summary
 
 

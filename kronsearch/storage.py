@@ -296,8 +296,8 @@ def _opened_as(study: optuna.Study, attr: str, default: Any) -> Any:
 
 
 def study_artifacts_root(study: optuna.Study) -> Path:
-    """artifact_root of the storage `study` was opened from (by open_storage)."""
-    return _opened_as(study, "kronsearch_root", STUDIES_DIR)
+    """The root set on the study (StudySnapshot: --artifacts, or the one it recorded), else its storage's."""
+    return getattr(study, "kronsearch_artifacts_root", None) or _opened_as(study, "kronsearch_root", STUDIES_DIR)
 
 
 def study_storage_url(study: optuna.Study) -> str | None:
@@ -344,8 +344,9 @@ def storage_for(study: str, storage_url: str | None) -> str:
     return default_storage_url(search)
 
 
-def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Study]:
-    """'N:S' -> that study; 'N' -> every study of search N in the storage, in strategy order."""
+def load_studies(study: str, storage_url: str | None = None,
+                 artifacts: str | os.PathLike | None = None) -> list[optuna.Study]:
+    """'N:S' -> that study; 'N' -> every study of search N, in strategy order, each read once (artifacts: snapshot.py)."""
     url = storage_for(study, storage_url)
     storage = open_storage(url, create=False)
     names = [s.study_name for s in storage.get_all_studies()]  # not get_all_study_summaries: it reads every trial
@@ -356,7 +357,7 @@ def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Stud
         raise StudyNotFound(f"no study {study!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
     order = {s: i for i, s in enumerate(STRATEGIES)}
     found.sort(key=lambda n: order.get(split_study_name(n)[1], len(order)))
-    return [StudySnapshot(n, storage) for n in found]  # each read once (snapshot.py)
+    return [StudySnapshot(n, storage, artifacts) for n in found]  # each read once (snapshot.py)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import socket
 import threading
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 import kronsearch
@@ -31,7 +34,9 @@ from kronsearch.layers.blocks import format_block
 from kronsearch.processes import worker_alive, worker_attrs
 from kronsearch.record import DEFAULT_TOLERANCE, StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import StorageError, artifact_root, artifacts_folder, open_storage, study_artifacts_dir
+from kronsearch.artifacts import check_claimed, check_own, claim, given_root, recorded_root, storage_label
+from kronsearch.storage import (StorageError, artifact_root, artifacts_folder, open_storage, storage_file,
+                                study_artifacts_dir)
 
 
 class StudyInUse(StorageError):
@@ -135,12 +140,20 @@ class _KindTrials:
         return [t for t in trials if record.trial_kind(t, self._strategy) == self._kind]
 
 
-def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:
-    """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
+def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path,
+               artifacts: str | os.PathLike | None = None) -> optuna.Study:
+    """Create or resume the study of (space, strategy); refuse to resume from a changed space file.
+    artifacts: the artifact root (--artifacts; else search.artifacts, else the study's, see kronsearch.artifacts)."""
     storage = open_storage(storage_url, owner=worker_attrs(), heartbeat=space.backend["heartbeat"])
-    storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)
-    name, folder = study_name(space.name, strategy), artifacts_folder(storage_url, space.name, strategy)
+    name = study_name(space.name, strategy)
+    given = given_root(artifacts or space.search["artifacts"])
+    shared = given is not None or storage_file(storage_url) is None  # the root is recorded, absolute
+    root = given or _recorded_root(storage, name) or artifact_root(storage_url, studies_dir)
+    storage.kronsearch_root = root
+    folder = f"{space.name}/{strategy}" if shared else artifacts_folder(storage_url, space.name, strategy)
+    label = storage_label(storage_url)
     if fresh:
+        check_own(root / folder, name, label)  # --fresh deletes no other study's artifacts
         _delete_study(storage, name)
         shutil.rmtree(root / folder, ignore_errors=True)
     directions = [o["direction"] for o in space.search["objectives"]]
@@ -155,11 +168,23 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
         write_study(study, space_identity=identity)
     if stored.tolerance is None:
         write_study(study, tolerance=space.search["tolerance"])
-    if stored.space_hash is None:
+    if stored.space_hash is None:  # a new study: its artifact folder is claimed before any trial writes there
+        write_study(study, artifacts_id=claim(root / folder, name, label), artifacts_dir=folder,
+                    artifacts_root=str(root) if shared else None)
         write_study(study, space_hash=identity_hash(identity), space_path=str(Path(space.path).resolve()),
                     space=space.raw, strategy=strategy, objectives=space.search["objectives"],
-                    kronsearch_version=kronsearch.__version__, artifacts_dir=folder)
+                    kronsearch_version=kronsearch.__version__)
+    else:
+        check_claimed(study_artifacts_dir(study), study, given is not None)
     return study
+
+
+def _recorded_root(storage: optuna.storages.BaseStorage, name: str) -> Path | None:
+    """The artifact root study `name` recorded (artifacts.recorded_root); None if it has none or does not exist."""
+    try:
+        return recorded_root(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
+        return None
 
 
 def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
@@ -170,6 +195,7 @@ def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
     except KeyError:
         return
     running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_alive(t) is True]
+    running = running or beating_elsewhere(study)
     if running:
         raise StudyInUse(f"cannot --fresh study {name!r}: process {TrialRecord.of(running[0]).worker} is running its "
                          f"trial {running[0].number}; stop that run first (or resume instead of --fresh)")
@@ -178,8 +204,24 @@ def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def beating_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials of processes on other hosts (the pid check cannot see them) whose Optuna heartbeat is
+    younger than the storage's grace period: another machine is working on the study. [] without heartbeats."""
+    storage = getattr(study._storage, "_backend", study._storage)  # noqa: SLF001 - optuna's cache wraps RDB storages
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return []
+    elsewhere = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_alive(t) is None]
+    if not elsewhere:
+        return []
+    with _create_scoped_session(storage.scoped_session) as session:
+        beating = {trial_id for (trial_id,) in session.query(rdb_models.TrialHeartbeatModel.trial_id).filter(
+            rdb_models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in elsewhere]))}  # noqa: SLF001
+    stale = set(optuna.storages.RDBStorage._get_stale_trial_ids(storage, study._study_id))  # noqa: SLF001 - no marks
+    return [t for t in elsewhere if t._trial_id in beating - stale]  # noqa: SLF001
+
+
 # Keys that do not change a study's results: its budget, where it runs, and where its data is found.
-NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights"),
+NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights", "artifacts"),
                 "train": ("device", "threads", "compute"), "data": ("root",)}
 
 

@@ -222,8 +222,8 @@ def test_the_ray_backend_runs_a_postgresql_study_into_the_shared_artifact_folder
     (a,) = machines("a", search={"trials": 2}, backend={"name": "ray", "max_concurrent": 2})
     before = ray_processes()
     finish(machines.run(a, *run_args(database, machines.shared)))
-    assert left_running(before) == {}
     every = trials_of(database)
     assert [t.state for t in every] == [TrialState.COMPLETE] * 2
     assert all((machines.shared / "tiny" / "one_round" / f"trial-{t.number}" / "model.safetensors").is_file()
                for t in every)
+    assert left_running(before) == {}

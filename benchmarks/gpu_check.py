@@ -131,7 +131,8 @@ def check_bf16(device: str) -> str:
 
 def check_inference(device: str) -> str:
     torch.manual_seed(1)
-    model = torch.nn.Sequential(KronLinear(64, 64, (8, 8), rank=2), torch.nn.ReLU(), KronLinear(64, 16, (4, 4))).to(device)
+    model = torch.nn.Sequential(KronLinear(64, 64, (8, 8), rank=2), torch.nn.ReLU(), KronLinear(64, 16, (4, 4)))
+    model = model.to(device)
     with torch.no_grad():
         model[0].s.mul_((torch.rand_like(model[0].s) > 0.5).float())  # half the blocks exactly 0
         x = torch.randn(8, 64, device=device)
@@ -142,7 +143,8 @@ def check_inference(device: str) -> str:
                 continue
             fast = for_inference(model, batch_sizes=[8], path=path)
             close(fast(x), want, f"for_inference {path}", 1e-4)
-            checked.append(path if path != "auto" else f"auto ({', '.join(c[0] for c in fast.inference_choices.values())})")
+            chosen = ", ".join(c[0] for c in fast.inference_choices.values())
+            checked.append(path if path != "auto" else f"auto ({chosen})")
         bsr = torch.nn.Sequential(BSRLinear.from_kron(model[0]), torch.nn.ReLU(), BSRLinear.from_kron(model[2]))
         close(bsr(x), want, "BSRLinear.from_kron", 1e-4)
     return f"inference paths agree with the model: {', '.join(checked)}, BSRLinear"
@@ -170,7 +172,8 @@ def check_main(device: str, folder: Path) -> str:
     (study,) = load_studies("gpucheck:one_round")
     complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     if len(complete) != 2:
-        raise CheckFailed(f"{len(complete)} of 2 trials completed: {[t.user_attrs.get('fail_reason') for t in study.get_trials()]}")
+        reasons = [t.user_attrs.get("fail_reason") for t in study.get_trials()]
+        raise CheckFailed(f"{len(complete)} of 2 trials completed: {reasons}")
     result = runner.invoke(app, ["export", "gpucheck:one_round", "--out", "best.yaml", "--weights", "best.safetensors",
                                  "--bsr"])
     if result.exit_code != 0:
@@ -209,7 +212,8 @@ def main() -> int:
         print(f"gpu check: not run (no CUDA); exit {NO_CUDA}")
         return NO_CUDA
     if args.device.startswith("cuda"):
-        print(f"device: {torch.cuda.get_device_name(args.device)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+        name = torch.cuda.get_device_name(args.device)
+        print(f"device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     failed = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

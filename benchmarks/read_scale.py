@@ -6,9 +6,9 @@ load of the same study (optuna.load_study + get_trials), on SQLite and PostgreSQ
     python benchmarks/read_scale.py --smoke                # 20 trials, SQLite, one round: checks it runs
 
 One real trial is trained first (a one-trial one_round study of a tiny digits MLP); each study of N trials is
-that study's attrs with N copies of its trial (the first added by Optuna's add_trial, the rest copies of its rows,
-inserted in bulk), each with its own val accuracy, so the pick and the plots have something to choose. Each round times, in this process and in a rotated order,
-every command's Python API as the CLI calls it, from opening the storage to the rendered output (show and
+that study's attrs with N copies of its trial (the first added by Optuna's add_trial, the rest copies of its
+rows, inserted in bulk), each with its own val accuracy, so the pick and the plots have something to choose.
+Each round times, in this process and in a rotated order, every command's Python API as the CLI calls it, from opening the storage to the rendered output (show and
 compare into a string, export's pattern file, plot's PNGs), and Optuna's load of the study from a fresh
 storage. Reported: the median seconds over the rounds, and each command's median per-round ratio to Optuna's
 load. PostgreSQL runs on a throwaway server the script starts (tests/postgres.py: initdb and pg_ctl).
@@ -87,7 +87,8 @@ def fill(url: str, source: optuna.Study, size: int) -> None:
             for model, template in ((m, t) for m, t in rows.items() if t):
                 key = model.__table__.primary_key.columns.keys()[0]
                 db.execute(model.__table__.insert(), [
-                    {**{k: v for k, v in varied(row, accuracy[n]).items() if k != key}, "trial_id": first["trial_id"] + n}
+                    {**{k: v for k, v in varied(row, accuracy[n]).items() if k != key},
+                     "trial_id": first["trial_id"] + n}
                     for n in numbers for row in template])
     engine.dispose()
 

@@ -77,8 +77,8 @@ def check_own(folder: Path, study_name: str, storage: str | None) -> None:
     """Refuse (ArtifactsUnreachable) when `folder` holds another study's marker: --fresh deletes only its own."""
     found = marker_of(folder)
     if found is not None and (found.get("study") != study_name or found.get("storage") != storage):
-        raise ArtifactsUnreachable(f"{folder} holds the trials of study {found.get('study')!r} of {found.get('storage')} "
-                                   f"(its {MARKER}); --fresh of study {study_name!r} deletes only its own folder: "
+        raise ArtifactsUnreachable(f"{folder} holds the trials of study {found.get('study')!r} of "
+                                   f"{found.get('storage')} (its {MARKER}); --fresh of study {study_name!r} deletes only its own folder: "
                                    f"give it another --artifacts folder")
 
 
@@ -89,7 +89,8 @@ def claim(folder: Path, study_name: str, storage: str | None) -> str:
     without a marker."""
     folder.mkdir(parents=True, exist_ok=True)
     mine = {"study": study_name, "storage": storage, "artifacts_id": uuid.uuid4().hex}
-    trials = [p for p in folder.iterdir() if p.name.startswith("trial-") and not p.is_symlink()]  # links: the run refuses
+    # a link planted as a trial folder is left to the run, which refuses to write through it
+    trials = [p for p in folder.iterdir() if p.name.startswith("trial-") and not p.is_symlink()]
     if marker_of(folder) is None and not trials:
         try:
             with open(folder / MARKER, "x", encoding="utf-8") as f:  # O_EXCL: the first machine's marker wins
@@ -103,8 +104,8 @@ def claim(folder: Path, study_name: str, storage: str | None) -> str:
                                    f"marker): one study per artifact folder; give study {study_name!r} another "
                                    f"--artifacts folder, or move those trials away")
     if found.get("study") != study_name or found.get("storage") != storage:
-        raise ArtifactsUnreachable(f"{folder} holds the trials of study {found.get('study')!r} of {found.get('storage')} "
-                                   f"(its {MARKER}): one study per artifact folder; give study {study_name!r} of "
+        raise ArtifactsUnreachable(f"{folder} holds the trials of study {found.get('study')!r} of "
+                                   f"{found.get('storage')} (its {MARKER}): one study per artifact folder; give study {study_name!r} of "
                                    f"{storage} another --artifacts folder")
     return str(found.get("artifacts_id"))
 
@@ -124,8 +125,8 @@ def check_claimed(folder: Path, study: optuna.Study, root_given: bool) -> None:
             f"exist); pass the folder shared by the machines running this study")
     if not folder.is_dir():
         raise ArtifactsUnreachable(
-            f"study {study.study_name!r} keeps its trial folders in {folder} (recorded when it was created), which this "
-            f"machine cannot reach; mount the study's artifact folder there, or pass --artifacts PATH where it is "
+            f"study {study.study_name!r} keeps its trial folders in {folder} (recorded when it was created), which "
+            f"this machine cannot reach; mount the study's artifact folder there, or pass --artifacts PATH where it is "
             f"mounted here")
     raise ArtifactsUnreachable(
         f"{folder} is not study {study.study_name!r}'s artifact folder (its {MARKER} marker is "

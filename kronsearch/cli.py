@@ -37,8 +37,9 @@ StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help='A search "N" (al
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option(
-    "--artifacts", metavar="PATH", help="The folder of the trials' weights, metrics and history, shared by every machine "
-                                        "(default: the space's search.artifacts, else where the study recorded them).")]
+    "--artifacts", metavar="PATH", help="The folder of the trials' weights, metrics and history, shared by every "
+                                        "machine (default: the space's search.artifacts, else where the study "
+                                        "recorded them).")]
 ToleranceOpt = Annotated[Optional[float], typer.Option(
     "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the best "
                                           "val accuracy (default: the study's search.tolerance, 0.5).")]

@@ -346,7 +346,7 @@ def storage_for(study: str, storage_url: str | None) -> str:
 
 def load_studies(study: str, storage_url: str | None = None,
                  artifacts: str | os.PathLike | None = None) -> list[optuna.Study]:
-    """'N:S' -> that study; 'N' -> every study of search N, in strategy order, each read once (artifacts: snapshot.py)."""
+    """'N:S' -> that study; 'N' -> every study of search N, in strategy order, each read once (snapshot.py)."""
     url = storage_for(study, storage_url)
     storage = open_storage(url, create=False)
     names = [s.study_name for s in storage.get_all_studies()]  # not get_all_study_summaries: it reads every trial

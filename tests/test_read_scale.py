@@ -30,7 +30,8 @@ def study_of(folder: Path, trials: int) -> str:
     study = new_study(storage, STUDY, "one_round", OBJECTIVES_2[:1], folder / "artifacts")
     plan = plan_for("2x2", 1)
     study.add_trials([create_trial(
-        state=TrialState.COMPLETE, value=0.5 + number / (4 * trials), params={"rank": 1, "lambda1": 1e-3, "lambda2": 1e-4},
+        state=TrialState.COMPLETE, value=0.5 + number / (4 * trials),
+        params={"rank": 1, "lambda1": 1e-3, "lambda2": 1e-4},
         distributions=ONE_ROUND_DISTS, intermediate_values={1: 0.5},
         user_attrs=trial_attrs("one_round", folder, number, metrics_for(0.5 + number / (4 * trials), plan)))
         for number in range(trials)])

@@ -36,6 +36,10 @@ app = typer.Typer(
 StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help='A search "N" (all its strategy studies) or one study "N:S".')]
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
+ArtifactsOpt = Annotated[Optional[Path], typer.Option(
+    "--artifacts", metavar="PATH", help="The folder of the trials' weights, metrics and history, shared by every "
+                                        "machine (default: the space's search.artifacts, else where the study "
+                                        "recorded them).")]
 ToleranceOpt = Annotated[Optional[float], typer.Option(
     "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the best "
                                           "val accuracy (default: the study's search.tolerance, 0.5).")]
@@ -101,11 +105,11 @@ def _errors(interrupted: str = "interrupted") -> Iterator[None]:
         raise _fail(f"{type(err).__name__}: {_one_line(err)}", EXIT_FAILURE) from None
 
 
-def _load(studies: list[str], storage: str | None) -> list:
+def _load(studies: list[str], storage: str | None, artifacts: Path | None = None) -> list:
     """Every study the names resolve to, without repeats, in the order given."""
     loaded, seen = [], set()
     for name in studies:
-        for study in load_studies(name, storage):
+        for study in load_studies(name, storage, artifacts):
             if study.study_name not in seen:
                 seen.add(study.study_name)
                 loaded.append(study)
@@ -124,6 +128,7 @@ def run(
     strategy: Annotated[Optional[Strategy], typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
     storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the existing study and start over.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
     device: Annotated[Optional[Literal["auto", "cpu", "cuda"]], typer.Option("--device", help="Training device.")] = None,
@@ -139,7 +144,7 @@ def run(
 
         summary = run_search(space, trials=trials, strategy=strategy and strategy.value, storage=storage, fresh=fresh,
                              dry_run=dry_run, device=device, backend=backend, address=address, progress=not quiet,
-                             wide=wide)
+                             wide=wide, artifacts=artifacts)
         if dry_run and summary.plan_text:
             _echo(summary.plan_text)
         if summary.failed:
@@ -212,6 +217,7 @@ def _stdout() -> Console:
 def show(
     study: StudyArg,
     storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
     output_format: FormatOpt = "table",
     wide: Annotated[bool, typer.Option("--wide", help="Every column (kind, training params, selection, notes) in "
                                                      "the table; the default fits 80 columns.")] = False,
@@ -222,7 +228,7 @@ def show(
     from kronsearch.report import render_show, show_data
 
     with _errors():
-        data = show_data(load_studies(study, storage), tolerance)
+        data = show_data(load_studies(study, storage, artifacts), tolerance)
         _print_json(data) if output_format == "json" else render_show(data, _stdout(), wide=wide)
 
 
@@ -230,6 +236,7 @@ def show(
 def compare(
     studies: Annotated[list[str], typer.Argument(metavar="STUDY...", help='Studies to compare; "N" expands to all of N\'s studies.')],
     storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
     output_format: FormatOpt = "table",
     wide: WideOpt = False,
     tolerance: ToleranceOpt = None,
@@ -238,7 +245,7 @@ def compare(
     from kronsearch.report import compare_data, render_compare
 
     with _errors():
-        data = compare_data(_load(studies, storage), tolerance)
+        data = compare_data(_load(studies, storage, artifacts), tolerance)
         _print_json(data) if output_format == "json" else render_compare(data, _stdout(), wide=wide)
 
 
@@ -255,13 +262,14 @@ def export(
     bsr: Annotated[bool, typer.Option(
         "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to <weights stem>.bsr.safetensors.")] = False,
     storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
     tolerance: ToleranceOpt = None,
 ) -> None:
     """Export one trial's pattern (and weights) from a single study."""
     from kronsearch.report.export import export_trial
 
     with _errors():
-        found = load_studies(study, storage)
+        found = load_studies(study, storage, artifacts)
         if len(found) != 1:
             names = " or ".join(s.study_name for s in found)
             raise _fail(f"{study!r} names {len(found)} studies; export takes one: give {names}", EXIT_BAD_INPUT)
@@ -279,6 +287,7 @@ def plot(
     study: StudyArg,
     out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the PNG files (created if missing).")],
     storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
     trial: Annotated[Optional[int], typer.Option(
         "--trial", min=0, metavar="N", help="The one-round trial of the selection plot (one study N:S; default: "
                                             "the best one-round trial).")] = None,
@@ -287,7 +296,7 @@ def plot(
     from kronsearch.report.plot import plot_studies
 
     with _errors():
-        result = plot_studies(load_studies(study, storage), out, trial=trial)
+        result = plot_studies(load_studies(study, storage, artifacts), out, trial=trial)
         for note in result.notes:
             typer.echo(f"note: {note}")
         if not result.paths:

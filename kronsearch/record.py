@@ -115,7 +115,9 @@ class StudyRecord:
     space_hash: str | None = None
     space_path: str | None = None
     kronsearch_version: str | None = None
-    artifacts_dir: str | None = None
+    artifacts_dir: str | None = None  # the trial folders' folder, relative to the artifact root
+    artifacts_root: str | None = None  # that root, absolute, when not the storage file's folder (artifacts.py)
+    artifacts_id: str | None = None  # the id in the artifact folder's marker (artifacts.claim)
     trial_config: dict | None = None  # what every trial shares (split_config)
     hybrid_seeded_from: int | None = None
     tolerance: float | None = None  # search.tolerance (accuracy points); None: a study from before it, read as 0.5

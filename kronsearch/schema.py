@@ -138,12 +138,14 @@ SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),
           "pruner": choice(PRUNERS, "median"), "timeout": number("seconds > 0", lambda v: v > 0, None, nullable=True),
           "per_layer_blocks": flag(False), "one_round_trials": later(None), "save_weights": flag(True),
+          # the artifact root shared by every machine (kronsearch.artifacts); relative to the space file
+          "artifacts": text("a folder path", default=None, nullable=True),
           # accuracy points: a one-round contest and the reports keep the cheapest within this of the best
           "tolerance": number("a number of accuracy points in [0, 100]", lambda v: 0 <= v <= 100,
                               TrainConfig.tolerance)}
 BACKEND = {"name": choice(BACKENDS, "local"),
            "address": text("null, 'auto' or 'ray://host:port'", default=None, nullable=True),
-           "resources_per_trial": later(None), "max_concurrent": integer(1, 10_000, 1),
+           "resources_per_trial": later(None), "max_concurrent": integer(1, 10_000, None, True),
            "max_retries": integer(0, 100, 1), "keep_session": flag(False), "heartbeat": integer(1, 3600, 60, True),
            "callbacks": Rule([], list, "a list of 'package.module:function' references to functions returning "
                                        "ray.tune.Callback objects",

@@ -79,9 +79,11 @@ def run_search(
     studies_dir: str | os.PathLike = STUDIES_DIR,
     console: Console | None = None,
     wide: bool = False,
+    artifacts: str | os.PathLike | None = None,
 ) -> RunSummary:
     """Validate the space file, then run (or resume) its study (dry_run: only its plan, 80 columns wide unless
-    `wide`). Raises SpaceError on bad input."""
+    `wide`). artifacts: the trials' artifact root, shared by every machine (kronsearch.artifacts; default: the
+    space's search.artifacts, else the study's). Raises SpaceError on bad input."""
     started = time.monotonic()
     console = console or progress_console(quiet=not progress)
     space = load_space(space_path, trials=trials, strategy=strategy, device=device, backend=backend,
@@ -101,7 +103,7 @@ def run_search(
             raise StorageError(f"cannot create the studies folder {studies_dir}: {err.strerror or err}; "
                                f"run from a writable folder or pass --storage") from err
     with storage_errors(url):
-        study = open_study(space, strategy, url, fresh, studies_dir)
+        study = open_study(space, strategy, url, fresh, studies_dir, artifacts)
     with storage_errors(url, "write to"), StudyHold(study):  # against --fresh (study_owner), to its summary
         return _run_study(space, study, url, storage, started, console, progress)
 
@@ -157,6 +159,8 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
     if storage:
         summary.message += f" --storage {storage}"
     summary.race_note = fallback_note(complete, summary.best.get("trial"))
+    if artifacts:
+        summary.message += f" --artifacts {artifacts}"
     return summary
 
 

@@ -166,6 +166,9 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     if search["one_round_trials"] is not None:
         c.integer(search["one_round_trials"], "search.one_round_trials", 1, search["trials"])
     search["objectives"] = c.objectives(search["objectives"])
+    if search["artifacts"] is not None:  # relative to the space file, as data.root
+        artifacts = Path(search["artifacts"]).expanduser()
+        search["artifacts"] = str(artifacts if artifacts.is_absolute() else (Path(path).parent / artifacts).resolve())
 
     backend = c.section(_with(top["backend"], name=cli.get("backend"), address=cli.get("address")), "backend", BACKEND)
     if backend["name"] == "local":  # a Ray trial sees only its own GPUs (checked in backends.ray)

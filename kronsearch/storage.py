@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import STRATEGIES, StudyRecord, split_study_name
+from kronsearch.snapshot import StudySnapshot
 from kronsearch.storage_files import JournalFile, sqlite_url_problem, storage_file_problem
 
 STUDIES_DIR = Path("studies")
@@ -293,8 +294,8 @@ def _opened_as(study: optuna.Study, attr: str, default: Any) -> Any:
 
 
 def study_artifacts_root(study: optuna.Study) -> Path:
-    """artifact_root of the storage `study` was opened from (by open_storage)."""
-    return _opened_as(study, "kronsearch_root", STUDIES_DIR)
+    """The root set on the study (StudySnapshot: --artifacts, or the one it recorded), else its storage's."""
+    return getattr(study, "kronsearch_artifacts_root", None) or _opened_as(study, "kronsearch_root", STUDIES_DIR)
 
 
 def study_storage_url(study: optuna.Study) -> str | None:
@@ -349,11 +350,12 @@ def storage_for(study: str, storage_url: str | None) -> str:
     return default_storage_url(search)
 
 
-def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Study]:
-    """'N:S' -> that study; 'N' -> every study of search N in the storage, in strategy order."""
+def load_studies(study: str, storage_url: str | None = None,
+                 artifacts: str | os.PathLike | None = None) -> list[optuna.Study]:
+    """'N:S' -> that study; 'N' -> every study of search N, in strategy order, each read once (snapshot.py)."""
     url = storage_for(study, storage_url)
     storage = open_storage(url, create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = [s.study_name for s in storage.get_all_studies()]  # not get_all_study_summaries: it reads every trial
     search, strategy = split_study_name(study)
     wanted = [study] if strategy else [n for n in names if split_study_name(n)[0] == search]
     found = [n for n in wanted if n in names]
@@ -361,4 +363,4 @@ def load_studies(study: str, storage_url: str | None = None) -> list[optuna.Stud
         raise StudyNotFound(f"no study {study!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
     order = {s: i for i, s in enumerate(STRATEGIES)}
     found.sort(key=lambda n: order.get(split_study_name(n)[1] or "", len(order)))
-    return [optuna.load_study(study_name=n, storage=storage) for n in found]
+    return [StudySnapshot(n, storage, artifacts) for n in found]  # each read once (snapshot.py)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import reprlib
 import socket
 import threading
@@ -31,7 +32,8 @@ from kronsearch.layers.blocks import format_block
 from kronsearch.processes import worker_alive, worker_attrs
 from kronsearch.record import DEFAULT_TOLERANCE, StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
-from kronsearch.storage import (artifact_root, artifacts_folder, open_storage, study_artifacts_dir,
+from kronsearch.artifacts import check_claimed, check_own, claim, given_root, recorded_root, storage_label
+from kronsearch.storage import (artifact_root, artifacts_folder, open_storage, storage_file, study_artifacts_dir,
                                 study_artifacts_root)
 from kronsearch.study_files import checked_folder, remove_study_files
 from kronsearch.study_owner import check_made_by_kronsearch, check_not_held, mark_made_by_kronsearch
@@ -135,14 +137,22 @@ class _KindTrials:
         return [t for t in trials if record.trial_kind(t, self._strategy) == self._kind]
 
 
-def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path) -> optuna.Study:
-    """Create or resume the study of (space, strategy); refuse to resume from a changed space file."""
+def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path,
+               artifacts: str | os.PathLike | None = None) -> optuna.Study:
+    """Create or resume the study of (space, strategy); refuse to resume from a changed space file.
+    artifacts: the artifact root (--artifacts; else search.artifacts, else the study's, see kronsearch.artifacts)."""
     storage = open_storage(storage_url, owner=worker_attrs(), heartbeat=space.backend["heartbeat"])
-    storage.kronsearch_root = root = artifact_root(storage_url, studies_dir)  # type: ignore[attr-defined]
-    name, folder = study_name(space.name, strategy), artifacts_folder(storage_url, space.name, strategy)
+    name = study_name(space.name, strategy)
+    given = given_root(artifacts or space.search["artifacts"])
+    shared = given is not None or storage_file(storage_url) is None  # the root is recorded, absolute
+    root = given or _recorded_root(storage, name) or artifact_root(storage_url, studies_dir)
+    storage.kronsearch_root = root  # type: ignore[attr-defined]
+    folder = f"{space.name}/{strategy}" if shared else artifacts_folder(storage_url, space.name, strategy)
+    label = storage_label(storage_url)
     check_made_by_kronsearch(storage, name, storage_url)  # a foreign study is left untouched, --fresh or not
     if fresh:
         checked_folder(root, root / folder, create=False)  # a link on the way: refused before anything is deleted
+        check_own(root / folder, name, label)  # --fresh deletes no other study's artifacts
         _delete_study(storage, name)
         remove_study_files(root, root / folder)
     directions = [o["direction"] for o in space.search["objectives"]]
@@ -158,11 +168,23 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
         write_study(study, space_identity=identity)
     if stored.tolerance is None:
         write_study(study, tolerance=space.search["tolerance"])
-    if stored.space_hash is None:
+    if stored.space_hash is None:  # a new study: its artifact folder is claimed before any trial writes there
+        write_study(study, artifacts_id=claim(root / folder, name, label), artifacts_dir=folder,
+                    artifacts_root=str(root) if shared else None)
         write_study(study, space_hash=identity_hash(identity), space_path=str(Path(space.path).resolve()),
                     space=space.raw, strategy=strategy, objectives=space.search["objectives"],
-                    kronsearch_version=kronsearch.__version__, artifacts_dir=folder)
+                    kronsearch_version=kronsearch.__version__)
+    else:
+        check_claimed(study_artifacts_dir(study), study, given is not None)
     return study
+
+
+def _recorded_root(storage: optuna.storages.BaseStorage, name: str) -> Path | None:
+    """The artifact root study `name` recorded (artifacts.recorded_root); None if it has none or does not exist."""
+    try:
+        return recorded_root(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
+        return None
 
 
 def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
@@ -181,7 +203,7 @@ def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
 
 
 # Keys that do not change a study's results: its budget, where it runs, and where its data is found.
-NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights"),
+NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights", "artifacts"),
                 "train": ("device", "threads", "compute"), "data": ("root",)}
 
 

@@ -91,3 +91,32 @@ def test_read_speed_smoke_times_each_read_command_against_importing_optuna_and_s
     assert list(rows) == ["command", "import optuna", "show", "compare", "export"]
     assert rows["import optuna"][1] == "1.00"
     assert rows["show"][2] == rows["compare"][2] == "neither"  # the read commands import no torch and no ray
+
+
+def test_gpu_check_without_cuda_says_so_per_part_and_exits_3():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["main", "paths", "bf16", "inference", "ray"]
+    assert all("NOT RUN: no CUDA" in line for line in lines[:-1]) and "not run" in lines[-1]
+
+
+def test_gpu_check_on_the_cpu_passes_its_layer_parts():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+                             "--skip", "main", "ray"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[:2] for line in result.stdout.splitlines()[:3]] == [
+        ["paths", "PASS"], ["bf16", "PASS"], ["inference", "PASS"]]
+
+
+def test_read_scale_smoke():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "read_scale.py"), "--smoke"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| sqlite")]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("sqlite", "20")]
+    assert all("x)" in cell for cell in rows[0][4:])  # each command's ratio to Optuna's load

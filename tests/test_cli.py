@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -231,12 +232,12 @@ def test_run_forwards_its_options(cli, workdir, monkeypatch):
 
     monkeypatch.setattr(kronsearch.search, "run_search", fake)
     result = cli("run", "x.yaml", "--trials", "3", "--strategy", "per_pattern", "--device", "cpu", "--quiet",
-                 "--storage", "sqlite:///y.db", "--fresh")
+                 "--storage", "sqlite:///y.db", "--fresh", "--artifacts", "shared")
     assert result.exit_code == 0 and result.stdout == "3 trials finished\n"
     assert str(seen.pop("space_path")) == "x.yaml"
     assert seen == {"trials": 3, "strategy": "per_pattern", "storage": "sqlite:///y.db", "fresh": True,
                     "dry_run": False, "device": "cpu", "backend": None, "address": None, "progress": False,
-                    "wide": False}
+                    "wide": False, "artifacts": Path("shared")}
 
 
 @pytest.mark.parametrize("args", [("--trials", "0"), ("--strategy", "greedy"), ("--device", "tpu")])

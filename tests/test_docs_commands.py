@@ -94,12 +94,13 @@ def test_the_docs_shell_block_runs_as_written(block: ShellBlock, tmp_path: Path)
 
 @pytest.mark.slow  # a PostgreSQL server and two tiny runs at once: about 30 s
 def test_the_machines_page_postgresql_commands_run_as_two_machines_on_one_server(tmp_path: Path):
-    (block,) = [b for b in shell_blocks() if b.page == "docs/machines.md" and "postgresql" in b.body]
+    (block,) = [b for b in shell_blocks() if b.page == "docs/machines.md" and "kronsearch run" in b.body
+                and "postgresql" in b.body]
     run_line, show_line = [line.split("  #")[0] for line in block.body.splitlines()]
     env = docs_folder(tmp_path)
     with postgres_server() as url:
         def as_here(line: str) -> str:  # the page's placeholders: its server, its space file and search name
-            line = re.sub(r"postgresql\+psycopg://\S+", url, line)
+            line = re.sub(r"postgresql\+psycopg://\S+", url, line).replace("/mnt/shared", str(tmp_path / "shared"))
             return line.replace("space.yaml", "search_spaces/vit.yaml").replace("my-search", "vit-digits")
 
         machines = [subprocess.Popen(["bash", "-c", as_here(run_line)], cwd=tmp_path, env=env, text=True,

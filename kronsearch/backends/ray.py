@@ -146,6 +146,21 @@ def check_cluster(space: Space, own: bool, console: Console) -> None:
     console.print(f"warning: {escape(message)}; trials wait until the cluster gets such a node")
 
 
+def trials_in_flight(backend: dict, total: dict[str, float]) -> tuple[int, str]:
+    """How many trials run at once, and why: backend.max_concurrent when set, else as many as the cluster's
+    CPUs and GPUs (`total`, ray.cluster_resources()) hold at backend.resources_per_trial, at least 1."""
+    if backend["max_concurrent"] is not None:
+        return backend["max_concurrent"], "backend.max_concurrent"
+    need = backend["resources_per_trial"]
+    fits = {key: int(total.get(key.upper(), 0) / need[key] + 1e-9) for key in ("cpu", "gpu") if need[key] > 0}
+    if not fits:
+        return 1, "max_concurrent not set and a trial reserves no CPU or GPU: one at a time"
+    limit = min(fits, key=fits.get)
+    count = max(1, fits[limit])
+    return count, (f"max_concurrent not set: {total.get(limit.upper(), 0):g} {limit.upper()}s / {need[limit]:g} per "
+                   f"trial")
+
+
 def check_address(address: str, timeout: float = ADDRESS_TIMEOUT) -> None:
     """Fail within `timeout` seconds when nothing answers at backend.address (ray.init would retry for minutes),
     or when a ray:// address finds no Ray Client installed; "auto" is Ray's own quick lookup."""
@@ -265,6 +280,7 @@ class RayBackend(Backend):
         self.folder: Path | None = None
         self.watch: DriverWatch | None = None
         self.searcher: StudySearcher | None = None  # the stage running now
+        self.concurrent = 1  # trials in flight (trials_in_flight), set when the session starts
 
     @contextmanager
     def session(self, space: Space, console: Console) -> Iterator[None]:
@@ -286,10 +302,11 @@ class RayBackend(Backend):
                 deadline.node = ray._private.worker._global_node if own else None
                 check_cluster(space, own, console)
                 total = ray.cluster_resources()
-                concurrent = space.backend["max_concurrent"]
+                self.concurrent, why = trials_in_flight(space.backend, total)
+                concurrent = self.concurrent
                 console.print(f"ray: {'local' if own else 'cluster'} with {total.get('CPU', 0):g} CPUs, "
                               f"{total.get('GPU', 0):g} GPUs; up to {concurrent} trial{'s' if concurrent > 1 else ''} at a "
-                              f"time, each {space.backend['resources_per_trial']['cpu']:g} CPU, "
+                              f"time ({why}), each {space.backend['resources_per_trial']['cpu']:g} CPU, "
                               f"{space.backend['resources_per_trial']['gpu']:g} GPU")
                 yield
         finally:
@@ -323,7 +340,7 @@ class RayBackend(Backend):
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_tune_trial, space=space), resources),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=backend["max_concurrent"], reuse_actors=True,
+                                        max_concurrent_trials=self.concurrent, reuse_actors=True,
                                         time_budget_s=timeout),
             run_config=tune.RunConfig(name=f"{space.name}-{kind}", storage_path=str(self.folder / "tune"),
                                       verbose=0, callbacks=(callbacks := user_callbacks(backend["callbacks"])),

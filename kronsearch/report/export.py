@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from kronsearch.artifacts import ArtifactsUnreachable, unreachable
+from kronsearch.artifacts import storage_label as display_storage
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.plan import parse_plan
 from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
@@ -69,15 +70,6 @@ def find_trial(study: optuna.Study, number: int | None = None, tolerance: float 
         raise BadInput(f"trial {number} of {study.study_name!r} is {trial.state.name}, not COMPLETE"
                          + (f" ({reason})" if reason else "") + "; only complete trials can be exported")
     return trial
-
-
-def display_storage(url: str | None) -> str | None:
-    """The storage URL for provenance: relative SQLite paths made absolute, passwords masked."""
-    if url is None:
-        return None
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        url = "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
-    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url)
 
 
 def lambdas(trial: FrozenTrial, study: optuna.Study) -> dict[str, float]:
@@ -135,6 +127,9 @@ def weights_path(study: optuna.Study, trial: FrozenTrial) -> Path:
         original = TrialRecord.of(current).duplicate_of
         current = next((t for t in study.get_trials(deepcopy=False) if t.number == original), None) \
             if original is not None else None
+    away = unreachable(study, trial.number, tried[0].parent) if tried else None
+    if away is not None:
+        raise ArtifactsUnreachable(away)
     where = ", ".join(str(p) for p in tried) or "the trial has no artifact_dir"
     raise MissingWeights(f"trial {trial.number} of {study.study_name!r} has no saved weights: "
                             f"{where} does not exist")

@@ -221,7 +221,17 @@ def narrow_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence
             table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
+    table.probe = lambda: narrow_table(title, columns, widest_row(rows))  # see print_uncut
     return table
+
+
+def widest_row(rows: Sequence[Sequence[str]]) -> list[list[str]]:
+    """[] or one row: per column the cell with the longest word, which sets the column's minimum width
+    (numeric cells have no spaces: the longest cell). A table of it measures as the whole table's minimum."""
+    if not rows:
+        return []
+    return [[max((row[i] for row in rows), key=lambda cell: max(map(len, cell.split()), default=0))
+             for i in range(len(rows[0]))]]
 
 
 def report_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]],
@@ -234,6 +244,7 @@ def report_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence
         table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
+    table.probe = lambda: report_table(title, columns, widest_row(rows), wide)  # see print_uncut
     return table
 
 
@@ -252,8 +263,12 @@ def narrowed(console: Console, wide: bool = False) -> Iterator[None]:
 
 
 def print_uncut(console: Console, table: Table) -> None:
-    """Print a table; one whose numbers cannot fit the console's width is printed wider, not cut."""
-    needed, width = Measurement.get(console, console.options.update_width(100_000), table).minimum, console.width
+    """Print a table; one whose numbers cannot fit the console's width is printed wider, not cut. A table of
+    narrow_table or report_table is measured by its probe, a copy with one row of its widest cells: measuring
+    every row cost as much as printing them (1,000 trials, issue 33)."""
+    probe = getattr(table, "probe", None)
+    measured = probe() if probe is not None else table
+    needed, width = Measurement.get(console, console.options.update_width(100_000), measured).minimum, console.width
     console.width = max(width, needed)  # the terminal then wraps the long lines; every cell stays whole
     try:
         console.print(table)

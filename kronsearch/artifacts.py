@@ -78,24 +78,24 @@ def check_own(folder: Path, study_name: str, storage: str | None) -> None:
     found = marker_of(folder)
     if found is not None and (found.get("study") != study_name or found.get("storage") != storage):
         raise ArtifactsUnreachable(f"{folder} holds the trials of study {found.get('study')!r} of "
-                                   f"{found.get('storage')} (its {MARKER}); --fresh of study {study_name!r} deletes only its own folder: "
-                                   f"give it another --artifacts folder")
+                                   f"{found.get('storage')} (its {MARKER}); --fresh of study {study_name!r} deletes "
+                                   f"only its own folder: give it another --artifacts folder")
 
 
 def claim(folder: Path, study_name: str, storage: str | None) -> str:
-    """The artifacts_id of `folder` for study `study_name` of `storage`: the marker written now (a new folder,
-    atomically: two machines creating the study at once get the same one), or the one a machine wrote first
+    """The artifacts_id of existing `folder` for study `study_name` of `storage`: the marker written now (a new
+    folder, atomically: two machines creating the study at once get the same one), or the one a machine wrote first
     for the same study. ArtifactsUnreachable if the folder belongs to another study, or holds trial folders
-    without a marker."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mine = {"study": study_name, "storage": storage, "artifacts_id": uuid.uuid4().hex}
+    without a marker. The caller makes `folder` with study_files.checked_folder: no link on the way."""
+    artifacts_id = uuid.uuid4().hex
+    mine = {"study": study_name, "storage": storage, "artifacts_id": artifacts_id}
     # a link planted as a trial folder is left to the run, which refuses to write through it
     trials = [p for p in folder.iterdir() if p.name.startswith("trial-") and not p.is_symlink()]
     if marker_of(folder) is None and not trials:
         try:
             with open(folder / MARKER, "x", encoding="utf-8") as f:  # O_EXCL: the first machine's marker wins
                 json.dump(mine, f)
-            return mine["artifacts_id"]
+            return artifacts_id
         except FileExistsError:
             pass
     found = marker_of(folder)
@@ -105,8 +105,8 @@ def claim(folder: Path, study_name: str, storage: str | None) -> str:
                                    f"--artifacts folder, or move those trials away")
     if found.get("study") != study_name or found.get("storage") != storage:
         raise ArtifactsUnreachable(f"{folder} holds the trials of study {found.get('study')!r} of "
-                                   f"{found.get('storage')} (its {MARKER}): one study per artifact folder; give study {study_name!r} of "
-                                   f"{storage} another --artifacts folder")
+                                   f"{found.get('storage')} (its {MARKER}): one study per artifact folder; give "
+                                   f"study {study_name!r} of {storage} another --artifacts folder")
     return str(found.get("artifacts_id"))
 
 

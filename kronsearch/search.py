@@ -105,11 +105,11 @@ def run_search(
     with storage_errors(url):
         study = open_study(space, strategy, url, fresh, studies_dir, artifacts)
     with storage_errors(url, "write to"), StudyHold(study):  # against --fresh (study_owner), to its summary
-        return _run_study(space, study, url, storage, started, console, progress)
+        return _run_study(space, study, url, storage, artifacts, started, console, progress)
 
 
-def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None, started: float, console: Console,
-               progress: bool) -> RunSummary:
+def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None, artifacts: str | os.PathLike | None,
+               started: float, console: Console, progress: bool) -> RunSummary:
     """run_search's search on its opened study: recover cut-off trials, run the stages, summarize."""
     strategy, names = space.search["strategy"], [study.study_name]
     with storage_errors(url):
@@ -158,9 +158,9 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
                            f"Inspect: kronsearch show {names[0]}")
     if storage:
         summary.message += f" --storage {storage}"
-    summary.race_note = fallback_note(complete, summary.best.get("trial"))
     if artifacts:
         summary.message += f" --artifacts {artifacts}"
+    summary.race_note = fallback_note(complete, summary.best.get("trial"))
     return summary
 
 

@@ -34,7 +34,7 @@ class StudySnapshot(optuna.Study):
     def __init__(self, study_name: str, storage: str | optuna.storages.BaseStorage,
                  artifacts: str | os.PathLike | None = None) -> None:
         super().__init__(study_name, storage)
-        self._storage = _WritesNoticed(self._storage, self._forget)
+        self._storage = _WritesNoticed(self._storage, self._forget)  # type: ignore[assignment]  # BaseStorage's API
         self._read: tuple[dict[str, Any], list[FrozenTrial]] | None = None
         # where this machine finds the trial folders (storage.study_artifacts_root): --artifacts, else the root
         # the study recorded (kronsearch.artifacts); None: relative to the storage file

@@ -105,6 +105,7 @@ model:
 train:
   epochs: 10  # the training of each trial's model (one_round: of the race's winner, after the race)
   # select_epochs: null  # one_round's race before `epochs` (default: a quarter of epochs)
+  # race_cap: 2.0  # one_round: while the evidence cannot separate candidates, the race extends up to this x
   # finetune_epochs: 0  # extra epochs of the final model under a fresh optimizer and schedule
   batch_size: 128  # examples per step
   optimizer: adamw  # adam | adamw | sgd
@@ -132,6 +133,7 @@ search:
   # per_layer_blocks: false  # per_pattern: one block per layer instead of one for all
   # one_round_trials: null  # hybrid: one_round trials before per_pattern (default: a third of trials)
   # save_weights: true  # each trial's weights under studies/ (needed by `kronsearch export --weights`)
+  # artifacts: null  # the trial folders' root, a folder every machine reaches (`--artifacts PATH` overrides)
 backend:
   name: local  # local | ray
   # address: null  # ray: null (a local cluster), 'auto' or 'ray://host:port'

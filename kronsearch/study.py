@@ -169,6 +169,8 @@ def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studi
     if stored.tolerance is None:
         write_study(study, tolerance=space.search["tolerance"])
     if stored.space_hash is None:  # a new study: its artifact folder is claimed before any trial writes there
+        root.mkdir(parents=True, exist_ok=True)
+        checked_folder(root, root / folder, create=True)  # made name by name, no link on the way
         write_study(study, artifacts_id=claim(root / folder, name, label), artifacts_dir=folder,
                     artifacts_root=str(root) if shared else None)
         write_study(study, space_hash=identity_hash(identity), space_path=str(Path(space.path).resolve()),

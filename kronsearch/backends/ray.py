@@ -155,7 +155,7 @@ def trials_in_flight(backend: dict, total: dict[str, float]) -> tuple[int, str]:
     fits = {key: int(total.get(key.upper(), 0) / need[key] + 1e-9) for key in ("cpu", "gpu") if need[key] > 0}
     if not fits:
         return 1, "max_concurrent not set and a trial reserves no CPU or GPU: one at a time"
-    limit = min(fits, key=fits.get)
+    limit = min(fits, key=fits.__getitem__)
     count = max(1, fits[limit])
     return count, (f"max_concurrent not set: {total.get(limit.upper(), 0):g} {limit.upper()}s / {need[limit]:g} per "
                    f"trial")

@@ -221,7 +221,7 @@ def narrow_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence
             table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
-    table.probe = lambda: narrow_table(title, columns, widest_row(rows))  # see print_uncut
+    table.probe = lambda: narrow_table(title, columns, widest_row(rows))  # type: ignore[attr-defined]  # print_uncut
     return table
 
 
@@ -244,7 +244,7 @@ def report_table(title: str, columns: Sequence[tuple[str, bool]], rows: Sequence
         table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
-    table.probe = lambda: report_table(title, columns, widest_row(rows), wide)  # see print_uncut
+    table.probe = lambda: report_table(title, columns, widest_row(rows), wide)  # type: ignore[attr-defined]  # print_uncut
     return table
 
 

@@ -189,7 +189,8 @@ def test_fresh_deletes_only_the_files_runs_wrote_in_the_study_folder(searched, w
     (folder / "trial-7" / "model.safetensors").symlink_to(workdir / "tiny.yaml")  # a link is no file a run wrote
     run_search(searched, fresh=True, progress=False)
     left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-    assert left == ["summary.csv", "trial-0", "trial-0/config.json", "trial-0/history.json", "trial-0/metrics.json",
+    assert left == [".kronsearch-study",  # the study's marker (kronsearch.artifacts): the folder stays the study's
+                    "summary.csv", "trial-0", "trial-0/config.json", "trial-0/history.json", "trial-0/metrics.json",
                     "trial-0/model.safetensors", "trial-0/my-notes.txt", "trial-7", "trial-7/model.safetensors"]
     assert (folder / "trial-0" / "my-notes.txt").read_text() == "mine" and (workdir / "tiny.yaml").is_file()
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
 from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 from kronsearch import KronLinear, kronify, load_model

@@ -158,10 +158,11 @@ def run_space(folder: Path, **changes) -> Path:
 
 
 def check_main(device: str, folder: Path) -> str:
-    from kronsearch.cli import app
-    from kronsearch.storage import load_studies
     from safetensors.torch import load_file
     from typer.testing import CliRunner
+
+    from kronsearch.cli import app
+    from kronsearch.storage import load_studies
 
     os.chdir(folder)
     path = run_space(folder, train={**SPACE["train"], "device": device})

@@ -29,14 +29,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from bsr_inference import time_models
+from model_speed import VIT_TINY
 from torch import nn
 
-from bsr_inference import time_models
 from kronsearch import KronInference, KronLinear, export_onnx, export_program, for_inference
 from kronsearch.layers.blocks import kron_macs
 from kronsearch.layers.kronify import kronify
 from kronsearch.models import build_model
-from model_speed import VIT_TINY
 
 BATCHES = (1, 32, 256)
 SPARSITIES = (0.5, 0.75, 0.9)

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from kronsearch import KronLinear
-from kronsearch.layers.compute import compute_choices
 from kronsearch.layers.blocks import format_block, kron_macs
+from kronsearch.layers.compute import compute_choices
 
 SHAPES = [  # (out, in, block (h, w), rank), nn.Linear's (out, in) orientation
     (1024, 1024, (32, 32), 2),

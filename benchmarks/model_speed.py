@@ -38,9 +38,9 @@ from paper_tables import peak_step_memory
 from torch import nn
 
 from kronsearch import KronLinear, PatternSelectLinear, kronify, l1_penalty
+from kronsearch.layers.blocks import format_block
 from kronsearch.layers.compute import compute_choices
 from kronsearch.models import build_model
-from kronsearch.layers.blocks import format_block
 
 VIT_TINY = {"patch_size": 4, "dim": 192, "depth": 12, "heads": 3, "mlp_ratio": 4.0}
 BLOCKS = [(2, 2), (4, 4), (8, 8), (16, 16)]

@@ -82,12 +82,12 @@ sys.path.insert(0, str(HERE))
 from selection import fashion_mnist, stat, upsampled_digits  # noqa: E402
 
 from kronsearch.baselines import METHODS, train_baseline  # noqa: E402
-from kronsearch.layers.costs import model_cost  # noqa: E402
 from kronsearch.data import DataSplits  # noqa: E402
-from kronsearch.layers.kronify import kronify  # noqa: E402
-from kronsearch.models import build_model  # noqa: E402
 from kronsearch.layers.blocks import format_block  # noqa: E402
+from kronsearch.layers.costs import model_cost  # noqa: E402
+from kronsearch.layers.kronify import kronify  # noqa: E402
 from kronsearch.layers.plan import LayerPattern  # noqa: E402
+from kronsearch.models import build_model  # noqa: E402
 from kronsearch.trainer import TrainConfig, TrainResult, seed_everything, train  # noqa: E402
 
 TABLES = ("linear", "lenet5", "vit", "search", "speed")

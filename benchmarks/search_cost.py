@@ -54,19 +54,28 @@ import optuna
 import torch
 import yaml
 from optuna.trial import TrialState
+from selection import (
+    Task,
+    alone_plan,
+    fashion_mnist,
+    is_right,
+    layer_shapes,
+    plan_label,
+    print_table,
+    right_answer,
+    run,
+    scored,
+    tasks_and_seeds,
+)
 
+from kronsearch.data import load_dataset
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.record import TrialRecord, metrics, tolerance_pick, train_macs_total
 from kronsearch.report.trials import trial_history
-from kronsearch.storage import load_studies
 from kronsearch.search import run_search
-
-from kronsearch.data import load_dataset
-
-from selection import (Task, alone_plan, fashion_mnist, is_right, layer_shapes, plan_label, print_table, right_answer,
-                       run, scored, tasks_and_seeds)
+from kronsearch.storage import load_studies
 
 STRATEGIES = ("per_pattern", "one_round", "hybrid")
 BUDGETS = (0.25, 0.5, 1.0, 2.0)

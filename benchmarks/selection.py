@@ -55,10 +55,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kronsearch.data import DataSplits, load_dataset
-from kronsearch.layers.kronify import kronify
-from kronsearch.models import build_model
 from kronsearch.layers.blocks import Block, format_block, valid_blocks
+from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
+from kronsearch.models import build_model
 from kronsearch.trainer import TrainConfig, TrainResult, seed_everything, train
 
 PLANTED = [(4, 4), (8, 8), (2, 8), (8, 2), (2, 2)]

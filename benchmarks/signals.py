@@ -37,6 +37,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
+from selection import SMOKE_DATA, Task, alone_plan, layer_shapes, plan_label, print_table, run, tasks_and_seeds
+from selection import TASKS as SELECTION_TASKS
 from torch import nn
 
 import kronsearch.trainer as trainer_module
@@ -44,9 +46,6 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.models import build_model
 from kronsearch.trainer import TrainConfig, seed_everything, train
-
-from selection import (SMOKE_DATA, TASKS as SELECTION_TASKS, Task, alone_plan, layer_shapes, plan_label, print_table,
-                       run, tasks_and_seeds)
 
 POINTS = (0.05, 0.10, 0.25, 0.50)
 RACE_SHARE = 0.5  # the race's length in epochs, as a share of the task's: the probes run at POINTS of the run

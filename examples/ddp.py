@@ -25,7 +25,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 import kronsearch
 
-
 Split = tuple[torch.Tensor, torch.Tensor]
 
 

@@ -44,7 +44,7 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
     raise stop
 
 
-def _redeliver_lost_interrupt(unraisable: "sys.UnraisableHookArgs") -> None:
+def _redeliver_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
     """Hand a KeyboardInterrupt that a callback swallowed back to the main thread; print anything else."""
     global _redelivered
     if isinstance(unraisable.exc_value, KeyboardInterrupt):

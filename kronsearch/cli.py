@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 
 import kronsearch
-
 from kronsearch.console import drop_output, ignore_absurd_columns
 from kronsearch.errors import RUN_INTERRUPTED, BadInput, RunFailure, Terminated
 from kronsearch.record import Strategy
@@ -34,13 +33,13 @@ app = typer.Typer(
 )
 
 StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help='A search "N" (all its strategy studies) or one study "N:S".')]
-StorageOpt = Annotated[Optional[str], typer.Option(
+StorageOpt = Annotated[str | None, typer.Option(
     "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
-ArtifactsOpt = Annotated[Optional[Path], typer.Option(
+ArtifactsOpt = Annotated[Path | None, typer.Option(
     "--artifacts", metavar="PATH", help="The folder of the trials' weights, metrics and history, shared by every "
                                         "machine (default: the space's search.artifacts, else where the study "
                                         "recorded them).")]
-ToleranceOpt = Annotated[Optional[float], typer.Option(
+ToleranceOpt = Annotated[float | None, typer.Option(
     "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the best "
                                           "val accuracy (default: the study's search.tolerance, 0.5).")]
 WideOpt = Annotated[bool, typer.Option("--wide", help="Every column, headers spelled out; the default fits 80 columns.")]
@@ -124,16 +123,16 @@ def _print_json(data: object) -> None:
 def run(
     space: Annotated[Path, typer.Argument(metavar="SPACE", help="The search space YAML file, or the name of a bundled "
                                                                 "space (`kronsearch spaces` lists them).")],
-    trials: Annotated[Optional[int], typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
-    strategy: Annotated[Optional[Strategy], typer.Option(
+    trials: Annotated[int | None, typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
+    strategy: Annotated[Strategy | None, typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the existing study and start over.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
-    device: Annotated[Optional[Literal["auto", "cpu", "cuda"]], typer.Option("--device", help="Training device.")] = None,
-    backend: Annotated[Optional[Literal["local", "ray"]], typer.Option("--backend", help="Where trials run.")] = None,
-    address: Annotated[Optional[str], typer.Option("--address", metavar="ADDRESS", help="Ray cluster address (--backend ray).")] = None,
+    device: Annotated[Literal["auto", "cpu", "cuda"] | None, typer.Option("--device", help="Training device.")] = None,
+    backend: Annotated[Literal["local", "ray"] | None, typer.Option("--backend", help="Where trials run.")] = None,
+    address: Annotated[str | None, typer.Option("--address", metavar="ADDRESS", help="Ray cluster address (--backend ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-trial progress.")] = False,
     wide: Annotated[bool, typer.Option("--wide", help="With --dry-run: the plan's lines unbroken; by default it "
                                                       "fits 80 columns.")] = False,
@@ -190,10 +189,10 @@ def spaces_copy(
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(metavar="FILE.yaml", help="The space file to write.")],
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", metavar="REF", help="Your model factory 'package.module:function' (called with input_shape, "
                                        "num_classes), a built-in model or 'timm:<name>' (default: mlp).")] = None,
-    data: Annotated[Optional[str], typer.Option(
+    data: Annotated[str | None, typer.Option(
         "--data", metavar="REF", help="Your data factory 'package.module:function' or a built-in dataset "
                                       "(default: digits).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE.yaml if it exists.")] = False,
@@ -254,10 +253,10 @@ def export(
     study: Annotated[str, typer.Argument(
         metavar="STUDY", help='One study: "N:S", or "N" when search N has one study.')],
     out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
-    trial: Annotated[Optional[int], typer.Option(
+    trial: Annotated[int | None, typer.Option(
         "--trial", min=0, metavar="N", help="Trial number (default: the pick, see --tolerance; with several objectives "
                                             "the best-val Pareto trial).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(
+    weights: Annotated[Path | None, typer.Option(
         "--weights", metavar="FILE", help="Also write the trial's weights: .safetensors (copied) or .pt (torch state dict).")] = None,
     bsr: Annotated[bool, typer.Option(
         "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to <weights stem>.bsr.safetensors.")] = False,
@@ -288,7 +287,7 @@ def plot(
     out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the PNG files (created if missing).")],
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
-    trial: Annotated[Optional[int], typer.Option(
+    trial: Annotated[int | None, typer.Option(
         "--trial", min=0, metavar="N", help="The one-round trial of the selection plot (one study N:S; default: "
                                             "the best one-round trial).")] = None,
 ) -> None:

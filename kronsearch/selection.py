@@ -51,9 +51,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import cast
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -62,11 +62,11 @@ from torch import Tensor, nn
 
 from kronsearch.data.batches import Batches
 from kronsearch.evidence import OUT_Z, PICK_Z, Estimate, Reading, read, within_tolerance
+from kronsearch.layers.blocks import kron_macs, kron_params
 from kronsearch.layers.costs import model_cost
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
-from kronsearch.layers.blocks import kron_macs, kron_params
-from kronsearch.layers.errors import BadInput
 
 Validation = Batches | Iterable[tuple[Tensor, Tensor]] | Callable[[nn.Module], Tensor | tuple[Tensor, float]]
 """What a race validates on: Batches (its `ordered()` batches), any re-iterable of (inputs, labels) batches

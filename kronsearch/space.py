@@ -35,14 +35,33 @@ from torch import nn
 from kronsearch.bundled import find_space
 from kronsearch.data import SYNTHETIC_DEFAULTS, dataset_shape, find_root
 from kronsearch.layers.blocks import MAX_KRON_PARAMS, MAX_RANK, Block, format_block, kron_params, valid_blocks
+from kronsearch.layers.errors import BadInput
 from kronsearch.layers.kronify import matching_linears
 from kronsearch.layers.yamlfile import read_yaml_file
-from kronsearch.layers.errors import BadInput
 from kronsearch.models import ModelError, build_model
-from kronsearch.references import (TIMM_PREFIX, FactoryFailed, build_configured_model, factory_data, load_checkpoint,
-                                   resolve)
-from kronsearch.schema import (BACKEND, DATA, MAX_CANDIDATES, MODEL, RESOURCES, SEARCH, SPACE,
-                               TOP, TOP_LEVEL, TRAIN, Checker, FloatRange, SpaceError)
+from kronsearch.references import (
+    TIMM_PREFIX,
+    FactoryFailed,
+    build_configured_model,
+    factory_data,
+    load_checkpoint,
+    resolve,
+)
+from kronsearch.schema import (
+    BACKEND,
+    DATA,
+    MAX_CANDIDATES,
+    MODEL,
+    RESOURCES,
+    SEARCH,
+    SPACE,
+    TOP,
+    TOP_LEVEL,
+    TRAIN,
+    Checker,
+    FloatRange,
+    SpaceError,
+)
 from kronsearch.trainer import TrainConfig
 
 MAX_SYNTHETIC_VALUES = 500_000_000  # (n_train + n_test) * in_features of the synthetic dataset (2 GB)

@@ -15,8 +15,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.blocks import format_block
-from kronsearch.record import (Strategy, StudyRecord, TrialRecord, enqueue_seed, study_strategy, tolerance_pick,
-                               trial_kind)
+from kronsearch.record import (
+    Strategy,
+    StudyRecord,
+    TrialRecord,
+    enqueue_seed,
+    study_strategy,
+    tolerance_pick,
+    trial_kind,
+)
 from kronsearch.space import FloatRange, Space
 from kronsearch.trial_run import TrialSpec
 

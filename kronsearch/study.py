@@ -28,13 +28,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 import kronsearch
 from kronsearch import record
+from kronsearch.artifacts import check_claimed, check_own, claim, given_root, recorded_root, storage_label
 from kronsearch.layers.blocks import format_block
 from kronsearch.processes import worker_alive, worker_attrs
 from kronsearch.record import DEFAULT_TOLERANCE, StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
-from kronsearch.artifacts import check_claimed, check_own, claim, given_root, recorded_root, storage_label
-from kronsearch.storage import (artifact_root, artifacts_folder, open_storage, storage_file, study_artifacts_dir,
-                                study_artifacts_root)
+from kronsearch.storage import (
+    artifact_root,
+    artifacts_folder,
+    open_storage,
+    storage_file,
+    study_artifacts_dir,
+    study_artifacts_root,
+)
 from kronsearch.study_files import checked_folder, remove_study_files
 from kronsearch.study_owner import check_made_by_kronsearch, check_not_held, mark_made_by_kronsearch
 

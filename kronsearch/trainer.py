@@ -29,10 +29,10 @@ from kronsearch.layers.compute import COMPUTE_MODES, default_compute_as
 from kronsearch.layers.costs import area_weighted, model_cost
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
-from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.layers.kronify import model_plan
-from kronsearch.record import DEFAULT_TOLERANCE
+from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.one_round import OneRound
+from kronsearch.record import DEFAULT_TOLERANCE
 from kronsearch.selection import RACE_CAP, Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -8,26 +8,26 @@ from __future__ import annotations
 import functools
 import json
 import os
-from fnmatch import fnmatchcase
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
 from safetensors import SafetensorError
 from safetensors.torch import save as safetensors_bytes
+from torch.utils.data import TensorDataset
 
+from kronsearch.atomic_write import write_atomic
 from kronsearch.data import DataSplits, load_dataset
 from kronsearch.data.batches import Batches
 from kronsearch.errors import user_code_exits
-from kronsearch.layers.kronify import kronify
-from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.layers.blocks import parse_block
+from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.progress import BarStatus
+from kronsearch.references import build_configured_model, factory_data, load_checkpoint
 from kronsearch.space import Space, SpaceError
-from kronsearch.atomic_write import write_atomic
 from kronsearch.storage import StorageError
 from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_everything, train
 

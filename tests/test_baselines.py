@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kronsearch.baselines import METHODS, RigL, block_norms, layer_blocks, prunable_layers, train_baseline
-from kronsearch.layers.costs import model_cost
 from kronsearch.data import load_dataset
+from kronsearch.layers.costs import model_cost
 from kronsearch.models import build_model
 from kronsearch.trainer import TrainConfig, seed_everything
 

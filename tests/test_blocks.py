@@ -10,10 +10,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kronsearch import KronLinear, kronify
+from kronsearch.layers.blocks import (
+    contraction_macs,
+    format_block,
+    kron_macs,
+    kron_nonzeros,
+    kron_params,
+    parse_block,
+    valid_blocks,
+)
 from kronsearch.layers.costs import model_cost
-from kronsearch.layers.blocks import contraction_macs
 from kronsearch.models import build_model
-from kronsearch.layers.blocks import format_block, kron_macs, kron_nonzeros, kron_params, parse_block, valid_blocks
 
 FAST = settings(max_examples=50, deadline=None)
 MNIST = (1, 28, 28)

@@ -10,8 +10,7 @@ from optuna.trial import create_trial
 
 from kronsearch.report import compare_data, render_compare
 from kronsearch.storage import load_studies
-from tests.test_report import (PER_PATTERN_DISTS, build_hybrid, build_search, metrics_for, plan_for, render,
-                               trial_attrs)
+from tests.test_report import PER_PATTERN_DISTS, build_hybrid, build_search, metrics_for, plan_for, render, trial_attrs
 
 # build_hybrid: one one_round trial (3M training MACs, 30 s) and two per_pattern trials (4M, 50 s each)
 

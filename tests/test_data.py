@@ -19,9 +19,16 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from kronsearch import data
-from kronsearch.data import folders, idx
-from kronsearch.data import DATASETS, DatasetError, DatasetNotFoundError, find_root, load_dataset
-from tests.datafiles import IDX_CODES, IDX_FILES, cifar_batch, write_cifar10, write_cifar100, write_idx, write_idx_dataset
+from kronsearch.data import DATASETS, DatasetError, DatasetNotFoundError, find_root, folders, idx, load_dataset
+from tests.datafiles import (
+    IDX_CODES,
+    IDX_FILES,
+    cifar_batch,
+    write_cifar10,
+    write_cifar100,
+    write_idx,
+    write_idx_dataset,
+)
 
 SMALL_SYNTHETIC = {"n_train": 200, "n_test": 50}
 

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from kronsearch import kronify, load_plan
 from kronsearch.cli import app
-from kronsearch.models import build_model
-from kronsearch.storage import load_studies
 from kronsearch.data.batches import Batches
-from kronsearch.trainer import accuracy
+from kronsearch.models import build_model
 from kronsearch.space import load_space
+from kronsearch.storage import load_studies
+from kronsearch.trainer import accuracy
 from kronsearch.trial_run import load_space_data
 
 

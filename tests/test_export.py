@@ -13,6 +13,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kronsearch import load_plan
+from kronsearch.atomic_write import write_atomic
+from kronsearch.layers.kron_linear import KronLinear
+from kronsearch.layers.plan import LayerPattern
+from kronsearch.models import build_model
 from kronsearch.report.export import (
     ExportError,
     bsr_path,
@@ -22,10 +26,6 @@ from kronsearch.report.export import (
     pattern_document,
     weights_path,
 )
-from kronsearch.layers.kron_linear import KronLinear
-from kronsearch.models import build_model
-from kronsearch.layers.plan import LayerPattern
-from kronsearch.atomic_write import write_atomic
 from kronsearch.storage import load_studies
 from tests.test_report import build_search
 

@@ -17,7 +17,6 @@ from kronsearch.search import run_search
 from kronsearch.space import load_space
 from kronsearch.storage import load_studies
 from kronsearch.study import open_study, recover_dead_trials
-
 from tests.test_ray_backend import RAY, ray_processes
 from tests.test_ray_cluster import left_running
 

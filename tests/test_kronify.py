@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kronsearch import (KronLinear, LayerPattern, PatternSelectLinear, finalize_model, kronify, load_plan,
-                        model_plan)
+from kronsearch import KronLinear, LayerPattern, PatternSelectLinear, finalize_model, kronify, load_plan, model_plan
 
 
 class Net(nn.Module):

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 import kronsearch
 from kronsearch import BSRLinear, KronLinear, load_model
 from kronsearch.cli import app
+from kronsearch.data.batches import Batches
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.loading import dense_layers, model_bsr_tensors
 from kronsearch.space import load_space
 from kronsearch.storage import load_studies
-from kronsearch.data.batches import Batches
 from kronsearch.trainer import accuracy
 from kronsearch.trial_run import load_space_data
 from tests.docblocks import code_blocks

@@ -22,13 +22,12 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kronsearch.record import metrics
 from kronsearch.backends.ray import check_cluster, check_resources, ray_session
 from kronsearch.backends.tune import CRASH_HOOK_ENV, StudySearcher
+from kronsearch.record import finished, metrics
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
-from kronsearch.record import finished
 from tests.conftest import TEST_SESSION_ENV
 
 pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: one worker runs every Ray file (tests/conftest.py)

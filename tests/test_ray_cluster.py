@@ -20,7 +20,6 @@ from ray import tune
 
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
-
 from tests.test_ray_backend import RAY, command_line, ray_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # a two-node Ray cluster (30 s with its teardown)

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from kronsearch.backends.ray_folders import (SOCKET_PATH_MAX, new_session_folder, private_folder, ray_socket_tail,
-                                             session_root)
+from kronsearch.backends.ray_folders import (
+    SOCKET_PATH_MAX,
+    new_session_folder,
+    private_folder,
+    ray_socket_tail,
+    session_root,
+)
 from kronsearch.errors import RunFailure
 from tests.test_reliability import TIMEOUT, python  # noqa: F401 - python is a fixture
 

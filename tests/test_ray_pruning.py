@@ -11,11 +11,10 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kronsearch.record import metrics
 from kronsearch.backends.ray_folders import KEPT, session_root
+from kronsearch.record import metrics
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
-
 from tests.test_ray_backend import RAY, ray_processes
 from tests.test_ray_cluster import left_running
 

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 from safetensors.torch import save_file
 from torch import nn
 
-from kronsearch import KronLinear, PatternSelectLinear, load_plan, kronify
+from kronsearch import KronLinear, PatternSelectLinear, kronify, load_plan
 from kronsearch.data import load_dataset
 from kronsearch.data.batches import Batches
 from kronsearch.references import build_configured_model, load_factory_data

@@ -34,22 +34,30 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from kronsearch import kronify, load_plan, trial_run as trial_module
+from kronsearch import kronify, load_plan
+from kronsearch import trial_run as trial_module
 from kronsearch.backends import base, local
-from kronsearch.trainer import TrainingDiverged
 from kronsearch.backends.base import Budget, TrialSkipped
 from kronsearch.backends.local import make_objective
-from kronsearch.search import run_search
+from kronsearch.cli import app
+from kronsearch.layers.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
 from kronsearch.processes import process_started, worker_id
+from kronsearch.record import counts_toward_budget, finished
+from kronsearch.schema import MAX_CANDIDATES, MAX_EPOCHS
+from kronsearch.search import run_search
+from kronsearch.space import SpaceError, load_space
+from kronsearch.storage import (
+    StorageError,
+    StudyNotFound,
+    artifact_dir_candidates,
+    default_storage_url,
+    load_studies,
+    open_storage,
+    storage_error,
+)
 from kronsearch.study import open_study, recover_dead_trials
 from kronsearch.study_owner import live_holders
-from kronsearch.schema import MAX_CANDIDATES, MAX_EPOCHS
-from kronsearch.space import SpaceError, load_space
-from kronsearch.cli import app
-from kronsearch.storage import (StorageError, StudyNotFound, artifact_dir_candidates, default_storage_url, load_studies,
-                                open_storage, storage_error)
-from kronsearch.record import counts_toward_budget, finished
-from kronsearch.layers.yamlfile import MAX_DEPTH, MAX_FILE_BYTES
+from kronsearch.trainer import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "tiny:one_round"

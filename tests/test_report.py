@@ -29,7 +29,6 @@ from safetensors.torch import save_file
 from kronsearch import kronify, record
 from kronsearch.models import build_model
 from kronsearch.processes import process_started
-from kronsearch.report.show import tolerance_note
 from kronsearch.report import (
     best_trials,
     compare_data,
@@ -46,6 +45,7 @@ from kronsearch.report import (
     trial_history,
     trial_pattern,
 )
+from kronsearch.report.show import tolerance_note
 from kronsearch.storage import load_studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

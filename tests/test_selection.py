@@ -11,13 +11,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kronsearch.data import load_dataset
+from kronsearch.data.batches import Batches
+from kronsearch.layers.blocks import format_block
 from kronsearch.layers.costs import model_cost
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.models import build_model
-from kronsearch.layers.blocks import format_block
-from kronsearch.data.batches import Batches
 from kronsearch.selection import RACE_CHECKS, Estimate, Race, drop_from_optimizer, prox_l1_, within_tolerance
 from kronsearch.trainer import TrainConfig, make_optimizer, seed_everything, train
 

@@ -14,8 +14,17 @@ from kronsearch.report.export import export_trial
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
-from tests.test_report import (ONE_ROUND_DISTS, OBJECTIVES_2, PER_PATTERN_DISTS, build_hybrid, build_search,
-                               metrics_for, plan_for, render, trial_attrs)
+from tests.test_report import (
+    OBJECTIVES_2,
+    ONE_ROUND_DISTS,
+    PER_PATTERN_DISTS,
+    build_hybrid,
+    build_search,
+    metrics_for,
+    plan_for,
+    render,
+    trial_attrs,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -8,16 +8,22 @@ import pytest
 import torch
 from torch import nn
 
-from kronsearch.layers.costs import model_cost
 from kronsearch.data import load_dataset
+from kronsearch.layers.blocks import format_block
 from kronsearch.layers.compute import default_compute
+from kronsearch.layers.costs import model_cost
 from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.models import build_model
-from kronsearch.layers.blocks import format_block
 from kronsearch.trainer import (
-    EpochReport, TrainConfig, TrainingDiverged, lr_factor, make_optimizer, seed_everything, train,
+    EpochReport,
+    TrainConfig,
+    TrainingDiverged,
+    lr_factor,
+    make_optimizer,
+    seed_everything,
+    train,
 )
 
 RACE_EPOCHS, TRAIN_EPOCHS, FINETUNE_EPOCHS = 1, 2, 1

@@ -26,11 +26,11 @@ from rich.console import Console
 
 from kronsearch import record
 from kronsearch.layers.errors import KronsearchError, RunFailure
+from kronsearch.processes import worker_alive
 from kronsearch.record import TrialRecord
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, artifact_dir_record
 from kronsearch.strategies import find_duplicate, suggest
-from kronsearch.processes import worker_alive
 from kronsearch.trainer import TrainingDiverged
 from kronsearch.trial_run import TrialSpec, trial_config
 

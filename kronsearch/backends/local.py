@@ -14,8 +14,17 @@ from rich import get_console
 from rich.console import Console
 
 from kronsearch import record
-from kronsearch.backends.base import (Backend, Budget, TrialFailed, TrialSkipped, finish_trial, should_prune,
-                                      start_trial, trial_artifact_dir, trial_failure)
+from kronsearch.backends.base import (
+    Backend,
+    Budget,
+    TrialFailed,
+    TrialSkipped,
+    finish_trial,
+    should_prune,
+    start_trial,
+    trial_artifact_dir,
+    trial_failure,
+)
 from kronsearch.errors import Terminated
 from kronsearch.progress import BarStatus, EpochLines, StudyClock, planned_epochs
 from kronsearch.space import Space

@@ -71,17 +71,22 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from kronsearch.backends.base import Backend, Budget  # noqa: E402
+from kronsearch.backends.ray_folders import (  # noqa: E402
+    new_session_folder,
+    private_folder,
+    remove_session,
+    session_root,
+    sweep_dead_sessions,
+)
 from kronsearch.backends.ray_stop import StopDeadline  # noqa: E402
-from kronsearch.backends.ray_folders import (new_session_folder, private_folder, remove_session,  # noqa: E402
-                                              session_root, sweep_dead_sessions)
 from kronsearch.backends.ray_watch import DriverWatch  # noqa: E402
 from kronsearch.backends.tune import StudyScheduler, StudySearcher, run_tune_trial  # noqa: E402
 from kronsearch.errors import BadInput, RunFailure, Terminated  # noqa: E402
 from kronsearch.references import call_user_code  # noqa: E402
 from kronsearch.space import Space, SpaceError  # noqa: E402
 from kronsearch.storage import StorageError, study_storage_url  # noqa: E402
-from kronsearch.study_files import study_folder  # noqa: E402
 from kronsearch.study import Heartbeats  # noqa: E402
+from kronsearch.study_files import study_folder  # noqa: E402
 
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 ADDRESS_TIMEOUT = 10.0  # seconds: how long backend.address may take to answer

@@ -31,12 +31,11 @@ from ray.tune.search import Searcher
 from rich.console import Console
 
 from kronsearch import record
-from kronsearch.backends.base import (Budget, finish_trial, should_prune, start_trial, trial_artifact_dir,
-                                      trial_failure)
-from kronsearch.space import Space
-from kronsearch.storage import StorageError
+from kronsearch.backends.base import Budget, finish_trial, should_prune, start_trial, trial_artifact_dir, trial_failure
 from kronsearch.processes import worker_id
 from kronsearch.progress import epoch_line, planned_epochs, racing_summary
+from kronsearch.space import Space
+from kronsearch.storage import StorageError
 from kronsearch.study import ask, fail_stale
 from kronsearch.trial_run import TrialSpec, run_trial
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from kronsearch.data.splits import Arrays, DatasetError, check_images_labels
 
+
 def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
     """numpy's array-unpickling functions under both their numpy 1.x and 2.x module names.
 

@@ -6,7 +6,16 @@ import os
 from typing import Any
 
 from kronsearch.data.folders import FOLDERS, find_root
-from kronsearch.data.splits import FIXED_TEST_SEED, Arrays, DataSplits, DatasetError, check_name, check_split_args, make_splits, permutation
+from kronsearch.data.splits import (
+    FIXED_TEST_SEED,
+    Arrays,
+    DatasetError,
+    DataSplits,
+    check_name,
+    check_split_args,
+    make_splits,
+    permutation,
+)
 from kronsearch.data.synthetic import synthetic_arrays, synthetic_options
 
 DIGITS_TEST_FRACTION = 0.2

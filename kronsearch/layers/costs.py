@@ -16,9 +16,9 @@ from typing import cast
 import torch
 from torch import nn
 
+from kronsearch.layers.blocks import kron_macs
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD, KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
-from kronsearch.layers.blocks import kron_macs
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from typing import cast
 from dataclasses import dataclass, field
+from typing import cast
 
 from torch import nn
 

@@ -13,12 +13,36 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kronsearch.record import (DEFAULT_TOLERANCE, FINISHED, KINDS, StudyRecord, TrialRecord, metrics, study_strategy, study_tolerance,
-                               tolerance_pick, train_macs_total, trial_kind, val_accuracy)
+from kronsearch.record import (
+    DEFAULT_TOLERANCE,
+    FINISHED,
+    KINDS,
+    StudyRecord,
+    TrialRecord,
+    metrics,
+    study_strategy,
+    study_tolerance,
+    tolerance_pick,
+    train_macs_total,
+    trial_kind,
+    val_accuracy,
+)
 from kronsearch.report.blocks import block_position, block_ranking, block_table, trials_behind
 from kronsearch.report.cost import cost_curve, reach, render_cost
-from kronsearch.report.trials import (check_tolerance, describe_blocks, duration, fmt_count, fmt_pct, fmt_seconds,
-                                      malformed_notes, narrowed, norm_block, print_uncut, report_table, trial_rank)
+from kronsearch.report.trials import (
+    check_tolerance,
+    describe_blocks,
+    duration,
+    fmt_count,
+    fmt_pct,
+    fmt_seconds,
+    malformed_notes,
+    narrowed,
+    norm_block,
+    print_uncut,
+    report_table,
+    trial_rank,
+)
 
 
 def trial_pattern(trial: FrozenTrial) -> dict:

@@ -22,12 +22,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.artifacts import ArtifactsUnreachable, unreachable
 from kronsearch.artifacts import storage_label as display_storage
+from kronsearch.atomic_write import write_atomic
 from kronsearch.layers.errors import BadInput
 from kronsearch.layers.plan import parse_plan
 from kronsearch.record import SCALAR_METRICS, StudyRecord, TrialRecord, full_config, metrics, study_strategy, trial_kind
-from kronsearch.report.trials import (ExportError, MissingWeights, artifact_dirs, bsr_path, check_tolerance,
-                                     default_trial, fmt_accuracies, malformed_notes)
-from kronsearch.atomic_write import write_atomic
+from kronsearch.report.trials import (
+    ExportError,
+    MissingWeights,
+    artifact_dirs,
+    bsr_path,
+    check_tolerance,
+    default_trial,
+    fmt_accuracies,
+    malformed_notes,
+)
 from kronsearch.storage import storage_file, study_storage_url
 from kronsearch.study_files import inside_study_folder, study_folders
 
@@ -107,7 +115,7 @@ def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str |
             "space_hash": StudyRecord.of(study).space_hash,
             "space_path": StudyRecord.of(study).space_path,
             "kronsearch_version": StudyRecord.of(study).kronsearch_version,
-            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     }
 

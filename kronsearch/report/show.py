@@ -13,11 +13,33 @@ from rich.console import Console
 from rich.markup import escape
 
 from kronsearch.processes import worker_alive
-from kronsearch.record import (SCALAR_METRICS, StudyRecord, TrialRecord, malformed, malformed_study, metrics,
-                               study_strategy, tolerance_pick, trial_kind, val_accuracy)
-from kronsearch.report.trials import (best_trials, describe_blocks, duration, fmt_accuracies, fmt_count,
-                                      fmt_params, fmt_pct, fmt_seconds, narrow_table, norm_block, objectives,
-                                      pick_tolerance, print_uncut)
+from kronsearch.record import (
+    SCALAR_METRICS,
+    StudyRecord,
+    TrialRecord,
+    malformed,
+    malformed_study,
+    metrics,
+    study_strategy,
+    tolerance_pick,
+    trial_kind,
+    val_accuracy,
+)
+from kronsearch.report.trials import (
+    best_trials,
+    describe_blocks,
+    duration,
+    fmt_accuracies,
+    fmt_count,
+    fmt_params,
+    fmt_pct,
+    fmt_seconds,
+    narrow_table,
+    norm_block,
+    objectives,
+    pick_tolerance,
+    print_uncut,
+)
 
 
 def trial_state(trial: FrozenTrial) -> tuple[str, str | None]:

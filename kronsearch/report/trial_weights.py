@@ -18,13 +18,13 @@ from optuna.trial import FrozenTrial
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from kronsearch.atomic_write import write_atomic
 from kronsearch.layers.kron_linear import DEFAULT_THRESHOLD
 from kronsearch.layers.kronify import kronify
 from kronsearch.loading import dense_layers, model_bsr_tensors
 from kronsearch.record import full_config, metrics
 from kronsearch.references import build_configured_model
 from kronsearch.report.trials import ExportError, bsr_path
-from kronsearch.atomic_write import write_atomic
 
 BsrFile = tuple[dict[str, torch.Tensor], dict[str, str]]  # the --bsr file's tensors and header
 

@@ -26,8 +26,16 @@ from rich.table import Table
 
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.errors import BadInput, RunFailure
-from kronsearch.record import (StudyRecord, TrialRecord, best_first, malformed, malformed_study, metrics,
-                               study_tolerance, tolerance_pick)
+from kronsearch.record import (
+    StudyRecord,
+    TrialRecord,
+    best_first,
+    malformed,
+    malformed_study,
+    metrics,
+    study_tolerance,
+    tolerance_pick,
+)
 from kronsearch.storage import artifact_dir_candidates
 
 HISTORY_FILE = "history.json"

@@ -98,8 +98,8 @@ DEFAULTS = {  # per table: epochs, limit, lr
     "vit": {"epochs": 4, "limit": 5000, "lr": 2e-3},
 }
 BASELINES = [m for m in METHODS if m != "dense"]
-HEADER = ("| method | block | rank | test acc | block sparsity | train params | train MACs | inference nnz | setting |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | block | rank | test acc | block sparsity | train params | train MACs | inference nnz "
+          "| setting |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def count(values: Sequence[int]) -> str:
@@ -217,7 +217,8 @@ def table_vit(data: DataSplits, args) -> list[str]:
     layers = linear_names(t.model(0), ["blocks.*"])
     out = t.rows({"4x4": dict.fromkeys(layers, (4, 4))}, [1])
     out += ["", "Block-size selection (ViT): each candidate alone vs one round", "",
-            "| run | blocks | test acc | block sparsity | train params | train MACs | wall s |", "|---|---|---|---|---|---|---|"]
+            "| run | blocks | test acc | block sparsity | train params | train MACs | wall s |",
+            "|---|---|---|---|---|---|---|"]
     candidates = [(2, 2), (4, 4), (8, 8)]
     alone: dict[str, list[TrainResult]] = {}
     one_round: list[TrainResult] = []
@@ -309,7 +310,8 @@ def table_search(args, smoke: bool) -> list[str]:
     from kronsearch.search import run_search
     spaces = [ROOT / "search_spaces" / "vit.yaml"] + ([] if smoke else [ROOT / "search_spaces" / "lenet5.yaml"])
     out = ["| space | strategy | trials | best trial (kind) | best val acc | its test acc | best pattern "
-           "| wall s to best | train MACs to best | wall s all | train MACs all |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| wall s to best | train MACs to best | wall s all | train MACs all |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -370,7 +372,8 @@ def layer_speed_rows(repeats: int, smoke: bool) -> list[str]:
     warmup = 1 if smoke else max(5, repeats // 10)
     out = [f"KronLinear vs nn.Linear (benchmarks/layer_speed.py's measure(); batch 256, float32, "
            f"{torch.get_num_threads()} thread(s), median of {repeats} paired forward+backward steps)", "",
-           "| out x in | block | rank | KronLinear ms | nn.Linear ms | time ratio | MAC ratio |", "|---|---|---|---|---|---|---|"]
+           "| out x in | block | rank | KronLinear ms | nn.Linear ms | time ratio | MAC ratio |",
+           "|---|---|---|---|---|---|---|"]
     for out_f, in_f, block, rank in shapes:
         k, d, ratio = measure(out_f, in_f, block, rank, 256, repeats, warmup)
         mac = kron_macs(out_f, in_f, block, rank) / (out_f * in_f)
@@ -436,8 +439,8 @@ def table_speed(args, smoke: bool) -> list[str]:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--table", required=True, choices=TABLES)
     p.add_argument("--seeds", default="0,1,2", help="comma list (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="per run (default: linear 5, lenet5 5, vit 4)")

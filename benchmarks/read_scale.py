@@ -8,10 +8,11 @@ load of the same study (optuna.load_study + get_trials), on SQLite and PostgreSQ
 One real trial is trained first (a one-trial one_round study of a tiny digits MLP); each study of N trials is
 that study's attrs with N copies of its trial (the first added by Optuna's add_trial, the rest copies of its
 rows, inserted in bulk), each with its own val accuracy, so the pick and the plots have something to choose.
-Each round times, in this process and in a rotated order, every command's Python API as the CLI calls it, from opening the storage to the rendered output (show and
-compare into a string, export's pattern file, plot's PNGs), and Optuna's load of the study from a fresh
-storage. Reported: the median seconds over the rounds, and each command's median per-round ratio to Optuna's
-load. PostgreSQL runs on a throwaway server the script starts (tests/postgres.py: initdb and pg_ctl).
+Each round times, in this process and in a rotated order, every command's Python API as the CLI calls it, from
+opening the storage to the rendered output (show and compare into a string, export's pattern file, plot's PNGs),
+and Optuna's load of the study from a fresh storage. Reported: the median seconds over the rounds, and each
+command's median per-round ratio to Optuna's load. PostgreSQL runs on a throwaway server the script starts
+(tests/postgres.py: initdb and pg_ctl).
 """
 
 from __future__ import annotations

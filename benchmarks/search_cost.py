@@ -140,7 +140,8 @@ def run_study(path: Path, folder: Path) -> tuple[list[optuna.trial.FrozenTrial],
     return trials, races
 
 
-def curve(trials: Sequence[optuna.trial.FrozenTrial], tolerance: float) -> list[tuple[int, optuna.trial.FrozenTrial | None]]:
+def curve(trials: Sequence[optuna.trial.FrozenTrial],
+          tolerance: float) -> list[tuple[int, optuna.trial.FrozenTrial | None]]:
     """(cumulative training MACs, tolerance pick so far) after each finished trial, in trial order."""
     spent, done, points = 0, [], []
     for trial in trials:

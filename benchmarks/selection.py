@@ -12,11 +12,11 @@ Smoke run for CI (digits only, one seed, tiny budgets; checks the script runs, i
 
 Tasks (TASKS below; narrow-mlp-long and tie-mlp-long are narrow-mlp and tie-mlp at 24 epochs, the users'
 regime where the race's quarter gives each candidate more than an epoch): the synthetic planted-block task (a
-linear layer whose teacher is block-sparse with the block planted per seed, cycling 4x4, 8x8, 2x8, 8x2, 2x2, so the largest candidate is the
-planted one on seed 1); a small ViT on scikit-learn's digits (every Linear of the blocks picks its
-own block); an MLP on Fashion-MNIST (the 256-wide hidden layer picks, the head stays dense); LeNet-5
-on Fashion-MNIST (fc1, fc2, fc3 pick among the candidates that divide them). Fashion-MNIST trains on
-the first `--limit` examples and is evaluated on its full 10k test set.
+linear layer whose teacher is block-sparse with the block planted per seed, cycling 4x4, 8x8, 2x8, 8x2, 2x2, so
+the largest candidate is the planted one on seed 1); a small ViT on scikit-learn's digits (every Linear of the
+blocks picks its own block); an MLP on Fashion-MNIST (the 256-wide hidden layer picks, the head stays dense);
+LeNet-5 on Fashion-MNIST (fc1, fc2, fc3 pick among the candidates that divide them). Fashion-MNIST trains on the
+first `--limit` examples and is evaluated on its full 10k test set.
 
 Per task and seed:
 - every candidate is trained alone (a candidate that does not divide a layer is replaced there by
@@ -30,10 +30,10 @@ within it is cheaper (final MACs, then parameters), next to how often three fixe
 (always the smallest candidate, always the largest, always the candidate best on average over the
 seeds, which needs hindsight) and the noise ceiling of "right": for every ordered pair of seeds, the
 right answer of one seed's full sweep (every candidate alone) taken as the pick on the other seed,
-a sweep that is right with certainty on its own seed; regret = best test accuracy alone - the pick's test accuracy alone
-(the picked plan retrained alone), and the fixed rules' and the other seed's sweep's regrets; the pick's final MACs over the
-costliest candidate's; final gap = the one round's own final test accuracy - the best alone; cost =
-the one-round run's train_macs_total (its race's validation passes included) and wall time against
+a sweep that is right with certainty on its own seed; regret = best test accuracy alone - the pick's test
+accuracy alone (the picked plan retrained alone), and the fixed rules' and the other seed's sweep's regrets; the
+pick's final MACs over the costliest candidate's; final gap = the one round's own final test accuracy - the best
+alone; cost = the one-round run's train_macs_total (its race's validation passes included) and wall time against
 one training of the pick alone and against the sweep (all runs alone); fell back = runs where a layer's race
 decided by "fallback" (the evidence did not separate candidates that still learned, kronsearch/evidence.py);
 wrong, decided by evidence = runs whose pick is not right although every layer decided by evidence.
@@ -113,7 +113,8 @@ def synthetic(seed: int, args: argparse.Namespace) -> DataSplits:
 TASKS = {
     "synthetic": Task("synthetic", synthetic, "linear", {}, ("fc",),
                       [(2, 2), (4, 4), (8, 8), (2, 8), (8, 2)], {"epochs": 10, "lr": 1e-2, "lambda2": 1e-4}),
-    "vit-digits": Task("vit-digits", lambda seed, args: load_dataset("digits", seed=0, limit=300 if args.smoke else None),
+    "vit-digits": Task("vit-digits",
+                       lambda seed, args: load_dataset("digits", seed=0, limit=300 if args.smoke else None),
                        "vit", {"patch_size": 4, "dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}, ("blocks.*",),
                        [(2, 2), (4, 4), (8, 8)],
                        {"epochs": 12, "lr": 5e-3, "batch_size": 64, "weight_decay": 0.05, "warmup_epochs": 1,
@@ -207,7 +208,8 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
             plan = alone_plan(cand, shapes, task.candidates)
             key = plan_label(plan)
             if key not in alone:
-                alone[key] = run(task, data, seed, lambda m, p=plan: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
+                alone[key] = run(task, data, seed,
+                                 lambda m, p=plan: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
         budget = {} if args.select_fraction is None else {"select_epochs": args.select_fraction * task.train["epochs"]}
         kept = run(task, data, seed, lambda m: kronify(m, candidates=task.candidates, include=task.include),
                    tolerance=args.tolerance, finetune_epochs=0, **budget)
@@ -216,7 +218,8 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
         labels = [plan_label(alone_plan(c, shapes, task.candidates)) for c in task.candidates]
         sweep = {k: alone[k] for k in labels}
         if pick_key not in alone:
-            alone[pick_key] = run(task, data, seed, lambda m, p=pick: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
+            alone[pick_key] = run(task, data, seed,
+                                  lambda m, p=pick: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
         best = max(r.test_accuracy for r in sweep.values())
         decisions = kept.decisions.values()
         accuracy, cost = scored(alone)
@@ -285,10 +288,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of %(default)s")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list (default %(default)s)")
     parser.add_argument("--tolerance", type=float, default=0.5,
-                        help="accuracy points: the pick and 'right' both mean the cheapest within it (default %(default)s)")
+                        help="accuracy points: the pick and 'right' both mean the cheapest within it "
+                             "(default %(default)s)")
     parser.add_argument("--select-fraction", type=float, default=None,
                         help="one-round selection budget as a fraction of the epochs (default: the trainer's)")
-    parser.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training examples (default %(default)s)")
+    parser.add_argument("--limit", type=int, default=10000,
+                        help="Fashion-MNIST training examples (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)

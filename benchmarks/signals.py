@@ -172,7 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of %(default)s")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma list (default %(default)s)")
-    parser.add_argument("--limit", type=int, default=10000, help="Fashion-MNIST training examples (default %(default)s)")
+    parser.add_argument("--limit", type=int, default=10000,
+                        help="Fashion-MNIST training examples (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)

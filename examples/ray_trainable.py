@@ -93,7 +93,8 @@ def main(storage: str = "sqlite:///ray_trainable.db", trials: int = 2, epochs: i
     try:
         ray.init(num_cpus=trials, include_dashboard=False, _temp_dir=str(temp / "ray"), logging_level="WARNING",
                  runtime_env={"env_vars": {"RAY_AIR_NEW_OUTPUT": "0",  # workers import the space's factories
-                                           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}})
+                                           "PYTHONPATH": os.pathsep.join(
+                                               filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}})
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
             param_space={"study": STUDY, "storage": storage, "space": str(space), "epochs": epochs,

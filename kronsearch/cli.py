@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -32,7 +32,8 @@ app = typer.Typer(
     help="Search block-sparsity patterns (block size, rank, lambdas) of Kronecker-decomposed networks.",
 )
 
-StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help='A search "N" (all its strategy studies) or one study "N:S".')]
+StudyArg = Annotated[str, typer.Argument(
+    metavar="STUDY", help='A search "N" (all its strategy studies) or one study "N:S".')]
 StorageOpt = Annotated[str | None, typer.Option(
     "--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///studies/N.db in the working directory).")]
 ArtifactsOpt = Annotated[Path | None, typer.Option(
@@ -40,9 +41,10 @@ ArtifactsOpt = Annotated[Path | None, typer.Option(
                                         "machine (default: the space's search.artifacts, else where the study "
                                         "recorded them).")]
 ToleranceOpt = Annotated[float | None, typer.Option(
-    "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the best "
-                                          "val accuracy (default: the study's search.tolerance, 0.5).")]
-WideOpt = Annotated[bool, typer.Option("--wide", help="Every column, headers spelled out; the default fits 80 columns.")]
+    "--tolerance", metavar="POINTS", help="Pick the cheapest trial within POINTS accuracy points (0 to 100) of the "
+                                          "best val accuracy (default: the study's search.tolerance, 0.5).")]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="Every column, headers spelled out; the default fits 80 columns.")]
 FormatOpt = Annotated[Literal["table", "json"], typer.Option("--format", help="Rich tables or JSON on stdout.")]
 
 
@@ -123,7 +125,8 @@ def _print_json(data: object) -> None:
 def run(
     space: Annotated[Path, typer.Argument(metavar="SPACE", help="The search space YAML file, or the name of a bundled "
                                                                 "space (`kronsearch spaces` lists them).")],
-    trials: Annotated[int | None, typer.Option("--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
+    trials: Annotated[int | None, typer.Option(
+        "--trials", min=1, metavar="N", help="Trials to run (default: the space's).")] = None,
     strategy: Annotated[Strategy | None, typer.Option(
         "--strategy", help="Search strategy (default: the space's).")] = None,
     storage: StorageOpt = None,
@@ -132,7 +135,8 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
     device: Annotated[Literal["auto", "cpu", "cuda"] | None, typer.Option("--device", help="Training device.")] = None,
     backend: Annotated[Literal["local", "ray"] | None, typer.Option("--backend", help="Where trials run.")] = None,
-    address: Annotated[str | None, typer.Option("--address", metavar="ADDRESS", help="Ray cluster address (--backend ray).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", metavar="ADDRESS", help="Ray cluster address (--backend ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-trial progress.")] = False,
     wide: Annotated[bool, typer.Option("--wide", help="With --dry-run: the plan's lines unbroken; by default it "
                                                       "fits 80 columns.")] = False,
@@ -233,7 +237,8 @@ def show(
 
 @app.command(short_help="One-round pick vs per-pattern ranking, and cost.")
 def compare(
-    studies: Annotated[list[str], typer.Argument(metavar="STUDY...", help='Studies to compare; "N" expands to all of N\'s studies.')],
+    studies: Annotated[list[str], typer.Argument(
+        metavar="STUDY...", help='Studies to compare; "N" expands to all of N\'s studies.')],
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
     output_format: FormatOpt = "table",
@@ -252,14 +257,17 @@ def compare(
 def export(
     study: Annotated[str, typer.Argument(
         metavar="STUDY", help='One study: "N:S", or "N" when search N has one study.')],
-    out: Annotated[Path, typer.Option("--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="FILE.yaml", help="The pattern file to write (YAML, see kronsearch.load_plan).")],
     trial: Annotated[int | None, typer.Option(
         "--trial", min=0, metavar="N", help="Trial number (default: the pick, see --tolerance; with several objectives "
                                             "the best-val Pareto trial).")] = None,
     weights: Annotated[Path | None, typer.Option(
-        "--weights", metavar="FILE", help="Also write the trial's weights: .safetensors (copied) or .pt (torch state dict).")] = None,
+        "--weights", metavar="FILE", help="Also write the trial's weights: .safetensors (copied) or .pt "
+                                          "(torch state dict).")] = None,
     bsr: Annotated[bool, typer.Option(
-        "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to <weights stem>.bsr.safetensors.")] = False,
+        "--bsr", help="Also write every Kronecker layer's merged weight in BSR form to "
+                      "<weights stem>.bsr.safetensors.")] = False,
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
     tolerance: ToleranceOpt = None,
@@ -284,7 +292,8 @@ def export(
 @app.command(short_help="PNGs: history, accuracy vs cost, selection.")
 def plot(
     study: StudyArg,
-    out: Annotated[Path, typer.Option("--out", metavar="FOLDER", help="Folder for the PNG files (created if missing).")],
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="FOLDER", help="Folder for the PNG files (created if missing).")],
     storage: StorageOpt = None,
     artifacts: ArtifactsOpt = None,
     trial: Annotated[int | None, typer.Option(

@@ -88,7 +88,8 @@ _TIMM_BROKEN = ("timm is installed but cannot be imported ({err}); its torchvisi
                 "from https://download.pytorch.org/whl/cpu), see docs/own-model.md (\"Your own model and data\")")
 
 
-def create_timm(name: str, input_shape: tuple[int, int, int], num_classes: int, options: Mapping[str, Any]) -> nn.Module:
+def create_timm(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                options: Mapping[str, Any]) -> nn.Module:
     """timm.create_model(name, num_classes, in_chans=C, plus options); never downloads weights."""
     timm = _timm()
     if options.get("pretrained"):
@@ -154,7 +155,8 @@ def load_checkpoint(net: nn.Module, path: str | os.PathLike) -> None:
     state = read_state_dict(path, "model.checkpoint")
     mismatch = state_mismatch(net, state)
     if mismatch:
-        raise BadInput(f"model.checkpoint: {path} does not fit this model (another architecture or options?): {mismatch}")
+        raise BadInput(f"model.checkpoint: {path} does not fit this model (another architecture or options?): "
+                       f"{mismatch}")
     net.load_state_dict(state)
 
 
@@ -170,7 +172,8 @@ def state_mismatch(net: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
              if k in state and state[k].is_floating_point() != own[k].is_floating_point()]
     parts = [f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
              f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "",
-             f"shape mismatch {'; '.join(shapes[:3])}" if shapes else "", f"dtype mismatch {'; '.join(kinds[:3])}" if kinds else ""]
+             f"shape mismatch {'; '.join(shapes[:3])}" if shapes else "",
+             f"dtype mismatch {'; '.join(kinds[:3])}" if kinds else ""]
     return "; ".join(p for p in parts if p)
 
 

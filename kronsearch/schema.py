@@ -128,7 +128,8 @@ TRAIN_RULES = {
     "batch_size": integer(1, 1_000_000), "optimizer": choice(OPTIMIZERS), "schedule": choice(SCHEDULES),
     "compute": choice(COMPUTE_MODES), "lr": POSITIVE, "s_lr_scale": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "threshold": NON_NEGATIVE,
-    "threads": integer(1, 1024, nullable=True), "workers": integer(0, 256), "max_grad_norm": number("a number > 0", lambda v: v > 0, nullable=True),
+    "threads": integer(1, 1024, nullable=True), "workers": integer(0, 256),
+    "max_grad_norm": number("a number > 0", lambda v: v > 0, nullable=True),
     "device": text("auto, cpu, cuda or cuda:N", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
 }
 # every TrainConfig field but those a trial sets itself, with TrainConfig's default
@@ -150,7 +151,8 @@ BACKEND = {"name": choice(BACKENDS, "local"),
            "callbacks": Rule([], list, "a list of 'package.module:function' references to functions returning "
                                        "ray.tune.Callback objects",
                              lambda v: all(isinstance(r, str) and re.fullmatch(r"[\w.]+:[\w.]+", r) for r in v))}
-RESOURCES = {key: number("a number >= 0", lambda v: 0 <= v <= 1024, default) for key, default in (("cpu", 1), ("gpu", 0))}
+RESOURCES = {key: number("a number >= 0", lambda v: 0 <= v <= 1024, default)
+             for key, default in (("cpu", 1), ("gpu", 0))}
 SPACE = {"blocks": later(), "ranks": later([1]), "lambda2": later()}
 RETIRED = {"space.lambda1": "retired: the one round no longer weighs a group penalty; it races the candidates and "
                             "keeps the cheapest within search.tolerance (docs/strategies.md). Remove the key"}

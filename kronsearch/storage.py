@@ -146,7 +146,8 @@ class OwnedTrialStorage(optuna.storages.RDBStorage):
         stale = []
         for trial_id in super()._get_stale_trial_ids(study_id):
             try:
-                record.interrupt_stale(self, trial_id, f"no heartbeat for {self.grace_period} s: its process or host died")
+                record.interrupt_stale(self, trial_id,
+                                       f"no heartbeat for {self.grace_period} s: its process or host died")
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             stale.append(trial_id)
@@ -166,7 +167,8 @@ class OwnedTrialStorage(optuna.storages.RDBStorage):
                     return False
                 trial.state, trial.datetime_start = TrialState.RUNNING, datetime.now()
                 for key, value in self.owner.items():
-                    self._set_trial_attr_without_commit(session, rdb_models.TrialUserAttributeModel, trial_id, key, value)
+                    self._set_trial_attr_without_commit(session, rdb_models.TrialUserAttributeModel, trial_id, key,
+                                                        value)
         except sqlalchemy.exc.IntegrityError:
             return False
         return True
@@ -273,7 +275,8 @@ def _open(url: str, file: Path | None, owner: dict[str, Any] | None, create: boo
           heartbeat: int | None) -> optuna.storages.BaseStorage:
     if "://" not in url:
         backend = JournalFile(url)
-        return OwnedTrialJournalStorage(backend, owner) if owner is not None else optuna.storages.JournalStorage(backend)
+        return (OwnedTrialJournalStorage(backend, owner) if owner is not None
+                else optuna.storages.JournalStorage(backend))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:") and file is not None:
         engine_kwargs["connect_args"] = {"timeout": 60}

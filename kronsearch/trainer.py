@@ -69,7 +69,7 @@ class TrainConfig:
     # then cost one GEMM); "factored" is bit-for-bit reproducible across processes
     compute: str = "auto"
     workers: int = 0  # DataLoader worker processes for datasets that are not in-memory tensors (data factories)
-    threads: int | None = None  # torch CPU threads (process-wide); None keeps torch's default. Small models run fastest on 1
+    threads: int | None = None  # torch CPU threads (process-wide); None: torch's default; small models run fastest on 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -268,7 +268,8 @@ def train(
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
     race = [("select", math.ceil(config.selection_epochs * config.race_cap))] if select_layers else []  # it may extend
-    phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)] if config.finetune_epochs else [])
+    phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)]
+                                                  if config.finetune_epochs else [])
     planned, status = sum(epochs for _, epochs in phases), ""  # planned: at most (a race may end within an epoch)
     macs_total = trained = 0
     selection: Race | None = None
@@ -302,8 +303,7 @@ def train(
                     break
                 bar.update(task, description=f"{bar_label}epoch {len(history) + 1}/{planned} {phase}")
                 epoch_start = time.perf_counter()
-                task_sum = penalty_sum = 0.0
-                seen = 0
+                task_sum, penalty_sum, seen = 0.0, 0.0, 0
                 for step, (images, labels) in enumerate(train_batches.shuffled(generator)):
                     if phase == "select" and selection.done:
                         break  # the race is over within this epoch: the training starts afresh

@@ -62,7 +62,8 @@ def test_pruning_hits_the_target_exactly(method, digits):
 def test_rigl_masks_keep_pruned_blocks_zero(digits):
     model = tiny(digits)
     layers = prunable_layers(model, BLOCK)
-    rigl = RigL(layers, dict.fromkeys(layers, BLOCK), 0.5, every=2, drop=0.3, end=0.75, generator=torch.Generator().manual_seed(0))
+    rigl = RigL(layers, dict.fromkeys(layers, BLOCK), 0.5, every=2, drop=0.3, end=0.75,
+                generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = digits.train.tensors
     before = {n: m.clone() for n, m in rigl.masks.items()}

@@ -87,7 +87,8 @@ def test_read_speed_smoke_times_each_read_command_against_importing_optuna_and_s
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "read_speed.py"), "--smoke"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     rows = {r[0].strip(): [c.strip() for c in r[1:]] for r in
-            (line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line)}
+            (line.split("|")[1:-1] for line in result.stdout.splitlines()
+             if line.startswith("| ") and "---" not in line)}
     assert list(rows) == ["command", "import optuna", "show", "compare", "export"]
     assert rows["import optuna"][1] == "1.00"
     assert rows["show"][2] == rows["compare"][2] == "neither"  # the read commands import no torch and no ray

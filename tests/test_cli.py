@@ -308,7 +308,8 @@ def test_compare_fits_80_columns_and_wide_spells_every_header_out(demo, env):
 
 
 def test_dry_run_fits_80_columns(write_space):
-    path = write_space(model={"name": "vit", "options": {"hidden": None, "patch_size": 4, "dim": 32, "depth": 2, "heads": 2},
+    path = write_space(model={"name": "vit",
+                              "options": {"hidden": None, "patch_size": 4, "dim": 32, "depth": 2, "heads": 2},
                               "include": ["blocks.*"]}, space={"blocks": ["2x2", "4x4", "8x8"]})
     result = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["run", path.name, "--dry-run"])  # cwd: the workdir
     assert result.exit_code == 0, result.stderr

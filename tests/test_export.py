@@ -107,8 +107,8 @@ def exported_layers(result) -> dict[str, torch.Tensor]:
         if key.startswith("layer:"):
             layer, size = key[len("layer:"):], tuple(int(v) for v in value.split()[0][len("size="):].split("x"))
             dense[layer] = tensors[f"{layer}.dense.weight"] if "stored=dense" in value else torch.sparse_bsr_tensor(
-                tensors[f"{layer}.bsr.crow_indices"], tensors[f"{layer}.bsr.col_indices"], tensors[f"{layer}.bsr.values"],
-                size=size, check_invariants=True).to_dense()
+                tensors[f"{layer}.bsr.crow_indices"], tensors[f"{layer}.bsr.col_indices"],
+                tensors[f"{layer}.bsr.values"], size=size, check_invariants=True).to_dense()
     return dense
 
 

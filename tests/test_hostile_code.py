@@ -60,7 +60,8 @@ def test_a_factory_that_calls_sys_exit_is_an_error_not_a_silent_success(write_sp
 
 
 @pytest.mark.parametrize("reference, words", [
-    ("hostile_code:forty_two", r"backend.callbacks\[1\] 'hostile_code:forty_two' returned a int, not a ray.tune.Callback"),
+    ("hostile_code:forty_two",
+     r"backend.callbacks\[1\] 'hostile_code:forty_two' returned a int, not a ray.tune.Callback"),
     ("hostile_code:raises", r"backend.callbacks\[1\] 'hostile_code:raises' failed: RuntimeError: no callback today"),
     ("hostile_code:exits", r"backend.callbacks\[1\] 'hostile_code:exits' failed: SystemExit: 0"),
 ])
@@ -120,5 +121,6 @@ def test_a_ray_client_address_without_ray_client_says_what_to_install():
 
     if importlib.util.find_spec("grpc") is not None:
         pytest.skip("ray[client] is installed here")
-    with pytest.raises(BadInput, match=r"backend.address 'ray://h:10001': Ray Client \(ray://\) needs the ray\[client\]"):
+    with pytest.raises(BadInput,
+                       match=r"backend.address 'ray://h:10001': Ray Client \(ray://\) needs the ray\[client\]"):
         check_address("ray://h:10001")

@@ -42,7 +42,8 @@ def exported(tmp_path_factory, one_torch_thread) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         for args in (["run", "vit.yaml", "--quiet"],
-                     ["export", "vit-digits:one_round", "--out", "best.yaml", "--weights", "best.safetensors", "--bsr"]):
+                     ["export", "vit-digits:one_round", "--out", "best.yaml", "--weights", "best.safetensors",
+                      "--bsr"]):
             result = runner.invoke(app, args)
             assert result.exit_code == 0, (result.stdout, result.stderr)
     return folder

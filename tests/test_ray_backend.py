@@ -160,7 +160,8 @@ def test_a_ray_run_prints_a_line_per_epoch_of_each_trial_from_the_workers_report
     import io
 
     buffer = io.StringIO()
-    run_search(write_space(search={"trials": 1}, backend=RAY), console=Console(file=buffer, width=200, color_system=None))
+    run_search(write_space(search={"trials": 1}, backend=RAY),
+               console=Console(file=buffer, width=200, color_system=None))
     lines = [line for line in buffer.getvalue().splitlines() if line.startswith("trial 0 epoch")]
     assert [line.split(" (")[0] for line in lines] == ["trial 0 epoch 1/2", "trial 0 epoch 2/2"]
     assert "(select): val 0." in lines[0] and "; racing " in lines[0] and "s left" in lines[0]

@@ -622,7 +622,8 @@ def test_a_full_disk_while_saving_weights_stops_the_run_and_loses_nothing(write_
     run_search(path, progress=False)
     every = assert_no_trial_lost_or_duplicated(3)
     (retry,) = [t for t in every if t.user_attrs.get("retry_of") == cut.number]
-    assert retry.params == cut.params and (Path("studies", retry.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
+    assert retry.params == cut.params
+    assert (Path("studies", retry.user_attrs["artifact_dir"]) / "model.safetensors").is_file()
     assert digest(Path("studies", kept.user_attrs["artifact_dir"])) == saved
 
 

@@ -182,7 +182,8 @@ def _write_search(root: Path, name: str, weights: bool) -> str:
             save_weights(one_dir / "trial-1", plan)
     one.add_trial(create_trial(state=TrialState.FAIL, params={"rank": 1, "lambda1": 0.05, "lambda2": 1e-4},
                                distributions=ONE_ROUND_DISTS,
-                               user_attrs=trial_attrs("one_round", one_dir, 2, None, fail_reason="diverged at [epoch 2]")))
+                               user_attrs=trial_attrs("one_round", one_dir, 2, None,
+                                                      fail_reason="diverged at [epoch 2]")))
     one.add_trial(create_trial(state=TrialState.PRUNED, params={"rank": 1, "lambda1": 0.01, "lambda2": 1e-3},
                                distributions=ONE_ROUND_DISTS, intermediate_values={1: 0.3, 2: 0.35},
                                user_attrs=trial_attrs("one_round", one_dir, 3, None)))

@@ -116,7 +116,8 @@ def test_a_pruned_trial_records_after_which_epoch_and_the_training_macs_it_spent
     assert pruned
     for trial in pruned:
         epochs = len(trial.intermediate_values)
-        assert epochs < 4 and trial.user_attrs["fail_reason"]  # a race epoch, then three.startswith(f"pruned after epoch {epochs} ")
+        # a race epoch, then three.startswith(f"pruned after epoch {epochs} ")
+        assert epochs < 4 and trial.user_attrs["fail_reason"]
         assert 0 < trial.user_attrs["train_macs_total"]
     complete = [t.user_attrs["train_macs_total"] for t in trials if t.state == TrialState.COMPLETE]
     assert max(t.user_attrs["train_macs_total"] for t in pruned) < max(complete)  # fewer epochs, fewer MACs
@@ -228,7 +229,8 @@ def test_dry_run_trains_nothing_and_writes_nothing(write_space, workdir):
 def test_limit_caps_training_only_and_show_and_export_say_how_many_examples_scored(write_space, cli):
     run_search(write_space(search={"trials": 1}), progress=False)
     (trial,) = trials_of("tiny:one_round")
-    assert (trial.user_attrs["val_examples"], trial.user_attrs["test_examples"]) == (144, 359)  # digits: 10% of the pool, whole test set
+    # digits: 10% of the pool, whole test set
+    assert (trial.user_attrs["val_examples"], trial.user_attrs["test_examples"]) == (144, 359)
     assert "of 144, test" in cli("show", "tiny").stdout and "of 359" in cli("show", "tiny").stdout
     exported = cli("export", "tiny:one_round", "--out", "best.yaml")
     assert "of 144, test" in exported.stdout and "of 359)" in exported.stdout

@@ -295,7 +295,8 @@ def test_a_one_round_run_reports_its_race_epochs_then_its_training_epochs(one_ro
     assert [r.phase for r in reports] == ["select"] * raced + ["train"] * 4
 
 
-def test_train_macs_total_is_the_winners_training_plus_a_race_cheaper_than_every_candidate_every_step(one_round, digits):
+def test_train_macs_total_is_the_winners_training_plus_a_race_cheaper_than_every_candidate_every_step(
+        one_round, digits):
     result, _ = one_round
     raced = round(len(digits.train) * result.decisions["layers.0"]["epoch"])  # examples the race trained on
     trained = len(digits.train) * 4  # four epochs of training after the race

@@ -48,9 +48,9 @@ BAD_SPACES = [
     ({"space": {"lambda2": {"low": 0, "high": 0.1, "log": True}}}, "space.lambda2.low: must be > 0 on a log scale"),
     ({"space": {"lambda2": {"low": 0.1, "high": 0.01}}}, "space.lambda2: needs 0 <= low <= high"),
     ({"space": {"lambda2": None}}, "space.lambda2: required"),
-    ({"space": {"lambda1": {"low": 0.01, "high": 0.1}}}, "space.lambda1: retired: the one round no longer weighs a group "
-                                                          "penalty; it races the candidates and keeps the cheapest within "
-                                                          "search.tolerance"),
+    ({"space": {"lambda1": {"low": 0.01, "high": 0.1}}}, "space.lambda1: retired: the one round no longer weighs a "
+                                                          "group penalty; it races the candidates and keeps the "
+                                                          "cheapest within search.tolerance"),
 ]
 
 

@@ -66,8 +66,8 @@ def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[E
     return report
 
 
-def make_objective(space: Space, kind: str, folder: Path, progress: bool,
-                   budget: Budget | None = None, console: Console | None = None) -> Callable[[optuna.Trial], list[float]]:
+def make_objective(space: Space, kind: str, folder: Path, progress: bool, budget: Budget | None = None,
+                   console: Console | None = None) -> Callable[[optuna.Trial], list[float]]:
     """The Optuna objective: start -> skip | duplicate | train -> finish (backends.base).
 
     With a budget, a trial that starts when other processes have already claimed the budget is

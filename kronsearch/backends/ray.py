@@ -310,8 +310,9 @@ class RayBackend(Backend):
                 self.concurrent, why = trials_in_flight(space.backend, total)
                 concurrent = self.concurrent
                 console.print(f"ray: {'local' if own else 'cluster'} with {total.get('CPU', 0):g} CPUs, "
-                              f"{total.get('GPU', 0):g} GPUs; up to {concurrent} trial{'s' if concurrent > 1 else ''} at a "
-                              f"time ({why}), each {space.backend['resources_per_trial']['cpu']:g} CPU, "
+                              f"{total.get('GPU', 0):g} GPUs; up to {concurrent} "
+                              f"trial{'s' if concurrent > 1 else ''} at a time ({why}), "
+                              f"each {space.backend['resources_per_trial']['cpu']:g} CPU, "
                               f"{space.backend['resources_per_trial']['gpu']:g} GPU")
                 yield
         finally:

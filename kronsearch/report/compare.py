@@ -90,7 +90,8 @@ def pattern_ranking(entries: Iterable[tuple[str, FrozenTrial]]) -> list[dict]:
             "study": study_name, "trial": best.number, "trials": len(members),
         })
     # Ties on val accuracy go to the pattern that trains cheaper (fewer MACs per sample).
-    ranking.sort(key=lambda e: (-e["val_accuracy"], math.inf if e["train_macs"] is None else e["train_macs"], e["label"]))
+    ranking.sort(key=lambda e: (-e["val_accuracy"], math.inf if e["train_macs"] is None else e["train_macs"],
+                                e["label"]))
     for position, entry in enumerate(ranking, 1):
         entry["position"] = position
     return ranking
@@ -118,7 +119,8 @@ STATE_WORDS = {"pruned": "pruned", "fail": "failed", "complete": "complete"}
 def _ratios(by_kind: Mapping[str, dict]) -> dict[str, float | None]:
     """per_pattern / one_round of wall time and training MACs; None unless both kinds trained something."""
     one, per = by_kind["one_round"], by_kind["per_pattern"]
-    return {key: per[key] / one[key] if per["trials"] and one[key] else None for key in ("wall_time", "train_macs_total")}
+    return {key: per[key] / one[key] if per["trials"] and one[key] else None
+            for key in ("wall_time", "train_macs_total")}
 
 
 def compare_data(studies: Sequence[optuna.Study], tolerance: float | None = None) -> dict:
@@ -219,7 +221,8 @@ def _compute(studies: Sequence[optuna.Study], pools: Mapping[str, list[tuple[str
     for kind in KINDS:
         c = pooled[kind]
         if c["without_macs"]:
-            which = " and ".join(f"{n} {STATE_WORDS.get(state, state)}" for state, n in sorted(c["without_macs"].items()))
+            which = " and ".join(f"{n} {STATE_WORDS.get(state, state)}"
+                                 for state, n in sorted(c["without_macs"].items()))
             notes.append(f"{which} {kind} trial(s) stopped before recording train_macs_total: their training MACs "
                          "are missing from the MACs sums (a lower bound), their wall time is counted")
         sources = sorted({name for name, _ in pools[kind]})
@@ -313,9 +316,11 @@ def _draw_compare(data: Mapping, console: Console, wide: bool) -> None:
         same = "equals" if agreement["same_as_best"] else "differs from"
         console.print(f"one-round pick {same} the per-pattern pick ({escape(agreement['best_label'])}) by blocks; "
                       f"{where}", highlight=False)
+        together = ('position ' + str(agreement['position_with_rank']) if agreement['position_with_rank']
+                    else 'not found')
         console.print(f"rank: one-round r{agreement['one_round_rank']}, per-pattern pick r{agreement['best_rank']} "
                       f"({'same' if agreement['same_rank_as_best'] else 'different'}); blocks and rank together: "
-                      f"{'position ' + str(agreement['position_with_rank']) if agreement['position_with_rank'] else 'not found'}",
+                      f"{together}",
                       highlight=False)
         if agreement["majority_block"] is not None and agreement["majority_position"] is not None:
             console.print(f"the block most layers picked, {agreement['majority_block']}, used for every layer: "
@@ -344,7 +349,8 @@ def _ranking_table(ranking: Sequence[Mapping], marks: Sequence[str], wide: bool)
     """The per-pattern ranking; narrow: short headers, and trials as "#N" when they all come from one study."""
     one_study = len({entry["study"] for entry in ranking}) == 1 and not wide
     rows = [[str(entry["position"]), entry["label"], fmt_pct(entry["val_accuracy"]), fmt_pct(entry["test_accuracy"]),
-             fmt_count(entry["train_macs"]), f"#{entry['trial']}" if one_study else f"{entry['study']} #{entry['trial']}",
+             fmt_count(entry["train_macs"]),
+             f"#{entry['trial']}" if one_study else f"{entry['study']} #{entry['trial']}",
              str(entry["trials"]), *([mark] if any(marks) else [])] for entry, mark in zip(ranking, marks)]
     columns = [("pos", True), ("pattern", False), ("val acc", True), ("test acc", True),
                ("train MACs" if wide else "MACs", True), ("trial", False), ("n", True),
@@ -371,9 +377,11 @@ def _render_compute(compute: Mapping, console: Console, wide: bool = False) -> N
         if any(value is not None for value in ratio.values()):
             ratios = True
             rows.append(["", "per_pattern / one_round" if wide else "ratio", "",
-                         *(f"{ratio[k]:.2f}x" if ratio[k] is not None else "-" for k in ("wall_time", "train_macs_total"))])
+                         *(f"{ratio[k]:.2f}x" if ratio[k] is not None else "-"
+                           for k in ("wall_time", "train_macs_total"))])
     columns = [("study", False), ("strategy", False), ("trials", True), ("wall time" if wide else "time", True),
                ("train MACs total" if wide else "MACs total", True)]
-    print_uncut(console, report_table("training compute (finished trials, duplicates not counted)", columns, rows, wide))
+    print_uncut(console, report_table("training compute (finished trials, duplicates not counted)", columns, rows,
+                                      wide))
     if ratios and not wide:
         console.print("ratio: per_pattern / one_round", highlight=False)

@@ -69,7 +69,8 @@ def render_cost(curves: Sequence[Mapping], reached: Mapping | None, console: Con
     rows = [[curve["study"] if index == 0 else "", str(point["trial"]), point["state"].lower(),
              fmt_pct(point["val_accuracy"]), fmt_pct(point["best"]), fmt_count(point["train_macs"]),
              fmt_seconds(point["wall_time"])] for curve in curves for index, point in enumerate(curve["points"])]
-    print_uncut(console, report_table("best val accuracy vs cumulative training cost (trial order)", headers, rows, wide))
+    print_uncut(console, report_table("best val accuracy vs cumulative training cost (trial order)", headers, rows,
+                                      wide))
     if reached is not None:
         console.print(f"to reach {fmt_pct(reached['target'])} val accuracy (the lowest final best):", highlight=False)
         for study, cost in reached["by_study"].items():

@@ -94,7 +94,8 @@ def plot_history(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Pa
         for kind in sorted({trial_kind(t, strategy) for t in pruned}, key=str):
             of_kind = [t for t in pruned if trial_kind(t, strategy) == kind]
             label = study.study_name if kind in (None, strategy) else f"{study.study_name} ({kind})"
-            ax.scatter([t.number for t in of_kind], [t.intermediate_values[max(t.intermediate_values)] for t in of_kind],
+            ax.scatter([t.number for t in of_kind],
+                       [t.intermediate_values[max(t.intermediate_values)] for t in of_kind],
                        marker=PRUNED_MARKERS.get(kind, "x"), color=color, alpha=0.5, s=26,
                        label=f"{label} pruned (last epoch)")
     ax.set_xlabel("trial")
@@ -189,7 +190,8 @@ def one_round_trial(studies: Sequence[optuna.Study], number: int) -> tuple[optun
     trials = study.get_trials(deepcopy=False)
     trial = next((t for t in trials if t.number == number), None)
     if trial is None:
-        raise BadInput(f"study {study.study_name!r} has no trial {number} (it has {len(trials)} trials, numbered from 0)")
+        raise BadInput(f"study {study.study_name!r} has no trial {number} "
+                       f"(it has {len(trials)} trials, numbered from 0)")
     kind = trial_kind(trial, study_strategy(study))
     if kind != "one_round":
         raise BadInput(f"trial {number} of {study.study_name!r} is a {kind} trial; only one_round trials race "

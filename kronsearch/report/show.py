@@ -278,6 +278,8 @@ def _render_front(report: Mapping, console: Console) -> None:
     rows = []
     for row in best["trials"]:
         values = [row["values"].get(o["metric"]) for o in report["objectives"]]
-        rows.append([str(row["number"]), *(fmt_pct(v) if o["metric"].endswith(("accuracy", "sparsity")) else fmt_count(v)
-                                           for o, v in zip(report["objectives"], values)), fmt_params(row["params"])])
-    print_uncut(console, narrow_table(f"Pareto front of {report['study']} ({len(best['trials'])} trials)", columns, rows))
+        rows.append([str(row["number"]),
+                     *(fmt_pct(v) if o["metric"].endswith(("accuracy", "sparsity")) else fmt_count(v)
+                       for o, v in zip(report["objectives"], values)), fmt_params(row["params"])])
+    print_uncut(console, narrow_table(f"Pareto front of {report['study']} ({len(best['trials'])} trials)", columns,
+                                      rows))

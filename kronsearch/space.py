@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -214,7 +214,7 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
     result = Space(
         name=top["name"], seed=top["seed"], data=data, model=model, train=train, search=search, backend=backend,
         blocks=blocks, ranks=ranks, lambda2=c.float_range(space["lambda2"], "space.lambda2"), layers=layers,
-        input_shape=tuple(input_shape), num_classes=num_classes, path=path, raw=raw,
+        input_shape=cast(tuple[int, int, int], tuple(input_shape)), num_classes=num_classes, path=path, raw=raw,
     )
     _check_blocks_fit(c, result)
     _check_kron_size(c, result)
@@ -289,7 +289,7 @@ def kron_size(space: Space, rank: int) -> tuple[int, str]:
         if sizes:
             size = sum(sizes.values()) if every_candidate else max(sizes.values())
             total += size
-            shown = list(sizes) if every_candidate else [max(sizes, key=sizes.get)]
+            shown = list(sizes) if every_candidate else [max(sizes, key=sizes.__getitem__)]
             blocks = ", ".join(format_block(b) for b in shown)
             largest = max(largest, (size, f"{name} {out}x{inp} at {blocks}: {size:,}"))
     return total, largest[1]

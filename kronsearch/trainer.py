@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -249,9 +250,8 @@ def train(
     lambda2 acts by a proximal step on every S (exact zeros). Raises TrainingDiverged on a non-finite
     loss. The test split is only evaluated once, at the end.
 
-    Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the loss of every step;
-    `after_step(step, total_steps)` runs after every optimizer step (step is 1-based within the
-    phase; the gradients of that step are still in `.grad`).
+    Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the loss of every step; `after_step(step,
+    total_steps)` runs after every optimizer step (step is 1-based within the phase; its gradients are in `.grad`).
 
     With config.progress, a live bar per phase says '<bar_label>epoch x/N <phase>', the phase's steps and
     time left, and after each epoch `bar_status(report)` (default: its loss and val accuracy).
@@ -293,7 +293,7 @@ def train(
             warmup = round(config.warmup_epochs * steps_per_epoch) if phase == phases[0][0] else 0
             shape = "constant" if phase == "select" else config.schedule
             schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s, shape=shape, total=total_steps, warmup=warmup: lr_factor(s, total, warmup, shape))
+                optimizer, partial(lr_factor, total=total_steps, warmup=warmup, schedule=shape))
             s_params = s_parameters(model)
             bar_total = selection.cap_steps if selection is not None and phase == "select" else total_steps
             task = bar.add_task(f"{bar_label}epoch {len(history) + 1}/{planned} {phase}", total=bar_total,
@@ -305,12 +305,12 @@ def train(
                 epoch_start = time.perf_counter()
                 task_sum, penalty_sum, seen = 0.0, 0.0, 0
                 for step, (images, labels) in enumerate(train_batches.shuffled(generator)):
-                    if phase == "select" and selection.done:
+                    if phase == "select" and selection is not None and selection.done:
                         break  # the race is over within this epoch: the training starts afresh
-                    racing = selection is not None and not selection.done
+                    racing = selection if selection is not None and not selection.done else None
                     loss = F.cross_entropy(model(images), labels)  # while racing, routed by one_round's hooks
                     # what this step's forward cost: while racing, the candidates that ran
-                    macs_total += (selection.routed_macs(data.input_shape) if racing else sample_macs) * len(labels)
+                    macs_total += (racing.routed_macs(data.input_shape) if racing else sample_macs) * len(labels)
                     extra = regularizer(model) if regularizer is not None else loss.new_zeros(())
                     total = loss + extra
                     if not torch.isfinite(total):
@@ -329,7 +329,7 @@ def train(
                     if one_round is None or optimizer is not one_round.optimizer:
                         prox_l1_(optimizer, s_params, config.lambda2)
                     elif racing:  # the phase after the race counts its model's MACs afresh (sample_macs)
-                        macs_total += selection.eval_macs - evaluated  # the race's own validation passes
+                        macs_total += racing.eval_macs - evaluated  # the race's own validation passes
                     schedule.step()
                     if after_step is not None:
                         after_step(schedule.last_epoch, total_steps)
@@ -352,9 +352,9 @@ def train(
                 if callback is not None:
                     callback(report)
             bar.remove_task(task)
-            if phase == "select":
+            if phase == "select" and one_round is not None:
                 one_round.finish()  # a no-op unless a batch count left the budget unreached
-            elif phase == "train" and selection is not None:
+            elif phase == "train" and one_round is not None:  # set with the race
                 one_round.close()
                 finalize_model(model)
     decisions = selection_records(selection, steps_per_epoch) if selection is not None else {}

@@ -54,6 +54,13 @@ def _complete(study: optuna.Study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def _known_val(trial: FrozenTrial) -> float:
+    """The val accuracy of a trial its caller kept for having one (val_accuracy is None for the others)."""
+    value = val_accuracy(trial)
+    assert value is not None
+    return value
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the (cost, accuracy) points no other point beats: lower-or-equal cost and higher-or-equal accuracy."""
     front = []
@@ -80,12 +87,12 @@ def plot_history(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Pa
         done = sorted((t for t in _complete(study) if val_accuracy(t) is not None), key=lambda t: t.number)
         for kind in sorted({trial_kind(t, strategy) for t in done}, key=str):
             xs = [t.number for t in done if trial_kind(t, strategy) == kind]
-            ys = [val_accuracy(t) for t in done if trial_kind(t, strategy) == kind]
+            ys = [_known_val(t) for t in done if trial_kind(t, strategy) == kind]
             label = study.study_name if kind in (None, strategy) else f"{study.study_name} ({kind})"
             ax.scatter(xs, ys, marker=MARKERS.get(kind, "o"), color=color, alpha=0.7, s=28, label=label)
         best, xs, ys = -math.inf, [], []
         for t in done:
-            best = max(best, val_accuracy(t))
+            best = max(best, _known_val(t))
             xs.append(t.number)
             ys.append(best)
         if xs:
@@ -124,7 +131,7 @@ def plot_pareto(studies: Sequence[optuna.Study], path: str | os.PathLike) -> Pat
             if not trials:
                 continue
             xs = [metrics(t)["train_macs"] for t in trials]
-            ys = [val_accuracy(t) for t in trials]
+            ys = [_known_val(t) for t in trials]
             label = study.study_name if kind in (None, strategy) else f"{study.study_name} ({kind})"
             ax.scatter(xs, ys, marker=MARKERS[kind], color=f"C{index}", alpha=0.6, s=30, label=label)
             points += list(zip(xs, ys))

@@ -20,6 +20,12 @@ paired change. A candidate is separated (out) when its gap to the best exceeds t
 layer whose candidates are not all separated may decide by the tolerance rule ("budget") only once it has
 settled; while it still learns the race extends (kronsearch/selection.py), and at its cap it falls back to the
 most accurate candidate of the last check and says so ("fallback").
+
+A candidate also still learns while its per-example validation loss falls beyond noise (paired over the same
+examples, far less noisy than hits): with ~400 examples a check's accuracy has se ~2 points against a 0.5-point
+tolerance, so a rise of a point read as settled, and fields at 12-28% (synthetic seed 6, issue 32) were decided
+by "budget"; their losses fell 3-13 standard errors an interval. Measured (docs/benchmarks/selection.md, "Loss
+decides still learning"): runs wrong yet decided by evidence 7/30 -> 0/30, right picks and regret within noise.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ PICK_Z = 1.0
 """At a decision by the tolerance rule the cheapest candidate whose gap is within the tolerance plus PICK_Z
 noises wins."""
 SETTLE_Z = 2.0
-"""A candidate still learns when it rose by more than the tolerance plus SETTLE_Z standard errors of its change
-between two readings on the same examples."""
+"""A candidate still learns when its accuracy rose by more than the tolerance plus SETTLE_Z standard errors of its
+change between two readings on the same examples, or its mean validation loss fell by more than SETTLE_Z standard
+errors of the paired per-example drop."""
 VOLATILITY_INTERVALS = 1.0
 """How far ahead a gap may still move: the field's pace (the largest rise of a candidate in one interval)
 times this many intervals. On the planted-block task a trailing block that had not started took 2-3
@@ -51,6 +58,7 @@ class Estimate:
     accuracy: float  # in [0, 1]
     loss: float  # mean cross-entropy
     correct: torch.Tensor  # (n,) bool per example, for paired comparisons between candidates
+    losses: torch.Tensor | None = None  # (n,) cross-entropy per example where the validation gives it
 
     @property
     def examples(self) -> int:
@@ -98,17 +106,32 @@ class Reading:
         return VOLATILITY_INTERVALS * self.pace
 
 
+def loss_drop(current: Estimate, previous: Estimate) -> tuple[float, float] | None:
+    """(previous mean loss - current's, its paired standard error) on the examples both share; None without
+    per-example losses in both."""
+    if current.losses is None or previous.losses is None:
+        return None
+    n = min(len(current.losses), len(previous.losses))
+    if n < 2:
+        return None
+    diff = previous.losses[:n] - current.losses[:n]
+    return float(diff.mean()), float(diff.std() / math.sqrt(n))
+
+
 def read(current: dict[str, Estimate], previous: dict[str, Estimate], tolerance: float) -> Reading:
     """The layer's pace and its candidates still learning, from two readings of the same candidates (each rise on
-    the examples both readings share; a candidate missing from `previous` gives no pace: not known). The field's
-    mean rise is tested too: six candidates each rising within its own noise (near chance, early) are, together,
-    still learning."""
+    the examples both readings share; a candidate missing from `previous` gives no pace: not known). A candidate
+    still learns when its accuracy rose beyond the tolerance and noise, or its per-example validation loss fell by
+    more than SETTLE_Z standard errors of the paired drop (where both readings have per-example losses). The
+    field's mean rise is tested too: six candidates each rising within its own noise (near chance, early) are,
+    together, still learning."""
     rises, ses, learning = {}, [], []
     for k, e in current.items():
         if k in previous and min(e.examples, previous[k].examples):
             rises[k], se = paired_gap(e, previous[k])
             ses.append(se)
-            if rises[k] > tolerance + SETTLE_Z * se:
+            drop = loss_drop(e, previous[k])
+            if rises[k] > tolerance + SETTLE_Z * se or (drop is not None and drop[0] > SETTLE_Z * drop[1]):
                 learning.append(k)
     if rises and sum(rises.values()) / len(rises) > tolerance + SETTLE_Z * math.hypot(*ses) / len(ses):
         learning.append("*")

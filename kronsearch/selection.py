@@ -41,10 +41,10 @@ Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals
   (LeNet-5), its accuracy at 1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and
   80.23 to 80.59. The price: the layers on one
   path share one estimate, so where blocks tie they tend to choose alike (each by its own costs).
-- Picks (table 3, ten seeds, tolerance 0.5, the race that extends itself): right on 5/10 where one block
-  is clearly worse (narrow-mlp, regret 0.39; never the block that ends 3.8 points under), 1/10 where all
-  tie (tie-mlp: the leaders after 0.3-0.6 epoch each are not the blocks that end best; 5 fell back), 5/10
-  on the slow synthetic task; the issue-32 planted blocks through OneRound 9/9, none wrong by evidence.
+- Picks (table 3, ten seeds, tolerance 0.5, the race that extends itself, still learning read from the loss too):
+  right on 6/10 where one block is clearly worse (narrow-mlp, regret 0.27; never the block that ends 3.8 points
+  under), 0/10 where all tie (tie-mlp: the leaders after 0.3-0.6 epoch each are not the blocks that end best),
+  5/10 on the slow synthetic task; 29/30 fell back, none wrong by evidence; the planted blocks of issue 32 9/9.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ from kronsearch.layers.pattern_select import PatternSelectLinear
 Validation = Batches | Iterable[tuple[Tensor, Tensor]] | Callable[[nn.Module], Tensor | tuple[Tensor, float]]
 """What a race validates on: Batches (its `ordered()` batches), any re-iterable of (inputs, labels) batches
 (a DataLoader without shuffling), or a callable model -> a bool tensor of per-example hits (or (hits, mean
-loss)) on the same examples at every call. Every rank of a distributed run must see the same examples."""
+loss), or (hits, per-example losses): these also tell whether candidates still learn) on the same examples at
+every call. Every rank of a distributed run must see the same examples."""
 
 @torch.no_grad()
 def prox_l1_(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lambda2: float) -> None:
@@ -349,17 +350,21 @@ class Race:
     def _alone(self, examples: int) -> Estimate:
         """The model as it computes now on the first `examples` validation examples (a callable: its own).
         Under torch.distributed every rank takes rank 0's result, so all ranks decide alike."""
+        per_example: Tensor | None = None  # (n,) loss per example, where the validation gives it
         if callable(self.validation):
             measured = self.validation(self.model)
             hits, loss = measured if isinstance(measured, tuple) else (measured, float("nan"))
             hits = torch.as_tensor(hits).flatten().bool().cpu()
+            if isinstance(loss, Tensor) and loss.numel() == len(hits) > 1:
+                per_example = loss.detach().flatten().float().cpu()
+            loss = float(per_example.mean()) if per_example is not None else float(loss)
         else:
             batches = self.validation.ordered() if hasattr(self.validation, "ordered") else self.validation
             losses, correct, seen = [], [], 0
             for images, labels in batches:
                 images, labels = images[:examples - seen], labels[:examples - seen]
                 logits = self.model(images)
-                losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+                losses.append(F.cross_entropy(logits, labels, reduction="none"))
                 correct.append(logits.argmax(-1) == labels)
                 seen += len(labels)
                 if seen >= examples:
@@ -368,12 +373,16 @@ class Race:
                 raise BadInput("the race's validation data gave no examples; give it (inputs, labels) batches "
                                "or a callable returning a bool tensor of per-example hits")
             self.eval_macs += seen * model_cost(self.model, tuple(images.shape[1:])).total.macs
-            hits, loss = torch.cat(correct).cpu(), float(sum(losses)) / seen
+            hits, per_example = torch.cat(correct).cpu(), torch.cat(losses).cpu()
+            loss = float(per_example.mean())
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            shared = torch.cat([hits.double(), torch.tensor([float(loss)], dtype=torch.float64)])
+            n = len(hits)
+            parts = [hits.double(), *([] if per_example is None else [per_example.double()])]
+            shared = torch.cat([*parts, torch.tensor([float(loss)], dtype=torch.float64)])
             dist.broadcast(shared, src=0)
-            hits, loss = shared[:-1].bool(), float(shared[-1])
-        return Estimate(float(hits.float().mean()) if len(hits) else 0.0, float(loss), hits)
+            hits, loss = shared[:n].bool(), float(shared[-1])
+            per_example = None if per_example is None else shared[n:2 * n].float()
+        return Estimate(float(hits.float().mean()) if len(hits) else 0.0, float(loss), hits, per_example)
 
     def _cost(self, name: str, candidate: str) -> tuple[int, int]:
         """(MACs per input row, parameters) of one candidate alone."""

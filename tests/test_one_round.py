@@ -175,7 +175,7 @@ def test_a_grad_scaler_step_skipped_on_inf_neither_advances_the_race_nor_moves_a
 
 def test_gradient_clipping_and_a_users_scheduler_keep_working_across_removals():
     model = select_model()
-    one_round, optimizer = attached(model, select_steps=4)
+    one_round, optimizer = attached(model, select_steps=4, extend=1.0)  # ends at its budget, whatever it reads
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     data = batches()
     for _ in range(6):

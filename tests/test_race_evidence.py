@@ -79,6 +79,18 @@ def test_without_a_previous_reading_whether_candidates_still_learn_is_unknown():
     assert not read(now, {}, 0.005).known and not read(now, {}, 0.005).settled
 
 
+
+def test_a_field_whose_accuracy_barely_moves_but_whose_loss_still_falls_is_still_learning():
+    hits = torch.rand(400, generator=torch.Generator().manual_seed(0)) < 0.2  # near chance on 400 examples
+    later = hits | (torch.arange(400) < 4)  # at most +1 point: within the accuracy's noise
+    losses = torch.full((400,), 2.3) + 0.1 * torch.randn(400, generator=torch.Generator().manual_seed(1))
+    before = {"2x2": Estimate(float(hits.float().mean()), 2.3, hits, losses)}
+    now = {"2x2": Estimate(float(later.float().mean()), 2.2, later, losses - 0.1)}  # every example's loss fell
+    assert read(now, before, 0.005).learning == ["2x2"]
+    without_losses = {k: Estimate(e.accuracy, e.loss, e.correct) for k, e in now.items()}
+    assert read(without_losses, before, 0.005).settled  # accuracy alone: the old reading, settled
+
+
 # --------------------------------------------------------------------------------- the race
 
 

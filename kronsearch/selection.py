@@ -71,8 +71,8 @@ from kronsearch.layers.pattern_select import PatternSelectLinear
 Validation = Batches | Iterable[tuple[Tensor, Tensor]] | Callable[[nn.Module], Tensor | tuple[Tensor, float]]
 """What a race validates on: Batches (its `ordered()` batches), any re-iterable of (inputs, labels) batches
 (a DataLoader without shuffling), or a callable model -> a bool tensor of per-example hits (or (hits, mean
-loss), or (hits, per-example losses): these also tell whether candidates still learn) on the same examples at
-every call. Every rank of a distributed run must see the same examples."""
+loss)) on the same examples at every call. Batches give per-example losses too, which also tell whether the
+candidates still learn (kronsearch/evidence.py); a callable does not. Every rank must see the same examples."""
 
 @torch.no_grad()
 def prox_l1_(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lambda2: float) -> None:
@@ -350,14 +350,11 @@ class Race:
     def _alone(self, examples: int) -> Estimate:
         """The model as it computes now on the first `examples` validation examples (a callable: its own).
         Under torch.distributed every rank takes rank 0's result, so all ranks decide alike."""
-        per_example: Tensor | None = None  # (n,) loss per example, where the validation gives it
+        per_example: Tensor | None = None  # (n,) loss per example: from batches, not a callable
         if callable(self.validation):
             measured = self.validation(self.model)
             hits, loss = measured if isinstance(measured, tuple) else (measured, float("nan"))
             hits = torch.as_tensor(hits).flatten().bool().cpu()
-            if isinstance(loss, Tensor) and loss.numel() == len(hits) > 1:
-                per_example = loss.detach().flatten().float().cpu()
-            loss = float(per_example.mean()) if per_example is not None else float(loss)
         else:
             batches = self.validation.ordered() if hasattr(self.validation, "ordered") else self.validation
             losses, correct, seen = [], [], 0

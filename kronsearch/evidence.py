@@ -25,7 +25,7 @@ A candidate also still learns while its per-example validation loss falls beyond
 examples, far less noisy than hits): with ~400 examples a check's accuracy has se ~2 points against a 0.5-point
 tolerance, so a rise of a point read as settled, and fields at 12-28% (synthetic seed 6, issue 32) were decided
 by "budget"; their losses fell 3-13 standard errors an interval. Measured (docs/benchmarks/selection.md, "Loss
-decides still learning"): runs wrong yet decided by evidence 7/30 -> 0/30, right picks and regret within noise.
+decides 'still learning' too"): runs wrong yet decided by evidence 7/30 -> 0/30, right picks and regret within noise.
 """
 
 from __future__ import annotations

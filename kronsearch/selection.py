@@ -2,49 +2,44 @@
 
 Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
 
-- `prox_l1_`, lambda2 * ||S||_1 on every S: soft-thresholding in the optimizer's own metric. Under
-  Adam(W) the threshold of each entry is lr * lambda2 / (sqrt(v_hat) + eps), the prox of Adam's
-  diagonal preconditioner, so lambda2 keeps the meaning it had as a subgradient penalty (a block
-  dies when its loss gradient stays below lambda2) but the entry lands on exactly 0 and stays
-  there instead of jittering around it. Under SGD the threshold is lr * lambda2.
-- `Race`, the contest of every PatternSelectLinear, run before the training (`select_epochs`). Each
-  step trains one candidate per layer, alone (`PatternSelectLinear.only`), in turns, one block as a
-  path through the layers that have it; at the race's check, its end, every live candidate is
-  validated on its path; where the evidence (kronsearch/evidence.py) allows, the cheapest candidate (MACs
-  per input row, then parameters) within the tolerance of the best wins, else the race extends itself or
-  falls back and says so. The winner then trains `epochs` with the race's optimizer state under a fresh
-  schedule (kronsearch/trainer.py). kronsearch/one_round.py (`OneRound`) drives the race and the prox by
-  hooks, in the trainer and in any training loop.
+- `prox_l1_`, lambda2 * ||S||_1 on every S: soft-thresholding in the optimizer's own metric. Under Adam(W) the
+  threshold of each entry is lr * lambda2 / (sqrt(v_hat) + eps), the prox of Adam's diagonal preconditioner, so
+  lambda2 keeps the meaning it had as a subgradient penalty (a block dies when its loss gradient stays below
+  lambda2) but the entry lands on exactly 0 and stays there instead of jittering around it. Under SGD the threshold
+  is lr * lambda2.
+- `Race`, the contest of every PatternSelectLinear, run before the training (`select_epochs`). Each step trains one
+  candidate per layer, alone (`PatternSelectLinear.only`), in turns, one block as a path through the layers that
+  have it; half a race before its end and at its end every live candidate is validated on its path and
+  kronsearch/evidence.py decides: a clearly worse candidate leaves, the cheapest (MACs, then parameters) within the
+  tolerance wins once the field has settled, else the race extends itself up to its cap, then falls back and says
+  so. The winner trains `epochs` with the race's optimizer state under a fresh schedule (kronsearch/trainer.py);
+  kronsearch/one_round.py (`OneRound`) drives race and prox by hooks, in the trainer and in any loop.
 
 Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
-- The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm
-  wins; here with gates that moved by each candidate's first-order pull) kept the candidate with the
-  most parameters, the fastest early learner, on tasks where the blocks end within a point of each
-  other and that candidate costs as much as the dense layer; and every step of its contest cost the
-  sum of all candidates, 3-4x a per-pattern study's MACs for the same accuracy.
-- Signals read from the summed contest (gate, push, push per MAC, the validation loss of a candidate
-  alone inside the sum, the loss increase on its removal) ranked the candidates a little better than
-  the race's own validation at the same share of the run (Spearman's rho, table 10: tie-mlp +0.50
-  against +0.30-0.39 at 25%), at K times a race step's cost; neither separates blocks within a point
-  of each other, and both find a block that is clearly worse (narrow-mlp: +0.76-0.91 against
-  +0.60-0.87 from 10% of the run). So the design spends the least compute on the contest and lets the
-  tolerance rule decide what the estimates cannot: a candidate not clearly worse than the best (by
-  the tolerance plus PICK_Z paired standard errors) is good enough, and the cheapest of those wins.
-- Stacked layers race paths, not independent draws (table 11): when every layer drew its own
-  candidate, a layer's next layer trained on a mix of K different feature maps, one per upstream
-  candidate, and at a check a candidate measured beside the other layers' leaders met a downstream
-  layer that had seen its features on a K-th of the steps: on a 784-256-256-10 Fashion-MNIST MLP
-  (5 blocks, seeds 0-1, ranks 1-2) the first layer's candidates measured 5-72% (median 39%; chance
-  is 10%) at the race's last check, as paths 38-75% (median 69%). A block trained as one path
-  through every layer is measured on the features it trained with; a one-round study's MACs
-  against per_pattern's fell from 2.14x to 1.58x (MLP), 1.19x to 1.05x (ViT) and 1.26x to 1.20x
-  (LeNet-5), its accuracy at 1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and
-  80.23 to 80.59. The price: the layers on one
+- The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm wins; here with
+  gates that moved by each candidate's first-order pull) kept the candidate with the most parameters, the fastest
+  early learner, on tasks where the blocks end within a point of each other and that candidate costs as much as the
+  dense layer; and every step of its contest cost the sum of all candidates, 3-4x a per-pattern study's MACs for the
+  same accuracy.
+- Signals read from the summed contest (gate, push, push per MAC, the validation loss of a candidate alone inside
+  the sum, the loss increase on its removal) ranked the candidates a little better than the race's own validation at
+  the same share of the run (Spearman's rho, table 10: tie-mlp +0.50 against +0.30-0.39 at 25%), at K times a race
+  step's cost; neither separates blocks within a point of each other, and both find a block that is clearly worse
+  (narrow-mlp: +0.76-0.91 against +0.60-0.87 from 10% of the run). So the design spends the least compute on the
+  contest and lets the tolerance rule decide what the estimates cannot: a candidate not clearly worse than the best
+  (by the tolerance plus PICK_Z paired standard errors) is good enough, and the cheapest of those wins.
+- Stacked layers race paths, not independent draws (table 11): when every layer drew its own candidate, a layer's
+  next layer trained on a mix of K different feature maps, one per upstream candidate, and at a check a candidate
+  measured beside the other layers' leaders met a downstream layer that had seen its features on a K-th of the
+  steps: on a 784-256-256-10 Fashion-MNIST MLP (5 blocks, seeds 0-1, ranks 1-2) the first layer's candidates
+  measured 5-72% (median 39%; chance is 10%) at the race's last check, as paths 38-75% (median 69%). A block trained
+  as one path through every layer is measured on the features it trained with; a one-round study's MACs against
+  per_pattern's fell from 2.14x to 1.58x (MLP), 1.19x to 1.05x (ViT) and 1.26x to 1.20x (LeNet-5), its accuracy at
+  1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and 80.23 to 80.59. The price: the layers on one
   path share one estimate, so where blocks tie they tend to choose alike (each by its own costs).
-- Picks (table 3, ten seeds, tolerance 0.5, the race that extends itself, still learning read from the loss too):
-  right on 6/10 where one block is clearly worse (narrow-mlp, regret 0.27; never the block that ends 3.8 points
-  under), 0/10 where all tie (tie-mlp: the leaders after 0.3-0.6 epoch each are not the blocks that end best),
-  5/10 on the slow synthetic task; 29/30 fell back, none wrong by evidence; the planted blocks of issue 32 9/9.
+- Picks (table 3, ten seeds, tolerance 0.5, the race as built): right 6/10 on narrow-mlp (regret 0.27), 0/10 on
+  tie-mlp (its early leaders are not the blocks that end best), 5/10 on synthetic; 29/30 fell back, none wrong by
+  evidence; issue 32's planted blocks 9/9.
 """
 
 from __future__ import annotations
@@ -69,10 +64,10 @@ from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
 
 Validation = Batches | Iterable[tuple[Tensor, Tensor]] | Callable[[nn.Module], Tensor | tuple[Tensor, float]]
-"""What a race validates on: Batches (its `ordered()` batches), any re-iterable of (inputs, labels) batches
-(a DataLoader without shuffling), or a callable model -> a bool tensor of per-example hits (or (hits, mean
-loss)) on the same examples at every call. Batches give per-example losses too, which also tell whether the
-candidates still learn (kronsearch/evidence.py); a callable does not. Every rank must see the same examples."""
+"""What a race validates on: Batches (its `ordered()` batches), any re-iterable of (inputs, labels) batches (a
+DataLoader without shuffling), or a callable model -> a bool tensor of per-example hits (or (hits, mean loss)) on the
+same examples at every call. Batches give per-example losses too, which also tell whether the candidates still learn
+(kronsearch/evidence.py); a callable does not. Every rank must see the same examples."""
 
 @torch.no_grad()
 def prox_l1_(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lambda2: float) -> None:

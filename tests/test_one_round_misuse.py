@@ -66,7 +66,7 @@ def test_a_racing_step_with_no_forward_pass_is_refused():
 def test_a_closure_optimizer_whose_forward_runs_inside_step_still_races():
     model = select_model()
     optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
-    one_round = OneRound(model, optimizer, select_steps=3, validate=batches())
+    one_round = OneRound(model, optimizer, select_steps=3, validate=batches(), extend=1.0)  # ends at its 3 steps
     x, y = batches()[0]
 
     def closure() -> torch.Tensor:

@@ -23,8 +23,10 @@ from kronsearch.trainer import EpochReport, TrainConfig
 
 
 def planned_epochs(config: TrainConfig, racing: bool) -> int:
-    """The epochs a trial runs at most: the race (one_round), the training and the fine-tuning."""
-    return (math.ceil(config.selection_epochs) if racing else 0) + config.epochs + config.finetune_epochs
+    """The epochs a trial runs at most: the race at its cap (one_round; the trainer's phases), the training and the
+    fine-tuning."""
+    race = math.ceil(config.selection_epochs * config.race_cap) if racing else 0
+    return race + config.epochs + config.finetune_epochs
 
 
 def live_summary(live: dict[str, list[str]]) -> str:

@@ -14,12 +14,13 @@ from rich.console import Console
 
 from kronsearch.backends.base import should_prune
 from kronsearch.backends.local import pruning_reporter
+from kronsearch.progress import planned_epochs
 from kronsearch.record import SCALAR_METRICS, full_config
 from kronsearch.record import metrics as record_metrics
 from kronsearch.search import describe_seed, run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
-from kronsearch.trainer import EpochReport
+from kronsearch.trainer import EpochReport, TrainConfig
 
 
 def trials_of(study_name: str) -> list[optuna.trial.FrozenTrial]:
@@ -269,13 +270,14 @@ def test_a_run_whose_output_is_no_terminal_prints_a_plain_line_per_epoch(write_s
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, color_system=None)
     assert not console.is_terminal
-    run_search(write_space(search={"trials": 1}, train={"epochs": 2, "select_epochs": 1}), console=console)
+    run_search(write_space(search={"trials": 1}, train={"epochs": 2, "select_epochs": 1, "race_cap": 1}),
+               console=console)  # a race of one epoch that may not extend itself: 3 epochs
     lines = [line for line in buffer.getvalue().splitlines() if line.startswith("trial 0 epoch")]
     assert [line.split(" (")[0] for line in lines] == ["trial 0 epoch 1/3", "trial 0 epoch 2/3", "trial 0 epoch 3/3"]
     assert "(select): val 0." in lines[0] and "racing " in lines[0] and "about" in lines[0] and "s left" in lines[-1]
     quiet = io.StringIO()
-    run_search(write_space(search={"trials": 2}, train={"epochs": 2, "select_epochs": 1}), progress=False,
-               console=Console(file=quiet, quiet=True))
+    run_search(write_space(search={"trials": 2}, train={"epochs": 2, "select_epochs": 1, "race_cap": 1}),
+               progress=False, console=Console(file=quiet, quiet=True))
     assert "epoch" not in quiet.getvalue()
 
 
@@ -322,3 +324,8 @@ def test_show_notes_when_a_real_study_s_tolerance_is_under_one_validation_exampl
     (report,) = show_data(load_studies("tiny"))
     examples = report["trials"][0]["val_examples"]
     assert examples < 200 and report["tolerance_note"] == tolerance_note(0.5, examples) is not None
+
+
+def test_a_trials_planned_epochs_count_its_race_at_the_cap_it_may_extend_to():
+    config = TrainConfig(epochs=4, select_epochs=1, race_cap=2.0)
+    assert planned_epochs(config, racing=True) == 2 + 4 and planned_epochs(config, racing=False) == 4

@@ -9,7 +9,6 @@ trials (BarStatus); `kronsearch run --quiet` turns both off.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,10 +22,8 @@ from kronsearch.trainer import EpochReport, TrainConfig
 
 
 def planned_epochs(config: TrainConfig, racing: bool) -> int:
-    """The epochs a trial runs at most: the race at its cap (one_round; the trainer's phases), the training and the
-    fine-tuning."""
-    race = math.ceil(config.selection_epochs * config.race_cap) if racing else 0
-    return race + config.epochs + config.finetune_epochs
+    """The epochs a trial runs at most: those of the trainer's phases (the race at its cap, when one_round)."""
+    return sum(epochs for _, epochs in config.phases(racing))
 
 
 def live_summary(live: dict[str, list[str]]) -> str:

@@ -1,11 +1,11 @@
 """The trainer: one training function for dense, Kronecker and pattern-selection models.
 
-train(model, data, config, callback) trains and measures one model. With PatternSelectLinear layers
-a race of `select_epochs` comes first (kronsearch/selection.py, driven by kronsearch/one_round.py's
-hooks, as in a user's own loop): each step trains one candidate per layer, and each layer keeps what
-the evidence decides (kronsearch/evidence.py; the race extends itself up to `race_cap`). The winner then
-trains `epochs` under the same optimizer state and a fresh schedule, from the race's weights.
-`finetune_epochs` optionally adds epochs of the final model. Returns the metrics the search optimizes.
+train(model, data, config, callback) trains and measures one model. With PatternSelectLinear layers a race of
+`select_epochs` comes first (kronsearch/selection.py, driven by kronsearch/one_round.py's hooks, as in a user's own
+loop): each step trains one candidate per layer, and each layer keeps what the evidence decides
+(kronsearch/evidence.py; the race extends itself up to `race_cap`). The winner then trains `epochs` under the same
+optimizer state and a fresh schedule, from the race's weights. `finetune_epochs` optionally adds epochs of the final
+model. Returns the metrics the search optimizes.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ class TrainConfig:
     epochs: int = 10  # the training of the model (with candidates: of the race's winner, after the race)
     finetune_epochs: int = 0  # optional extra epochs of the final model, fresh optimizer and schedule
     select_epochs: float | None = None  # the race before `epochs` (candidates only); None: a quarter of `epochs`
-    race_cap: float = RACE_CAP  # while its evidence cannot decide, the race extends itself up to race_cap times
-    # select_epochs, then falls back and says so (kronsearch/evidence.py); 1: it decides at select_epochs
+    race_cap: float = RACE_CAP  # undecided, the race extends up to race_cap x select_epochs (kronsearch/evidence.py)
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -92,14 +91,18 @@ class TrainConfig:
         if bad:
             raise BadInput(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
-                             f"counts and rates positive, "
-                             f"warmup_epochs <= epochs, 0 < select_epochs <= epochs, race_cap >= 1, "
-                             f"max_grad_norm None or > 0)")
+                             f"counts and rates positive, warmup_epochs <= epochs, 0 < select_epochs <= epochs, "
+                             f"race_cap >= 1, max_grad_norm None or > 0)")
 
     @property
     def selection_epochs(self) -> float:
         """The race's length in epochs (`select_epochs`, else a quarter of `epochs`)."""
         return self.select_epochs if self.select_epochs is not None else self.epochs / 4
+
+    def phases(self, racing: bool) -> list[tuple[str, int]]:
+        """(phase, epochs at most): the race at its cap when `racing`, the training, the fine-tuning if any."""
+        race = [("select", math.ceil(self.selection_epochs * self.race_cap))] if racing else []
+        return race + [("train", self.epochs)] + ([("finetune", self.finetune_epochs)] if self.finetune_epochs else [])
 
 
 @dataclass
@@ -244,17 +247,16 @@ def train(
 ) -> TrainResult:
     """Train `model` on `data` and measure it. The callback may raise (e.g. optuna.TrialPruned) to stop.
 
-    Models with PatternSelectLinear layers first race their candidates for `select_epochs` (reported
-    as "select" epochs; the race's last epoch may be partial), then train the winners for `epochs` and
-    end as them (finalized); `finetune_epochs` then trains the final model under a fresh schedule.
-    lambda2 acts by a proximal step on every S (exact zeros). Raises TrainingDiverged on a non-finite
-    loss. The test split is only evaluated once, at the end.
+    Models with PatternSelectLinear layers first race their candidates ("select" epochs: `select_epochs`, extended
+    up to `race_cap` times while undecided; the last may be partial), then train the winners for `epochs` and end as
+    them (finalized); `finetune_epochs` then trains the final model afresh. lambda2 is a proximal step on every S
+    (exact zeros). Raises TrainingDiverged on a non-finite loss; the test split is evaluated once, at the end.
 
     Hooks (used by kronsearch.baselines): `regularizer(model)` is added to the loss of every step; `after_step(step,
     total_steps)` runs after every optimizer step (step is 1-based within the phase; its gradients are in `.grad`).
 
-    With config.progress, a live bar per phase says '<bar_label>epoch x/N <phase>', the phase's steps and
-    time left, and after each epoch `bar_status(report)` (default: its loss and val accuracy).
+    With config.progress, a live bar per phase says '<bar_label>epoch x/N <phase>', the phase's steps and time left,
+    and after each epoch `bar_status(report)` (default: its loss and val accuracy).
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
@@ -267,9 +269,7 @@ def train(
     train_params = model_cost(model, data.input_shape, config.threshold).total.params  # candidates included
     steps_per_epoch = math.ceil(len(train_batches) / config.batch_size)
     history: list[EpochReport] = []
-    race = [("select", math.ceil(config.selection_epochs * config.race_cap))] if select_layers else []  # it may extend
-    phases = race + [("train", config.epochs)] + ([("finetune", config.finetune_epochs)]
-                                                  if config.finetune_epochs else [])
+    phases = config.phases(racing=bool(select_layers))  # the race at its cap: it may extend itself
     planned, status = sum(epochs for _, epochs in phases), ""  # planned: at most (a race may end within an epoch)
     macs_total = trained = 0
     selection: Race | None = None

@@ -259,9 +259,10 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
             storage = _open(url, file, owner, create, heartbeat)
             storage.kronsearch_root, storage.kronsearch_url = artifact_root(url), url  # type: ignore[attr-defined]
             return storage
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
-            # another process creating the same new storage's tables at this very moment
-            racing = "already exists" in str(err) or "UNIQUE constraint failed" in str(err)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            # another process creating the same new storage's tables at this very moment (PostgreSQL: a
+            # ProgrammingError 'relation ... already exists', or a duplicate key in its catalog)
+            racing = any(words in str(err) for words in ("already exists", "UNIQUE constraint failed", "duplicate key"))
             if not racing or not create or attempt == attempts - 1:
                 raise storage_error(url, err) from err
             time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)

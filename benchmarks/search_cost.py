@@ -72,7 +72,7 @@ from kronsearch.data import load_dataset
 from kronsearch.layers.blocks import format_block, parse_block
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
-from kronsearch.record import TrialRecord, metrics, tolerance_pick, train_macs_total
+from kronsearch.record import RACES, TrialRecord, metrics, tolerance_pick, train_macs_total
 from kronsearch.report.trials import trial_history
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
@@ -108,8 +108,9 @@ SPACES = {
 }
 
 
-def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse.Namespace) -> Path:
-    """Write the task's space for one seed and strategy; return its path."""
+def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse.Namespace,
+               races: str = RACES[0]) -> Path:
+    """Write the task's space for one seed, strategy and search.races; return its path."""
     spec = SPACES[task]
     train = dict(spec["train"])
     data = dict(spec["data"])
@@ -118,10 +119,10 @@ def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse
     doc = {"name": f"{task}-s{seed}", "seed": seed, "data": data, "model": spec["model"], "train": train,
            "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
                       "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
-                      "sampler": "tpe", "pruner": "median"},
+                      "sampler": "tpe", "pruner": "median", "races": races},
            "space": {"blocks": spec["blocks"], "ranks": [1, 2],
                      "lambda2": {"low": LAMBDA2[0], "high": LAMBDA2[1], "log": True}}}
-    path = folder / f"{task}-s{seed}-{strategy}.yaml"
+    path = folder / f"{task}-s{seed}-{strategy}-{races}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -175,7 +176,9 @@ def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.tri
         params = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial.params.items())
         lines.append(f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
                      f"{len(trial.intermediate_values)} epochs, MACs {train_macs_total(trial) or 0:.3g}"
-                     + (f" (race {races[trial.number]:.3g})" if trial.number in races else ""))
+                     + (f" (race {races[trial.number]:.3g})" if trial.number in races else "")
+                     + (f" (the pick of #{source}'s race)" if (source := TrialRecord.of(trial).race_of) is not None
+                        else ""))
     return "\n".join(lines)
 
 
@@ -195,18 +198,27 @@ def alone_task(task: str, seed: int, args: argparse.Namespace) -> Task:
     return Task(task, data, spec["model"]["name"], options, tuple(spec["model"]["include"]), blocks, train)
 
 
+def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(label, strategy, search.races) of every study a seed runs: per_pattern once (it never races), each other
+    strategy once per --races value."""
+    return [("per_pattern", "per_pattern", RACES[0])] + [
+        (f"{strategy} ({races})", strategy, races) for races in args.races for strategy in args.strategies
+        if strategy != "per_pattern"]
+
+
 def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list[str]:
-    rows: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
+    runs = study_runs(args)
+    rows: dict[str, list[dict]] = {label: [] for label, _, _ in runs}
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="kronsearch-cost-") as tmp:
             folder = Path(tmp)
             studies = {}
-            for strategy in STRATEGIES:
+            for label, strategy, race_mode in runs:
                 start = time.perf_counter()
-                trials, races = run_study(space_file(folder, task, seed, strategy, args), folder)
-                studies[strategy] = (trials, races, time.perf_counter() - start)
+                trials, races = run_study(space_file(folder, task, seed, strategy, args, race_mode), folder)
+                studies[label] = (trials, races, time.perf_counter() - start)
                 if args.per_trial:
-                    print(trial_lines(task, seed, strategy, trials, races), flush=True)
+                    print(trial_lines(task, seed, label, trials, races), flush=True)
         bench_task = alone_task(task, seed, args)
         data = bench_task.data(seed, args)
         shapes = layer_shapes(bench_task, data)
@@ -237,7 +249,8 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
                 "answer": right_answer(*scored(sweep), args.tolerance)})
             spent = max(rows[strategy][-1]["macs"], 1)
             pruned = sum(train_macs_total(t) or 0 for t in trials if t.state == TrialState.PRUNED)
-            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished, "
+            reused = sum(TrialRecord.of(t).race_of is not None for t in trials)
+            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished ({reused} trained a race's pick), "
                   f"MACs {rows[strategy][-1]['macs']:.3g} (races {sum(races.values()) / spent:.0%}, "
                   f"pruned trials {pruned / spent:.0%}), "
                   f"wall {wall:.0f} s, pick {label} (right answer {rows[strategy][-1]['answer']}), "
@@ -251,6 +264,16 @@ def mean(values: Sequence[float | None], scale: float = 1.0, digits: int = 2) ->
     return text if len(known) == len(values) else f"{text} ({len(known)}/{len(values)})"
 
 
+def level_or_ahead(runs: list[dict], reference: list[dict]) -> str:
+    """Per budget, on how many seeds the pick's test accuracy is at least per_pattern's; a study with no finished
+    trial by then counts as lowest (behind per_pattern's where that had one, level where neither had)."""
+    def value(accuracy: float | None) -> float:
+        return -1.0 if accuracy is None else accuracy
+
+    return ", ".join(f"{sum(value(r['budgets'][i]) >= value(p['budgets'][i]) for r, p in zip(runs, reference))}"
+                     f"/{len(runs)}" for i in range(len(BUDGETS)))
+
+
 def summary_row(task: str, strategy: str, runs: list[dict], reference: list[dict]) -> str:
     budgets = [mean([r["budgets"][i] for r in runs], 100) for i in range(len(BUDGETS))]
     macs = [r["macs"] / max(p["macs"], 1) for r, p in zip(runs, reference)]
@@ -260,12 +283,14 @@ def summary_row(task: str, strategy: str, runs: list[dict], reference: list[dict
     return (f"| {task} | {strategy} | " + " | ".join(budgets)
             + f" | {mean(macs)} | {min(macs):.2f}-{max(macs):.2f} | {summed:.2f} | {mean(wall)} | {picks} "
             f"| {sum(r['right'] for r in runs)}/{len(runs)} "
-            f"| {mean([r['regret'] for r in runs])} | {mean([r['cost'] for r in runs])} |")
+            f"| {mean([r['regret'] for r in runs])} | {mean([r['cost'] for r in runs])} "
+            f"| {level_or_ahead(runs, reference)} |")
 
 
 HEADER = ("| task | strategy | " + " | ".join(f"test acc of the pick at {b}x" for b in BUDGETS)
           + " | MACs / per_pattern | per seed | summed over seeds | wall / per_pattern | picks (per seed) | pick right "
-          "| regret (points) | pick's MACs / costliest |\n|" + "---|" * (10 + len(BUDGETS)))
+          "| regret (points) | pick's MACs / costliest | seeds at or above per_pattern at "
+          + "/".join(f"{b}x" for b in BUDGETS) + " |\n|" + "---|" * (11 + len(BUDGETS)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -275,10 +300,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma list (default %(default)s)")
     parser.add_argument("--trials", type=int, default=8, help="trials per study (default %(default)s)")
     parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default %(default)s)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma list of %(default)s (per_pattern always runs: the reference)")
+    parser.add_argument("--races", default=RACES[0],
+                        help=f"comma list of search.races values ({', '.join(RACES)}); one_round and hybrid run once "
+                             f"per value (default %(default)s)")
     parser.add_argument("--per-trial", action="store_true", help="print every trial's params, blocks and MACs")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
     tasks_and_seeds(parser, args, list(SPACES))
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.races = [r.strip() for r in args.races.split(",") if r.strip()]
+    if not set(args.strategies) <= set(STRATEGIES) or not args.races or not set(args.races) <= set(RACES):
+        parser.error(f"--strategies takes {', '.join(STRATEGIES)}; --races takes {', '.join(RACES)}")
     if args.trials < 1 or not 0 <= args.tolerance <= 100:
         parser.error("--trials must be >= 1, --tolerance in [0, 100]")
     if args.smoke:

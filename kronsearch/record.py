@@ -42,6 +42,7 @@ class Strategy(StrEnum):
 
 STRATEGIES: tuple[str, ...] = tuple(Strategy)
 KINDS: tuple[str, ...] = (Strategy.ONE_ROUND, Strategy.PER_PATTERN)
+RACES = ("per_rank", "once", "per_trial")  # search.races: which one_round trials race (strategies.shared_race)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DEFAULT_TOLERANCE = 0.5  # accuracy points: search.tolerance's default (TrainConfig.tolerance)
 SHARED_CONFIG = ("space", "seed", "data", "model")  # stored once per study (StudyRecord.trial_config)
@@ -77,6 +78,7 @@ class TrialRecord:
     duplicate_of: int | None = None  # reuses that complete trial's results
     retry_of: int | None = None  # re-queued configuration of that interrupted trial
     seeded_from: int | None = None  # hybrid: the one_round trial whose pick this per_pattern trial trains
+    race_of: int | None = None  # one_round: trains the pick of that trial's race instead of racing (search.races)
     worker: str | None = None  # host:pid of the process that ran it (storage.OwnedTrialStorage)
     worker_started: str | None = None  # that process's start time, so a reused pid is not mistaken for it
     ray_worker: str | None = None  # host:pid of the Ray worker that trained it
@@ -236,7 +238,7 @@ def retry_template(trial: FrozenTrial) -> FrozenTrial:
 def copy_duplicate(trial: optuna.Trial, duplicate: FrozenTrial) -> list[float]:
     """Make `trial` stand for an earlier trial with the same params; returns the values to tell."""
     trial.set_user_attr("duplicate_of", duplicate.number)
-    for key in ("metrics", "config", "artifact_dir"):
+    for key in ("metrics", "config", "artifact_dir", "race_of"):  # race_of: a twin reads as its original
         trial.set_user_attr(key, duplicate.user_attrs.get(key))
     for key in SCALAR_METRICS:
         if key in duplicate.user_attrs:
@@ -248,6 +250,11 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue an interrupted trial's configuration again (its queued params too, if it had not sampled)."""
     queued = trial.system_attrs.get("fixed_params", {})
     study.enqueue_trial({**queued, **trial.params}, user_attrs={"retry_of": trial.number})
+
+
+def reuse_race(trial: optuna.Trial, source: int) -> None:
+    """Record that one_round `trial` trains the pick of trial `source`'s race instead of racing (search.races)."""
+    trial.set_user_attr("race_of", source)
 
 
 def enqueue_seed(study: optuna.Study, params: dict, source: int) -> None:
@@ -319,6 +326,11 @@ def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
     return None
 
 
+def curve_kind(trial: FrozenTrial, strategy: str | None = None) -> tuple[str | None, bool]:
+    """(its kind, whether it trains another trial's race's pick): trials whose learning curves a pruner compares."""
+    return trial_kind(trial, strategy), TrialRecord.of(trial).race_of is not None
+
+
 def full_config(study: optuna.Study, trial: FrozenTrial) -> dict:
     """The trial's resolved config: the study's shared part with the trial's own on top (split_config's inverse)."""
     shared, own = StudyRecord.of(study).trial_config or {}, TrialRecord.of(trial).config or {}
@@ -351,9 +363,7 @@ def best_one_round(studies: Iterable[optuna.Study]) -> tuple[optuna.Study, Froze
     on a tie), with its study."""
     found = [(s, t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
              if trial_kind(t, study_strategy(s)) == Strategy.ONE_ROUND]
-    if not found:
-        return None
-    return max(found, key=lambda st: best_first(st[1]))
+    return max(found, key=lambda st: best_first(st[1]), default=None)
 
 
 def best_first(trial: FrozenTrial) -> tuple[float, int]:

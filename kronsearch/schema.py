@@ -22,7 +22,7 @@ from kronsearch.layers.blocks import Block, parse_block
 from kronsearch.layers.compute import COMPUTE_MODES
 from kronsearch.layers.errors import BadInput
 from kronsearch.models import MODELS
-from kronsearch.record import STRATEGIES
+from kronsearch.record import RACES, STRATEGIES
 from kronsearch.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 
 MAX_EPOCHS = 10_000
@@ -139,6 +139,8 @@ SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),
           "pruner": choice(PRUNERS, "median"), "timeout": number("seconds > 0", lambda v: v > 0, None, nullable=True),
           "per_layer_blocks": flag(False), "one_round_trials": later(None), "save_weights": flag(True),
+          # which one_round trials race; the others train a finished race's pick (kronsearch.strategies.shared_race)
+          "races": choice(RACES, "per_rank"),
           # the artifact root shared by every machine (kronsearch.artifacts); relative to the space file
           "artifacts": text("a folder path", default=None, nullable=True),
           # accuracy points: a one-round contest and the reports keep the cheapest within this of the best

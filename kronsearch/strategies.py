@@ -5,6 +5,10 @@
 - per_pattern: a trial trains one block (global, or per layer with search.per_layer_blocks), a rank
   and lambda2: the expensive baseline the paper replaces.
 - hybrid: one_round first, then per_pattern seeded (enqueue_trial) with the best one-round pick.
+
+A one_round study races once per rank (search.races, `shared_race`): a later one_round trial of that rank
+trains the race's pick alone, as a per_pattern trial of it would, and records the race it reuses (race_of).
+Measured (docs/benchmarks/search-cost.md, table 11): ...
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.layers.blocks import format_block
 from kronsearch.record import (
+    RACES,
     Strategy,
     StudyRecord,
     TrialRecord,
     enqueue_seed,
+    reuse_race,
     study_strategy,
     tolerance_pick,
     trial_kind,
@@ -60,6 +66,30 @@ def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> Froze
         if earlier.number != trial.number and TrialRecord.of(earlier).kind == kind and earlier.params == trial.params:
             return earlier
     return None
+
+
+def shared_race(study: optuna.Study, space: Space, rank: int) -> FrozenTrial | None:
+    """The finished race a new one_round trial of `rank` trains the pick of, by search.races (RACES): among the
+    complete one_round trials that raced (not reusing a race, not a duplicate) of the same rank ("per_rank") or of
+    any rank ("once"), the tolerance pick (record.tolerance_pick: the cheapest within search.tolerance of the best
+    val accuracy, as show and export choose); None with "per_trial", or before such a trial has finished (trials
+    started meanwhile race too)."""
+    races = space.search["races"]
+    if races not in RACES[:2]:
+        return None
+    raced = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if (rec := TrialRecord.of(t)).kind == Strategy.ONE_ROUND and rec.race_of is None
+             and rec.duplicate_of is None and (rec.metrics or {}).get("selected")
+             and (races == "once" or t.params.get("rank") == rank)]
+    return tolerance_pick(raced, space.search["tolerance"])
+
+
+def reuse(trial: optuna.Trial, spec: TrialSpec, source: FrozenTrial) -> TrialSpec:
+    """The one_round trial `spec` turned into training the pick of `source`'s race (its rank and lambda2 its own),
+    recorded on the trial (race_of)."""
+    reuse_race(trial, source.number)
+    selected = (TrialRecord.of(source).metrics or {})["selected"]
+    return TrialSpec(spec.kind, spec.rank, spec.lambda2, plan=dict(selected), race_of=source.number)
 
 
 def seed_params(space: Space, source: FrozenTrial) -> dict:

@@ -113,7 +113,8 @@ class KindPruner(optuna.pruners.BasePruner):
 
     A hybrid study holds one_round and per_pattern trials, whose curves differ (a one-round trial's
     accuracy is its current leaders' while its contest runs): a per_pattern trial is judged against
-    per_pattern trials only, and a one_round trial against one_round trials. Optuna's pruners read
+    per_pattern trials only, a racing one_round trial against racing ones, and a one_round trial that trains
+    another's race's pick (record.TrialRecord.race_of) against those (record.curve_kind). Optuna's pruners read
     trials through study.get_trials, Hyperband's brackets through the study's storage, so the view
     filters at the storage. Both backends prune through trial.should_prune, which calls prune here.
     """
@@ -122,16 +123,17 @@ class KindPruner(optuna.pruners.BasePruner):
         self.pruner, self.strategy = pruner, strategy
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        kind = record.trial_kind(trial, self.strategy)
+        kind = record.curve_kind(trial, self.strategy)
         view = optuna.Study(study.study_name, _KindTrials(study._storage, kind, self.strategy),  # type: ignore[arg-type]  # noqa: SLF001
                             sampler=study.sampler, pruner=self.pruner)
         return self.pruner.prune(view, trial)
 
 
 class _KindTrials:
-    """A study's storage listing only the trials of one kind (record.trial_kind); all else is the storage's own."""
+    """A study's storage listing only the trials of one curve kind (record.curve_kind); all else is the storage's."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, kind: str | None, strategy: str | None) -> None:
+    def __init__(self, storage: optuna.storages.BaseStorage, kind: tuple[str | None, bool],
+                 strategy: str | None) -> None:
         self._storage, self._kind, self._strategy = storage, kind, strategy
 
     def __getattr__(self, name: str) -> object:
@@ -140,7 +142,7 @@ class _KindTrials:
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        return [t for t in trials if record.trial_kind(t, self._strategy) == self._kind]
+        return [t for t in trials if record.curve_kind(t, self._strategy) == self._kind]
 
 
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path,
@@ -210,8 +212,9 @@ def _delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
     remove_study_files(root, folder)
 
 
-# Keys that do not change a study's results: its budget, where it runs, and where its data is found.
-NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights", "artifacts"),
+# Keys that do not change a study's results: its budget, where it runs, where its data is found, and which trials
+# race (search.races: a trial records the race it reused, TrialRecord.race_of).
+NOT_IDENTITY = {"search": ("trials", "timeout", "one_round_trials", "strategy", "save_weights", "artifacts", "races"),
                 "train": ("device", "threads", "compute"), "data": ("root",)}
 
 

@@ -36,9 +36,10 @@ from kronsearch.trainer import EpochReport, TrainingDiverged, TrainResult, seed_
 class TrialSpec:
     """What one trial trains.
 
-    kind "one_round": every decomposed layer gets PatternSelectLinear over `candidates`
-    (glob -> blocks, first matching glob wins). kind "per_pattern": each layer in `plan` gets its
-    one block (layer -> "HxW"); layers not in it stay dense.
+    With `candidates` (kind "one_round"), every decomposed layer gets PatternSelectLinear over them
+    (glob -> blocks, first matching glob wins), and the trial races them. Otherwise each layer in `plan`
+    gets its one block (layer -> "HxW"); layers not in it stay dense: a per_pattern trial, or a one_round
+    trial that trains the pick of trial `race_of`'s race (search.races).
     """
 
     kind: str
@@ -46,6 +47,12 @@ class TrialSpec:
     lambda2: float
     candidates: dict[str, list[str]] = field(default_factory=dict)
     plan: dict[str, str] = field(default_factory=dict)
+    race_of: int | None = None
+
+    @property
+    def races(self) -> bool:
+        """Whether the trial races candidates (then trains the winner), rather than training `plan`."""
+        return bool(self.candidates)
 
 
 @functools.lru_cache(maxsize=4)
@@ -71,7 +78,7 @@ def build_trial_model(space: Space, spec: TrialSpec) -> torch.nn.Module:
     if space.model["checkpoint"] is not None:
         load_checkpoint(model, space.model["checkpoint"])
     init = space.model["init"]
-    if spec.kind == "one_round":
+    if spec.races:
         for glob, blocks in spec.candidates.items():  # first matching glob wins: kronify skips replaced layers
             layers = [name for name in space.layers if fnmatchcase(name, glob)]
             kronify(model, candidates=[parse_block(b) for b in blocks], rank=spec.rank, include=layers, init=init)

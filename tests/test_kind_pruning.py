@@ -18,11 +18,13 @@ PARAMS = {"one_round": ({"rank": 1, "lambda1": 1e-3, "lambda2": 1e-4}, ONE_ROUND
           "per_pattern": ({"block": "2x2", "rank": 1, "lambda2": 1e-4}, PER_PATTERN_DISTS)}
 
 
-def finished(kind: str, curve: dict[int, float], **system_attrs: float) -> optuna.trial.FrozenTrial:
-    """A complete trial of `kind` with this per-epoch val accuracy curve."""
+def finished(kind: str, curve: dict[int, float], race_of: int | None = None,
+             **system_attrs: float) -> optuna.trial.FrozenTrial:
+    """A complete trial of `kind` with this per-epoch val accuracy curve (race_of: it trained that race's pick)."""
     params, dists = PARAMS[kind]
     return create_trial(value=curve[max(curve)], params=params, distributions=dists, intermediate_values=curve,
-                        user_attrs={"kind": kind}, system_attrs=system_attrs)
+                        user_attrs={"kind": kind, **({} if race_of is None else {"race_of": race_of})},
+                        system_attrs=system_attrs)
 
 
 @pytest.fixture
@@ -35,10 +37,13 @@ def hybrid_study(write_space, workdir):
     return make
 
 
-def pruned_at(study: optuna.Study, kind: str, value: float, epoch: int = 1) -> bool:
-    """Start a trial of `kind`, report `value` at `epoch`: would the study's pruner stop it?"""
+def pruned_at(study: optuna.Study, kind: str, value: float, epoch: int = 1, race_of: int | None = None) -> bool:
+    """Start a trial of `kind` (race_of: training that race's pick), report `value` at `epoch`: would the study's
+    pruner stop it?"""
     trial = study.ask()
     record.start(trial, kind)
+    if race_of is not None:
+        record.reuse_race(trial, race_of)
     trial.report(value, epoch)
     return trial.should_prune()
 
@@ -67,3 +72,19 @@ def test_hyperband_prunes_each_kind_against_its_own_kind(hybrid_study):
         study.add_trial(finished("one_round", {1: 0.9}, completed_rung_0=0.9))
     assert not pruned_at(study, "per_pattern", 0.5)
     assert pruned_at(study, "one_round", 0.5)
+
+
+def test_one_round_trials_that_train_a_races_pick_are_not_pruned_by_racing_curves(hybrid_study):
+    study = hybrid_study("median")
+    for _ in range(3):
+        study.add_trial(finished("one_round", {1: 0.9}))  # racing trials
+    assert not pruned_at(study, "one_round", 0.5, race_of=0)
+
+
+def test_one_round_trials_that_train_a_races_pick_are_pruned_against_each_other(hybrid_study):
+    study = hybrid_study("median")
+    for _ in range(3):
+        study.add_trial(finished("one_round", {1: 0.3}))
+        study.add_trial(finished("one_round", {1: 0.8}, race_of=0))
+    assert pruned_at(study, "one_round", 0.5, race_of=0)
+    assert not pruned_at(study, "one_round", 0.5)  # a racing trial: above the racing trials' median

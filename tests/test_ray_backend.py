@@ -126,7 +126,8 @@ def test_settings_ray_cannot_honor_are_space_errors(write_space, train, gpu, mes
 
 
 def test_ray_study_matches_the_local_backends(ray_cluster, write_space, workdir):
-    path = write_space(search={"trials": 3}, backend=RAY)
+    # every trial races: which trials share a race depends on which finished first (search.races)
+    path = write_space(search={"trials": 3, "races": "per_trial"}, backend=RAY)
     console = Console(record=True, width=200)
     run_search(path, progress=False, console=console)
     threads = torch.get_num_threads()

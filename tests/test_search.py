@@ -29,7 +29,7 @@ def trials_of(study_name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_one_round_trials_record_selection_norms_and_weights(write_space):
-    run_search(write_space(), progress=False)
+    run_search(write_space(search={"races": "per_trial"}), progress=False)
     trials = trials_of("tiny:one_round")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for trial in trials:
@@ -45,7 +45,7 @@ def test_one_round_trials_record_selection_norms_and_weights(write_space):
 
 
 def test_per_epoch_history_is_in_the_trial_folder_and_intermediate_values_not_in_user_attrs(write_space):
-    run_search(write_space(train={"epochs": 2}), progress=False)
+    run_search(write_space(train={"epochs": 2}, search={"races": "per_trial"}), progress=False)
     for trial in trials_of("tiny:one_round"):
         history = json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "history.json").read_text())
         assert [e["epoch"] for e in history] == [1, 2, 3]  # the race's epoch, then two of training

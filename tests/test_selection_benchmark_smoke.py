@@ -68,32 +68,39 @@ def test_signals_smoke_prints_a_correlation_row_per_task_and_race_signal():
 
 @pytest.fixture(scope="module")
 def search_cost_smoke() -> subprocess.CompletedProcess:
-    done = run_script("--smoke", "--per-trial", "--tasks", "vit-digits", script="search_cost.py")
+    done = run_script("--smoke", "--per-trial", "--tasks", "vit-digits", "--races", "per_rank,per_trial",
+                      script="search_cost.py")
     assert done.returncode == 0, done.stderr
     return done
 
 
 def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_pattern(search_cost_smoke):
     rows = [line for line in search_cost_smoke.stdout.splitlines() if line.startswith("| vit-digits |")]
-    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
+    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round (per_rank)", "hybrid (per_rank)",
+                                                 "one_round (per_trial)", "hybrid (per_trial)"]
     assert rows[0].split(" | ")[6:9] == ["1.00", "1.00-1.00", "1.00"]  # per_pattern's MACs against its own
+    assert all(re.search(r"\| [01]/1, [01]/1, [01]/1, [01]/1 \|$", r) for r in rows)  # seeds level or ahead
 
 
 def test_search_cost_smoke_runs_the_long_training_task():
     done = run_script("--smoke", "--tasks", "mlp-long", script="search_cost.py")
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| mlp-long |")]
-    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round", "hybrid"]
+    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round (per_rank)", "hybrid (per_rank)"]
 
 
 def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(search_cost_smoke):
     out = search_cost_smoke.stdout
-    for strategy in ("per_pattern", "one_round", "hybrid"):
-        assert f"vit-digits seed 0 {strategy}, per trial:" in out
+    for label in ("per_pattern", "one_round (per_rank)", "hybrid (per_rank)", "one_round (per_trial)"):
+        assert f"vit-digits seed 0 {label}, per trial:" in out
     trials = re.findall(r"    #\d+ (complete|pruned|fail): rank \d.*; kept (\S+); \d+ epochs, MACs (\S+)(.*)", out)
-    assert len(trials) == 6  # two trials per study in a smoke run
+    assert len(trials) == 10  # two trials per study in a smoke run
     assert all(float(macs) > 0 for _, _, macs, _ in trials)
-    one_round = re.findall(r"vit-digits seed 0 one_round, per trial:\n(.*)\n(.*)\n", out)[0]
-    races = [float(m) for m in re.findall(r"\(race (\S+)\)", "\n".join(one_round))]
+    per_trial = re.findall(r"vit-digits seed 0 one_round \(per_trial\), per trial:\n(.*)\n(.*)\n", out)[0]
+    races = [float(m) for m in re.findall(r"\(race (\S+)\)", "\n".join(per_trial))]
     assert len(races) == 2 and all(0 < r for r in races)  # every one-round trial raced
-    assert re.search(r"vit-digits seed 0 one_round: .*\(races \d+%, pruned trials \d+%\)", out)
+    per_rank = re.findall(r"vit-digits seed 0 one_round \(per_rank\), per trial:\n(.*)\n(.*)\n", out)[0]
+    assert "(race " in per_rank[0]  # the first trial races; the second trains its pick if of the same rank
+    same_rank = re.search(r"rank (\d)", per_rank[0])[1] == re.search(r"rank (\d)", per_rank[1])[1]
+    assert ("(the pick of #0's race)" in per_rank[1]) == same_rank == ("(race " not in per_rank[1])
+    assert re.search(r"vit-digits seed 0 one_round \(per_rank\): .*\(races \d+%, pruned trials \d+%\)", out)

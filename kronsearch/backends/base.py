@@ -30,7 +30,7 @@ from kronsearch.processes import worker_alive
 from kronsearch.record import TrialRecord
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, artifact_dir_record
-from kronsearch.strategies import find_duplicate, suggest
+from kronsearch.strategies import find_duplicate, reuse, shared_race, suggest
 from kronsearch.trainer import TrainingDiverged
 from kronsearch.trial_run import TrialSpec, trial_config
 
@@ -72,7 +72,8 @@ class Started:
 
 
 def start_trial(trial: optuna.Trial, space: Space, kind: str, budget: Budget | None) -> Started:
-    """start -> skip | duplicate | train (see the module doc); the skip is recorded, not told."""
+    """start -> skip | duplicate | train (see the module doc); the skip is recorded, not told. A one_round trial
+    trains the pick of a finished race of its rank where search.races shares one (strategies.shared_race)."""
     record.start(trial, kind)
     spec = suggest(trial, space, kind)
     if budget is not None and budget.surplus(trial.study, trial.number):
@@ -81,7 +82,8 @@ def start_trial(trial: optuna.Trial, space: Space, kind: str, budget: Budget | N
     duplicate = find_duplicate(trial.study, trial, kind)
     if duplicate is not None:
         return Started(spec, duplicate_values=record.copy_duplicate(trial, duplicate))
-    return Started(spec)
+    source = shared_race(trial.study, space, spec.rank) if spec.races else None
+    return Started(spec if source is None else reuse(trial, spec, source))
 
 
 def trial_artifact_dir(space: Space, folder: Path, number: int) -> Path | None:
@@ -91,7 +93,10 @@ def trial_artifact_dir(space: Space, folder: Path, number: int) -> Path | None:
 
 def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: dict,
                  artifact_dir: Path | None, ray_worker: str | None = None) -> list[float]:
-    """Record a trained trial's results; returns its objective values."""
+    """Record a trained trial's results; returns its objective values. A trial that reused a race records its
+    pick as `selected`, as the race's trial does."""
+    if spec.race_of is not None:
+        metrics = {**metrics, "selected": spec.plan}
     record.save_results(trial, metrics, trial_config(space, spec),
                         artifact_dir_record(trial.study, trial.number) if artifact_dir else None,
                         ray_worker)
@@ -128,7 +133,8 @@ def describe(trial: FrozenTrial) -> str:
     blocks = ", ".join(f"{b} on {n}" for b, n in sorted(Counter(record.final_blocks(trial).values()).items()))
     return (f"trial {trial.number} {rec.kind}: val {m['val_accuracy']:.4f}, "
             f"sparsity {m['block_sparsity']:.2f}, train MACs {m['train_macs']:,}, blocks [{blocks}], "
-            f"{m['wall_time']:.1f}s" + (f" (same as trial {rec.duplicate_of})" if rec.duplicate_of is not None else ""))
+            f"{m['wall_time']:.1f}s" + (f" (same as trial {rec.duplicate_of})" if rec.duplicate_of is not None else "")
+            + (f" (the pick of trial {rec.race_of}'s race)" if rec.race_of is not None else ""))
 
 
 class Budget:

@@ -88,7 +88,7 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool, budget
         artifact_dir = trial_artifact_dir(space, folder, trial.number)
         try:
             on_epoch = pruning_reporter(trial, single)
-            epochs = planned_epochs(space.train_config(), kind == "one_round")
+            epochs = planned_epochs(space.train_config(), started.spec.races)
             clock = StudyClock.of(trial.study, trial.number, budget.target, budget.kind) if budget else None
             if progress and not bar and console is not None:
                 on_epoch = EpochLines(console, trial.number, epochs, then=on_epoch, study=clock)

@@ -104,7 +104,7 @@ class StudySearcher(Searcher):
         self.study, self.space, self.kind, self.budget = study, space, kind, budget
         self.folder, self.console, self.deadline = folder, console, deadline
         self.single = len(space.search["objectives"]) == 1
-        self.epochs = planned_epochs(space.train_config(), kind == "one_round") if progress else None
+        self.progress = progress
         self.running: dict[str, InFlight] = {}
         self.pruned: dict[str, dict] = {}  # Tune trial id -> the epoch report at which the pruner stopped it
         self.errors: dict[str, str] = {}  # the last error of each failed attempt (StudyScheduler)
@@ -154,8 +154,9 @@ class StudySearcher(Searcher):
         if job is None or "epoch" not in result:
             return False
         step, value = int(result["epoch"]), float(result["val_accuracy"])
-        if self.epochs is not None:  # a plain line per epoch, as the local backend prints off a terminal
-            self.console.print(epoch_line(job.trial.number, step, self.epochs, result.get("phase", "train"), value,
+        if self.progress:  # a plain line per epoch, as the local backend prints off a terminal
+            epochs = planned_epochs(self.space.train_config(), job.spec.races)
+            self.console.print(epoch_line(job.trial.number, step, epochs, result.get("phase", "train"), value,
                                           result.get("racing", ""), time.monotonic() - job.started), highlight=False)
         if not self.single:
             return False

@@ -79,6 +79,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "duration": duration(trial),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "duplicate_of": TrialRecord.of(trial).duplicate_of,
+        "race_of": TrialRecord.of(trial).race_of,
         "fail_reason": TrialRecord.of(trial).fail_reason,
         "interrupted": interrupted,
         "last_epoch": last_epoch(trial) if state == "RUNNING" else None,
@@ -146,6 +147,8 @@ def row_notes(row: Mapping) -> list[str]:
     if row["selected"]:
         notes.append(f"selected {count_blocks(row['selected'])}")
     notes.extend(race_lines(row.get("race") or {}))
+    if row.get("race_of") is not None:
+        notes.append(f"trained the pick of trial #{row['race_of']}'s race (search.races), without a race of its own")
     if row["duplicate_of"] is not None:
         notes.append(f"same configuration as #{row['duplicate_of']}: its result reused, nothing trained")
     if row["fail_reason"]:

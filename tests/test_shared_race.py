@@ -1,0 +1,151 @@
+"""search.races: which one_round trials race, and how the others train a finished race's pick and record it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+
+from kronsearch.record import TrialRecord
+from kronsearch.record import metrics as record_metrics
+from kronsearch.report.show import row_notes, trial_row
+from kronsearch.search import run_search
+from kronsearch.space import SpaceError, load_space
+from kronsearch.storage import load_studies
+from kronsearch.strategies import shared_race
+from tests.test_report import ONE_ROUND_DISTS
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def trials_of(study_name: str = "tiny:one_round") -> list[optuna.trial.FrozenTrial]:
+    (study,) = load_studies(study_name)
+    return study.get_trials()
+
+
+def history(trial: optuna.trial.FrozenTrial) -> list[dict]:
+    return json.loads((Path("studies", trial.user_attrs["artifact_dir"]) / "history.json").read_text())
+
+
+def test_later_trials_of_a_rank_train_the_pick_of_its_first_trials_race(write_space):
+    run_search(write_space(search={"trials": 3}), progress=False)
+    first, *later = trials_of()
+    assert [t.state for t in (first, *later)] == [TrialState.COMPLETE] * 3
+    assert TrialRecord.of(first).race_of is None and history(first)[0]["phase"] == "select"
+    pick = record_metrics(first)["selected"]
+    for trial in later:
+        assert TrialRecord.of(trial).race_of == first.number
+        assert record_metrics(trial)["selected"] == pick  # recorded as the race's trial records its pick
+        assert {n: p["block"] for n, p in record_metrics(trial)["plan"].items()} == pick
+        assert [e["phase"] for e in history(trial)] == ["train"]  # no race: one epoch of the pick
+        assert trial.user_attrs["train_macs_total"] < first.user_attrs["train_macs_total"]
+
+
+def test_per_rank_races_once_for_each_rank(write_space):
+    run_search(write_space(search={"trials": 6}, space={"ranks": [1, 2]}), progress=False)
+    trials = trials_of()
+    first_of_rank: dict[int, int] = {}
+    for trial in trials:
+        first_of_rank.setdefault(trial.params["rank"], trial.number)
+        expected = None if first_of_rank[trial.params["rank"]] == trial.number else first_of_rank[trial.params["rank"]]
+        assert TrialRecord.of(trial).race_of == expected
+    assert len(first_of_rank) == 2  # the random sampler drew both ranks: two races
+
+
+def test_once_races_once_per_study_and_later_trials_keep_their_own_rank(write_space):
+    run_search(write_space(search={"trials": 5, "races": "once"}, space={"ranks": [1, 2]}), progress=False)
+    first, *later = trials_of()
+    assert TrialRecord.of(first).race_of is None
+    assert all(TrialRecord.of(t).race_of == first.number for t in later)
+    assert {t.params["rank"] for t in later} == {1, 2}
+    for trial in later:
+        assert {p["rank"] for p in record_metrics(trial)["plan"].values()} == {trial.params["rank"]}
+
+
+def test_per_trial_races_in_every_trial(write_space):
+    run_search(write_space(search={"trials": 3, "races": "per_trial"}), progress=False)
+    for trial in trials_of():
+        assert TrialRecord.of(trial).race_of is None and history(trial)[0]["phase"] == "select"
+
+
+def test_a_resumed_study_trains_the_pick_of_its_earlier_runs_race(write_space):
+    path = write_space(search={"trials": 1})
+    run_search(path, progress=False)
+    run_search(path, trials=3, progress=False)
+    first, *later = trials_of()
+    assert TrialRecord.of(first).race_of is None
+    assert [TrialRecord.of(t).race_of for t in later] == [first.number, first.number]
+
+
+def test_fresh_races_again_and_no_trial_names_a_race_of_the_deleted_study(write_space):
+    path = write_space(search={"trials": 2})
+    run_search(path, progress=False)
+    run_search(path, fresh=True, progress=False)
+    trials = trials_of()
+    assert [TrialRecord.of(t).race_of for t in trials] == [None, 0]
+    assert history(trials[0])[0]["phase"] == "select"  # the new study's own race, not the deleted one's
+
+
+def test_show_says_which_race_a_trial_trained_the_pick_of(write_space):
+    run_search(write_space(search={"trials": 2}), progress=False)
+    (study,) = load_studies("tiny:one_round")
+    first, second = study.get_trials()
+    assert any("race" in note and "by" in note for note in row_notes(trial_row(first, study)))
+    assert "trained the pick of trial #0's race (search.races), without a race of its own" in \
+        row_notes(trial_row(second, study))
+
+
+def test_a_race_with_an_unknown_mode_is_refused_naming_the_allowed_ones(write_space):
+    with pytest.raises(SpaceError, match=r"search\.races.*per_rank.*once.*per_trial"):
+        load_space(write_space(search={"races": "sometimes"}))
+
+
+def raced(number: int, rank: int, val: float, macs: int, state: TrialState = TrialState.COMPLETE,
+          **attrs: object) -> optuna.trial.FrozenTrial:
+    """A one_round trial that raced and picked 4x4 on layers.0 (or, with attrs, reused/duplicated one)."""
+    trial = create_trial(state=state, value=val if state == TrialState.COMPLETE else None,
+                         params={"rank": rank, "lambda1": 1e-3, "lambda2": 1e-4}, distributions=ONE_ROUND_DISTS,
+                         user_attrs={"kind": "one_round", "metrics": {"selected": {"layers.0": "4x4"}},
+                                     "val_accuracy": val, "final_macs": macs, **attrs})
+    trial.number = number
+    return trial
+
+
+@pytest.fixture
+def study_of(write_space):
+    def make(*trials: optuna.trial.FrozenTrial, races: str = "per_rank") -> tuple[optuna.Study, object]:
+        study = optuna.create_study(direction="maximize")
+        for trial in trials:
+            study.add_trial(trial)
+        return study, load_space(write_space(search={"races": races, "tolerance": 0.5}))
+    return make
+
+
+def test_the_race_shared_is_the_tolerance_pick_among_the_races_of_the_rank(study_of):
+    study, space = study_of(raced(0, 1, 0.90, 900), raced(1, 1, 0.898, 400), raced(2, 1, 0.80, 100),
+                            raced(3, 2, 0.95, 50))
+    assert shared_race(study, space, 1).number == 1  # within 0.5 point of the best and cheaper; #3 is rank 2
+
+
+def test_no_race_is_shared_from_pruned_failed_duplicate_or_reusing_trials(study_of):
+    study, space = study_of(raced(0, 1, 0.9, 1, TrialState.PRUNED), raced(1, 1, 0.9, 1, TrialState.FAIL),
+                            raced(2, 1, 0.9, 1, duplicate_of=5), raced(3, 1, 0.9, 1, race_of=4))
+    assert shared_race(study, space, 1) is None
+
+
+def test_per_trial_shares_no_race_and_once_shares_across_ranks(study_of):
+    assert shared_race(*study_of(raced(0, 1, 0.9, 1), races="per_trial"), 1) is None
+    study, space = study_of(raced(0, 1, 0.9, 1), races="once")
+    assert shared_race(study, space, 2).number == 0
+
+
+def test_run_prints_that_later_trials_trained_a_races_pick(write_space):
+    console = Console(record=True, width=200)
+    run_search(write_space(search={"trials": 2}), progress=False, console=console)
+    shown = console.export_text()
+    assert "(the pick of trial 0's race)" in shown.split("trial 1 one_round")[1].splitlines()[0]
+    assert "race)" not in shown.split("trial 0 one_round")[1].splitlines()[0]

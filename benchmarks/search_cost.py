@@ -116,7 +116,8 @@ def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse
     data = dict(spec["data"])
     if args.smoke:
         train["epochs"], data = 1, {"name": "digits", "limit": 300}
-    doc = {"name": f"{task}-s{seed}", "seed": seed, "data": data, "model": spec["model"], "train": train,
+    # one study name (and storage file) per search.races, else a second value would resume the first's study
+    doc = {"name": f"{task}-s{seed}-{races}", "seed": seed, "data": data, "model": spec["model"], "train": train,
            "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
                       "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
                       "sampler": "tpe", "pruner": "median", "races": races},

@@ -1,5 +1,5 @@
-"""Smoke tests of the selection benchmarks (selection.py, signals.py, search_cost.py): `--smoke` runs without
-Fashion-MNIST and prints the summary table."""
+"""Smoke tests of the selection benchmarks (selection.py, signals.py, search_cost.py, planted.py): `--smoke` runs
+without Fashion-MNIST and prints the summary table."""
 
 from __future__ import annotations
 
@@ -104,3 +104,14 @@ def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(s
     same_rank = re.search(r"rank (\d)", per_rank[0])[1] == re.search(r"rank (\d)", per_rank[1])[1]
     assert ("(the pick of #0's race)" in per_rank[1]) == same_rank == ("(race " not in per_rank[1])
     assert re.search(r"vit-digits seed 0 one_round \(per_rank\): .*\(races \d+%, pruned trials \d+%\)", out)
+
+
+def test_planted_smoke_prints_each_races_decision_and_the_counts():
+    done = run_script("--smoke", script="planted.py")
+    assert done.returncode == 0, done.stderr
+    lines = re.findall(r"planted (\d+x\d+) seed 0: (\d+x\d+) by (survivor|budget|fallback) at step \d+ "
+                       r"\((right|WRONG)\); .*", done.stdout)
+    assert [line[0] for line in lines] == ["4x8", "8x2", "16x16"]
+    assert all((planted == kept) == (verdict == "right") for planted, kept, _, verdict in lines)
+    found = sum(verdict == "right" for *_, verdict in lines)
+    assert f"planted block found {found}/3; wrong, reported as decided by evidence" in done.stdout

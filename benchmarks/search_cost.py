@@ -75,6 +75,7 @@ from kronsearch.layers.plan import LayerPattern
 from kronsearch.record import RACES, TrialRecord, metrics, tolerance_pick, train_macs_total
 from kronsearch.report.trials import trial_history
 from kronsearch.search import run_search
+from kronsearch.selection import RACE_FALLBACKS
 from kronsearch.storage import load_studies
 
 STRATEGIES = ("per_pattern", "one_round", "hybrid")
@@ -109,21 +110,21 @@ SPACES = {
 
 
 def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse.Namespace,
-               races: str = RACES[0]) -> Path:
-    """Write the task's space for one seed, strategy and search.races; return its path."""
+               races: str = RACES[0], fallback: str = RACE_FALLBACKS[0]) -> Path:
+    """Write the task's space for one seed, strategy, search.races and train.race_fallback; return its path."""
     spec = SPACES[task]
-    train = dict(spec["train"])
+    train = {**spec["train"], "race_fallback": fallback}
     data = dict(spec["data"])
     if args.smoke:
         train["epochs"], data = 1, {"name": "digits", "limit": 300}
-    # one study name (and storage file) per search.races, else a second value would resume the first's study
-    doc = {"name": f"{task}-s{seed}-{races}", "seed": seed, "data": data, "model": spec["model"], "train": train,
+    # one study name (and storage file) per variant, else a second one would resume the first's study
+    doc = {"name": f"{task}-s{seed}-{races}-{fallback}", "seed": seed, "data": data, "model": spec["model"], "train": train,
            "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
                       "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
                       "sampler": "tpe", "pruner": "median", "races": races},
            "space": {"blocks": spec["blocks"], "ranks": [1, 2],
                      "lambda2": {"low": LAMBDA2[0], "high": LAMBDA2[1], "log": True}}}
-    path = folder / f"{task}-s{seed}-{strategy}-{races}.yaml"
+    path = folder / f"{task}-s{seed}-{strategy}-{races}-{fallback}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -199,24 +200,24 @@ def alone_task(task: str, seed: int, args: argparse.Namespace) -> Task:
     return Task(task, data, spec["model"]["name"], options, tuple(spec["model"]["include"]), blocks, train)
 
 
-def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """(label, strategy, search.races) of every study a seed runs: per_pattern once (it never races), each other
-    strategy once per --races value."""
-    return [("per_pattern", "per_pattern", RACES[0])] + [
-        (f"{strategy} ({races})", strategy, races) for races in args.races for strategy in args.strategies
-        if strategy != "per_pattern"]
+def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """(label, strategy, search.races, train.race_fallback) of every study a seed runs: per_pattern once (it never
+    races), each other strategy once per --variants pair."""
+    return [("per_pattern", "per_pattern", RACES[0], RACE_FALLBACKS[0])] + [
+        (f"{strategy} ({races}, {fallback})", strategy, races, fallback) for races, fallback in args.variants
+        for strategy in args.strategies if strategy != "per_pattern"]
 
 
 def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list[str]:
     runs = study_runs(args)
-    rows: dict[str, list[dict]] = {label: [] for label, _, _ in runs}
+    rows: dict[str, list[dict]] = {label: [] for label, *_ in runs}
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="kronsearch-cost-") as tmp:
             folder = Path(tmp)
             studies = {}
-            for label, strategy, race_mode in runs:
+            for label, strategy, race_mode, fallback in runs:
                 start = time.perf_counter()
-                trials, races = run_study(space_file(folder, task, seed, strategy, args, race_mode), folder)
+                trials, races = run_study(space_file(folder, task, seed, strategy, args, race_mode, fallback), folder)
                 studies[label] = (trials, races, time.perf_counter() - start)
                 if args.per_trial:
                     print(trial_lines(task, seed, label, trials, races), flush=True)
@@ -303,17 +304,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default %(default)s)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="comma list of %(default)s (per_pattern always runs: the reference)")
-    parser.add_argument("--races", default=RACES[0],
-                        help=f"comma list of search.races values ({', '.join(RACES)}); one_round and hybrid run once "
-                             f"per value (default %(default)s)")
+    parser.add_argument("--variants", default=f"{RACES[0]}:{RACE_FALLBACKS[0]}",
+                        help=f"comma list of RACES:FALLBACK pairs, search.races in {', '.join(RACES)} and "
+                             f"train.race_fallback in {', '.join(RACE_FALLBACKS)}; one_round and hybrid run once per "
+                             f"pair (default %(default)s)")
     parser.add_argument("--per-trial", action="store_true", help="print every trial's params, blocks and MACs")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
     tasks_and_seeds(parser, args, list(SPACES))
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    args.races = [r.strip() for r in args.races.split(",") if r.strip()]
-    if not set(args.strategies) <= set(STRATEGIES) or not args.races or not set(args.races) <= set(RACES):
-        parser.error(f"--strategies takes {', '.join(STRATEGIES)}; --races takes {', '.join(RACES)}")
+    args.variants = [tuple(v.strip().split(":")) for v in args.variants.split(",") if v.strip()]
+    if not set(args.strategies) <= set(STRATEGIES) or not args.variants or not all(
+            len(v) == 2 and v[0] in RACES and v[1] in RACE_FALLBACKS for v in args.variants):
+        parser.error(f"--strategies takes {', '.join(STRATEGIES)}; --variants takes RACES:FALLBACK pairs, "
+                     f"RACES in {', '.join(RACES)}, FALLBACK in {', '.join(RACE_FALLBACKS)}")
     if args.trials < 1 or not 0 <= args.tolerance <= 100:
         parser.error("--trials must be >= 1, --tolerance in [0, 100]")
     if args.smoke:

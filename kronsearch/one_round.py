@@ -55,7 +55,7 @@ from kronsearch.layers.kron_linear import KronLinear
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.layers.plan import LayerPattern, Plan
 from kronsearch.record import DEFAULT_TOLERANCE
-from kronsearch.selection import RACE_CAP, Decision, Race, Validation, prox_l1_, s_parameters
+from kronsearch.selection import RACE_CAP, RACE_FALLBACKS, Decision, Race, Validation, prox_l1_, s_parameters
 
 
 @dataclass
@@ -82,13 +82,14 @@ class OneRound:
     none); check_examples: validation examples one check spends at most (None: selection.CHECK_EXAMPLES);
     seed: the order in which candidates take turns (the same on every rank); extend: where the evidence does not
     separate candidates that still learn, the race goes on up to extend * select_steps steps (keep the loop
-    running: `done` says when it is over), then falls back to the most accurate and says so (Decision.by
-    "fallback"); 1: never extend (selection.RACE_CAP, kronsearch/evidence.py).
+    running: `done` says when it is over), then falls back by the rule `fallback` and says so (Decision.by
+    "fallback"; selection.RACE_FALLBACKS); 1: never extend (selection.RACE_CAP, kronsearch/evidence.py).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int, validate: Validation,
                  tolerance: float = DEFAULT_TOLERANCE, lambda2: float = 0.0, seed: int = 0,
-                 check_examples: int | None = None, extend: float = RACE_CAP) -> None:
+                 check_examples: int | None = None, extend: float = RACE_CAP,
+                 fallback: str = RACE_FALLBACKS[0]) -> None:
         inner = unwrapped(model)
         problems = []
         if not any(isinstance(m, PatternSelectLinear) for m in inner.modules()):
@@ -114,7 +115,7 @@ class OneRound:
             raise BadInput("OneRound: " + "; ".join(problems))
         self._attach(Race(inner, optimizer, select_steps, tolerance,
                           CheckedValidation(validate) if callable(validate) else validate, seed,
-                          check_examples=check_examples, extend=extend), lambda2)
+                          check_examples=check_examples, extend=extend, fallback=fallback), lambda2)
         self._check_steps = True  # a user's loop: every racing step must have trained a candidate
 
     @classmethod

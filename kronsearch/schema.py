@@ -23,6 +23,7 @@ from kronsearch.layers.compute import COMPUTE_MODES
 from kronsearch.layers.errors import BadInput
 from kronsearch.models import MODELS
 from kronsearch.record import RACES, STRATEGIES
+from kronsearch.selection import RACE_FALLBACKS
 from kronsearch.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 
 MAX_EPOCHS = 10_000
@@ -125,6 +126,7 @@ MODEL = {"name": text(f"one of {', '.join(MODELS)} or 'timm:<model name>'",
 TRAIN_RULES = {
     "epochs": integer(1, MAX_EPOCHS), "finetune_epochs": integer(0, MAX_EPOCHS), "select_epochs": later(),
     "race_cap": number("a number >= 1 (the race's cap, times select_epochs)", lambda v: v >= 1),
+    "race_fallback": choice(RACE_FALLBACKS),
     "batch_size": integer(1, 1_000_000), "optimizer": choice(OPTIMIZERS), "schedule": choice(SCHEDULES),
     "compute": choice(COMPUTE_MODES), "lr": POSITIVE, "s_lr_scale": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "threshold": NON_NEGATIVE,

@@ -5,8 +5,7 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
 - `prox_l1_`, lambda2 * ||S||_1 on every S: soft-thresholding in the optimizer's own metric. Under Adam(W) the
   threshold of each entry is lr * lambda2 / (sqrt(v_hat) + eps), the prox of Adam's diagonal preconditioner, so
   lambda2 keeps the meaning it had as a subgradient penalty (a block dies when its loss gradient stays below
-  lambda2) but the entry lands on exactly 0 and stays there instead of jittering around it. Under SGD the threshold
-  is lr * lambda2.
+  lambda2) but the entry lands on exactly 0 and stays there. Under SGD the threshold is lr * lambda2.
 - `Race`, the contest of every PatternSelectLinear, run before the training (`select_epochs`). Each step trains one
   candidate per layer, alone (`PatternSelectLinear.only`), in turns, one block as a path through the layers that
   have it; half a race before its end and at its end every live candidate is validated on its path and
@@ -16,11 +15,9 @@ Two pieces act on every optimizer step of a run with PatternSelectLinear layers:
   kronsearch/one_round.py (`OneRound`) drives race and prox by hooks, in the trainer and in any loop.
 
 Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals.py; table 3, benchmarks/selection.py):
-- The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm wins; here with
-  gates that moved by each candidate's first-order pull) kept the candidate with the most parameters, the fastest
-  early learner, on tasks where the blocks end within a point of each other and that candidate costs as much as the
-  dense layer; and every step of its contest cost the sum of all candidates, 3-4x a per-pattern study's MACs for the
-  same accuracy.
+- The paper's summed contest (W = sum_k W_k, a group penalty lambda1 on ||W_k||, the largest norm wins) kept the
+  candidate with the most parameters, the fastest early learner, where the blocks end within a point of each other
+  and that candidate costs as much as the dense layer; each step cost the sum of all candidates (3-4x per_pattern).
 - Signals read from the summed contest (gate, push, push per MAC, the validation loss of a candidate alone inside
   the sum, the loss increase on its removal) ranked the candidates a little better than the race's own validation at
   the same share of the run (Spearman's rho, table 10: tie-mlp +0.50 against +0.30-0.39 at 25%), at K times a race
@@ -32,14 +29,10 @@ Why a race, measured (docs/benchmarks/selection.md: table 10, benchmarks/signals
   next layer trained on a mix of K different feature maps, one per upstream candidate, and at a check a candidate
   measured beside the other layers' leaders met a downstream layer that had seen its features on a K-th of the
   steps: on a 784-256-256-10 Fashion-MNIST MLP (5 blocks, seeds 0-1, ranks 1-2) the first layer's candidates
-  measured 5-72% (median 39%; chance is 10%) at the race's last check, as paths 38-75% (median 69%). A block trained
-  as one path through every layer is measured on the features it trained with; a one-round study's MACs against
-  per_pattern's fell from 2.14x to 1.58x (MLP), 1.19x to 1.05x (ViT) and 1.26x to 1.20x (LeNet-5), its accuracy at
-  1x per_pattern's MACs went from 83.63 to 83.65, 94.15 to 95.64 and 80.23 to 80.59. The price: the layers on one
-  path share one estimate, so where blocks tie they tend to choose alike (each by its own costs).
-- Picks (table 3, ten seeds, tolerance 0.5, the race as built): right 6/10 on narrow-mlp (regret 0.27), 0/10 on
-  tie-mlp (its early leaders are not the blocks that end best), 5/10 on synthetic; 29/30 fell back, none wrong by
-  evidence; issue 32's planted blocks 9/9.
+  measured 5-72% (median 39%; chance 10%) at the race's last check, as paths 38-75% (median 69%); a one-round study's
+  MACs against per_pattern's fell from 2.14x to 1.58x (MLP), 1.19x to 1.05x (ViT), 1.26x to 1.20x (LeNet-5). The
+  price: the layers on one path share one estimate, so where blocks tie they tend to choose alike.
+- Picks: table 3 (docs/benchmarks/selection.md); issue 32's planted blocks (benchmarks/planted.py) 9/9.
 """
 
 from __future__ import annotations
@@ -104,7 +97,7 @@ class Decision:
     block: str  # the winner
     step: int  # optimizer step of the choice (1-based)
     by: str  # DECIDED_BY: "survivor" (every other candidate separated), "budget" (settled: the cheapest within
-    # tolerance), "fallback" (not separated while still learning, at the cap or finish(): the most accurate)
+    # tolerance), "fallback" (not separated while still learning, at the cap or finish(): Race.fallback's rule)
 
 
 DECIDED_BY = ("survivor", "budget", "fallback")
@@ -126,7 +119,11 @@ check at the end knows which candidates still learn (kronsearch/evidence.py); an
 interval."""
 RACE_CAP = 2.0
 """Where the evidence does not separate candidates that still learn, the race extends itself, an interval at a
-time, up to this multiple of its steps; then it falls back to the most accurate candidate and says so."""
+time, up to this multiple of its steps; then it falls back (RACE_FALLBACKS) and says so."""
+RACE_FALLBACKS = ("most_accurate", "cheapest")
+"""What a race keeps at its cap when the evidence did not separate its candidates: the most accurate at the last
+check, or the cheapest within the tolerance plus PICK_Z paired standard errors of it (the tolerance rule on
+estimates that may still move). Measured (docs/benchmarks/selection.md, "The fallback rule"): ..."""
 CHECK_EXAMPLES = 2048
 """Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
 CHECK_SHARE = 0.25
@@ -147,19 +144,21 @@ class Race:
     (READING_INTERVAL) for its pace: a candidate separated from the best beyond noise (kronsearch/evidence.py,
     OUT_Z) leaves the layer and the optimizer; at the budget a layer whose candidates settled keeps its
     cheapest candidate within the tolerance (PICK_Z, "budget"); one whose candidates still learn and are not
-    separated races on, an interval at a time, up to `extend` times the budget, then falls back to its most
-    accurate candidate ("fallback"). Only the trained candidates get gradients, so the others keep their
+    separated races on, an interval at a time, up to `extend` times the budget, then falls back by the rule
+    `fallback` ("fallback", RACE_FALLBACKS). Only the trained candidates get gradients, so the others keep their
     weights and optimizer state untouched.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int,
                  tolerance: float, validation: Validation, seed: int = 0, batch_size: int | None = None,
                  check_examples: int | None = None, checks: Sequence[float] = RACE_CHECKS,
-                 extend: float = RACE_CAP) -> None:
+                 extend: float = RACE_CAP, fallback: str = RACE_FALLBACKS[0]) -> None:
+        if fallback not in RACE_FALLBACKS:
+            raise BadInput(f"fallback is one of {', '.join(RACE_FALLBACKS)}, got {fallback!r}")
         if not extend >= 1:
             raise BadInput(f"extend is the race's cap as a multiple of select_steps, >= 1 (1: never extend), "
                            f"got {extend!r}")
-        self.model, self.optimizer, self.validation = model, optimizer, validation
+        self.model, self.optimizer, self.validation, self.fallback = model, optimizer, validation, fallback
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, PatternSelectLinear)}
         self.select_steps = max(1, select_steps)
         self.checks = sorted({max(1, round(f * self.select_steps)) for f in checks})
@@ -298,7 +297,8 @@ class Race:
                 self.decisions[name] = Decision(next(iter(live)), self.steps, "survivor")
             elif budget and (evidence.settled or final):
                 by = "budget" if evidence.settled else "fallback"
-                winner = self.leader(name) if evidence.settled else max(live, key=lambda k: current[k].accuracy)
+                cheapest = evidence.settled or self.fallback == "cheapest"
+                winner = self.leader(name) if cheapest else max(live, key=lambda k: current[k].accuracy)
                 for k in [k for k in live if k != winner]:
                     self._remove(name, k)
                 left = True

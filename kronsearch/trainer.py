@@ -4,9 +4,8 @@ train(model, data, config, callback) trains and measures one model. With Pattern
 `select_epochs` comes first (kronsearch/selection.py, driven by kronsearch/one_round.py's hooks, as in a user's own
 loop): each step trains one candidate per layer, and each layer keeps what the evidence decides
 (kronsearch/evidence.py; the race extends itself up to `race_cap`). The winner then trains `epochs` under the same
-optimizer state and a fresh schedule, from the race's weights. `finetune_epochs` optionally adds epochs of the final
-model. Returns the metrics the search optimizes.
-"""
+optimizer state and a fresh schedule, from the race's weights; `finetune_epochs` optionally adds epochs of the final
+model. Returns the metrics the search optimizes."""
 
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ from kronsearch.layers.kronify import model_plan
 from kronsearch.layers.pattern_select import PatternSelectLinear, finalize_model, l1_penalty
 from kronsearch.one_round import OneRound
 from kronsearch.record import DEFAULT_TOLERANCE
-from kronsearch.selection import RACE_CAP, Race, prox_l1_, s_parameters
+from kronsearch.selection import RACE_CAP, RACE_FALLBACKS, Race, prox_l1_, s_parameters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -48,6 +47,7 @@ class TrainConfig:
     finetune_epochs: int = 0  # optional extra epochs of the final model, fresh optimizer and schedule
     select_epochs: float | None = None  # the race before `epochs` (candidates only); None: a quarter of `epochs`
     race_cap: float = RACE_CAP  # undecided, the race extends up to race_cap x select_epochs (kronsearch/evidence.py)
+    race_fallback: str = RACE_FALLBACKS[0]  # what the race keeps at its cap, undecided (selection.RACE_FALLBACKS)
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -80,7 +80,7 @@ class TrainConfig:
             "tolerance": 0 <= self.tolerance <= 100,
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs, "threshold": self.threshold >= 0,
             "select_epochs": self.select_epochs is None or 0 < self.select_epochs <= self.epochs,
-            "race_cap": self.race_cap >= 1,
+            "race_cap": self.race_cap >= 1, "race_fallback": self.race_fallback in RACE_FALLBACKS,
             # a negative max norm would flip every gradient's sign in clip_grad_norm_ (gradient ascent)
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "threads": self.threads is None or self.threads >= 1,
@@ -92,7 +92,7 @@ class TrainConfig:
             raise BadInput(f"invalid train settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)} "
                              f"(optimizer in {OPTIMIZERS}, schedule in {SCHEDULES}, compute in {COMPUTE_MODES}, "
                              f"counts and rates positive, warmup_epochs <= epochs, 0 < select_epochs <= epochs, "
-                             f"race_cap >= 1, max_grad_norm None or > 0)")
+                             f"race_cap >= 1, race_fallback in {RACE_FALLBACKS}, max_grad_norm None or > 0)")
 
     @property
     def selection_epochs(self) -> float:
@@ -284,7 +284,7 @@ def train(
             if phase == "select":  # the schedule is constant: its length is the race's budget, not its cap
                 total_steps = round(config.selection_epochs * steps_per_epoch)
                 selection = Race(model, optimizer, total_steps, config.tolerance, val, config.seed, config.batch_size,
-                                 extend=config.race_cap)
+                                 extend=config.race_cap, fallback=config.race_fallback)
                 one_round = OneRound.around(selection, config.lambda2)
             else:
                 total_steps = epochs * steps_per_epoch

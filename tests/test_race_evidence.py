@@ -20,6 +20,7 @@ from kronsearch.models import build_model
 from kronsearch.one_round import OneRound
 from kronsearch.search import fallback_note
 from kronsearch.selection import DECIDED_BY, Race
+from kronsearch.space import SpaceError, load_space
 from kronsearch.trainer import TrainConfig, make_optimizer, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,11 +31,12 @@ def estimates(accuracies: dict[str, float], n: int = 1000) -> dict[str, Estimate
     return {k: Estimate(a, 1.0 - a, torch.arange(n) < round(a * n)) for k, a in accuracies.items()}
 
 
-def race(select_steps: int = 8, extend: float = 2.0) -> Race:
+def race(select_steps: int = 8, extend: float = 2.0, fallback: str = "most_accurate") -> Race:
     seed_everything(0)
     model = nn.Sequential(PatternSelectLinear(16, 8, [(2, 2), (4, 4), (8, 8)]), nn.ReLU(), nn.Linear(8, 3))
     validation = Batches(TensorDataset(torch.randn(64, 16), torch.randint(0, 3, (64,))), 32, "cpu")
-    return Race(model, make_optimizer(model, TrainConfig()), select_steps, 0.5, validation, extend=extend)
+    return Race(model, make_optimizer(model, TrainConfig()), select_steps, 0.5, validation, extend=extend,
+                fallback=fallback)
 
 
 def measured_in_turn(monkeypatch, contest: Race, readings: list[dict[str, float]]) -> list[int]:
@@ -123,6 +125,27 @@ def test_at_its_cap_a_race_still_learning_falls_back_to_the_most_accurate_and_sa
     decision = contest.decisions["0"]
     assert (decision.block, decision.by, decision.step) == ("4x4", "fallback", 16)
     assert decision.by not in ("budget", "survivor") and DECIDED_BY[-1] == "fallback"
+
+
+@pytest.mark.parametrize(("fallback", "kept"), [("most_accurate", "2x2"), ("cheapest", "4x4")])
+def test_at_its_cap_the_fallback_rule_keeps_the_most_accurate_or_the_cheapest_within_tolerance(monkeypatch, fallback,
+                                                                                              kept):
+    contest = race(select_steps=8, extend=2.0, fallback=fallback)
+    # still rising 10 points an interval; at the cap 4x4 (the cheapest here) is 0.3 point under 2x2, 8x8 2 points
+    measured_in_turn(monkeypatch, contest, [{"2x2": 0.1 * i + 0.02, "4x4": 0.1 * i + 0.017, "8x8": 0.1 * i}
+                                            for i in range(1, 6)])
+    run(contest, 16)
+    assert (contest.decisions["0"].block, contest.decisions["0"].by) == (kept, "fallback")
+
+
+def test_an_unknown_fallback_rule_is_refused_naming_the_rules():
+    with pytest.raises(BadInput, match=r"fallback is one of most_accurate, cheapest, got 'best'"):
+        race(fallback="best")
+
+
+def test_a_space_with_an_unknown_race_fallback_is_refused_naming_the_rules(write_space):
+    with pytest.raises(SpaceError, match=r"train\.race_fallback.*most_accurate.*cheapest"):
+        load_space(write_space(train={"race_fallback": "best"}))
 
 
 def test_a_candidate_far_behind_while_the_field_still_learns_is_not_removed(monkeypatch):

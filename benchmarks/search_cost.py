@@ -118,7 +118,8 @@ def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse
     if args.smoke:
         train["epochs"], data = 1, {"name": "digits", "limit": 300}
     # one study name (and storage file) per variant, else a second one would resume the first's study
-    doc = {"name": f"{task}-s{seed}-{races}-{fallback}", "seed": seed, "data": data, "model": spec["model"], "train": train,
+    doc = {"name": f"{task}-s{seed}-{races}-{fallback}", "seed": seed, "data": data, "model": spec["model"],
+           "train": train,
            "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
                       "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
                       "sampler": "tpe", "pruner": "median", "races": races},

@@ -59,6 +59,7 @@ from kronsearch.layers.blocks import Block, format_block, valid_blocks
 from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.models import build_model
+from kronsearch.selection import RACE_FALLBACKS
 from kronsearch.trainer import TrainConfig, TrainResult, seed_everything, train
 
 PLANTED = [(4, 4), (8, 8), (2, 8), (8, 2), (2, 2)]
@@ -212,7 +213,7 @@ def benchmark(task: Task, seeds: Sequence[int], args: argparse.Namespace) -> tup
                                  lambda m, p=plan: kronify(m, {n: LayerPattern(b, 1) for n, b in p.items()}))
         budget = {} if args.select_fraction is None else {"select_epochs": args.select_fraction * task.train["epochs"]}
         kept = run(task, data, seed, lambda m: kronify(m, candidates=task.candidates, include=task.include),
-                   tolerance=args.tolerance, finetune_epochs=0, **budget)
+                   tolerance=args.tolerance, finetune_epochs=0, race_fallback=args.fallback, **budget)
         pick = {n: tuple(int(v) for v in kept.selected[n].split("x")) for n in shapes}
         pick_key = plan_label(pick)
         labels = [plan_label(alone_plan(c, shapes, task.candidates)) for c in task.candidates]
@@ -292,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default %(default)s)")
     parser.add_argument("--select-fraction", type=float, default=None,
                         help="one-round selection budget as a fraction of the epochs (default: the trainer's)")
+    parser.add_argument("--fallback", choices=RACE_FALLBACKS, default=RACE_FALLBACKS[0],
+                        help="train.race_fallback: what a race keeps at its cap, undecided (default %(default)s)")
     parser.add_argument("--limit", type=int, default=10000,
                         help="Fashion-MNIST training examples (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
@@ -347,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     warm_up()
     start = time.perf_counter()
     print(f"tasks {', '.join(args.tasks)}; seeds {','.join(map(str, args.seeds))}; tolerance "
-          f"{args.tolerance} points; torch threads {torch.get_num_threads()}", flush=True)
+          f"{args.tolerance} points; race fallback {args.fallback}; torch threads {torch.get_num_threads()}",
+          flush=True)
     rows = []
     for name in args.tasks:
         task = TASKS[name]

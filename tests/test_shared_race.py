@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
@@ -149,3 +150,13 @@ def test_run_prints_that_later_trials_trained_a_races_pick(write_space):
     shown = console.export_text()
     assert "(the pick of trial 0's race)" in shown.split("trial 1 one_round")[1].splitlines()[0]
     assert "race)" not in shown.split("trial 0 one_round")[1].splitlines()[0]
+
+
+def test_export_of_a_trial_that_trained_a_races_pick_writes_that_pick(write_space, cli):
+    run_search(write_space(search={"trials": 2}), progress=False)
+    first, second = trials_of()
+    result = cli("export", "tiny", "--trial", 1, "--out", "second.yaml")
+    assert result.exit_code == 0, result.output
+    exported = yaml.safe_load(Path("second.yaml").read_text())
+    assert {n: p["block"] for n, p in exported["layers"].items()} == record_metrics(first)["selected"]
+    assert exported["metrics"]["test_accuracy"] == second.user_attrs["test_accuracy"]

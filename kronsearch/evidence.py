@@ -18,8 +18,8 @@ any live candidate between the layer's last two readings (one interval apart, th
 is still learning when some candidate rose by more than the tolerance plus SETTLE_Z standard errors of its own
 paired change. A candidate is separated (out) when its gap to the best exceeds the tolerance by OUT_Z noises; a
 layer whose candidates are not all separated may decide by the tolerance rule ("budget") only once it has
-settled; while it still learns the race extends (kronsearch/selection.py), and at its cap it falls back to the
-most accurate candidate of the last check and says so ("fallback").
+settled; while it still learns the race extends (kronsearch/selection.py), and at its cap it falls back by its
+rule (selection.RACE_FALLBACKS) and says so ("fallback").
 
 A candidate also still learns while its per-example validation loss falls beyond noise (paired over the same
 examples, far less noisy than hits): with ~400 examples a check's accuracy has se ~2 points against a 0.5-point

@@ -165,18 +165,22 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
 
 
 def fallback_note(trials: list[FrozenTrial], pick: int | None) -> str:
-    """The line a run ends with when one-round races fell back (kronsearch/evidence.py): which trials and layers,
-    what to raise, and the per_pattern alternative; '' when every race decided by evidence."""
-    fell = {t.number: [layer for layer, d in (metrics(t).get("decisions") or {}).items() if d.get("by") == "fallback"]
-            for t in trials}
-    fell = {n: layers for n, layers in fell.items() if layers}
+    """The line a run ends with when one-round races fell back (kronsearch/evidence.py): which races and layers (the
+    pick's own, or the race it trained the pick of), what to raise, and the per_pattern alternative; '' when every
+    race decided by evidence."""
+    races = {t.number: [layer for layer, d in (metrics(t).get("decisions") or {}).items() if d.get("by") == "fallback"]
+             for t in trials if metrics(t).get("decisions")}
+    fell = {n: layers for n, layers in races.items() if layers}
     if not fell:
         return ""
-    where = (f"the pick, trial {pick}, in {', '.join(fell[pick])}" if pick in fell else
-             f"trial {min(fell)} in {', '.join(fell[min(fell)])}")
-    return (f"race: in {len(fell)} of {len(trials)} complete trials the race did not separate candidates that still "
-            f"learned and kept the most accurate at its cap ({where}); raise train.select_epochs (or train.epochs) "
-            f"so each candidate trains longer, or run --strategy per_pattern to train each block alone")
+    source = next((TrialRecord.of(t).race_of for t in trials if t.number == pick), None)
+    race = pick if pick in fell else source if source in fell else min(fell)
+    which = (f"the pick, trial {race}" if race == pick else f"trial {race}, whose pick the pick (trial {pick}) "
+             f"trained" if race == source else f"trial {race}")
+    return (f"race: {len(fell)} of the study's {len(races)} races did not separate candidates that still learned and "
+            f"fell back at the cap (train.race_fallback; {which}, in {', '.join(fell[race])}); raise "
+            f"train.select_epochs (or train.epochs) so each candidate trains longer, or run --strategy per_pattern "
+            f"to train each block alone")
 
 
 def describe_seed(space: Space, source: FrozenTrial) -> str:

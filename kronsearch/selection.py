@@ -306,14 +306,16 @@ class Race:
         return left
 
     def records(self) -> dict[str, dict]:
-        """layer -> {block, step, by, estimates, pace} of each decided layer, JSON-able: by is Decision.by;
-        estimates are every candidate's at the last check it took part in, {accuracy, se (points), examples,
-        steps it trained}; pace is the largest rise of a candidate over the last interval (points)."""
+        """layer -> {block, step, by, estimates, pace} of each decided layer, JSON-able: by is Decision.by (with
+        "fallback", the rule in `rule`); estimates are every candidate's at the last check it took part in,
+        {accuracy, se (points), examples, steps it trained}; pace is the largest rise of a candidate over the last
+        interval (points)."""
         def estimate(name: str, k: str, e: Estimate) -> dict:
             return {"accuracy": round(100 * e.accuracy, 2), "se": round(100 * e.se, 2), "examples": e.examples,
                     "steps": self.trained[name][k]}
 
-        return {name: {"block": d.block, "step": d.step, "by": d.by,
+        fell = {"rule": self.fallback}
+        return {name: {"block": d.block, "step": d.step, "by": d.by, **(fell if d.by == "fallback" else {}),
                        "estimates": {k: estimate(name, k, e) for k, e in self.estimates.get(name, {}).items()},
                        "pace": round(100 * self.evidence[name].pace, 2) if name in self.evidence else None}
                 for name, d in self.decisions.items()}

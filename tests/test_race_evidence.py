@@ -18,6 +18,7 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.layers.pattern_select import PatternSelectLinear
 from kronsearch.models import build_model
 from kronsearch.one_round import OneRound
+from kronsearch.report.show import race_lines
 from kronsearch.search import fallback_note
 from kronsearch.selection import DECIDED_BY, Race
 from kronsearch.space import SpaceError, load_space
@@ -233,10 +234,20 @@ def trial_deciding(number: int, by: dict[str, str]) -> FrozenTrial:
 def test_a_run_whose_pick_fell_back_ends_naming_its_layers_what_to_raise_and_per_pattern():
     trials = [trial_deciding(0, {"fc1": "budget"}), trial_deciding(1, {"fc1": "fallback", "fc2": "fallback"})]
     note = fallback_note(trials, pick=1)
-    assert note == ("race: in 1 of 2 complete trials the race did not separate candidates that still learned and "
-                    "kept the most accurate at its cap (the pick, trial 1, in fc1, fc2); raise train.select_epochs "
+    assert note == ("race: 1 of the study's 2 races did not separate candidates that still learned and fell back at "
+                    "the cap (train.race_fallback; the pick, trial 1, in fc1, fc2); raise train.select_epochs "
                     "(or train.epochs) so each candidate trains longer, or run --strategy per_pattern to train each "
                     "block alone")
+
+
+def test_the_fallback_line_names_the_race_whose_pick_the_pick_trained():
+    reused = create_trial(value=0.9, user_attrs={"metrics": {"selected": {"fc1": "4x4"}}, "race_of": 0})
+    reused.number = 2
+    note = fallback_note([trial_deciding(0, {"fc1": "fallback"}), trial_deciding(1, {"fc1": "budget"}), reused],
+                         pick=2)
+    assert note.startswith("race: 1 of the study's 2 races did not separate candidates that still learned and fell "
+                           "back at the cap (train.race_fallback; trial 0, whose pick the pick (trial 2) trained, "
+                           "in fc1); raise")
 
 
 def test_a_run_whose_races_all_decided_by_evidence_adds_no_line():
@@ -251,3 +262,17 @@ def test_kronsearch_run_prints_the_fallback_line_after_its_summary(monkeypatch, 
     monkeypatch.setattr(search, "run_search", lambda *args, **kwargs: summary)
     done = cli("run", write_space())
     assert done.exit_code == 0 and done.stdout.splitlines()[-2:] == [summary.message, summary.race_note]
+
+
+@pytest.mark.parametrize(("rule", "words"), [("cheapest", "the cheapest within tolerance"),
+                                             ("most_accurate", "the most accurate"), (None, "the most accurate")])
+def test_show_says_which_rule_a_race_that_fell_back_kept_its_pick_by(rule, words):
+    decision = {"block": "4x4", "step": 10, "by": "fallback", "estimates": {}, **({"rule": rule} if rule else {})}
+    assert race_lines({"fc1": decision}) == [f"race fc1: 4x4 by fallback (not separated by the evidence: {words}); "]
+
+
+def test_a_race_that_fell_back_records_its_rule(monkeypatch):
+    contest = race(select_steps=8, extend=1.0, fallback="cheapest")
+    measured_in_turn(monkeypatch, contest, [{"2x2": 0.1 * i, "4x4": 0.1 * i, "8x8": 0.1 * i} for i in range(1, 4)])
+    run(contest, 8)
+    assert contest.records()["0"]["by"] == "fallback" and contest.records()["0"]["rule"] == "cheapest"

@@ -163,6 +163,11 @@ def row_notes(row: Mapping) -> list[str]:
     return notes
 
 
+# what a race that fell back kept, by its rule (train.race_fallback); None: a record from before the rule was kept
+FALLBACK_WORDS = {"cheapest": "the cheapest within tolerance", "most_accurate": "the most accurate",
+                  None: "the most accurate"}
+
+
 def race_lines(decisions: Mapping[str, Mapping]) -> list[str]:
     """How a one-round trial's race decided, one line per group of layers that decided alike on the same estimates:
     'race layers.0, layers.1: 4x4 by budget; 2x2 72.4 ± 1.9% (512 ex, 40 steps), 4x4 ...'. A fallback says that
@@ -175,7 +180,8 @@ def race_lines(decisions: Mapping[str, Mapping]) -> list[str]:
             seen = f" ({e['examples']:,} ex, {e['steps']:,} steps)" if "examples" in e else ""
             spread = f" ± {e['se']:.1f}" if "se" in e else ""
             parts.append(f"{k} {e['accuracy']:.1f}{spread}%{seen}")
-        why = " (not separated by the evidence: the most accurate)" if d.get("by") == "fallback" else ""
+        why = f" (not separated by the evidence: {FALLBACK_WORDS.get(d.get('rule'), FALLBACK_WORDS[None])})" \
+            if d.get("by") == "fallback" else ""
         groups.setdefault(f"{d.get('block')} by {d.get('by')}{why}; {', '.join(parts)}", []).append(layer)
     return [f"race {', '.join(layers)}: {text}" for text, layers in groups.items()]
 

@@ -98,6 +98,8 @@ class Decision:
     step: int  # optimizer step of the choice (1-based)
     by: str  # DECIDED_BY: "survivor" (every other candidate separated), "budget" (settled: the cheapest within
     # tolerance), "fallback" (not separated while still learning, at the cap or finish(): Race.fallback's rule)
+    rule: str | None = None  # with "fallback": the rule (RACE_FALLBACKS) that kept `block`
+    plausible: tuple[str, ...] = ()  # with "fallback": the candidates within tolerance and noise, cheapest first
 
 
 DECIDED_BY = ("survivor", "budget", "fallback")
@@ -118,10 +120,10 @@ check knows which candidates still learn (kronsearch/evidence.py); an extended r
 RACE_CAP = 2.0
 """Where the evidence does not separate candidates that still learn, the race extends itself, an interval at a
 time, up to this multiple of its steps; then it falls back (RACE_FALLBACKS) and says so."""
-RACE_FALLBACKS = ("cheapest", "most_accurate")
-"""What a race keeps at its cap, undecided (the first: the default): the cheapest within the tolerance plus PICK_Z
-paired standard errors of the most accurate, or the most accurate. Measured (docs/benchmarks/selection.md, "The
-fallback rule"): right 13 against 11 of 30 (table 3); a study's MACs / per_pattern's 1.00x against 1.56x (MLP)."""
+RACE_FALLBACKS = ("most_accurate", "cheapest")
+"""What a race keeps at its cap, undecided (the first: the default): the most accurate, or the cheapest within the
+tolerance plus PICK_Z paired standard errors of it. Measured (docs/benchmarks/selection.md, "The fallback rule"):
+cheapest's regret 0.70 against 0.51 point over table 3's 30 short and 10 long runs, its study MACs lower."""
 CHECK_EXAMPLES = 2048
 """Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
 CHECK_SHARE = 0.25
@@ -133,18 +135,16 @@ class Race:
     """The one round as a race: each step every open layer trains one of its candidates, alone.
 
     Enter `routed()` around the forward pass and call `step()` after the optimizer step, or attach
-    kronsearch.one_round.OneRound, which does both by hooks (the trainer's way, and any loop's). Within the
-    selection budget the blocks take turns in a random order drawn per cycle, each step one block as a
-    path through every open layer that has it (a layer without it takes its own next candidate), so
-    each candidate trains on an equal share of the steps, on the features of the same block upstream.
+    kronsearch.one_round.OneRound, which does both by hooks. The blocks take turns in a random order drawn per
+    cycle, each step one block as a path through every open layer that has it (a layer without it takes its own
+    next candidate): each candidate trains on an equal share of the steps, on the same block's features upstream.
     At the checks (`checks`, fractions of the budget; RACE_CHECKS: at its end) every live candidate is
     validated on its path, each path once for all the layers on it, and read an interval before the end
     (READING_INTERVAL) for its pace: a candidate separated from the best beyond noise (kronsearch/evidence.py,
     OUT_Z) leaves the layer and the optimizer; at the budget a layer whose candidates settled keeps its
     cheapest candidate within the tolerance (PICK_Z, "budget"); one whose candidates still learn and are not
     separated races on, an interval at a time, up to `extend` times the budget, then falls back by the rule
-    `fallback` ("fallback", RACE_FALLBACKS). Only the trained candidates get gradients, so the others keep their
-    weights and optimizer state untouched.
+    `fallback` ("fallback", RACE_FALLBACKS). Only the trained candidates get gradients: the others keep theirs.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, select_steps: int,
@@ -273,14 +273,12 @@ class Race:
     def _read(self) -> None:
         """Measure every open layer's candidates without deciding: the reading the next check's pace is taken from."""
         measured: dict[tuple, Estimate] = {}
-        for name in self.open_layers:
-            self.previous[name] = self.measure_candidates(name, measured)
+        self.previous.update({name: self.measure_candidates(name, measured) for name in self.open_layers})
 
     def _check(self, budget: bool, final: bool) -> bool:
         """Validate every open layer's candidates; remove those separated by evidence; from the budget on, decide
         where the evidence allows (survivor, budget), and at the cap (`final`) fall back where it does not."""
-        left = False
-        measured: dict[tuple, Estimate] = {}  # path -> estimate: a path is measured once per check
+        left, measured = False, dict[tuple, Estimate]()  # path -> estimate: a path is measured once per check
         current_of = {name: self.measure_candidates(name, measured) for name in self.open_layers}
         for name, current in current_of.items():
             self.estimates.setdefault(name, {}).update(current)
@@ -294,26 +292,28 @@ class Race:
             if len(live) == 1:
                 self.decisions[name] = Decision(next(iter(live)), self.steps, "survivor")
             elif budget and (evidence.settled or final):
-                by = "budget" if evidence.settled else "fallback"
                 cheapest = evidence.settled or self.fallback == "cheapest"
                 winner = self.leader(name) if cheapest else max(live, key=lambda k: current[k].accuracy)
+                pool = within_tolerance({k: current[k] for k in live}, self.tolerance, PICK_Z)
+                pool.sort(key=lambda k: self._cost(name, k))
+                self.decisions[name] = Decision(winner, self.steps, "budget") if evidence.settled else Decision(
+                    winner, self.steps, "fallback", self.fallback, tuple(pool))
                 for k in [k for k in live if k != winner]:
                     self._remove(name, k)
                 left = True
-                self.decisions[name] = Decision(winner, self.steps, by)
         return left
 
     def records(self) -> dict[str, dict]:
         """layer -> {block, step, by, estimates, pace} of each decided layer, JSON-able: by is Decision.by (with
-        "fallback", the rule in `rule`); estimates are every candidate's at the last check it took part in,
+        "fallback" also its rule and plausible); estimates are every candidate's at the last check it took part in,
         {accuracy, se (points), examples, steps it trained}; pace is the largest rise of a candidate over the last
         interval (points)."""
         def estimate(name: str, k: str, e: Estimate) -> dict:
             return {"accuracy": round(100 * e.accuracy, 2), "se": round(100 * e.se, 2), "examples": e.examples,
                     "steps": self.trained[name][k]}
 
-        fell = {"rule": self.fallback}
-        return {name: {"block": d.block, "step": d.step, "by": d.by, **(fell if d.by == "fallback" else {}),
+        return {name: {"block": d.block, "step": d.step, "by": d.by,
+                       **({"rule": d.rule, "plausible": list(d.plausible)} if d.by == "fallback" else {}),
                        "estimates": {k: estimate(name, k, e) for k, e in self.estimates.get(name, {}).items()},
                        "pace": round(100 * self.evidence[name].pace, 2) if name in self.evidence else None}
                 for name, d in self.decisions.items()}

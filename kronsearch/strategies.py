@@ -7,8 +7,8 @@
 - hybrid: one_round first, then per_pattern seeded (enqueue_trial) with the best one-round pick.
 
 A one_round study races once per rank (search.races, `shared_race`): a later one_round trial of that rank
-trains the race's pick alone, as a per_pattern trial of it would, and records the race it reuses (race_of).
-Measured (docs/benchmarks/search-cost.md, table 11): ...
+trains a plan of that race alone (`race_plan`), as a per_pattern trial of it would, and records the race it
+reuses (race_of). Measured (docs/benchmarks/search-cost.md, table 11): ...
 """
 
 from __future__ import annotations
@@ -84,12 +84,31 @@ def shared_race(study: optuna.Study, space: Space, rank: int) -> FrozenTrial | N
     return tolerance_pick(raced, space.search["tolerance"])
 
 
-def reuse(trial: optuna.Trial, spec: TrialSpec, source: FrozenTrial) -> TrialSpec:
-    """The one_round trial `spec` turned into training the pick of `source`'s race (its rank and lambda2 its own),
-    recorded on the trial (race_of)."""
+def reuse(trial: optuna.Trial, spec: TrialSpec, source: FrozenTrial, tolerance: float) -> TrialSpec:
+    """The one_round trial `spec` turned into training a plan of `source`'s race alone (`race_plan`; its rank and
+    lambda2 its own), recorded on the trial (race_of)."""
     reuse_race(trial, source.number)
+    plan = race_plan(trial.study, source, trial.number, tolerance)
+    return TrialSpec(spec.kind, spec.rank, spec.lambda2, plan=plan, race_of=source.number)
+
+
+def race_plan(study: optuna.Study, source: FrozenTrial, number: int, tolerance: float) -> dict[str, str]:
+    """layer -> block that trial `number`, reusing `source`'s race, trains. Where a layer's race fell back (its
+    evidence did not separate the candidates), the other candidates it found plausible (within the tolerance and
+    noise of the most accurate at its cap: Decision.plausible) are each trained once, cheapest first, by the race's
+    next trials, so full trainings decide what the race could not; after them (and where every layer decided by
+    evidence) the tolerance pick among the race's trial and the complete trials that reused it."""
     selected = (TrialRecord.of(source).metrics or {})["selected"]
-    return TrialSpec(spec.kind, spec.rank, spec.lambda2, plan=dict(selected), race_of=source.number)
+    decisions = (TrialRecord.of(source).metrics or {}).get("decisions") or {}
+    others = {layer: [b for b in (decisions.get(layer) or {}).get("plausible") or [] if b != block]
+              for layer, block in selected.items()}
+    earlier = [t for t in study.get_trials(deepcopy=False)
+               if t.number < number and TrialRecord.of(t).race_of == source.number]
+    turn = len(earlier)
+    if turn < max(map(len, others.values()), default=0):
+        return {layer: others[layer][turn] if turn < len(others[layer]) else block for layer, block in selected.items()}
+    best = tolerance_pick([source, *earlier], tolerance) or source
+    return dict((TrialRecord.of(best).metrics or {}).get("selected") or selected)
 
 
 def seed_params(space: Space, source: FrozenTrial) -> dict:

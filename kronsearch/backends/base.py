@@ -83,7 +83,7 @@ def start_trial(trial: optuna.Trial, space: Space, kind: str, budget: Budget | N
     if duplicate is not None:
         return Started(spec, duplicate_values=record.copy_duplicate(trial, duplicate))
     source = shared_race(trial.study, space, spec.rank) if spec.races else None
-    return Started(spec if source is None else reuse(trial, spec, source))
+    return Started(spec if source is None else reuse(trial, spec, source, space.search["tolerance"]))
 
 
 def trial_artifact_dir(space: Space, folder: Path, number: int) -> Path | None:

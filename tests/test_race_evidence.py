@@ -271,8 +271,10 @@ def test_show_says_which_rule_a_race_that_fell_back_kept_its_pick_by(rule, words
     assert race_lines({"fc1": decision}) == [f"race fc1: 4x4 by fallback (not separated by the evidence: {words}); "]
 
 
-def test_a_race_that_fell_back_records_its_rule(monkeypatch):
+def test_a_race_that_fell_back_records_its_rule_and_its_plausible_candidates_cheapest_first(monkeypatch):
     contest = race(select_steps=8, extend=1.0, fallback="cheapest")
-    measured_in_turn(monkeypatch, contest, [{"2x2": 0.1 * i, "4x4": 0.1 * i, "8x8": 0.1 * i} for i in range(1, 4)])
+    measured_in_turn(monkeypatch, contest, [{"2x2": 0.1 * i, "4x4": 0.1 * i - 0.003, "8x8": 0.1 * i - 0.05}
+                                            for i in range(1, 4)])  # 8x8 5 points under: not plausible
     run(contest, 8)
-    assert contest.records()["0"]["by"] == "fallback" and contest.records()["0"]["rule"] == "cheapest"
+    record = contest.records()["0"]
+    assert (record["by"], record["rule"], record["plausible"]) == ("fallback", "cheapest", ["4x4", "2x2"])

@@ -17,7 +17,7 @@ from kronsearch.report.show import row_notes, trial_row
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
-from kronsearch.strategies import shared_race
+from kronsearch.strategies import race_plan, shared_race
 from tests.test_report import ONE_ROUND_DISTS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -111,7 +111,7 @@ def raced(number: int, rank: int, val: float, macs: int, state: TrialState = Tri
     trial = create_trial(state=state, value=val if state == TrialState.COMPLETE else None,
                          params={"rank": rank, "lambda1": 1e-3, "lambda2": 1e-4}, distributions=ONE_ROUND_DISTS,
                          user_attrs={"kind": "one_round", "metrics": {"selected": {"layers.0": "4x4"}},
-                                     "val_accuracy": val, "final_macs": macs, **attrs})
+                                     "val_accuracy": val, "final_macs": macs} | attrs)
     trial.number = number
     return trial
 
@@ -160,3 +160,39 @@ def test_export_of_a_trial_that_trained_a_races_pick_writes_that_pick(write_spac
     exported = yaml.safe_load(Path("second.yaml").read_text())
     assert {n: p["block"] for n, p in exported["layers"].items()} == record_metrics(first)["selected"]
     assert exported["metrics"]["test_accuracy"] == second.user_attrs["test_accuracy"]
+
+
+def race_trial(number: int, val: float, selected: dict[str, str], decisions: dict | None = None,
+               **attrs: object) -> optuna.trial.FrozenTrial:
+    """A complete one_round trial of rank 1 with this pick (and its race's decisions, or a race_of in attrs)."""
+    return raced(number, 1, val, 100, metrics={"selected": selected, "decisions": decisions or {}}, **attrs)
+
+
+def fell_back(plausible: list[str], block: str) -> dict:
+    return {"block": block, "step": 10, "by": "fallback", "rule": "most_accurate", "plausible": plausible}
+
+
+def test_the_next_trials_of_a_race_that_fell_back_train_its_other_plausible_candidates_cheapest_first():
+    source = race_trial(0, 0.9, {"fc1": "2x2", "fc2": "4x4"},
+                        {"fc1": fell_back(["8x8", "4x4", "2x2"], "2x2"), "fc2": fell_back(["4x4"], "4x4")})
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(source)
+    assert race_plan(study, source, 1, 0.5) == {"fc1": "8x8", "fc2": "4x4"}
+    study.add_trial(race_trial(1, 0.85, {"fc1": "8x8", "fc2": "4x4"}, race_of=0))
+    assert race_plan(study, source, 2, 0.5) == {"fc1": "4x4", "fc2": "4x4"}
+
+
+def test_after_its_plausible_candidates_a_races_trials_train_the_tolerance_pick_among_them():
+    source = race_trial(0, 0.900, {"fc1": "2x2"}, {"fc1": fell_back(["8x8", "2x2"], "2x2")})
+    study = optuna.create_study(direction="maximize")
+    for trial in (source, race_trial(1, 0.897, {"fc1": "8x8"}, race_of=0, final_macs=10)):
+        study.add_trial(trial)
+    assert race_plan(study, source, 2, 0.5) == {"fc1": "8x8"}  # within 0.5 point of 2x2 and cheaper
+    assert race_plan(study, source, 2, 0.0) == {"fc1": "2x2"}  # tolerance 0: the most accurate
+
+
+def test_a_race_decided_by_evidence_shares_its_pick():
+    source = race_trial(0, 0.9, {"fc1": "4x4"}, {"fc1": {"block": "4x4", "step": 10, "by": "budget"}})
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(source)
+    assert race_plan(study, source, 1, 0.5) == {"fc1": "4x4"}

@@ -123,7 +123,7 @@ time, up to this multiple of its steps; then it falls back (RACE_FALLBACKS) and 
 RACE_FALLBACKS = ("most_accurate", "cheapest")
 """What a race keeps at its cap, undecided (the first: the default): the most accurate, or the cheapest within the
 tolerance plus PICK_Z paired standard errors of it. Measured (docs/benchmarks/selection.md, "The fallback rule"):
-cheapest's regret 0.70 against 0.51 point over table 3's 30 short and 10 long runs, its study MACs lower."""
+cheapest's regret 0.70 against 0.51 point over table 3's 30 MLP runs (short and long), its study MACs lower."""
 CHECK_EXAMPLES = 2048
 """Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
 CHECK_SHARE = 0.25

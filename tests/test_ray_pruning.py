@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # each starts a
 EPOCHS = 3
 # seed 1: trials 4 and 5 fall below the median of the first four at epoch 1 (the pruner's verdicts
 # start at epoch max(1, epochs // 3) after 3 complete trials); one trial at a time keeps the order
-PRUNING = {"seed": 1, "train": {"epochs": EPOCHS}, "search": {"trials": 6, "pruner": "median"},
+# (every trial races, so all six are one curve kind: search.races per_rank would split them into two groups)
+PRUNING = {"seed": 1, "train": {"epochs": EPOCHS}, "search": {"trials": 6, "pruner": "median", "races": "per_trial"},
            "space": {"ranks": [1, 2]},
            "backend": {**RAY, "max_concurrent": 1}}
 

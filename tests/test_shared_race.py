@@ -18,6 +18,7 @@ from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
 from kronsearch.strategies import race_plan, shared_race
+from tests.test_ray_backend import RAY
 from tests.test_report import ONE_ROUND_DISTS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -196,3 +197,16 @@ def test_a_race_decided_by_evidence_shares_its_pick():
     study = optuna.create_study(direction="maximize")
     study.add_trial(source)
     assert race_plan(study, source, 1, 0.5) == {"fc1": "4x4"}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_on_ray_later_trials_train_the_first_trials_race_pick_and_their_lines_count_no_race(write_space):
+    console = Console(record=True, width=200)
+    run_search(write_space(search={"trials": 3}, backend={**RAY, "max_concurrent": 1}), progress=True,
+               console=console)
+    first, *later = trials_of()
+    assert TrialRecord.of(first).race_of is None and [TrialRecord.of(t).race_of for t in later] == [0, 0]
+    assert all([e["phase"] for e in history(t)] == ["train"] for t in later)
+    shown = console.export_text()
+    assert "trial 1 epoch 1/1 (train)" in shown and "trial 0 epoch 2/2 (train)" in shown  # a race: 1 + 1 epochs

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from kronsearch.record import TrialRecord
 from kronsearch.record import metrics as record_metrics
+from kronsearch.report import plot as kplot
 from kronsearch.report.show import row_notes, trial_row
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
@@ -210,3 +211,11 @@ def test_on_ray_later_trials_train_the_first_trials_race_pick_and_their_lines_co
     assert all([e["phase"] for e in history(t)] == ["train"] for t in later)
     shown = console.export_text()
     assert "trial 1 epoch 1/1 (train)" in shown and "trial 0 epoch 2/2 (train)" in shown  # a race: 1 + 1 epochs
+
+
+def test_the_selection_plot_of_a_trial_that_reused_a_race_is_that_races(write_space, tmp_path, monkeypatch):
+    run_search(write_space(search={"trials": 2}), progress=False)
+    titles, real_save = [], kplot._save
+    monkeypatch.setattr(kplot, "_save", lambda fig, path: (titles.append(fig.get_suptitle()), real_save(fig, path))[1])
+    assert kplot.plot_selection(load_studies("tiny:one_round"), tmp_path / "sel.png", trial=1) == tmp_path / "sel.png"
+    assert "tiny:one_round trial 0:" in titles[-1]

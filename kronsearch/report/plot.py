@@ -27,7 +27,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kronsearch.atomic_write import write_atomic
 from kronsearch.layers.errors import BadInput
-from kronsearch.record import best_one_round, metrics, split_study_name, study_strategy, trial_kind, val_accuracy
+from kronsearch.record import (
+    TrialRecord,
+    best_one_round,
+    metrics,
+    split_study_name,
+    study_strategy,
+    trial_kind,
+    val_accuracy,
+)
 from kronsearch.report.cost import cost_curve
 from kronsearch.report.trials import malformed_notes, norm_block, trial_history
 from kronsearch.study_files import inside_study_folder, study_folders
@@ -212,12 +220,15 @@ def plot_selection(studies: Sequence[optuna.Study], path: str | os.PathLike, tri
     kept one drawn thick, titled with how it was decided) and each candidate block's ||W_k||_F per epoch.
 
     Like the paper's Figure 3 for the norms: the selected block is drawn thick. None if there is no complete
-    one_round trial or it recorded neither estimates nor candidate norms.
+    one_round trial or it recorded neither estimates nor candidate norms. For a trial that reused another's race
+    (search.races), the plot is that race's.
     """
     found = best_one_round(studies) if trial is None else one_round_trial(studies, trial)
     if found is None:
         return None
     study, picked = found
+    source = TrialRecord.of(picked).race_of  # a trial that trained another's race's plan: that race decided it
+    picked = next((t for t in study.get_trials(deepcopy=False) if t.number == source), picked)
     epochs = [e for e in trial_history(study, picked) if e.get("candidate_norms")]
     decisions = {layer: d for layer, d in (metrics(picked).get("decisions") or {}).items() if d.get("estimates")}
     layers = list(dict.fromkeys([*decisions, *(layer for e in epochs for layer in e["candidate_norms"])]))

@@ -261,14 +261,18 @@ def _value_at(identity: dict, key: str) -> str:
     return _SHORT.repr(value)
 
 
+ADDED_KEYS = {("search", "tolerance"): DEFAULT_TOLERANCE, ("data", "test_limit"): None,
+              ("train", "race_fallback"): "most_accurate"}
+"""Keys added since studies were created, at the value that reproduces how those studies ran."""
+
+
 def _with_added_keys(identity: dict) -> dict:
-    """A stored identity with the keys added since its study was created at their defaults
-    (search.tolerance: 0.5, data.test_limit: none), so such a study resumes and reads as made with them."""
-    search, data = identity.get("search"), identity.get("data")
-    if isinstance(search, dict) and "tolerance" not in search:
-        identity = {**identity, "search": {**search, "tolerance": DEFAULT_TOLERANCE}}
-    if isinstance(data, dict) and "test_limit" not in data:
-        identity = {**identity, "data": {**data, "test_limit": None}}
+    """A stored identity with the keys added since its study was created (ADDED_KEYS), so such a study resumes
+    and reads as made with them."""
+    for (section, key), value in ADDED_KEYS.items():
+        part = identity.get(section)
+        if isinstance(part, dict) and key not in part:
+            identity = {**identity, section: {**part, key: value}}
     return identity
 
 

@@ -11,7 +11,7 @@ import yaml
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
-from kronsearch.record import TrialRecord
+from kronsearch.record import TrialRecord, write_study
 from kronsearch.record import metrics as record_metrics
 from kronsearch.report import plot as kplot
 from kronsearch.report.show import row_notes, trial_row
@@ -219,3 +219,16 @@ def test_the_selection_plot_of_a_trial_that_reused_a_race_is_that_races(write_sp
     monkeypatch.setattr(kplot, "_save", lambda fig, path: (titles.append(fig.get_suptitle()), real_save(fig, path))[1])
     assert kplot.plot_selection(load_studies("tiny:one_round"), tmp_path / "sel.png", trial=1) == tmp_path / "sel.png"
     assert "tiny:one_round trial 0:" in titles[-1]
+
+
+def test_a_study_from_before_race_fallback_resumes_as_made_with_most_accurate(write_space):
+    path = write_space(search={"trials": 1})
+    run_search(path, progress=False)
+    (study,) = load_studies("tiny:one_round")
+    identity = study.user_attrs["space_identity"]
+    del identity["train"]["race_fallback"]
+    write_study(study, space_identity=identity)
+    run_search(path, trials=2, progress=False)
+    assert len(trials_of()) == 2
+    with pytest.raises(SpaceError, match=r"train\.race_fallback \('most_accurate' -> 'cheapest'\) changed"):
+        run_search(write_space(search={"trials": 3}, train={"race_fallback": "cheapest"}), progress=False)

@@ -180,7 +180,7 @@ def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.tri
         lines.append(f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
                      f"{len(trial.intermediate_values)} epochs, MACs {train_macs_total(trial) or 0:.3g}"
                      + (f" (race {races[trial.number]:.3g})" if trial.number in races else "")
-                     + (f" (the pick of #{source}'s race)" if (source := TrialRecord.of(trial).race_of) is not None
+                     + (f" (from #{source}'s race)" if (source := TrialRecord.of(trial).race_of) is not None
                         else ""))
     return "\n".join(lines)
 
@@ -253,7 +253,7 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
             spent = max(rows[strategy][-1]["macs"], 1)
             pruned = sum(train_macs_total(t) or 0 for t in trials if t.state == TrialState.PRUNED)
             reused = sum(TrialRecord.of(t).race_of is not None for t in trials)
-            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished ({reused} trained a race's pick), "
+            print(f"  {task} seed {seed} {strategy}: {len(points)} trials finished ({reused} reused a race), "
                   f"MACs {rows[strategy][-1]['macs']:.3g} (races {sum(races.values()) / spent:.0%}, "
                   f"pruned trials {pruned / spent:.0%}), "
                   f"wall {wall:.0f} s, pick {label} (right answer {rows[strategy][-1]['answer']}), "

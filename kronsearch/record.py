@@ -78,7 +78,7 @@ class TrialRecord:
     duplicate_of: int | None = None  # reuses that complete trial's results
     retry_of: int | None = None  # re-queued configuration of that interrupted trial
     seeded_from: int | None = None  # hybrid: the one_round trial whose pick this per_pattern trial trains
-    race_of: int | None = None  # one_round: trains the pick of that trial's race instead of racing (search.races)
+    race_of: int | None = None  # one_round: trains a plan of that trial's race instead of racing (search.races)
     worker: str | None = None  # host:pid of the process that ran it (storage.OwnedTrialStorage)
     worker_started: str | None = None  # that process's start time, so a reused pid is not mistaken for it
     ray_worker: str | None = None  # host:pid of the Ray worker that trained it
@@ -253,7 +253,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def reuse_race(trial: optuna.Trial, source: int) -> None:
-    """Record that one_round `trial` trains the pick of trial `source`'s race instead of racing (search.races)."""
+    """Record that one_round `trial` trains a plan of trial `source`'s race instead of racing (search.races)."""
     trial.set_user_attr("race_of", source)
 
 
@@ -327,7 +327,7 @@ def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
 
 
 def curve_kind(trial: FrozenTrial, strategy: str | None = None) -> tuple[str | None, bool]:
-    """(its kind, whether it trains another trial's race's pick): trials whose learning curves a pruner compares."""
+    """(its kind, whether it trains a plan of another trial's race): trials whose curves a pruner compares."""
     return trial_kind(trial, strategy), TrialRecord.of(trial).race_of is not None
 
 

@@ -141,7 +141,7 @@ SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),
           "pruner": choice(PRUNERS, "median"), "timeout": number("seconds > 0", lambda v: v > 0, None, nullable=True),
           "per_layer_blocks": flag(False), "one_round_trials": later(None), "save_weights": flag(True),
-          # which one_round trials race; the others train a finished race's pick (kronsearch.strategies.shared_race)
+          # which one_round trials race; the others train a plan of a finished race (kronsearch.strategies.race_plan)
           "races": choice(RACES, "per_rank"),
           # the artifact root shared by every machine (kronsearch.artifacts); relative to the space file
           "artifacts": text("a folder path", default=None, nullable=True),

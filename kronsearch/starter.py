@@ -133,7 +133,7 @@ search:
   # timeout: null  # seconds from the run's start after which no trial starts
   # per_layer_blocks: false  # per_pattern: one block per layer instead of one for all
   # one_round_trials: null  # hybrid: one_round trials before per_pattern (default: a third of trials)
-  # races: per_rank  # per_rank | once | per_trial: which one_round trials race; the others train a race's pick
+  # races: per_rank  # per_rank | once | per_trial: which one_round trials race; the others train a race's plans
   # save_weights: true  # each trial's weights under studies/ (needed by `kronsearch export --weights`)
   # artifacts: null  # the trial folders' root, a folder every machine reaches (`--artifacts PATH` overrides)
 backend:

@@ -114,7 +114,7 @@ class KindPruner(optuna.pruners.BasePruner):
     A hybrid study holds one_round and per_pattern trials, whose curves differ (a one-round trial's
     accuracy is its current leaders' while its contest runs): a per_pattern trial is judged against
     per_pattern trials only, a racing one_round trial against racing ones, and a one_round trial that trains
-    another's race's pick (record.TrialRecord.race_of) against those (record.curve_kind). Optuna's pruners read
+    a plan of another's race (record.TrialRecord.race_of) against those (record.curve_kind). Optuna's pruners read
     trials through study.get_trials, Hyperband's brackets through the study's storage, so the view
     filters at the storage. Both backends prune through trial.should_prune, which calls prune here.
     """

@@ -39,7 +39,7 @@ class TrialSpec:
     With `candidates` (kind "one_round"), every decomposed layer gets PatternSelectLinear over them
     (glob -> blocks, first matching glob wins), and the trial races them. Otherwise each layer in `plan`
     gets its one block (layer -> "HxW"); layers not in it stay dense: a per_pattern trial, or a one_round
-    trial that trains the pick of trial `race_of`'s race (search.races).
+    trial that trains a plan of trial `race_of`'s race (search.races).
     """
 
     kind: str

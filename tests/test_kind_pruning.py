@@ -20,7 +20,7 @@ PARAMS = {"one_round": ({"rank": 1, "lambda1": 1e-3, "lambda2": 1e-4}, ONE_ROUND
 
 def finished(kind: str, curve: dict[int, float], race_of: int | None = None,
              **system_attrs: float) -> optuna.trial.FrozenTrial:
-    """A complete trial of `kind` with this per-epoch val accuracy curve (race_of: it trained that race's pick)."""
+    """A complete trial of `kind` with this per-epoch val accuracy curve (race_of: it trained a plan of that race)."""
     params, dists = PARAMS[kind]
     return create_trial(value=curve[max(curve)], params=params, distributions=dists, intermediate_values=curve,
                         user_attrs={"kind": kind, **({} if race_of is None else {"race_of": race_of})},
@@ -38,7 +38,7 @@ def hybrid_study(write_space, workdir):
 
 
 def pruned_at(study: optuna.Study, kind: str, value: float, epoch: int = 1, race_of: int | None = None) -> bool:
-    """Start a trial of `kind` (race_of: training that race's pick), report `value` at `epoch`: would the study's
+    """Start a trial of `kind` (race_of: training a plan of that race), report `value` at `epoch`: would the study's
     pruner stop it?"""
     trial = study.ask()
     record.start(trial, kind)

@@ -51,7 +51,7 @@ def test_a_terminal_gets_a_live_bar_per_phase_and_a_line_per_trial_with_the_stud
 def test_the_terminal_bar_carries_what_the_piped_lines_carry(write_space, workdir):
     write_space(search={"trials": 2})
     shown = run_in(workdir, terminal=True)
-    # trial 1 trains trial 0's race's pick (search.races: per_rank): one epoch, no race
+    # trial 1 trains a plan of trial 0's race (search.races: per_rank): one epoch, no race
     assert re.search(r"trial 0 epoch 1/2 select ━+ 0/2", shown) and re.search(r"trial 1 epoch 1/1 train ━+", shown)
     assert re.search(r"trial 0 epoch 2/2 train ━+ \d/3 [-:\d]+ val 0\.\d+; racing .*; \d+s, about \d+s left "
                      r"\(study: about \d+s\)", shown)

@@ -106,7 +106,7 @@ def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(s
     per_rank = re.findall(r"seed 0 one_round \(per_rank, most_accurate\), per trial:\n(.*)\n(.*)\n", out)[0]
     assert "(race " in per_rank[0]  # the first trial races; the second trains its pick if of the same rank
     same_rank = re.search(r"rank (\d)", per_rank[0])[1] == re.search(r"rank (\d)", per_rank[1])[1]
-    assert ("(the pick of #0's race)" in per_rank[1]) == same_rank == ("(race " not in per_rank[1])
+    assert ("(from #0's race)" in per_rank[1]) == same_rank == ("(race " not in per_rank[1])
     assert re.search(r"seed 0 one_round \(per_rank, most_accurate\): .*\(races \d+%, pruned trials \d+%\)", out)
 
 

@@ -1,4 +1,4 @@
-"""search.races: which one_round trials race, and how the others train a finished race's pick and record it."""
+"""search.races: which one_round trials race, and how the others train a finished race's plans and record it."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_show_says_which_race_a_trial_trained_the_pick_of(write_space):
     (study,) = load_studies("tiny:one_round")
     first, second = study.get_trials()
     assert any("race" in note and "by" in note for note in row_notes(trial_row(first, study)))
-    assert "trained the pick of trial #0's race (search.races), without a race of its own" in \
+    assert "trained a plan of trial #0's race (search.races), without a race of its own" in \
         row_notes(trial_row(second, study))
 
 
@@ -150,7 +150,7 @@ def test_run_prints_that_later_trials_trained_a_races_pick(write_space):
     console = Console(record=True, width=200)
     run_search(write_space(search={"trials": 2}), progress=False, console=console)
     shown = console.export_text()
-    assert "(the pick of trial 0's race)" in shown.split("trial 1 one_round")[1].splitlines()[0]
+    assert "(from trial 0's race)" in shown.split("trial 1 one_round")[1].splitlines()[0]
     assert "race)" not in shown.split("trial 0 one_round")[1].splitlines()[0]
 
 

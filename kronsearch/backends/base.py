@@ -73,7 +73,7 @@ class Started:
 
 def start_trial(trial: optuna.Trial, space: Space, kind: str, budget: Budget | None) -> Started:
     """start -> skip | duplicate | train (see the module doc); the skip is recorded, not told. A one_round trial
-    trains the pick of a finished race of its rank where search.races shares one (strategies.shared_race)."""
+    trains a plan of a finished race of its rank where search.races shares one (strategies.shared_race)."""
     record.start(trial, kind)
     spec = suggest(trial, space, kind)
     if budget is not None and budget.surplus(trial.study, trial.number):
@@ -93,8 +93,8 @@ def trial_artifact_dir(space: Space, folder: Path, number: int) -> Path | None:
 
 def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: dict,
                  artifact_dir: Path | None, ray_worker: str | None = None) -> list[float]:
-    """Record a trained trial's results; returns its objective values. A trial that reused a race records its
-    pick as `selected`, as the race's trial does."""
+    """Record a trained trial's results; returns its objective values. A trial that reused a race records the
+    plan it trained as `selected`, as the race's trial records its pick."""
     if spec.race_of is not None:
         metrics = {**metrics, "selected": spec.plan}
     record.save_results(trial, metrics, trial_config(space, spec),
@@ -134,7 +134,7 @@ def describe(trial: FrozenTrial) -> str:
     return (f"trial {trial.number} {rec.kind}: val {m['val_accuracy']:.4f}, "
             f"sparsity {m['block_sparsity']:.2f}, train MACs {m['train_macs']:,}, blocks [{blocks}], "
             f"{m['wall_time']:.1f}s" + (f" (same as trial {rec.duplicate_of})" if rec.duplicate_of is not None else "")
-            + (f" (the pick of trial {rec.race_of}'s race)" if rec.race_of is not None else ""))
+            + (f" (from trial {rec.race_of}'s race)" if rec.race_of is not None else ""))
 
 
 class Budget:

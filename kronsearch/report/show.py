@@ -148,7 +148,7 @@ def row_notes(row: Mapping) -> list[str]:
         notes.append(f"selected {count_blocks(row['selected'])}")
     notes.extend(race_lines(row.get("race") or {}))
     if row.get("race_of") is not None:
-        notes.append(f"trained the pick of trial #{row['race_of']}'s race (search.races), without a race of its own")
+        notes.append(f"trained a plan of trial #{row['race_of']}'s race (search.races), without a race of its own")
     if row["duplicate_of"] is not None:
         notes.append(f"same configuration as #{row['duplicate_of']}: its result reused, nothing trained")
     if row["fail_reason"]:

@@ -97,13 +97,13 @@ def reuse(trial: optuna.Trial, spec: TrialSpec, source: FrozenTrial, tolerance: 
 def race_plan(study: optuna.Study, source: FrozenTrial, number: int, tolerance: float) -> dict[str, str]:
     """layer -> block that trial `number`, reusing `source`'s race, trains. Where a layer's race fell back (its
     evidence did not separate the candidates), the other candidates it found plausible (within the tolerance and
-    noise of the most accurate at its cap: Decision.plausible) that the tolerance rule could prefer to the kept
-    one (cheaper, or more accurate at the race) are each trained once, cheapest first, by the race's next trials,
-    so full trainings decide what the race could not; after them (and where every layer decided by evidence) the
-    tolerance pick among the race's trial and the complete trials that reused it."""
+    noise of the most accurate at its cap: Decision.plausible) are each trained once, cheapest first, by the race's
+    next trials, so full trainings decide what the race could not; after them (and where every layer decided by
+    evidence) the tolerance pick among the race's trial and the complete trials that reused it."""
     selected = (TrialRecord.of(source).metrics or {})["selected"]
     decisions = (TrialRecord.of(source).metrics or {}).get("decisions") or {}
-    others = {layer: challengers(decisions.get(layer) or {}, block) for layer, block in selected.items()}
+    others = {layer: [b for b in (decisions.get(layer) or {}).get("plausible") or [] if b != block]
+              for layer, block in selected.items()}
     earlier = [t for t in study.get_trials(deepcopy=False)
                if t.number < number and TrialRecord.of(t).race_of == source.number]
     turn = len(earlier)
@@ -111,16 +111,6 @@ def race_plan(study: optuna.Study, source: FrozenTrial, number: int, tolerance: 
         return {layer: others[layer][turn] if turn < len(others[layer]) else block for layer, block in selected.items()}
     best = tolerance_pick([source, *earlier], tolerance) or source
     return dict((TrialRecord.of(best).metrics or {}).get("selected") or selected)
-
-
-def challengers(decision: dict, kept: str) -> list[str]:
-    """The plausible candidates of a race's layer decision (cheapest first) that the tolerance rule could prefer to
-    the `kept` one after full trainings: the cheaper ones, and the costlier ones more accurate at the race."""
-    plausible = [b for b in decision.get("plausible") or [] if b != kept]
-    order = decision.get("plausible") or []
-    accuracy = {k: e.get("accuracy", 0.0) for k, e in (decision.get("estimates") or {}).items()}
-    return [b for b in plausible if kept not in order or order.index(b) < order.index(kept)
-            or accuracy.get(b, 0.0) > accuracy.get(kept, 0.0)]
 
 
 def seed_params(space: Space, source: FrozenTrial) -> dict:

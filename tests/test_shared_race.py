@@ -18,7 +18,7 @@ from kronsearch.report.show import row_notes, trial_row
 from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
-from kronsearch.strategies import challengers, race_plan, shared_race
+from kronsearch.strategies import race_plan, shared_race
 from tests.test_ray_backend import RAY
 from tests.test_report import ONE_ROUND_DISTS
 
@@ -232,11 +232,3 @@ def test_a_study_from_before_race_fallback_resumes_as_made_with_most_accurate(wr
     assert len(trials_of()) == 2
     with pytest.raises(SpaceError, match=r"train\.race_fallback \('most_accurate' -> 'cheapest'\) changed"):
         run_search(write_space(search={"trials": 3}, train={"race_fallback": "cheapest"}), progress=False)
-
-
-def test_a_costlier_plausible_candidate_is_trained_only_if_it_was_more_accurate_at_the_race():
-    estimates = {"8x8": {"accuracy": 80.0}, "4x4": {"accuracy": 81.0}, "2x2": {"accuracy": 79.0}}
-    decision = {"block": "8x8", "by": "fallback", "rule": "cheapest", "plausible": ["8x8", "4x4", "2x2"],
-                "estimates": estimates}
-    assert challengers(decision, "8x8") == ["4x4"]  # 2x2 costs more and trailed: the rule would never prefer it
-    assert challengers({**decision, "block": "2x2"}, "2x2") == ["8x8", "4x4"]  # both cheaper

@@ -193,8 +193,7 @@ class Race:
         return not self.open_layers
 
     def leader(self, layer: str) -> str:
-        """The chosen candidate; while racing, the cheapest within tolerance of the last check (before
-        any check: the cheapest)."""
+        """The chosen candidate; racing, the cheapest within tolerance at the last check (before one: the cheapest)."""
         if layer in self.decisions:
             return self.decisions[layer].block
         live = self.layers[layer].branches
@@ -292,22 +291,23 @@ class Race:
             if len(live) == 1:
                 self.decisions[name] = Decision(next(iter(live)), self.steps, "survivor")
             elif budget and (evidence.settled or final):
-                cheapest = evidence.settled or self.fallback == "cheapest"
-                winner = self.leader(name) if cheapest else max(live, key=lambda k: current[k].accuracy)
-                pool = within_tolerance({k: current[k] for k in live}, self.tolerance, PICK_Z)
-                pool.sort(key=lambda k: self._cost(name, k))
-                self.decisions[name] = Decision(winner, self.steps, "budget") if evidence.settled else Decision(
-                    winner, self.steps, "fallback", self.fallback, tuple(pool))
-                for k in [k for k in live if k != winner]:
+                self.decisions[name] = (Decision(self.leader(name), self.steps, "budget") if evidence.settled
+                                        else self._fall_back(name, {k: current[k] for k in live}))
+                for k in [k for k in live if k != self.decisions[name].block]:
                     self._remove(name, k)
                 left = True
         return left
 
+    def _fall_back(self, name: str, live: dict[str, Estimate]) -> Decision:
+        """Layer `name`'s decision at the cap, undecided: by `fallback`'s rule, with its plausible candidates."""
+        plausible = sorted(within_tolerance(live, self.tolerance, PICK_Z), key=lambda k: self._cost(name, k))
+        winner = self.leader(name) if self.fallback == "cheapest" else max(live, key=lambda k: live[k].accuracy)
+        return Decision(winner, self.steps, "fallback", self.fallback, tuple(plausible))
+
     def records(self) -> dict[str, dict]:
-        """layer -> {block, step, by, estimates, pace} of each decided layer, JSON-able: by is Decision.by (with
-        "fallback" also its rule and plausible); estimates are every candidate's at the last check it took part in,
-        {accuracy, se (points), examples, steps it trained}; pace is the largest rise of a candidate over the last
-        interval (points)."""
+        """layer -> {block, step, by (with "fallback": rule, plausible), estimates, pace} per decided layer, JSON-able:
+        estimates are every candidate's at the last check it took part in, {accuracy, se (points), examples, steps it
+        trained}; pace is the largest rise of a candidate over the last interval (points)."""
         def estimate(name: str, k: str, e: Estimate) -> dict:
             return {"accuracy": round(100 * e.accuracy, 2), "se": round(100 * e.se, 2), "examples": e.examples,
                     "steps": self.trained[name][k]}

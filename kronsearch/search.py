@@ -168,8 +168,9 @@ def fallback_note(trials: list[FrozenTrial], pick: int | None) -> str:
     """The line a run ends with when one-round races fell back (kronsearch/evidence.py): which races and layers (the
     pick's own, or the race it trained the pick of), what to raise, and the per_pattern alternative; '' when every
     race decided by evidence."""
-    races = {t.number: [layer for layer, d in (metrics(t).get("decisions") or {}).items() if d.get("by") == "fallback"]
-             for t in trials if metrics(t).get("decisions")}
+    decided = {t.number: metrics(t).get("decisions") for t in trials}
+    races = {n: [layer for layer, d in decisions.items() if d.get("by") == "fallback"]
+             for n, decisions in decided.items() if decisions}
     fell = {n: layers for n, layers in races.items() if layers}
     if not fell:
         return ""

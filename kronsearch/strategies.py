@@ -71,7 +71,7 @@ def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> Froze
 
 
 def shared_race(study: optuna.Study, space: Space, rank: int) -> FrozenTrial | None:
-    """The finished race a new one_round trial of `rank` trains the pick of, by search.races (RACES): among the
+    """The finished race a new one_round trial of `rank` trains a plan of, by search.races (RACES): among the
     complete one_round trials that raced (not reusing a race, not a duplicate) of the same rank ("per_rank") or of
     any rank ("once"), the tolerance pick (record.tolerance_pick: the cheapest within search.tolerance of the best
     val accuracy, as show and export choose); None with "per_trial", or before such a trial has finished (trials
@@ -100,8 +100,8 @@ def race_plan(study: optuna.Study, source: FrozenTrial, number: int, tolerance: 
     noise of the most accurate at its cap: Decision.plausible) are each trained once, cheapest first, by the race's
     next trials, so full trainings decide what the race could not; after them (and where every layer decided by
     evidence) the tolerance pick among the race's trial and the complete trials that reused it."""
-    selected = (TrialRecord.of(source).metrics or {})["selected"]
-    decisions = (TrialRecord.of(source).metrics or {}).get("decisions") or {}
+    raced = TrialRecord.of(source).metrics or {}
+    selected, decisions = raced["selected"], raced.get("decisions") or {}
     others = {layer: [b for b in (decisions.get(layer) or {}).get("plausible") or [] if b != block]
               for layer, block in selected.items()}
     earlier = [t for t in study.get_trials(deepcopy=False)

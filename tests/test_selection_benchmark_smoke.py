@@ -69,7 +69,7 @@ def test_signals_smoke_prints_a_correlation_row_per_task_and_race_signal():
 @pytest.fixture(scope="module")
 def search_cost_smoke() -> subprocess.CompletedProcess:
     done = run_script("--smoke", "--per-trial", "--tasks", "vit-digits",
-                      "--variants", "per_rank:most_accurate,per_trial:most_accurate",
+                      "--variants", "per_rank:most_accurate,per_trial:most_accurate:1.5",
                       script="search_cost.py")
     assert done.returncode == 0, done.stderr
     return done
@@ -79,7 +79,7 @@ def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_patt
     rows = [line for line in search_cost_smoke.stdout.splitlines() if line.startswith("| vit-digits |")]
     assert [r.split(" | ")[1] for r in rows] == [
         "per_pattern", "one_round (per_rank, most_accurate)", "hybrid (per_rank, most_accurate)",
-        "one_round (per_trial, most_accurate)", "hybrid (per_trial, most_accurate)"]
+        "one_round (per_trial, most_accurate, cap 1.5)", "hybrid (per_trial, most_accurate, cap 1.5)"]
     assert rows[0].split(" | ")[6:9] == ["1.00", "1.00-1.00", "1.00"]  # per_pattern's MACs against its own
     assert all(re.search(r"\| [01]/1, [01]/1, [01]/1, [01]/1 \|$", r) for r in rows)  # seeds level or ahead
 
@@ -95,12 +95,12 @@ def test_search_cost_smoke_runs_the_long_training_task():
 def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(search_cost_smoke):
     out = search_cost_smoke.stdout
     for label in ("per_pattern", "one_round (per_rank, most_accurate)", "hybrid (per_rank, most_accurate)",
-                  "one_round (per_trial, most_accurate)"):
+                  "one_round (per_trial, most_accurate, cap 1.5)"):
         assert f"vit-digits seed 0 {label}, per trial:" in out
     trials = re.findall(r"    #\d+ (complete|pruned|fail): rank \d.*; kept (\S+); \d+ epochs, MACs (\S+)(.*)", out)
     assert len(trials) == 10  # two trials per study in a smoke run
     assert all(float(macs) > 0 for _, _, macs, _ in trials)
-    per_trial = re.findall(r"seed 0 one_round \(per_trial, most_accurate\), per trial:\n(.*)\n(.*)\n", out)[0]
+    per_trial = re.findall(r"seed 0 one_round \(per_trial, most_accurate, cap 1.5\), per trial:\n(.*)\n(.*)\n", out)[0]
     races = [float(m) for m in re.findall(r"\(race (\S+)\)", "\n".join(per_trial))]
     assert len(races) == 2 and all(0 < r for r in races)  # every one-round trial raced
     per_rank = re.findall(r"seed 0 one_round \(per_rank, most_accurate\), per trial:\n(.*)\n(.*)\n", out)[0]

@@ -164,6 +164,14 @@ def test_export_of_a_trial_that_trained_a_races_pick_writes_that_pick(write_spac
     assert exported["metrics"]["test_accuracy"] == second.user_attrs["test_accuracy"]
 
 
+def test_export_of_a_trial_that_reused_a_race_names_that_race_in_its_provenance(write_space, cli):
+    run_search(write_space(search={"trials": 2}), progress=False)
+    assert cli("export", "tiny", "--trial", 1, "--out", "second.yaml").exit_code == 0
+    assert cli("export", "tiny", "--trial", 0, "--out", "first.yaml").exit_code == 0
+    assert yaml.safe_load(Path("second.yaml").read_text())["provenance"]["race_of"] == 0
+    assert "race_of" not in yaml.safe_load(Path("first.yaml").read_text())["provenance"]
+
+
 def race_trial(number: int, val: float, selected: dict[str, str], decisions: dict | None = None,
                **attrs: object) -> optuna.trial.FrozenTrial:
     """A complete one_round trial of rank 1 with this pick (and its race's decisions, or a race_of in attrs)."""

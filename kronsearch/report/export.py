@@ -95,7 +95,8 @@ def lambdas(trial: FrozenTrial, study: optuna.Study) -> dict[str, float]:
 
 
 def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str | None = None) -> dict:
-    """The pattern file's content: layers, lambdas, scalar metrics, model, data and provenance."""
+    """The pattern file's content: layers, lambdas, scalar metrics, model, data and provenance (with `race_of`, the
+    trial whose race it trained a plan of, where it reused one: search.races)."""
     m = metrics(trial)
     plan = m.get("plan")
     if not isinstance(plan, dict):
@@ -116,6 +117,7 @@ def pattern_document(study: optuna.Study, trial: FrozenTrial, storage_url: str |
             "space_path": StudyRecord.of(study).space_path,
             "kronsearch_version": StudyRecord.of(study).kronsearch_version,
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **({} if (race_of := TrialRecord.of(trial).race_of) is None else {"race_of": race_of}),
         },
     }
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import optuna
 
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import StudyRecord
+from kronsearch.storage_files import mask_passwords
 
 MARKER = ".kronsearch-study"
 
@@ -70,7 +70,7 @@ def storage_label(url: str | None) -> str | None:
         return None
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
-    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url)
+    return mask_passwords(url)
 
 
 def check_own(folder: Path, study_name: str, storage: str | None) -> None:

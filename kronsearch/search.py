@@ -24,6 +24,7 @@ from kronsearch.report.plan import render_plan
 from kronsearch.report.show import count_blocks
 from kronsearch.space import Space, load_space
 from kronsearch.storage import STUDIES_DIR, StorageError, default_storage_url, storage_errors
+from kronsearch.storage_files import mask_passwords
 from kronsearch.strategies import seed_hybrid, seed_params
 from kronsearch.study import open_study, recover_dead_trials
 from kronsearch.study_owner import StudyHold
@@ -157,7 +158,8 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; Pareto front: trials {front}. "
                            f"Inspect: kronsearch show {names[0]}")
     if storage:
-        summary.message += f" --storage {storage}"
+        summary.message += f" --storage {mask_passwords(storage)}" + (
+            " (its password masked)" if mask_passwords(storage) != storage else "")
     if artifacts:
         summary.message += f" --artifacts {artifacts}"
     summary.race_note = fallback_note(complete, summary.best.get("trial"))

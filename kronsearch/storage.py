@@ -43,7 +43,7 @@ from kronsearch import record
 from kronsearch.layers.errors import BadInput, RunFailure
 from kronsearch.record import STRATEGIES, StudyRecord, split_study_name
 from kronsearch.snapshot import StudySnapshot
-from kronsearch.storage_files import JournalFile, sqlite_url_problem, storage_file_problem
+from kronsearch.storage_files import JournalFile, mask_passwords, sqlite_url_problem, storage_file_problem
 
 STUDIES_DIR = Path("studies")
 
@@ -103,9 +103,12 @@ def storage_error(url: str, err: BaseException, doing: str = "open") -> StorageE
                 f"place; nothing saved was changed")
     elif "unable to open" in lowered or "permission" in lowered or "read-only" in lowered:
         hint = "; check that its folder exists and is writable"
+    elif "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
+        hint = ("; the database has no Optuna tables, so no search was ever run there: check the URL, or run "
+                "`kronsearch run` first (nothing was created)")
     elif "full" in lowered or "no space" in lowered:
         hint = "; free some disk space and re-run to resume (finished trials are kept)"
-    return StorageError(f"cannot {doing} the study storage {url}: {reason}{hint}")
+    return StorageError(mask_passwords(f"cannot {doing} the study storage {url}: {reason}{hint}"))
 
 
 @contextmanager
@@ -251,7 +254,7 @@ def open_storage(url: str, attempts: int = 5, *, owner: dict[str, Any] | None = 
     if file is not None and (problem := storage_file_problem(url, file)):  # a foreign or corrupt file: untouched
         raise storage_error(url, RuntimeError(problem))
     if not create and file is not None and not file.is_file():
-        given = f" ({url})" if url != str(file) else ""
+        given = f" ({mask_passwords(url)})" if url != str(file) else ""
         raise StudyNotFound(f"no storage file {file}{given}; nothing was created. Check the path, or run "
                             f"`kronsearch run` first")
     for attempt in range(attempts):
@@ -364,7 +367,8 @@ def load_studies(study: str, storage_url: str | None = None,
     wanted = [study] if strategy else [n for n in names if split_study_name(n)[0] == search]
     found = [n for n in wanted if n in names]
     if not found:
-        raise StudyNotFound(f"no study {study!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
+        raise StudyNotFound(f"no study {study!r} in {mask_passwords(url)}; studies there: "
+                            f"{', '.join(sorted(names)) or 'none'}")
     order = {s: i for i, s in enumerate(STRATEGIES)}
     found.sort(key=lambda n: order.get(split_study_name(n)[1] or "", len(order)))
     return [StudySnapshot(n, storage, artifacts) for n in found]  # each read once (snapshot.py)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Generator
 from pathlib import Path
@@ -45,6 +46,12 @@ OPTUNA_TABLES = {  # optuna.storages._rdb.models' tables and alembic's (Optuna 4
 VERSION_TABLES = {"version_info": {"version_info_id", "schema_version", "library_version"},
                   "alembic_version": {"version_num"}}
 JOURNAL_OPS = {int(op) for op in JournalOperation}
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it (scheme://user:password@host) shown as ***: storage URLs appear
+    in messages, logs and recorded labels, and a PostgreSQL URL may carry its password."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]+:)[^/@\s]+@", r"\1***@", text)
 
 
 class CorruptJournal(RunFailure):

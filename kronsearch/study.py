@@ -41,6 +41,7 @@ from kronsearch.storage import (
     study_artifacts_dir,
     study_artifacts_root,
 )
+from kronsearch.storage_files import mask_passwords
 from kronsearch.study_files import checked_folder, remove_study_files
 from kronsearch.study_owner import check_made_by_kronsearch, check_not_held, mark_made_by_kronsearch
 
@@ -303,8 +304,8 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
     if changed:
         raise SpaceError(
             f"{space.path}: {', '.join(changed)} changed since study {study.study_name!r} was created in "
-            f"{storage_url}; its trials were run on the old values, so it is not resumed. Re-run with --fresh to "
-            f"delete it and start over, or give the search a new name (the file's name:) to keep both. "
+            f"{mask_passwords(storage_url)}; its trials were run on the old values, so it is not resumed. Re-run "
+            f"with --fresh to delete it and start over, or give the search a new name (the file's name:) to keep both. "
             f"The budget (search.trials, search.timeout), train.device, train.threads, train.compute, data.root "
             f"and comments may change freely")
 

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 import kronsearch
 from kronsearch.processes import process_alive, process_started, worker_alive, worker_id
 from kronsearch.storage import StorageError
+from kronsearch.storage_files import mask_passwords
 
 MARK = "kronsearch"
 HOLD_PREFIX = "kronsearch_run:"
@@ -64,7 +65,8 @@ def check_made_by_kronsearch(storage: optuna.storages.BaseStorage, name: str, ur
     trials = len(storage.get_all_trials(study_id, deepcopy=False))
     if trials == 0 and not user:
         return
-    raise ForeignStudy(f"study {name!r} in {url} was not made by kronsearch ({trials} trial{'' if trials == 1 else 's'}"
+    raise ForeignStudy(f"study {name!r} in {mask_passwords(url)} was not made by kronsearch "
+                       f"({trials} trial{'' if trials == 1 else 's'}"
                        f"{', user attrs ' + ', '.join(sorted(user)[:5]) if user else ''}, none of kronsearch's "
                        f"records); it was left untouched: give the search another name (the space file's name:) or "
                        f"pass another --storage")

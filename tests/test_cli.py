@@ -91,6 +91,19 @@ def test_storage_that_is_not_a_database_fails_cleanly(cli, workdir):
     assert (workdir / "junk.db").read_text() == "not a database\n" * 100  # left untouched
 
 
+def test_a_database_without_optuna_tables_says_no_search_ran_there_and_creates_nothing(cli, workdir):
+    (workdir / "empty.db").touch()
+    result = cli("show", "demo", "--storage", f"sqlite:///{workdir / 'empty.db'}")
+    assert_error(result, 1, "empty.db", "no Optuna tables, so no search was ever run there")
+    assert (workdir / "empty.db").stat().st_size == 0
+
+
+def test_an_unreachable_storage_is_named_without_its_password(cli, workdir):
+    result = cli("show", "demo", "--storage", "postgresql+psycopg://bob:s3cret@127.0.0.1:1/k")
+    assert_error(result, 1, "cannot open the study storage postgresql+psycopg://bob:***@127.0.0.1:1/k")
+    assert "s3cret" not in result.stderr + result.stdout
+
+
 def test_compare_table_and_json(cli, demo):
     table = cli("compare", "demo")
     assert table.exit_code == 0, table.stderr

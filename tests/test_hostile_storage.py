@@ -13,6 +13,7 @@ import pytest
 
 from kronsearch.search import run_search
 from kronsearch.storage import load_studies
+from kronsearch.storage_files import mask_passwords
 from tests.test_hostile_artifacts import error_line, sha
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -243,3 +244,9 @@ def test_a_journal_with_a_corrupt_middle_line_names_the_file_and_the_line(write_
         assert result.exit_code == 1
         assert "journal file studies/j.log" in error_line(result) and words in error_line(result)
     assert sha("studies/j.log") == before
+
+
+def test_mask_passwords_hides_each_urls_password_and_nothing_else():
+    text = "cannot open postgresql+psycopg://bob:s3cret@db:5432/k: see http://docs:8000/a@b and mysql://al:pw@h/x"
+    assert mask_passwords(text) == ("cannot open postgresql+psycopg://bob:***@db:5432/k: see http://docs:8000/a@b "
+                                    "and mysql://al:***@h/x")

@@ -326,11 +326,6 @@ def trial_kind(trial: FrozenTrial, strategy: str | None = None) -> str | None:
     return None
 
 
-def curve_kind(trial: FrozenTrial, strategy: str | None = None) -> tuple[str | None, bool]:
-    """(its kind, whether it trains a plan of another trial's race): trials whose curves a pruner compares."""
-    return trial_kind(trial, strategy), TrialRecord.of(trial).race_of is not None
-
-
 def full_config(study: optuna.Study, trial: FrozenTrial) -> dict:
     """The trial's resolved config: the study's shared part with the trial's own on top (split_config's inverse)."""
     shared, own = StudyRecord.of(study).trial_config or {}, TrialRecord.of(trial).config or {}

@@ -18,7 +18,7 @@ import reprlib
 import socket
 import threading
 import warnings
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,53 +97,15 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    """search.pruner, judging each trial against trials of its own kind only (KindPruner)."""
+    """search.pruner; every trial reports the epochs of the plan it trains, so all are judged on one curve
+    (backends.base.PlanSteps)."""
     kind = space.search["pruner"]
     if kind == "none" or len(space.search["objectives"]) > 1:
         return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
-    pruner: optuna.pruners.BasePruner
     if kind == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.train["epochs"])
-    else:  # no verdict before a third of the selection epochs: early val accuracy says little about the end
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, space.train["epochs"] // 3))
-    return KindPruner(pruner, space.search["strategy"])
-
-
-class KindPruner(optuna.pruners.BasePruner):
-    """Delegates to `pruner` with a view of the study that lists only the trials of the pruned trial's kind.
-
-    A hybrid study holds one_round and per_pattern trials, whose curves differ (a one-round trial's
-    accuracy is its current leaders' while its contest runs): a per_pattern trial is judged against
-    per_pattern trials only, a racing one_round trial against racing ones, and a one_round trial that trains
-    a plan of another's race (record.TrialRecord.race_of) against those (record.curve_kind). Optuna's pruners read
-    trials through study.get_trials, Hyperband's brackets through the study's storage, so the view
-    filters at the storage. Both backends prune through trial.should_prune, which calls prune here.
-    """
-
-    def __init__(self, pruner: optuna.pruners.BasePruner, strategy: str | None) -> None:
-        self.pruner, self.strategy = pruner, strategy
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        kind = record.curve_kind(trial, self.strategy)
-        view = optuna.Study(study.study_name, _KindTrials(study._storage, kind, self.strategy),  # type: ignore[arg-type]  # noqa: SLF001
-                            sampler=study.sampler, pruner=self.pruner)
-        return self.pruner.prune(view, trial)
-
-
-class _KindTrials:
-    """A study's storage listing only the trials of one curve kind (record.curve_kind); all else is the storage's."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, kind: tuple[str | None, bool],
-                 strategy: str | None) -> None:
-        self._storage, self._kind, self._strategy = storage, kind, strategy
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._storage, name)
-
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        return [t for t in trials if record.curve_kind(t, self._strategy) == self._kind]
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.train["epochs"])
+    # no verdict before a third of the epochs: early val accuracy says little about the end
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, space.train["epochs"] // 3))
 
 
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path,

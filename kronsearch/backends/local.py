@@ -17,6 +17,7 @@ from kronsearch import record
 from kronsearch.backends.base import (
     Backend,
     Budget,
+    PlanSteps,
     TrialFailed,
     TrialSkipped,
     finish_trial,
@@ -55,10 +56,12 @@ logging.getLogger("optuna.study._optimize").addFilter(_NotHandledHere())
 def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[EpochReport], None]:
     """Per-epoch callback: report val accuracy to Optuna and prune when the pruner says so (base.should_prune)."""
 
+    steps = PlanSteps()
+
     def report(epoch: EpochReport) -> None:
-        if not single_objective:
+        if not single_objective or (step := steps(epoch)) is None:
             return
-        trial.report(epoch.val_accuracy, epoch.epoch)
+        trial.report(epoch.val_accuracy, step)
         if should_prune(trial, epoch.final):
             record.prune(trial, epoch.epoch, epoch.val_accuracy, epoch.train_macs_total)
             raise optuna.TrialPruned()

@@ -31,7 +31,15 @@ from ray.tune.search import Searcher
 from rich.console import Console
 
 from kronsearch import record
-from kronsearch.backends.base import Budget, finish_trial, should_prune, start_trial, trial_artifact_dir, trial_failure
+from kronsearch.backends.base import (
+    Budget,
+    PlanSteps,
+    finish_trial,
+    should_prune,
+    start_trial,
+    trial_artifact_dir,
+    trial_failure,
+)
 from kronsearch.processes import worker_id
 from kronsearch.progress import epoch_line, planned_epochs, racing_summary
 from kronsearch.space import Space
@@ -64,8 +72,10 @@ def run_tune_trial(config: dict, space: Space) -> None:
     if gpus == 0 and space.train["device"] == "auto" and torch.cuda.is_available():
         space = dataclasses.replace(space, train={**space.train, "device": "cpu"})
 
+    steps = PlanSteps()
+
     def on_epoch(epoch) -> None:
-        tune.report({"epoch": epoch.epoch, "val_accuracy": epoch.val_accuracy,
+        tune.report({"epoch": epoch.epoch, "step": steps(epoch), "val_accuracy": epoch.val_accuracy,
                      "train_macs_total": epoch.train_macs_total, "phase": epoch.phase,
                      "racing": racing_summary(epoch), "final": epoch.final})
 
@@ -153,12 +163,13 @@ class StudySearcher(Searcher):
         job = self.running.get(trial_id)
         if job is None or "epoch" not in result:
             return False
-        step, value = int(result["epoch"]), float(result["val_accuracy"])
+        step, value = result.get("step"), float(result["val_accuracy"])
         if self.progress:  # a plain line per epoch, as the local backend prints off a terminal
             epochs = planned_epochs(self.space.train_config(), job.spec.races)
-            self.console.print(epoch_line(job.trial.number, step, epochs, result.get("phase", "train"), value,
-                                          result.get("racing", ""), time.monotonic() - job.started), highlight=False)
-        if not self.single:
+            self.console.print(epoch_line(job.trial.number, int(result["epoch"]), epochs, result.get("phase", "train"),
+                                          value, result.get("racing", ""), time.monotonic() - job.started),
+                               highlight=False)
+        if not self.single or step is None:  # a race's epochs are not on the pruning curve (base.PlanSteps)
             return False
         if step not in job.reported:
             job.trial.report(value, step)

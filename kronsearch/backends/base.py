@@ -110,9 +110,9 @@ class PlanSteps:
 
     Every trial of a study is then judged on one curve: per_pattern trials, one-round trials that train a plan of a
     race, and racing trials after their race. Measured against curves kept apart by kind (racing, reusing,
-    per_pattern; docs/benchmarks/search-cost.md, ten seeds): the MACs of a one_round study fell from 1.42x to 1.17x
-    per_pattern's on the digits ViT and a hybrid study's from 1.56x to 1.24x on the MLP and 1.35x to 1.10x on the
-    ViT, their picks as accurate at 1x and 2x; apart, the first three trials of each kind were never pruned.
+    per_pattern; docs/benchmarks/search-cost.md, ten seeds): a hybrid study's MACs fell from 1.56x to 1.25x
+    per_pattern's on the MLP and from 1.35x to 1.11x on the digits ViT, a one_round study's from 1.49x to 1.43x and
+    1.32x to 1.16x, their picks as accurate at 1x and 2x; apart, the first three trials of a kind were never pruned.
     """
 
     def __init__(self) -> None:

@@ -1,6 +1,7 @@
 """One pruning curve for every trial: each reports the epochs of the plan it trains, from 1 (backends.base.PlanSteps);
 a one-round trial's race epochs are not on it, so per_pattern trials, trials that train a plan of a race and racing
-trials after their race are judged against each other, through the study both backends prune with."""
+trials after their race are judged against each other, through the study both backends prune with. Where every
+trial races (one_round, search.races: per_trial), every epoch is on it, races included."""
 
 from __future__ import annotations
 
@@ -53,14 +54,26 @@ def pruned_at(study: optuna.Study, kind: str, value: float, race_of: int | None 
     return trial.should_prune()
 
 
-def test_a_races_epochs_are_off_the_curve_and_its_winners_epochs_count_from_one():
-    steps = PlanSteps()
-    reports = [epoch(1, "select"), epoch(2, "select"), epoch(3, "train"), epoch(4, "train"), epoch(5, "finetune")]
-    assert [steps(r) for r in reports] == [None, None, 1, 2, 3]
+RACE_THEN_TRAIN = [epoch(1, "select"), epoch(2, "select"), epoch(3, "train"), epoch(4, "train"), epoch(5, "finetune")]
 
 
-def test_a_trial_without_a_race_reports_its_epochs_as_they_are():
-    steps = PlanSteps()
+def test_a_races_epochs_are_off_the_curve_and_its_winners_epochs_count_from_one(write_space):
+    steps = PlanSteps(load_space(write_space()))  # one_round, races per_rank
+    assert [steps(r) for r in RACE_THEN_TRAIN] == [None, None, 1, 2, 3]
+
+
+def test_a_hybrid_studys_races_are_off_the_curve_whatever_search_races_says(write_space):
+    steps = PlanSteps(load_space(write_space(search={"strategy": "hybrid", "races": "per_trial"})))
+    assert [steps(r) for r in RACE_THEN_TRAIN] == [None, None, 1, 2, 3]
+
+
+def test_where_every_trial_races_every_epoch_is_on_the_curve(write_space):
+    steps = PlanSteps(load_space(write_space(search={"races": "per_trial"})))
+    assert [steps(r) for r in RACE_THEN_TRAIN] == [1, 2, 3, 4, 5]
+
+
+def test_a_trial_without_a_race_reports_its_epochs_as_they_are(write_space):
+    steps = PlanSteps(load_space(write_space()))
     assert [steps(epoch(n, "train")) for n in (1, 2, 3)] == [1, 2, 3]
 
 

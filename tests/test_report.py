@@ -358,7 +358,7 @@ def test_show_says_at_once_which_trials_were_interrupted_and_how_far_a_running_o
     lines = buffer.getvalue().splitlines()
     assert "#4 interrupted: interrupted by Ctrl-C" in lines and "2 interrupted" in buffer.getvalue()
     assert any(line.startswith("#5 interrupted: process ") for line in lines) and "is gone" in buffer.getvalue()
-    assert "#6 running: epoch 2 after its race reported, val 62.50%" in lines  # a running trial's progress, at once
+    assert "#6 running: epoch 2 reported, val 62.50%" in lines  # a running trial's progress, at once
 
 
 def test_show_never_cuts_a_number_even_when_squeezed(search):

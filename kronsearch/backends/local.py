@@ -53,10 +53,12 @@ class _NotHandledHere(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_NotHandledHere())
 
 
-def pruning_reporter(trial: optuna.Trial, single_objective: bool) -> Callable[[EpochReport], None]:
-    """Per-epoch callback: report val accuracy to Optuna and prune when the pruner says so (base.should_prune)."""
+def pruning_reporter(trial: optuna.Trial, space: Space) -> Callable[[EpochReport], None]:
+    """Per-epoch callback: report val accuracy to Optuna at the epoch's step (base.PlanSteps) and prune when the
+    pruner says so (base.should_prune). Multi-objective studies report nothing: Optuna cannot prune them."""
+    single_objective = len(space.search["objectives"]) == 1
 
-    steps = PlanSteps()
+    steps = PlanSteps(space)
 
     def report(epoch: EpochReport) -> None:
         if not single_objective or (step := steps(epoch)) is None:
@@ -78,7 +80,6 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool, budget
     recording results) marks the trial "interrupted" (re-queued on resume) and stops the run. With
     progress, a terminal shows the trainer's live bar; other output gets a plain line per epoch on `console`.
     """
-    single = len(space.search["objectives"]) == 1
     # The trainer's live progress bar draws on stdout; piped, it would only leave a blank line per trial.
     bar = progress and get_console().is_terminal
 
@@ -90,7 +91,7 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool, budget
             return started.duplicate_values
         artifact_dir = trial_artifact_dir(space, folder, trial.number)
         try:
-            on_epoch = pruning_reporter(trial, single)
+            on_epoch = pruning_reporter(trial, space)
             epochs = planned_epochs(space.train_config(), started.spec.races)
             clock = StudyClock.of(trial.study, trial.number, budget.target, budget.kind) if budget else None
             if progress and not bar and console is not None:

@@ -72,7 +72,7 @@ def run_tune_trial(config: dict, space: Space) -> None:
     if gpus == 0 and space.train["device"] == "auto" and torch.cuda.is_available():
         space = dataclasses.replace(space, train={**space.train, "device": "cpu"})
 
-    steps = PlanSteps()
+    steps = PlanSteps(space)
 
     def on_epoch(epoch) -> None:
         tune.report({"epoch": epoch.epoch, "step": steps(epoch), "val_accuracy": epoch.val_accuracy,

@@ -157,8 +157,7 @@ def row_notes(row: Mapping) -> list[str]:
         notes.append(f"interrupted: {row['interrupted']}")
     if row["last_epoch"] is not None:
         epoch = row["last_epoch"]
-        raced = " after its race" if row["kind"] == "one_round" and row.get("race_of") is None else ""  # PlanSteps
-        notes.append(f"running: epoch {epoch['epoch']}{raced} reported, val {fmt_pct(epoch['val_accuracy'])}")
+        notes.append(f"running: epoch {epoch['epoch']} reported, val {fmt_pct(epoch['val_accuracy'])}")
     if row.get("malformed"):
         notes.append(f"malformed record, read as missing: {row['malformed']}")
     return notes

@@ -158,8 +158,8 @@ def _run_study(space: Space, study: optuna.Study, url: str, storage: str | None,
         summary.message = (f"study {names[0]}: {trials_finished(len(done))}; Pareto front: trials {front}. "
                            f"Inspect: kronsearch show {names[0]}")
     if storage:
-        summary.message += f" --storage {mask_passwords(storage)}" + (
-            " (its password masked)" if mask_passwords(storage) != storage else "")
+        shown = mask_passwords(storage)
+        summary.message += f" --storage {shown}" + (" (its password masked)" if shown != storage else "")
     if artifacts:
         summary.message += f" --artifacts {artifacts}"
     summary.race_note = fallback_note(complete, summary.best.get("trial"))

@@ -105,17 +105,18 @@ def finish_trial(trial: optuna.Trial, space: Space, spec: TrialSpec, metrics: di
 
 class PlanSteps:
     """The step at which a trial reports an epoch to its study's pruner: the epoch of the plan it trains, from 1, so
-    step k is k epochs of one plan's training in every trial; a one-round trial's race epochs are not reported
-    (None), so a race is never pruned and its trial is judged after it, by its winner's training. Where every trial
-    races (a one_round study with search.races: per_trial), every epoch is reported as it comes, races included:
-    the curves are alike, and races are pruned against each other (off the curve there, the MLP's study cost 2.79x
-    per_pattern's MACs instead of 1.85x, five seeds).
+    step k is k epochs of one plan's training in every trial. A one-round trial's race epochs are not reported
+    (None): a race is never pruned, and its trial is judged after it, by its winner's training.
 
-    Every trial of a study is then judged on one curve: per_pattern trials, one-round trials that train a plan of a
+    Every trial of a study is so judged on one curve: per_pattern trials, one-round trials that train a plan of a
     race, and racing trials after their race. Measured against curves kept apart by kind (racing, reusing,
     per_pattern; docs/benchmarks/search-cost.md, ten seeds): a hybrid study's MACs fell from 1.56x to 1.25x
     per_pattern's on the MLP and from 1.35x to 1.11x on the digits ViT, a one_round study's from 1.49x to 1.43x and
     1.32x to 1.16x, their picks as accurate at 1x and 2x; apart, the first three trials of a kind were never pruned.
+
+    Where every trial races (a one_round study with search.races: per_trial) the curves are alike, and every epoch
+    is reported as it comes, the race's included, so races are pruned against each other: with its races off the
+    curve, the MLP's study cost 2.79x per_pattern's MACs instead of 1.85x (five seeds).
     """
 
     def __init__(self, space: Space) -> None:

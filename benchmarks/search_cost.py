@@ -131,18 +131,22 @@ def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse
     return path
 
 
-def run_study(path: Path, folder: Path) -> tuple[list[optuna.trial.FrozenTrial], dict[int, int]]:
-    """Run one study from its space file in `folder`; return its trials in order and, per one-round trial, the
-    training MACs of its race (its check included: the last race epoch's train_macs_total in history.json)."""
+def run_study(path: Path, folder: Path) -> tuple[list[optuna.trial.FrozenTrial], dict[int, int], dict[int, int]]:
+    """Run one study from its space file in `folder`; return its trials in order, per one-round trial the
+    training MACs of its race (its check included: the last race epoch's train_macs_total in history.json), and
+    per trial the epochs it trained, its race's included (history.json; a pruned trial keeps no folder, so the
+    epochs on its pruning curve, which leaves a race out: backends.base.PlanSteps)."""
     summary = run_search(path, progress=False, studies_dir=folder / "studies")
     study, = load_studies(summary.study_names[0], summary.storage_url)  # opened as show opens it: its trial folders
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    races = {}
+    races, epochs = {}, {}
     for trial in trials:
-        raced = [e["train_macs_total"] for e in trial_history(study, trial) if e.get("phase") == "select"]
+        history = trial_history(study, trial)
+        epochs[trial.number] = len(history)
+        raced = [e["train_macs_total"] for e in history if e.get("phase") == "select"]
         if raced:
             races[trial.number] = raced[-1]
-    return trials, races
+    return trials, races, epochs
 
 
 def curve(trials: Sequence[optuna.trial.FrozenTrial],
@@ -171,7 +175,7 @@ def pick_plan(trial: optuna.trial.FrozenTrial) -> dict[str, tuple[int, int]]:
 
 
 def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.trial.FrozenTrial],
-                races: dict[int, int]) -> str:
+                races: dict[int, int], epochs: dict[int, int]) -> str:
     """One line per trial: state, params, the blocks it kept, its training MACs and its race's (where a study's
     MACs go)."""
     lines = [f"  {task} seed {seed} {strategy}, per trial:"]
@@ -179,7 +183,7 @@ def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.tri
         blocks = sorted({format_block(b) for b in pick_plan(trial).values()})
         params = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial.params.items())
         lines.append(f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
-                     f"{len(trial.intermediate_values)} epochs, MACs {train_macs_total(trial) or 0:.3g}"
+                     f"{epochs[trial.number]} epochs, MACs {train_macs_total(trial) or 0:.3g}"
                      + (f" (race {races[trial.number]:.3g})" if trial.number in races else "")
                      + (f" (from #{source}'s race)" if (source := TrialRecord.of(trial).race_of) is not None
                         else ""))
@@ -220,11 +224,11 @@ def benchmark(task: str, seeds: Sequence[int], args: argparse.Namespace) -> list
             studies = {}
             for label, strategy, race_mode, fallback, cap in runs:
                 start = time.perf_counter()
-                trials, races = run_study(space_file(folder, task, seed, strategy, args, race_mode, fallback, cap),
-                                          folder)
+                space = space_file(folder, task, seed, strategy, args, race_mode, fallback, cap)
+                trials, races, epochs = run_study(space, folder)
                 studies[label] = (trials, races, time.perf_counter() - start)
                 if args.per_trial:
-                    print(trial_lines(task, seed, label, trials, races), flush=True)
+                    print(trial_lines(task, seed, label, trials, races, epochs), flush=True)
         bench_task = alone_task(task, seed, args)
         data = bench_task.data(seed, args)
         shapes = layer_shapes(bench_task, data)

@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -36,16 +37,24 @@ class DriverWatch:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kronsearch.backends.ray_watch", str(session), "1" if keep else "0"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True, text=True)
+        # done() may come twice at once after a SIGTERM: from the run's clean-up and from its stop deadline's thread
+        self.lock = threading.Lock()
 
     def watch(self, storage_url: str, study_name: str) -> None:
         self._send(f"study\t{storage_url}\t{study_name}")
 
     def done(self) -> None:
-        """The session ended normally: the watcher exits without touching anything."""
-        self._send("done")
+        """The session ended normally: the watcher exits without touching anything. Once; later calls do nothing."""
         assert self.process.stdin is not None  # started with stdin=PIPE
+        with self.lock:
+            if self.process.stdin.closed:
+                return
+            self._send("done")
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
         try:
-            self.process.stdin.close()
             self.process.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
@@ -56,7 +65,7 @@ class DriverWatch:
         try:
             self.process.stdin.write(line + "\n")
             self.process.stdin.flush()
-        except OSError:  # the watcher is gone: the run goes on without it
+        except (OSError, ValueError):  # the watcher is gone, or told `done` already: the run goes on without it
             pass
 
 

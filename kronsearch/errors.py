@@ -14,10 +14,11 @@ from contextlib import contextmanager
 
 from kronsearch.layers.errors import BadInput, KronsearchError, RunFailure
 
-__all__ = ["BadInput", "KronsearchError", "RUN_INTERRUPTED", "RunFailure", "Terminated", "UserCodeExit",
-           "user_code_exits"]
+__all__ = ["BadInput", "KronsearchError", "RUN_INTERRUPTED", "RunFailure", "STOPPED_BY_CTRL_C", "STOPPED_BY_SIGTERM",
+           "Terminated", "UserCodeExit", "user_code_exits"]
 
 RUN_INTERRUPTED = "interrupted; completed trials are saved; re-run the same command to resume"  # after Ctrl-C, SIGTERM
+STOPPED_BY_SIGTERM, STOPPED_BY_CTRL_C = "stopped by SIGTERM", "stopped by Ctrl-C (SIGINT)"  # a trial's `interrupted`
 
 
 class Terminated(KeyboardInterrupt):

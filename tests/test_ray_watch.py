@@ -3,6 +3,7 @@ from however many threads the driver says so (a SIGTERM's clean-up and its stop 
 
 from __future__ import annotations
 
+import os
 import threading
 
 from kronsearch.backends.ray_watch import DriverWatch
@@ -32,3 +33,26 @@ def test_naming_a_study_after_done_is_ignored(tmp_path):
     watch.watch("sqlite:///studies/x.db", "x:one_round")  # the stdin is closed: nothing to tell
     watch.done()
     assert watch.process.returncode == 0
+
+
+def test_a_driver_ended_after_its_sigterm_gets_the_terminated_line_and_its_trials_stopped_by_sigterm(
+        tmp_path, capfd):
+    import socket
+
+    import optuna
+
+    url, session = f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "session"
+    session.mkdir()
+    study = optuna.create_study(study_name="x:one_round", storage=url)
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # this process is the watcher's driver
+    watch = DriverWatch(session, keep=False)
+    watch.watch(url, "x:one_round")
+    watch.terminated()
+    watch.process.stdin.close()  # as when Ray ends the driver natively: no `done`
+    watch.process.wait(timeout=60)
+    (frozen,) = study.get_trials()
+    assert (frozen.state.name, frozen.user_attrs["interrupted"]) == ("FAIL", "stopped by SIGTERM")
+    assert capfd.readouterr().err == ("error: terminated (SIGTERM): interrupted; Ray ended the driver before its "
+                                      "clean-up; trials [0] marked interrupted; re-run the same command to resume\n")
+    assert not session.exists()

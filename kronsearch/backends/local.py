@@ -26,7 +26,7 @@ from kronsearch.backends.base import (
     trial_artifact_dir,
     trial_failure,
 )
-from kronsearch.errors import Terminated
+from kronsearch.errors import STOPPED_BY_CTRL_C, STOPPED_BY_SIGTERM, Terminated
 from kronsearch.progress import BarStatus, EpochLines, StudyClock, planned_epochs
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, storage_reason
@@ -110,7 +110,7 @@ def make_objective(space: Space, kind: str, folder: Path, progress: bool, budget
         try:
             return objective(trial)
         except KeyboardInterrupt as err:
-            why = "stopped by SIGTERM" if isinstance(err, Terminated) else "stopped by Ctrl-C (SIGINT)"
+            why = STOPPED_BY_SIGTERM if isinstance(err, Terminated) else STOPPED_BY_CTRL_C
             record.interrupt(trial, why)
             raise
         except StorageError as err:

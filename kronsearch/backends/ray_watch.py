@@ -6,10 +6,13 @@ no `error:` line, its trials stayed RUNNING until the next run, and its session 
 
 The protocol, over the watcher's stdin (the driver is its only writer):
 - `study <storage url> <study name>`: a study this run writes (one line each; tab-separated);
+- `sigterm`: the driver got a SIGTERM; its clean-up follows;
 - `done`: the session ended normally (its own clean-up ran); the watcher exits quietly.
 End of input without `done` means the driver died. The watcher then marks the driver's RUNNING trials
 FAIL with user attr "interrupted" (the next run re-queues them, as after any crash), removes the session
-folder, and prints one `error:` line on the stderr it shares with the driver.
+folder, and prints one `error:` line on the stderr it shares with the driver: after a `sigterm` the line and
+the mark say the run was terminated, as the driver's own clean-up would have (a SIGTERM sent to a whole
+cgroup, as systemd sends it, stops the raylet too, and Ray may end the driver before its clean-up ends).
 
 Run as `python -m kronsearch.backends.ray_watch SESSION_FOLDER KEEP`; it imports nothing heavy until the
 driver dies, and is in its own session so a Ctrl-C at the terminal does not reach it.
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 ABRUPT = ("the run stopped abruptly: Ray ended it (its raylet died: killed, or out of memory) or it was killed")
+TERMINATED = "terminated (SIGTERM): interrupted; Ray ended the driver before its clean-up"
 
 
 class DriverWatch:
@@ -42,6 +46,10 @@ class DriverWatch:
 
     def watch(self, storage_url: str, study_name: str) -> None:
         self._send(f"study\t{storage_url}\t{study_name}")
+
+    def terminated(self) -> None:
+        """A SIGTERM arrived (called from its handler): should Ray end the driver, the watcher says so."""
+        self._send("sigterm")
 
     def done(self) -> None:
         """The session ended normally: the watcher exits without touching anything. Once; later calls do nothing."""
@@ -65,24 +73,29 @@ class DriverWatch:
         try:
             self.process.stdin.write(line + "\n")
             self.process.stdin.flush()
-        except (OSError, ValueError):  # the watcher is gone, or told `done` already: the run goes on without it
-            pass
+        except (OSError, ValueError, RuntimeError):  # the watcher is gone, or told `done` already, or a signal
+            pass  # handler's write landed inside another write (reentrant): the run goes on without it
 
 
-def read_driver(stream: IO[str]) -> tuple[list[tuple[str, str]], bool]:
-    """The studies the driver named and whether it said `done`, reading until the driver's end."""
-    studies, done = [], False
+def read_driver(stream: IO[str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """The studies the driver named and which of `sigterm` and `done` it said, reading until the driver's end."""
+    studies, said = [], set()
     for line in stream:
         words = line.rstrip("\n").split("\t")
         if words[0] == "study" and len(words) == 3:
             studies.append((words[1], words[2]))
-        elif words[0] == "done":
-            done = True
-    return studies, done
+        elif words[0] in ("sigterm", "done"):
+            said.add(words[0])
+    return studies, said
 
 
-def clean_up_after(driver_pid: int, studies: list[tuple[str, str]]) -> list[int]:
-    """Mark the RUNNING trials of `driver_pid` (this host) interrupted; returns their numbers.
+def trials_marked(marked: list[int]) -> str:
+    """What an `error:` line says of the trials marked interrupted ("" for none)."""
+    return f"trials {marked} marked interrupted; " if marked else ""
+
+
+def clean_up_after(driver_pid: int, studies: list[tuple[str, str]], why: str = ABRUPT) -> list[int]:
+    """Mark the RUNNING trials of `driver_pid` (this host) interrupted (`why`); returns their numbers.
 
     By pid, not by liveness: the dead driver is a zombie until its parent reaps it."""
     from optuna.trial import TrialState
@@ -95,7 +108,7 @@ def clean_up_after(driver_pid: int, studies: list[tuple[str, str]]) -> list[int]
     for url, name in studies:
         for study in load_studies(name, url):
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if TrialRecord.of(trial).worker == worker and record.interrupt_dead(study, trial, ABRUPT):
+                if TrialRecord.of(trial).worker == worker and record.interrupt_dead(study, trial, why):
                     marked.append(trial.number)
     return marked
 
@@ -103,18 +116,21 @@ def clean_up_after(driver_pid: int, studies: list[tuple[str, str]]) -> list[int]
 def main() -> None:
     session, keep = Path(sys.argv[1]), sys.argv[2] == "1"
     driver = os.getppid()
-    studies, done = read_driver(sys.stdin)
-    if done:
+    studies, said = read_driver(sys.stdin)
+    if "done" in said:
         return
+    from kronsearch.errors import STOPPED_BY_SIGTERM
+
+    ending, why = (TERMINATED, STOPPED_BY_SIGTERM) if "sigterm" in said else (ABRUPT, ABRUPT)
     time.sleep(0.5)  # let the dying driver's last writes land
     try:
-        marked = clean_up_after(driver, studies)
-        said = f"trials {marked} marked interrupted; " if marked else ""
+        marked = clean_up_after(driver, studies, why)
+        marks = trials_marked(marked)
     except Exception as err:  # noqa: BLE001 - the storage may be what failed; the next run recovers the trials
-        said = f"its trials could not be marked ({type(err).__name__}: {err}); "
+        marks = f"its trials could not be marked ({type(err).__name__}: {err}); "
     if not keep:
         shutil.rmtree(session, ignore_errors=True)
-    sys.stderr.write(f"error: {ABRUPT}; {said}re-run the same command to resume\n")
+    sys.stderr.write(f"error: {ending}; {marks}re-run the same command to resume\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ node = SimpleNamespace(all_processes={"raylet": [SimpleNamespace(process=raylet)
 deadline = StopDeadline(lambda why: print("abandon:", why, flush=True) or [3], lambda: print("released", flush=True),
                         lambda: "stopped by SIGTERM")
 deadline.node = node
-deadline.watch_raylet()
+watched = deadline.raylet_watched()
+watched.__enter__()
 """.strip()
 
 
@@ -42,7 +43,7 @@ def test_a_raylet_that_dies_as_a_sigterm_arrives_leaves_the_ending_to_the_sigter
     assert done.stderr.startswith("error: terminated (SIGTERM): interrupted;")
 
 
-def test_a_session_that_ends_first_stops_the_raylet_watch():
-    done = run_driver("deadline.done(); raylet.kill(); time.sleep(3); print('still here')")
+def test_a_raylet_stopped_after_the_watch_ends_as_ray_shuts_down_ends_nothing():
+    done = run_driver("watched.__exit__(None, None, None); raylet.kill(); time.sleep(3); print('still here')")
     assert (done.returncode, done.stdout, done.stderr) == (0, "still here\n", "")
 

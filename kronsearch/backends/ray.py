@@ -309,7 +309,6 @@ class RayBackend(Backend):
         try:
             with ray_session(space.backend["address"], self.folder, on_sigterm) as own:
                 deadline.node = ray._private.worker._global_node if own else None
-                deadline.watch_raylet()
                 check_cluster(space, own, console)
                 total = ray.cluster_resources()
                 self.concurrent, why = trials_in_flight(space.backend, total)
@@ -319,7 +318,8 @@ class RayBackend(Backend):
                               f"trial{'s' if concurrent > 1 else ''} at a time ({why}), "
                               f"each {space.backend['resources_per_trial']['cpu']:g} CPU, "
                               f"{space.backend['resources_per_trial']['gpu']:g} GPU")
-                yield
+                with deadline.raylet_watched():
+                    yield
         finally:
             self._release(keep, console)
             deadline.done()

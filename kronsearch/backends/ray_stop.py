@@ -21,7 +21,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kronsearch.backends.ray_watch import ABRUPT, trials_marked
@@ -42,7 +43,7 @@ class StopDeadline:
                  grace: float = GRACE) -> None:
         self.abandon, self.release, self.why, self.grace = abandon, release, why, grace
         self.node: Any = None
-        self.finished = threading.Event()
+        self.finished, self.unwatched = threading.Event(), threading.Event()
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -50,10 +51,16 @@ class StopDeadline:
             self.thread = threading.Thread(target=self._watch, name="kronsearch-sigterm-deadline", daemon=True)
             self.thread.start()
 
-    def watch_raylet(self) -> None:
-        """From now until `done()`, a raylet that dies without a SIGTERM ends the run (exit 1)."""
+    @contextmanager
+    def raylet_watched(self) -> Iterator[None]:
+        """Inside, a raylet that dies without a SIGTERM ends the run (exit 1). Leave before Ray is shut down:
+        ray.shutdown stops the raylet first, and its other processes may take seconds more."""
         if self.node is not None:
             threading.Thread(target=self._watch_raylet, name="kronsearch-raylet-watch", daemon=True).start()
+        try:
+            yield
+        finally:
+            self.unwatched.set()
 
     def done(self) -> None:
         self.finished.set()
@@ -73,12 +80,12 @@ class StopDeadline:
                                   EXIT_TERMINATED)
 
     def _watch_raylet(self) -> None:
-        while not self.finished.wait(RAYLET_POLL) and self.raylet_alive():
+        while not self.unwatched.wait(RAYLET_POLL) and self.raylet_alive():
             pass
         waited = time.monotonic() + SIGTERM_WAIT
-        while self.thread is None and not self.finished.is_set() and time.monotonic() < waited:
+        while self.thread is None and not self.unwatched.is_set() and time.monotonic() < waited:
             time.sleep(0.05)
-        if self.thread is None and not self.finished.is_set():
+        if self.thread is None and not self.unwatched.is_set():
             self._end_without_ray(
                 ABRUPT, lambda marked: f"{ABRUPT}; {trials_marked(marked)}re-run the same command to resume", 1)
 

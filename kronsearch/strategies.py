@@ -70,6 +70,20 @@ def find_duplicate(study: optuna.Study, trial: optuna.Trial, kind: str) -> Froze
     return None
 
 
+def seed_source(study: optuna.Study, trial: optuna.Trial, spec: TrialSpec) -> FrozenTrial | None:
+    """The complete one_round trial a hybrid's seeded per_pattern trial (seed_hybrid) was seeded from, where that
+    trial trained this trial's plan with its rank and lambda2; else None. The seeded trial is then answered from it,
+    as a repeated configuration is: a racing trial's winner, or a trial that reused a race, trains its plan for
+    `epochs` as a per_pattern trial of it would, and training the seed again was one full training of the study's
+    best configuration twice (on a 24-epoch MLP, 2.5e10 of a study's 7.0e10 MACs)."""
+    number = TrialRecord.of(trial).seeded_from
+    source = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.number == number), None)
+    if source is None or (source.params.get("rank"), source.params.get("lambda2")) != (spec.rank, spec.lambda2):
+        return None
+    return source if (TrialRecord.of(source).metrics or {}).get("selected") == spec.plan else None
+
+
 def shared_race(study: optuna.Study, space: Space, rank: int) -> FrozenTrial | None:
     """The finished race a new one_round trial of `rank` trains a plan of, by search.races (RACES): among the
     complete one_round trials that raced (not reusing a race, not a duplicate) of the same rank ("per_rank") or of

@@ -108,6 +108,31 @@ def test_hybrid_seeds_per_pattern_with_the_one_round_pick(write_space):
     assert seeded.params["lambda2"] == first.params["lambda2"]
 
 
+def test_hybrid_s_seeded_trial_is_answered_from_the_one_round_trial_that_trained_its_plan(write_space):
+    run_search(write_space(search={"strategy": "hybrid", "trials": 3, "one_round_trials": 1}), progress=False)
+    first, seeded, _ = trials_of("tiny:hybrid")
+    assert seeded.user_attrs["duplicate_of"] == first.number and seeded.user_attrs["seeded_from"] == first.number
+    assert seeded.values == first.values and seeded.intermediate_values == {}  # not trained again
+
+
+def test_hybrid_s_seeded_trial_trains_where_its_block_stands_for_a_mixed_selection(write_space, workdir):
+    from kronsearch.strategies import seed_source
+    from kronsearch.study import open_study
+    from kronsearch.trial_run import TrialSpec
+
+    space = load_space(write_space(search={"strategy": "hybrid"}, model={"include": ["*"]}))
+    (workdir / "studies").mkdir()
+    study = open_study(space, "hybrid", "sqlite:///studies/tiny.db", False, workdir / "studies")
+    dists = {"rank": IntDistribution(1, 1), "lambda2": FloatDistribution(1e-5, 1e-3, log=True)}
+    study.add_trial(create_trial(value=0.9, params={"rank": 1, "lambda2": 1e-4}, distributions=dists, user_attrs={
+        "kind": "one_round", "metrics": {"selected": {"layers.0": "2x2", "head": "4x4"}}}))
+    study.enqueue_trial({"rank": 1, "lambda2": 1e-4, "block": "2x2"}, user_attrs={"seeded_from": 0})
+    trial = study.ask()
+    assert seed_source(study, trial, TrialSpec("per_pattern", 1, 1e-4, plan={"layers.0": "2x2", "head": "2x2"})) is None
+    assert seed_source(study, trial, TrialSpec("per_pattern", 1, 1e-4, plan={"layers.0": "2x2", "head": "4x4"})) \
+        == study.trials[0]
+
+
 def test_a_pruned_trial_records_after_which_epoch_and_the_training_macs_it_spent(write_space):
     # every trial races, so every epoch is on the pruning curve, the race's too (backends.base.PlanSteps)
     path = write_space(seed=1, train={"epochs": 3}, search={"trials": 6, "pruner": "median", "races": "per_trial"},

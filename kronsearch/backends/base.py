@@ -30,7 +30,7 @@ from kronsearch.processes import worker_alive
 from kronsearch.record import RACES, Strategy, TrialRecord
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, artifact_dir_record
-from kronsearch.strategies import find_duplicate, reuse, shared_race, suggest
+from kronsearch.strategies import find_duplicate, reuse, seed_source, shared_race, suggest
 from kronsearch.trainer import EpochReport, TrainingDiverged
 from kronsearch.trial_run import TrialSpec, trial_config
 
@@ -79,7 +79,7 @@ def start_trial(trial: optuna.Trial, space: Space, kind: str, budget: Budget | N
     if budget is not None and budget.surplus(trial.study, trial.number):
         record.skip(trial, SKIPPED)
         return Started(spec, skipped=True)
-    duplicate = find_duplicate(trial.study, trial, kind)
+    duplicate = find_duplicate(trial.study, trial, kind) or seed_source(trial.study, trial, spec)
     if duplicate is not None:
         return Started(spec, duplicate_values=record.copy_duplicate(trial, duplicate))
     source = shared_race(trial.study, space, spec.rank) if spec.races else None

@@ -74,7 +74,6 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.record import RACES, TrialRecord, metrics, tolerance_pick, train_macs_total
 from kronsearch.report.trials import trial_history
-from kronsearch.schema import HYBRID_RACE_CAP
 from kronsearch.search import run_search
 from kronsearch.selection import RACE_CAP, RACE_FALLBACKS
 from kronsearch.storage import load_studies
@@ -111,23 +110,23 @@ SPACES = {
 
 
 def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse.Namespace,
-               races: str = RACES[0], fallback: str = RACE_FALLBACKS[0], cap: float | None = None) -> Path:
-    """Write the task's space for one seed, strategy, search.races, train.race_fallback and train.race_cap (None:
-    the space's default, by strategy); return its path."""
+               races: str = RACES[0], fallback: str = RACE_FALLBACKS[0], cap: float = RACE_CAP) -> Path:
+    """Write the task's space for one seed, strategy, search.races, train.race_fallback and train.race_cap;
+    return its path."""
     spec = SPACES[task]
-    train = {**spec["train"], "race_fallback": fallback, **({} if cap is None else {"race_cap": cap})}
+    train = {**spec["train"], "race_fallback": fallback, "race_cap": cap}
     data = dict(spec["data"])
     if args.smoke:
         train["epochs"], data = 1, {"name": "digits", "limit": 300}
     # one study name (and storage file) per variant, else a second one would resume the first's study
-    doc = {"name": f"{task}-s{seed}-{races}-{fallback}-{_cap_name(cap)}", "seed": seed, "data": data,
-           "model": spec["model"], "train": train,
+    doc = {"name": f"{task}-s{seed}-{races}-{fallback}-{cap:g}", "seed": seed, "data": data, "model": spec["model"],
+           "train": train,
            "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
                       "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
                       "sampler": "tpe", "pruner": "median", "races": races},
            "space": {"blocks": spec["blocks"], "ranks": [1, 2],
                      "lambda2": {"low": LAMBDA2[0], "high": LAMBDA2[1], "log": True}}}
-    path = folder / f"{task}-s{seed}-{strategy}-{races}-{fallback}-{_cap_name(cap)}.yaml"
+    path = folder / f"{task}-s{seed}-{strategy}-{races}-{fallback}-{cap:g}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -207,11 +206,11 @@ def alone_task(task: str, seed: int, args: argparse.Namespace) -> Task:
     return Task(task, data, spec["model"]["name"], options, tuple(spec["model"]["include"]), blocks, train)
 
 
-def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str, float | None]]:
+def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str, float]]:
     """(label, strategy, search.races, train.race_fallback, train.race_cap) of every study a seed runs: per_pattern
     once (it never races), each other strategy once per --variants entry."""
-    return [("per_pattern", "per_pattern", RACES[0], RACE_FALLBACKS[0], None)] + [
-        (f"{strategy} ({races}, {fallback}{'' if cap is None else f', cap {cap:g}'})",
+    return [("per_pattern", "per_pattern", RACES[0], RACE_FALLBACKS[0], RACE_CAP)] + [
+        (f"{strategy} ({races}, {fallback}{'' if cap == RACE_CAP else f', cap {cap:g}'})",
          strategy, races, fallback, cap)
         for races, fallback, cap in args.variants for strategy in args.strategies if strategy != "per_pattern"]
 
@@ -304,10 +303,6 @@ HEADER = ("| task | strategy | " + " | ".join(f"test acc of the pick at {b}x" fo
           + "/".join(f"{b}x" for b in BUDGETS) + " |\n|" + "---|" * (11 + len(BUDGETS)))
 
 
-def _cap_name(cap: float | None) -> str:
-    return "default" if cap is None else f"{cap:g}"
-
-
 def _cap(text: str) -> float:
     """A --variants entry's race cap; 0 (refused) where it is not a number."""
     try:
@@ -327,9 +322,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma list of %(default)s (per_pattern always runs: the reference)")
     parser.add_argument("--variants", default=f"{RACES[0]}:{RACE_FALLBACKS[0]}",
                         help=f"comma list of RACES:FALLBACK[:CAP], search.races in {', '.join(RACES)}, "
-                             f"train.race_fallback in {', '.join(RACE_FALLBACKS)} and train.race_cap >= 1 (default: "
-                             f"the space's, {RACE_CAP:g}, or {HYBRID_RACE_CAP:g} under hybrid); one_round and hybrid "
-                             "run once per entry (default %(default)s)")
+                             f"train.race_fallback in {', '.join(RACE_FALLBACKS)} and train.race_cap >= 1 (default "
+                             f"{RACE_CAP:g}); one_round and hybrid run once per entry (default %(default)s)")
     parser.add_argument("--per-trial", action="store_true", help="print every trial's params, blocks and MACs")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
@@ -341,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             for v in variants):
         parser.error(f"--strategies takes {', '.join(STRATEGIES)}; --variants takes RACES:FALLBACK[:CAP] entries, "
                      f"RACES in {', '.join(RACES)}, FALLBACK in {', '.join(RACE_FALLBACKS)}, CAP a number >= 1")
-    args.variants = [(v[0], v[1], _cap(v[2]) if len(v) == 3 else None) for v in variants]
+    args.variants = [(v[0], v[1], _cap(v[2]) if len(v) == 3 else RACE_CAP) for v in variants]
     if args.trials < 1 or not 0 <= args.tolerance <= 100:
         parser.error("--trials must be >= 1, --tolerance in [0, 100]")
     if args.smoke:

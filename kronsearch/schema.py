@@ -125,8 +125,7 @@ MODEL = {"name": text(f"one of {', '.join(MODELS)} or 'timm:<model name>'",
          "init": choice(("random", "dense"), "random")}
 TRAIN_RULES = {
     "epochs": integer(1, MAX_EPOCHS), "finetune_epochs": integer(0, MAX_EPOCHS), "select_epochs": later(),
-    "race_cap": number("a number >= 1 (the race's cap, times select_epochs), or null: 2 for one_round, 1 for "
-                       "hybrid", lambda v: v >= 1, nullable=True),
+    "race_cap": number("a number >= 1 (the race's cap, times select_epochs)", lambda v: v >= 1),
     "race_fallback": choice(RACE_FALLBACKS),
     "batch_size": integer(1, 1_000_000), "optimizer": choice(OPTIMIZERS), "schedule": choice(SCHEDULES),
     "compute": choice(COMPUTE_MODES), "lr": POSITIVE, "s_lr_scale": POSITIVE, "weight_decay": NON_NEGATIVE,
@@ -136,14 +135,8 @@ TRAIN_RULES = {
     "device": text("auto, cpu, cuda or cuda:N", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
 }
 # every TrainConfig field but those a trial sets itself, with TrainConfig's default
-TRAIN = {k: replace(TRAIN_RULES[k], default=None if k == "race_cap" else getattr(TrainConfig, k))
+TRAIN = {k: replace(TRAIN_RULES[k], default=getattr(TrainConfig, k))
          for k in TrainConfig.__dataclass_fields__ if k not in ("lambda2", "tolerance", "seed", "progress")}
-HYBRID_RACE_CAP = 1.0
-"""train.race_cap where a hybrid space leaves it null (elsewhere selection.RACE_CAP): a hybrid study's race does not
-extend itself. Its per_pattern phase trains the blocks in full anyway, so evidence bought by extending the race was
-bought twice: with extensions a hybrid study cost 1.25x per_pattern's MACs (Fashion-MNIST MLP) and 1.11x (digits
-ViT), without them 0.99x and 0.97x, its pick level at 1x (-0.08 +- 0.27 and +0.00 +- 0.67 point; ten seeds,
-docs/benchmarks/search-cost.md, table 11)."""
 SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_TRIALS, 10),
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),
           "pruner": choice(PRUNERS, "median"), "timeout": number("seconds > 0", lambda v: v > 0, None, nullable=True),

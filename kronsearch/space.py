@@ -50,7 +50,6 @@ from kronsearch.references import (
 from kronsearch.schema import (
     BACKEND,
     DATA,
-    HYBRID_RACE_CAP,
     MAX_CANDIDATES,
     MODEL,
     RESOURCES,
@@ -63,7 +62,6 @@ from kronsearch.schema import (
     FloatRange,
     SpaceError,
 )
-from kronsearch.selection import RACE_CAP
 from kronsearch.trainer import TrainConfig
 
 MAX_SYNTHETIC_VALUES = 500_000_000  # (n_train + n_test) * in_features of the synthetic dataset (2 GB)
@@ -178,13 +176,12 @@ def parse_space(raw: dict, path: str = "<space>", overrides: Mapping[str, Any] |
         train["select_epochs"] = c.typed(train["select_epochs"], "train.select_epochs", float,
                                          "a number of epochs > 0 and <= train.epochs (or null: a quarter of them)",
                                          lambda v: 0 < v <= train["epochs"])
-    search = c.section(_with(top["search"], strategy=cli.get("strategy"), trials=cli.get("trials")), "search", SEARCH)
-    if train["race_cap"] is None:
-        train["race_cap"] = HYBRID_RACE_CAP if search["strategy"] == "hybrid" else RACE_CAP
     try:
         TrainConfig(**train)
     except ValueError as err:
         raise c.fail("train", str(err)) from None
+
+    search = c.section(_with(top["search"], strategy=cli.get("strategy"), trials=cli.get("trials")), "search", SEARCH)
     if search["one_round_trials"] is not None:
         c.integer(search["one_round_trials"], "search.one_round_trials", 1, search["trials"])
     search["objectives"] = c.objectives(search["objectives"])

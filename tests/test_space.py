@@ -92,15 +92,6 @@ def test_command_line_overrides_are_validated_too(write_space):
         load_space(write_space(), strategy="exhaustive")
 
 
-@pytest.mark.parametrize(("strategy", "cap"), [("one_round", 2.0), ("hybrid", 1.0)])
-def test_a_race_cap_left_out_is_twice_the_race_and_once_under_hybrid(write_space, strategy, cap):
-    assert load_space(write_space(), strategy=strategy).train["race_cap"] == cap
-
-
-def test_a_race_cap_given_is_kept_under_hybrid(write_space):
-    assert load_space(write_space(train={"race_cap": 2}), strategy="hybrid").train["race_cap"] == 2.0
-
-
 def test_per_layer_blocks_keep_only_blocks_that_divide_each_layer(write_space):
     space = load_space(write_space(space={"blocks": {"layers.0": ["2x2", "16x16"], "*": ["2x2"]}}))
     assert space.layer_blocks("layers.0") == [(2, 2), (16, 16)]

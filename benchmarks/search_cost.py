@@ -182,8 +182,11 @@ def trial_lines(task: str, seed: int, strategy: str, trials: Sequence[optuna.tri
     for trial in trials:
         blocks = sorted({format_block(b) for b in pick_plan(trial).values()})
         params = ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial.params.items())
-        lines.append(f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
-                     f"{epochs[trial.number]} epochs, MACs {train_macs_total(trial) or 0:.3g}"
+        head = f"    #{trial.number} {trial.state.name.lower()}: {params}; kept {'/'.join(blocks) or '-'}; "
+        if (original := TrialRecord.of(trial).duplicate_of) is not None:  # not trained: no MACs of its own
+            lines.append(f"{head}answered from #{original}, no MACs")
+            continue
+        lines.append(f"{head}{epochs[trial.number]} epochs, MACs {train_macs_total(trial) or 0:.3g}"
                      + (f" (race {races[trial.number]:.3g})" if trial.number in races else "")
                      + (f" (from #{source}'s race)" if (source := TrialRecord.of(trial).race_of) is not None
                         else ""))

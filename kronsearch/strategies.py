@@ -77,6 +77,8 @@ def seed_source(study: optuna.Study, trial: optuna.Trial, spec: TrialSpec) -> Fr
     `epochs` as a per_pattern trial of it would, and training the seed again was one full training of the study's
     best configuration twice (on a 24-epoch MLP, 2.5e10 of a study's 7.0e10 MACs)."""
     number = TrialRecord.of(trial).seeded_from
+    if number is None:  # every trial but one: no read of the study
+        return None
     source = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if t.number == number), None)
     if source is None or (source.params.get("rank"), source.params.get("lambda2")) != (spec.rank, spec.lambda2):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kronsearch.backends.ray_watch import ABRUPT, trials_marked
+from kronsearch.backends.ray_watch import ABRUPT, resume_line, trials_marked
 from kronsearch.errors import RUN_INTERRUPTED
 
 GRACE = 20.0  # seconds the ordinary clean-up after a SIGTERM may take (measured: about 3 s on a 2-core machine)
@@ -86,8 +86,7 @@ class StopDeadline:
         while self.thread is None and not self.unwatched.is_set() and time.monotonic() < waited:
             time.sleep(0.05)
         if self.thread is None and not self.unwatched.is_set():
-            self._end_without_ray(
-                ABRUPT, lambda marked: f"{ABRUPT}; {trials_marked(marked)}re-run the same command to resume", 1)
+            self._end_without_ray(ABRUPT, lambda marked: resume_line(ABRUPT, trials_marked(marked)), 1)
 
     def _end_without_ray(self, why: str, line: Callable[[list[int]], str], code: int) -> None:
         """Mark the running trials interrupted (`why`), stop this run's Ray, remove the session folder, print the

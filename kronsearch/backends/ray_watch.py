@@ -94,6 +94,11 @@ def trials_marked(marked: list[int]) -> str:
     return f"trials {marked} marked interrupted; " if marked else ""
 
 
+def resume_line(ending: str, marks: str) -> str:
+    """The `error:` line's text after a run that ended without its clean-up (by the watcher or the driver)."""
+    return f"{ending}; {marks}re-run the same command to resume"
+
+
 def clean_up_after(driver_pid: int, studies: list[tuple[str, str]], why: str = ABRUPT) -> list[int]:
     """Mark the RUNNING trials of `driver_pid` (this host) interrupted (`why`); returns their numbers.
 
@@ -130,7 +135,7 @@ def main() -> None:
         marks = f"its trials could not be marked ({type(err).__name__}: {err}); "
     if not keep:
         shutil.rmtree(session, ignore_errors=True)
-    sys.stderr.write(f"error: {ending}; {marks}re-run the same command to resume\n")
+    sys.stderr.write(f"error: {resume_line(ending, marks)}\n")
 
 
 if __name__ == "__main__":

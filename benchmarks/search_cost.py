@@ -123,7 +123,8 @@ def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse
            "train": train,
            "search": {"strategy": strategy, "trials": args.trials, "tolerance": args.tolerance,
                       "objectives": [{"metric": "val_accuracy", "direction": "maximize"}],
-                      "sampler": "tpe", "pruner": "median", "races": races},
+                      "sampler": "tpe", "pruner": "median", "races": races,
+                      "one_round_trials": args.one_round_trials},
            "space": {"blocks": spec["blocks"], "ranks": [1, 2],
                      "lambda2": {"low": LAMBDA2[0], "high": LAMBDA2[1], "log": True}}}
     path = folder / f"{task}-s{seed}-{strategy}-{races}-{fallback}-{cap:g}.yaml"
@@ -213,7 +214,8 @@ def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str, float
     """(label, strategy, search.races, train.race_fallback, train.race_cap) of every study a seed runs: per_pattern
     once (it never races), each other strategy once per --variants entry."""
     return [("per_pattern", "per_pattern", RACES[0], RACE_FALLBACKS[0], RACE_CAP)] + [
-        (f"{strategy} ({races}, {fallback}{'' if cap == RACE_CAP else f', cap {cap:g}'})",
+        (f"{strategy} ({races}, {fallback}{'' if cap == RACE_CAP else f', cap {cap:g}'}"
+         f"{f', {args.one_round_trials} one-round' if args.one_round_trials and strategy == 'hybrid' else ''})",
          strategy, races, fallback, cap)
         for races, fallback, cap in args.variants for strategy in args.strategies if strategy != "per_pattern"]
 
@@ -327,6 +329,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma list of RACES:FALLBACK[:CAP], search.races in {', '.join(RACES)}, "
                              f"train.race_fallback in {', '.join(RACE_FALLBACKS)} and train.race_cap >= 1 (default "
                              f"{RACE_CAP:g}); one_round and hybrid run once per entry (default %(default)s)")
+    parser.add_argument("--one-round-trials", type=int, default=None,
+                        help="hybrid: search.one_round_trials (default: the space's default, a third of --trials)")
     parser.add_argument("--per-trial", action="store_true", help="print every trial's params, blocks and MACs")
     parser.add_argument("--smoke", action="store_true", help="tiny run on digits for CI; no Fashion-MNIST needed")
     args = parser.parse_args(argv)
@@ -339,8 +343,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--strategies takes {', '.join(STRATEGIES)}; --variants takes RACES:FALLBACK[:CAP] entries, "
                      f"RACES in {', '.join(RACES)}, FALLBACK in {', '.join(RACE_FALLBACKS)}, CAP a number >= 1")
     args.variants = [(v[0], v[1], _cap(v[2]) if len(v) == 3 else RACE_CAP) for v in variants]
-    if args.trials < 1 or not 0 <= args.tolerance <= 100:
-        parser.error("--trials must be >= 1, --tolerance in [0, 100]")
+    if args.trials < 1 or not 0 <= args.tolerance <= 100 or not 1 <= (args.one_round_trials or 1) <= args.trials:
+        parser.error("--trials must be >= 1, --tolerance in [0, 100], --one-round-trials in [1, --trials]")
     if args.smoke:
         args.seeds, args.trials = args.seeds[:1], 2
     return args

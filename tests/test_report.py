@@ -45,7 +45,7 @@ from kronsearch.report import (
     trial_history,
     trial_pattern,
 )
-from kronsearch.report.show import tolerance_note
+from kronsearch.report.show import row_notes, tolerance_note
 from kronsearch.storage import load_studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -309,6 +309,16 @@ def test_render_show_prints_trials_and_best(search):
     assert "Pareto front of demo:per_pattern (3 trials)" in text
     assert "diverged at [epoch 2]" in text  # brackets are shown, not eaten as rich markup
     assert "#4 same configuration as #1" in text and "#1 selected layers.0:2x2 head:2x2" in text
+
+
+def test_a_duplicate_trial_names_its_source_and_leaves_the_race_to_it():
+    race = {"layers.0": {"block": "4x4", "by": "budget", "accuracy": {"4x4": 80.0, "8x8": 79.0}}}
+    row = {"selected": {"layers.0": "4x4"}, "race": race, "race_of": None, "fail_reason": None,
+           "interrupted": None, "last_epoch": None}
+    source, duplicate = row_notes({**row, "duplicate_of": None}), row_notes({**row, "duplicate_of": 0})
+    assert any(n.startswith("race layers.0: 4x4 by budget") for n in source)
+    assert not any(n.startswith("race ") for n in duplicate)
+    assert "same configuration as #0: its result reused, nothing trained" in duplicate
 
 
 def test_show_s_legend_spells_out_the_params_its_rows_use(search):

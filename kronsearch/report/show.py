@@ -146,7 +146,8 @@ def row_notes(row: Mapping) -> list[str]:
     notes = []
     if row["selected"]:
         notes.append(f"selected {count_blocks(row['selected'])}")
-    notes.extend(race_lines(row.get("race") or {}))
+    if row["duplicate_of"] is None:  # a duplicate's race is its source's, printed there
+        notes.extend(race_lines(row.get("race") or {}))
     if row.get("race_of") is not None:
         notes.append(f"trained a plan of trial #{row['race_of']}'s race (search.races), without a race of its own")
     if row["duplicate_of"] is not None:

@@ -170,16 +170,19 @@ def fallback_note(trials: list[FrozenTrial], pick: int | None) -> str:
     """The line a run ends with when one-round races fell back (kronsearch/evidence.py): which races and layers (the
     pick's own, or the race it trained the pick of), what to raise, and the per_pattern alternative; '' when every
     race decided by evidence."""
-    decided = {t.number: metrics(t).get("decisions") for t in trials}
+    decided = {t.number: metrics(t).get("decisions") for t in trials
+               if TrialRecord.of(t).duplicate_of is None}  # a duplicate's decisions are its source's race
     races = {n: [layer for layer, d in decisions.items() if d.get("by") == "fallback"]
              for n, decisions in decided.items() if decisions}
     fell = {n: layers for n, layers in races.items() if layers}
     if not fell:
         return ""
-    source = next((TrialRecord.of(t).race_of for t in trials if t.number == pick), None)
+    record = next((TrialRecord.of(t) for t in trials if t.number == pick), None)
+    source = record and (record.race_of if record.duplicate_of is None else record.duplicate_of)
     race = pick if pick in fell else source if source in fell else min(fell)
-    which = (f"the pick, trial {race}" if race == pick else f"trial {race}, whose pick the pick (trial {pick}) "
-             f"trained" if race == source else f"trial {race}")
+    how = (f"whose pick the pick (trial {pick}) trained" if record is None or record.duplicate_of is None
+           else f"whose result the pick (trial {pick}) reuses")
+    which = f"the pick, trial {race}" if race == pick else f"trial {race}, {how}" if race == source else f"trial {race}"
     return (f"race: {len(fell)} of the study's {len(races)} races did not separate candidates that still learned and "
             f"fell back at the cap (train.race_fallback; {which}, in {', '.join(fell[race])}); raise "
             f"train.select_epochs (or train.epochs) so each candidate trains longer, or run --strategy per_pattern "

@@ -250,6 +250,15 @@ def test_the_fallback_line_names_the_race_whose_pick_the_pick_trained():
                            "in fc1); raise")
 
 
+def test_a_trial_answered_from_a_race_is_not_counted_as_a_race_of_its_own():
+    answered = trial_deciding(1, {"fc1": "fallback"})  # its metrics are copied from trial 0
+    answered.user_attrs["duplicate_of"] = 0
+    note = fallback_note([trial_deciding(0, {"fc1": "fallback"}), answered], pick=1)
+    assert note.startswith("race: 1 of the study's 1 races did not separate candidates that still learned and fell "
+                           "back at the cap (train.race_fallback; trial 0, whose result the pick (trial 1) reuses, in "
+                           "fc1); raise")
+
+
 def test_a_run_whose_races_all_decided_by_evidence_adds_no_line():
     assert fallback_note([trial_deciding(0, {"fc1": "survivor"})], pick=0) == ""
 

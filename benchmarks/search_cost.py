@@ -74,6 +74,7 @@ from kronsearch.layers.kronify import kronify
 from kronsearch.layers.plan import LayerPattern
 from kronsearch.record import RACES, TrialRecord, metrics, tolerance_pick, train_macs_total
 from kronsearch.report.trials import trial_history
+from kronsearch.schema import STUDY_RACE_FALLBACK
 from kronsearch.search import run_search
 from kronsearch.selection import RACE_CAP, RACE_FALLBACKS
 from kronsearch.storage import load_studies
@@ -110,7 +111,7 @@ SPACES = {
 
 
 def space_file(folder: Path, task: str, seed: int, strategy: str, args: argparse.Namespace,
-               races: str = RACES[0], fallback: str = RACE_FALLBACKS[0], cap: float = RACE_CAP) -> Path:
+               races: str = RACES[0], fallback: str = STUDY_RACE_FALLBACK, cap: float = RACE_CAP) -> Path:
     """Write the task's space for one seed, strategy, search.races, train.race_fallback and train.race_cap;
     return its path."""
     spec = SPACES[task]
@@ -213,7 +214,7 @@ def alone_task(task: str, seed: int, args: argparse.Namespace) -> Task:
 def study_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str, float]]:
     """(label, strategy, search.races, train.race_fallback, train.race_cap) of every study a seed runs: per_pattern
     once (it never races), each other strategy once per --variants entry."""
-    return [("per_pattern", "per_pattern", RACES[0], RACE_FALLBACKS[0], RACE_CAP)] + [
+    return [("per_pattern", "per_pattern", RACES[0], STUDY_RACE_FALLBACK, RACE_CAP)] + [
         (f"{strategy} ({races}, {fallback}{'' if cap == RACE_CAP else f', cap {cap:g}'}"
          f"{f', {args.one_round_trials} one-round' if args.one_round_trials and strategy == 'hybrid' else ''})",
          strategy, races, fallback, cap)
@@ -325,7 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default %(default)s)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="comma list of %(default)s (per_pattern always runs: the reference)")
-    parser.add_argument("--variants", default=f"{RACES[0]}:{RACE_FALLBACKS[0]}",
+    parser.add_argument("--variants", default=f"{RACES[0]}:{STUDY_RACE_FALLBACK}",
                         help=f"comma list of RACES:FALLBACK[:CAP], search.races in {', '.join(RACES)}, "
                              f"train.race_fallback in {', '.join(RACE_FALLBACKS)} and train.race_cap >= 1 (default "
                              f"{RACE_CAP:g}); one_round and hybrid run once per entry (default %(default)s)")

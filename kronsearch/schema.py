@@ -123,6 +123,14 @@ MODEL = {"name": text(f"one of {', '.join(MODELS)} or 'timm:<model name>'",
          "factory": REFERENCE, "options": later({}), "include": globs(["*"]), "exclude": globs([]),
          "checkpoint": text("a weights file (.safetensors or .pt)", default=None, nullable=True),
          "init": choice(("random", "dense"), "random")}
+STUDY_RACE_FALLBACK = "cheapest"
+"""A study's default (a space file's train.race_fallback): there the pick is the tolerance rule's (the cheapest
+within search.tolerance of the best) among full trainings, and `cheapest` is that rule applied to the race's
+evidence; `most_accurate` often trained the costliest block, which the rule then passed over (2x2, as costly as the
+dense layer, in 3 of 5 races at 24 epochs). Measured (docs/benchmarks/search-cost.md, table 11, "The race's
+fallback in a study"): hybrid studies 0.88x/0.79x/0.94x per_pattern's MACs against 1.01x/0.88x/1.31x (MLP, ViT,
+24 epochs), one_round 1.21x/1.01x/1.64x against 1.43x/1.16x/2.48x; picks as cheap as per_pattern's, their
+accuracy at 1x within one standard error of most_accurate's but for hybrid at 24 epochs (+0.49 point)."""
 TRAIN_RULES = {
     "epochs": integer(1, MAX_EPOCHS), "finetune_epochs": integer(0, MAX_EPOCHS), "select_epochs": later(),
     "race_cap": number("a number >= 1 (the race's cap, times select_epochs)", lambda v: v >= 1),
@@ -134,8 +142,8 @@ TRAIN_RULES = {
     "max_grad_norm": number("a number > 0", lambda v: v > 0, nullable=True),
     "device": text("auto, cpu, cuda or cuda:N", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
 }
-# every TrainConfig field but those a trial sets itself, with TrainConfig's default
-TRAIN = {k: replace(TRAIN_RULES[k], default=getattr(TrainConfig, k))
+# every TrainConfig field but those a trial sets itself, with TrainConfig's default (a study's race fallback apart)
+TRAIN = {k: replace(TRAIN_RULES[k], default=STUDY_RACE_FALLBACK if k == "race_fallback" else getattr(TrainConfig, k))
          for k in TrainConfig.__dataclass_fields__ if k not in ("lambda2", "tolerance", "seed", "progress")}
 SEARCH = {"strategy": choice(STRATEGIES, "one_round"), "trials": integer(1, MAX_TRIALS, 10),
           "objectives": later([{"metric": "val_accuracy"}]), "sampler": choice(SAMPLERS, "tpe"),

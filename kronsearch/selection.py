@@ -121,9 +121,9 @@ RACE_CAP = 2.0
 """Where the evidence does not separate candidates that still learn, the race extends itself, an interval at a
 time, up to this multiple of its steps; then it falls back (RACE_FALLBACKS) and says so."""
 RACE_FALLBACKS = ("most_accurate", "cheapest")
-"""What a race keeps at its cap, undecided (the first: the default): the most accurate, or the cheapest within the
-tolerance plus PICK_Z paired standard errors of it. Measured (docs/benchmarks/selection.md, "The fallback rule"):
-cheapest's regret 0.70 against 0.51 point over table 3's 30 MLP runs (short and long), its study MACs lower."""
+"""What a race keeps at its cap, undecided (the first: OneRound's and TrainConfig's default; a study's: schema.
+STUDY_RACE_FALLBACK): the most accurate, or the cheapest within the tolerance plus PICK_Z paired standard errors of
+it. cheapest's regret: 0.70 against 0.51 point over table 3's 30 MLP runs (docs/benchmarks/selection.md)."""
 CHECK_EXAMPLES = 2048
 """Validation examples one check spends at most, over all the (layer, candidate) pairs it measures."""
 CHECK_SHARE = 0.25

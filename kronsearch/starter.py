@@ -106,7 +106,7 @@ train:
   epochs: 10  # the training of each trial's model (one_round: of the race's winner, after the race)
   # select_epochs: null  # one_round's race before `epochs` (default: a quarter of epochs)
   # race_cap: 2.0  # one_round: while the evidence cannot separate candidates, the race extends up to this x
-  # race_fallback: most_accurate  # most_accurate | cheapest: what the race keeps at its cap, still undecided
+  # race_fallback: cheapest  # cheapest | most_accurate: what the race keeps at its cap, still undecided
   # finetune_epochs: 0  # extra epochs of the final model under a fresh optimizer and schedule
   batch_size: 128  # examples per step
   optimizer: adamw  # adam | adamw | sgd

@@ -254,22 +254,27 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
     stored = StudyRecord.of(study)
     if stored.space_identity is not None:
         before = _with_added_keys(stored.space_identity)
-        changed = [f"{key} ({_value_at(before, key)} -> {_value_at(identity, key)})"
-                   for key in changed_keys(before, identity)
-                   if not (key == "data.limit" and _old_limit(stored.space_identity))]
+        keys = [key for key in changed_keys(before, identity)
+                if not (key == "data.limit" and _old_limit(stored.space_identity))]
+        changed = [f"{key} ({_value_at(before, key)} -> {_value_at(identity, key)})" for key in keys]
+        # a key the file leaves out whose default changed: the file resumes the study once it names the old value
+        defaulted = [f"{key}: {_value_at(before, key)}" for key in keys
+                     if _value_at(space.raw, key) == "absent" and _value_at(before, key) != "absent"]
         if _old_limit(stored.space_identity):
             changed.append(OLD_LIMIT)
     elif stored.space_hash is not None and stored.space_hash != space.sha256:
-        changed = ["the file (a study from kronsearch 0.1 kept only the file's hash)"]
+        changed, defaulted = ["the file (a study from kronsearch 0.1 kept only the file's hash)"], []
     else:
         return
     if changed:
+        old_defaults = (f" A default changed: to resume the study as it was made, write {', '.join(defaulted)} in "
+                        f"the file." if defaulted else "")
         raise SpaceError(
             f"{space.path}: {', '.join(changed)} changed since study {study.study_name!r} was created in "
-            f"{mask_passwords(storage_url)}; its trials were run on the old values, so it is not resumed. Re-run "
-            f"with --fresh to delete it and start over, or give the search a new name (the file's name:) to keep both. "
-            f"The budget (search.trials, search.timeout), train.device, train.threads, train.compute, data.root "
-            f"and comments may change freely")
+            f"{mask_passwords(storage_url)}; its trials were run on the old values, so it is not resumed."
+            f"{old_defaults} Re-run with --fresh to delete it and start over, or give the search a new name (the "
+            f"file's name:) to keep both. The budget (search.trials, search.timeout), train.device, train.threads, "
+            f"train.compute, data.root and comments may change freely")
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:

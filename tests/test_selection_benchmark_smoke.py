@@ -84,12 +84,12 @@ def test_search_cost_smoke_prints_a_row_per_strategy_with_costs_against_per_patt
     assert all(re.search(r"\| [01]/1, [01]/1, [01]/1, [01]/1 \|$", r) for r in rows)  # seeds level or ahead
 
 
-def test_search_cost_smoke_runs_the_long_training_task():
-    done = run_script("--smoke", "--tasks", "mlp-long", script="search_cost.py")
+def test_search_cost_smoke_runs_the_long_training_task_under_the_study_defaults():
+    done = run_script("--smoke", "--tasks", "mlp-long", "--one-round-trials", "1", script="search_cost.py")
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| mlp-long |")]
-    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round (per_rank, most_accurate)",
-                                                 "hybrid (per_rank, most_accurate)"]
+    assert [r.split(" | ")[1] for r in rows] == ["per_pattern", "one_round (per_rank, cheapest)",
+                                                 "hybrid (per_rank, cheapest, 1 one-round)"]
 
 
 def test_search_cost_per_trial_prints_each_trials_state_params_blocks_and_macs(search_cost_smoke):

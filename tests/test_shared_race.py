@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
+from kronsearch import OneRound
 from kronsearch.record import TrialRecord, write_study
 from kronsearch.record import metrics as record_metrics
 from kronsearch.report import plot as kplot
@@ -19,6 +21,7 @@ from kronsearch.search import run_search
 from kronsearch.space import SpaceError, load_space
 from kronsearch.storage import load_studies
 from kronsearch.strategies import race_plan, shared_race
+from kronsearch.trainer import TrainConfig
 from tests.test_ray_backend import RAY
 from tests.test_report import ONE_ROUND_DISTS
 
@@ -229,14 +232,32 @@ def test_the_selection_plot_of_a_trial_that_reused_a_race_is_that_races(write_sp
     assert "tiny:one_round trial 0:" in titles[-1]
 
 
-def test_a_study_from_before_race_fallback_resumes_as_made_with_most_accurate(write_space):
-    path = write_space(search={"trials": 1})
-    run_search(path, progress=False)
+def study_from_before_race_fallback(write_space) -> None:
+    """A one-trial study whose stored space predates train.race_fallback (it ran as most_accurate)."""
+    run_search(write_space(search={"trials": 1}, train={"race_fallback": "most_accurate"}), progress=False)
     (study,) = load_studies("tiny:one_round")
     identity = study.user_attrs["space_identity"]
     del identity["train"]["race_fallback"]
     write_study(study, space_identity=identity)
-    run_search(path, trials=2, progress=False)
+
+
+def test_a_study_from_before_race_fallback_resumes_as_made_with_most_accurate(write_space):
+    study_from_before_race_fallback(write_space)
+    run_search(write_space(search={"trials": 2}, train={"race_fallback": "most_accurate"}), progress=False)
     assert len(trials_of()) == 2
     with pytest.raises(SpaceError, match=r"train\.race_fallback \('most_accurate' -> 'cheapest'\) changed"):
         run_search(write_space(search={"trials": 3}, train={"race_fallback": "cheapest"}), progress=False)
+
+
+def test_a_study_made_under_an_old_default_is_refused_with_the_line_that_resumes_it(write_space):
+    study_from_before_race_fallback(write_space)
+    with pytest.raises(SpaceError, match=r"A default changed: to resume the study as it was made, write "
+                                         r"train\.race_fallback: 'most_accurate' in the file\. Re-run with --fresh"):
+        run_search(write_space(search={"trials": 2}), progress=False)
+    assert len(trials_of()) == 1
+
+
+def test_a_studys_undecided_race_keeps_the_cheapest_and_one_training_the_most_accurate(write_space):
+    assert load_space(write_space()).train_config().race_fallback == "cheapest"
+    assert TrainConfig().race_fallback == "most_accurate"
+    assert inspect.signature(OneRound).parameters["fallback"].default == "most_accurate"

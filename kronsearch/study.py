@@ -267,8 +267,8 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
     else:
         return
     if changed:
-        old_defaults = (f" A default changed: to resume the study as it was made, write {', '.join(defaulted)} in "
-                        f"the file." if defaulted else "")
+        old_defaults = (f" The file leaves {'them' if len(defaulted) > 1 else 'it'} to the default: to resume the "
+                        f"study as it was made, write {', '.join(defaulted)} in the file." if defaulted else "")
         raise SpaceError(
             f"{space.path}: {', '.join(changed)} changed since study {study.study_name!r} was created in "
             f"{mask_passwords(storage_url)}; its trials were run on the old values, so it is not resumed."

@@ -251,8 +251,8 @@ def test_a_study_from_before_race_fallback_resumes_as_made_with_most_accurate(wr
 
 def test_a_study_made_under_an_old_default_is_refused_with_the_line_that_resumes_it(write_space):
     study_from_before_race_fallback(write_space)
-    with pytest.raises(SpaceError, match=r"A default changed: to resume the study as it was made, write "
-                                         r"train\.race_fallback: 'most_accurate' in the file\. Re-run with --fresh"):
+    with pytest.raises(SpaceError, match=r"The file leaves it to the default: to resume the study as it was made, "
+                                         r"write train\.race_fallback: 'most_accurate' in the file\. Re-run with"):
         run_search(write_space(search={"trials": 2}), progress=False)
     assert len(trials_of()) == 1
 

@@ -257,7 +257,7 @@ def _check_same_space(study: optuna.Study, space: Space, identity: dict, storage
         keys = [key for key in changed_keys(before, identity)
                 if not (key == "data.limit" and _old_limit(stored.space_identity))]
         changed = [f"{key} ({_value_at(before, key)} -> {_value_at(identity, key)})" for key in keys]
-        # a key the file leaves out whose default changed: the file resumes the study once it names the old value
+        # a changed key the file leaves to its default: the file resumes the study once it names the old value
         defaulted = [f"{key}: {_value_at(before, key)}" for key in keys
                      if _value_at(space.raw, key) == "absent" and _value_at(before, key) != "absent"]
         if _old_limit(stored.space_identity):

@@ -20,7 +20,10 @@ from kronsearch.record import metrics as record_metrics
 from kronsearch.search import describe_seed, run_search
 from kronsearch.space import Space, SpaceError, load_space
 from kronsearch.storage import load_studies
+from kronsearch.strategies import seed_source
+from kronsearch.study import open_study
 from kronsearch.trainer import EpochReport, TrainConfig
+from kronsearch.trial_run import TrialSpec
 
 
 def trials_of(study_name: str) -> list[optuna.trial.FrozenTrial]:
@@ -116,10 +119,6 @@ def test_hybrid_s_seeded_trial_is_answered_from_the_one_round_trial_that_trained
 
 
 def test_hybrid_s_seeded_trial_trains_where_its_block_stands_for_a_mixed_selection(write_space, workdir):
-    from kronsearch.strategies import seed_source
-    from kronsearch.study import open_study
-    from kronsearch.trial_run import TrialSpec
-
     space = load_space(write_space(search={"strategy": "hybrid"}, model={"include": ["*"]}))
     (workdir / "studies").mkdir()
     study = open_study(space, "hybrid", "sqlite:///studies/tiny.db", False, workdir / "studies")

@@ -79,6 +79,7 @@ class TrialRecord:
     retry_of: int | None = None  # re-queued configuration of that interrupted trial
     seeded_from: int | None = None  # hybrid: the one_round trial whose pick this per_pattern trial trains
     race_of: int | None = None  # one_round: trains a plan of that trial's race instead of racing (search.races)
+    challenges: int | None = None  # one_round: trains a costlier plausible candidate of that trial's race
     worker: str | None = None  # host:pid of the process that ran it (storage.OwnedTrialStorage)
     worker_started: str | None = None  # that process's start time, so a reused pid is not mistaken for it
     ray_worker: str | None = None  # host:pid of the Ray worker that trained it
@@ -252,9 +253,12 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     study.enqueue_trial({**queued, **trial.params}, user_attrs={"retry_of": trial.number})
 
 
-def reuse_race(trial: optuna.Trial, source: int) -> None:
-    """Record that one_round `trial` trains a plan of trial `source`'s race instead of racing (search.races)."""
+def reuse_race(trial: optuna.Trial, source: int, challenger: bool = False) -> None:
+    """Record that one_round `trial` trains a plan of trial `source`'s race instead of racing (search.races), and
+    with `challenger` that the plan is a plausible candidate costlier than `source`'s (pruners.trails_its_pick)."""
     trial.set_user_attr("race_of", source)
+    if challenger:
+        trial.set_user_attr("challenges", source)
 
 
 def enqueue_seed(study: optuna.Study, params: dict, source: int) -> None:

@@ -20,7 +20,7 @@ COUNTS = ("val_examples", "test_examples", "train_params", "train_macs", "train_
           "final_macs", "inference_nonzeros")  # whole numbers >= 0
 SECONDS = ("wall_time",)  # numbers >= 0
 TEXTS = ("kind", "artifact_dir", "fail_reason", "skipped", "interrupted", "worker", "worker_started", "ray_worker")
-TRIAL_NUMBERS = ("duplicate_of", "retry_of", "seeded_from", "race_of")
+TRIAL_NUMBERS = ("duplicate_of", "retry_of", "seeded_from", "race_of", "challenges")
 SHOWN = 40  # characters of a malformed value quoted in a message
 SCALARS = frozenset(FRACTIONS + COUNTS + SECONDS)
 

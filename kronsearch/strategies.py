@@ -104,29 +104,37 @@ def shared_race(study: optuna.Study, space: Space, rank: int) -> FrozenTrial | N
 
 def reuse(trial: optuna.Trial, spec: TrialSpec, source: FrozenTrial, tolerance: float) -> TrialSpec:
     """The one_round trial `spec` turned into training a plan of `source`'s race alone (`race_plan`; its rank and
-    lambda2 its own), recorded on the trial (race_of)."""
-    reuse_race(trial, source.number)
-    plan = race_plan(trial.study, source, trial.number, tolerance)
+    lambda2 its own), recorded on the trial (race_of; challenges where the plan is a costlier plausible candidate)."""
+    plan, challenger = race_plan(trial.study, source, trial.number, tolerance)
+    reuse_race(trial, source.number, challenger)
     return TrialSpec(spec.kind, spec.rank, spec.lambda2, plan=plan, race_of=source.number)
 
 
-def race_plan(study: optuna.Study, source: FrozenTrial, number: int, tolerance: float) -> dict[str, str]:
-    """layer -> block that trial `number`, reusing `source`'s race, trains. Where a layer's race fell back (its
-    evidence did not separate the candidates), the other candidates it found plausible (within the tolerance and
-    noise of the most accurate at its cap: Decision.plausible) are each trained once, cheapest first, by the race's
-    next trials, so full trainings decide what the race could not; after them (and where every layer decided by
-    evidence) the tolerance pick among the race's trial and the complete trials that reused it."""
+def race_plan(study: optuna.Study, source: FrozenTrial, number: int, tolerance: float) -> tuple[dict[str, str], bool]:
+    """(layer -> block that trial `number`, reusing `source`'s race, trains; whether that plan challenges the race's
+    pick). Where a layer's race fell back (its evidence did not separate the candidates), the other candidates it
+    found plausible (within the tolerance and noise of the most accurate at its cap: Decision.plausible) are each
+    trained once, cheapest first, by the race's next trials, so full trainings decide what the race could not; after
+    them (and where every layer decided by evidence) the tolerance pick among the race's trial and the complete
+    trials that reused it. A plausible candidate costlier than the race's pick in every layer where they differ
+    challenges it: it can become the study's pick only by ending more than the tolerance above it, and
+    pruners.trails_its_pick stops it once it trails the pick's training at the same epoch."""
     raced = TrialRecord.of(source).metrics or {}
     selected, decisions = raced["selected"], raced.get("decisions") or {}
-    others = {layer: [b for b in (decisions.get(layer) or {}).get("plausible") or [] if b != block]
-              for layer, block in selected.items()}
+    plausible = {layer: list((decisions.get(layer) or {}).get("plausible") or []) for layer in selected}
+    others = {layer: [b for b in plausible[layer] if b != block] for layer, block in selected.items()}
     earlier = [t for t in study.get_trials(deepcopy=False)
                if t.number < number and TrialRecord.of(t).race_of == source.number]
     turn = len(earlier)
     if turn < max(map(len, others.values()), default=0):
-        return {layer: others[layer][turn] if turn < len(others[layer]) else block for layer, block in selected.items()}
+        plan = {layer: others[layer][turn] if turn < len(others[layer]) else block
+                for layer, block in selected.items()}
+        differ = [layer for layer, block in selected.items() if plan[layer] != block]
+        return plan, all(selected[layer] in plausible[layer]
+                         and plausible[layer].index(plan[layer]) > plausible[layer].index(selected[layer])
+                         for layer in differ)
     best = tolerance_pick([source, *earlier], tolerance) or source
-    return dict((TrialRecord.of(best).metrics or {}).get("selected") or selected)
+    return dict((TrialRecord.of(best).metrics or {}).get("selected") or selected), False
 
 
 def seed_params(space: Space, source: FrozenTrial) -> dict:

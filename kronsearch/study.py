@@ -31,6 +31,7 @@ from kronsearch import record
 from kronsearch.artifacts import check_claimed, check_own, claim, given_root, recorded_root, storage_label
 from kronsearch.layers.blocks import format_block
 from kronsearch.processes import worker_alive, worker_attrs
+from kronsearch.pruners import make_pruner
 from kronsearch.record import DEFAULT_TOLERANCE, StudyRecord, TrialRecord, study_name, write_study
 from kronsearch.space import Space, SpaceError
 from kronsearch.storage import (
@@ -94,18 +95,6 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
                     values: Sequence[float] | None) -> None:
         self._for(trial).after_trial(study, trial, state, values)
         self._samplers.pop(trial.number, None)
-
-
-def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    """search.pruner; every trial reports the epochs of the plan it trains, so all are judged on one curve
-    (backends.base.PlanSteps)."""
-    kind = space.search["pruner"]
-    if kind == "none" or len(space.search["objectives"]) > 1:
-        return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=space.train["epochs"])
-    # no verdict before a third of the epochs: early val accuracy says little about the end
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, space.train["epochs"] // 3))
 
 
 def open_study(space: Space, strategy: str, storage_url: str, fresh: bool, studies_dir: Path,

@@ -190,9 +190,9 @@ def test_the_next_trials_of_a_race_that_fell_back_train_its_other_plausible_cand
                         {"fc1": fell_back(["8x8", "4x4", "2x2"], "2x2"), "fc2": fell_back(["4x4"], "4x4")})
     study = optuna.create_study(direction="maximize")
     study.add_trial(source)
-    assert race_plan(study, source, 1, 0.5) == {"fc1": "8x8", "fc2": "4x4"}
+    assert race_plan(study, source, 1, 0.5)[0] == {"fc1": "8x8", "fc2": "4x4"}
     study.add_trial(race_trial(1, 0.85, {"fc1": "8x8", "fc2": "4x4"}, race_of=0))
-    assert race_plan(study, source, 2, 0.5) == {"fc1": "4x4", "fc2": "4x4"}
+    assert race_plan(study, source, 2, 0.5)[0] == {"fc1": "4x4", "fc2": "4x4"}
 
 
 def test_after_its_plausible_candidates_a_races_trials_train_the_tolerance_pick_among_them():
@@ -200,15 +200,15 @@ def test_after_its_plausible_candidates_a_races_trials_train_the_tolerance_pick_
     study = optuna.create_study(direction="maximize")
     for trial in (source, race_trial(1, 0.897, {"fc1": "8x8"}, race_of=0, final_macs=10)):
         study.add_trial(trial)
-    assert race_plan(study, source, 2, 0.5) == {"fc1": "8x8"}  # within 0.5 point of 2x2 and cheaper
-    assert race_plan(study, source, 2, 0.0) == {"fc1": "2x2"}  # tolerance 0: the most accurate
+    assert race_plan(study, source, 2, 0.5)[0] == {"fc1": "8x8"}  # within 0.5 point of 2x2 and cheaper
+    assert race_plan(study, source, 2, 0.0)[0] == {"fc1": "2x2"}  # tolerance 0: the most accurate
 
 
 def test_a_race_decided_by_evidence_shares_its_pick():
     source = race_trial(0, 0.9, {"fc1": "4x4"}, {"fc1": {"block": "4x4", "step": 10, "by": "budget"}})
     study = optuna.create_study(direction="maximize")
     study.add_trial(source)
-    assert race_plan(study, source, 1, 0.5) == {"fc1": "4x4"}
+    assert race_plan(study, source, 1, 0.5)[0] == {"fc1": "4x4"}
 
 
 @pytest.mark.slow

@@ -80,6 +80,7 @@ def trial_row(trial: FrozenTrial, study: optuna.Study) -> dict:
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "duplicate_of": TrialRecord.of(trial).duplicate_of,
         "race_of": TrialRecord.of(trial).race_of,
+        "challenges": TrialRecord.of(trial).challenges,
         "fail_reason": TrialRecord.of(trial).fail_reason,
         "interrupted": interrupted,
         "last_epoch": last_epoch(trial) if state == "RUNNING" else None,
@@ -150,6 +151,9 @@ def row_notes(row: Mapping) -> list[str]:
         notes.extend(race_lines(row.get("race") or {}))
     if row.get("race_of") is not None:
         notes.append(f"trained a plan of trial #{row['race_of']}'s race (search.races), without a race of its own")
+    if row.get("challenges") is not None:
+        notes.append(f"a candidate the race found plausible, costlier than #{row['challenges']}'s plan: pruned if it "
+                     f"trailed #{row['challenges']}'s training at an epoch")
     if row["duplicate_of"] is not None:
         notes.append(f"same configuration as #{row['duplicate_of']}: its result reused, nothing trained")
     if row["fail_reason"]:

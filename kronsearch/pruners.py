@@ -26,13 +26,28 @@ def trails_its_pick(study: optuna.Study, trial: FrozenTrial, warmup_steps: int) 
     Fashion-MNIST MLP and a digits ViT (1.21x -> 1.11x and 1.01x -> 0.95x per_pattern's MACs), their picks within
     0.01 point at 1x per_pattern's MACs; at 24 epochs the challengers mostly led, and nothing was saved.
     """
-    held = TrialRecord.of(trial).challenges
     step = trial.last_step
-    if held is None or step is None or step < warmup_steps:
+    if step is None or step < warmup_steps:
         return False
-    pick = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == held), None)
-    reference = None if pick is None else pick.intermediate_values.get(step)
-    return reference is not None and trial.intermediate_values[step] < reference
+    held = _held_value(study, TrialRecord.of(trial).challenges, step)
+    return held is not None and trial.intermediate_values[step] < held
+
+
+def trailing_note(study: optuna.Study, trial: optuna.Trial | FrozenTrial, step: int, value: float) -> str:
+    """For a pruned trial's record: where `trial` challenges trial N's plan and reported `value` under N's at `step`
+    (trails_its_pick), "; it trailed #N's training at that epoch (0.8750)"; else ""."""
+    held_by = TrialRecord.of(trial).challenges
+    held = _held_value(study, held_by, step)
+    return "" if held is None or value >= held else f"; it trailed #{held_by}'s training at that epoch ({held:.4f})"
+
+
+def _held_value(study: optuna.Study, number: int | None, step: int) -> float | None:
+    """The val accuracy complete trial `number` reported at `step`, if any."""
+    if number is None:
+        return None
+    held = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number == number),
+                None)
+    return None if held is None else held.intermediate_values.get(step)
 
 
 class ChallengerMedianPruner(optuna.pruners.MedianPruner):

@@ -193,10 +193,10 @@ def fail(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr("fail_reason", reason)
 
 
-def prune(trial: optuna.Trial, epoch: int, val_accuracy: float, train_macs_total: int) -> None:
-    """Record a pruning before the trial is told PRUNED: after which epoch, at what val accuracy, and the
-    training MACs it had spent, so cost sums count pruned trials too."""
-    fail(trial, f"pruned after epoch {epoch} (val accuracy {val_accuracy:.4f})")
+def prune(trial: optuna.Trial, epoch: int, val_accuracy: float, train_macs_total: int, why: str = "") -> None:
+    """Record a pruning before the trial is told PRUNED: after which epoch, at what val accuracy (then `why`), and
+    the training MACs it had spent, so cost sums count pruned trials too."""
+    fail(trial, f"pruned after epoch {epoch} (val accuracy {val_accuracy:.4f}){why}")
     trial.set_user_attr("train_macs_total", train_macs_total)
 
 

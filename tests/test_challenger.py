@@ -6,7 +6,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from kronsearch.pruners import ChallengerHyperbandPruner, ChallengerMedianPruner, make_pruner
+from kronsearch.pruners import ChallengerHyperbandPruner, ChallengerMedianPruner, make_pruner, trailing_note
 from kronsearch.record import TrialRecord
 from kronsearch.report.show import row_notes, trial_row
 from kronsearch.space import load_space
@@ -115,3 +115,14 @@ def test_the_challenge_is_recorded_on_the_trial_and_shown():
     notes = row_notes(trial_row(trial, study_with(SOURCE)))
     assert "a candidate the race found plausible, costlier than #0's plan: pruned if it trailed #0's training at an " \
            "epoch" in notes
+
+
+def test_a_pruned_challengers_record_says_whose_training_it_trailed():
+    study = study_with(SOURCE)
+    assert trailing_note(study, challenger({}), 2, 0.74) == "; it trailed #0's training at that epoch (0.7500)"
+
+
+def test_a_pruned_trial_that_did_not_trail_a_pick_gets_no_such_note():
+    study = study_with(SOURCE)
+    assert trailing_note(study, challenger({}), 2, 0.76) == ""
+    assert trailing_note(study, challenger({}, challenges=None), 2, 0.50) == ""

@@ -28,6 +28,7 @@ from kronsearch.backends.base import (
 )
 from kronsearch.errors import STOPPED_BY_CTRL_C, STOPPED_BY_SIGTERM, Terminated
 from kronsearch.progress import BarStatus, EpochLines, StudyClock, planned_epochs
+from kronsearch.pruners import trailing_note
 from kronsearch.space import Space
 from kronsearch.storage import StorageError, storage_reason
 from kronsearch.study_files import study_folder
@@ -65,7 +66,8 @@ def pruning_reporter(trial: optuna.Trial, space: Space) -> Callable[[EpochReport
             return
         trial.report(epoch.val_accuracy, step)
         if should_prune(trial, epoch.final):
-            record.prune(trial, epoch.epoch, epoch.val_accuracy, epoch.train_macs_total)
+            record.prune(trial, epoch.epoch, epoch.val_accuracy, epoch.train_macs_total,
+                         trailing_note(trial.study, trial, step, epoch.val_accuracy))
             raise optuna.TrialPruned()
 
     return report

@@ -42,6 +42,7 @@ from kronsearch.backends.base import (
 )
 from kronsearch.processes import worker_id
 from kronsearch.progress import epoch_line, planned_epochs, racing_summary
+from kronsearch.pruners import trailing_note
 from kronsearch.space import Space
 from kronsearch.storage import StorageError
 from kronsearch.study import ask, fail_stale
@@ -187,7 +188,8 @@ class StudySearcher(Searcher):
         result = result or {}
         if trial_id in self.pruned:
             last = self.pruned.pop(trial_id)
-            record.prune(job.trial, int(last["epoch"]), float(last["val_accuracy"]), int(last["train_macs_total"]))
+            record.prune(job.trial, int(last["epoch"]), float(last["val_accuracy"]), int(last["train_macs_total"]),
+                         trailing_note(job.trial.study, job.trial, int(last["step"]), float(last["val_accuracy"])))
             frozen = self.tell(job.trial, state=TrialState.PRUNED)
         elif error:
             frozen = self.fail(job.trial, self.errors.pop(trial_id, "error: no error recorded"))

@@ -10,7 +10,8 @@ from kronsearch.pruners import ChallengerHyperbandPruner, ChallengerMedianPruner
 from kronsearch.record import TrialRecord
 from kronsearch.report.show import row_notes, trial_row
 from kronsearch.space import load_space
-from kronsearch.strategies import race_plan
+from kronsearch.strategies import race_plan, reuse
+from kronsearch.trial_run import TrialSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -43,6 +44,14 @@ SOURCE = race_trial(0, 0.80, {"fc1": "8x8"}, {"fc1": fell_back(["8x8", "4x4", "2
 
 def test_a_plausible_candidate_costlier_than_the_races_pick_challenges_it():
     assert race_plan(study_with(SOURCE), SOURCE, 1, 0.5) == ({"fc1": "4x4"}, True)
+
+
+def test_a_trial_that_trains_a_challenger_of_a_race_records_it():
+    study = study_with(SOURCE)
+    trial = study.ask()
+    spec = reuse(trial, TrialSpec("one_round", 1, 1e-4), SOURCE, 0.5)
+    record = TrialRecord.of(study.get_trials()[-1])
+    assert spec.plan == {"fc1": "4x4"} and (record.race_of, record.challenges) == (0, 0)
 
 
 def test_a_plausible_candidate_cheaper_than_the_races_pick_does_not_challenge_it():

@@ -12,23 +12,9 @@ from kronsearch.report.show import row_notes, trial_row
 from kronsearch.space import load_space
 from kronsearch.strategies import race_plan, reuse
 from kronsearch.trial_run import TrialSpec
+from tests.test_shared_race import fell_back, race_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def fell_back(plausible: list[str], block: str, rule: str = "cheapest") -> dict:
-    return {"block": block, "step": 10, "by": "fallback", "rule": rule, "plausible": plausible}
-
-
-def race_trial(number: int, val: float, selected: dict, decisions: dict | None = None,
-               curve: dict[int, float] | None = None, **attrs: object) -> optuna.trial.FrozenTrial:
-    """A complete one_round trial with this pick, its race's decisions and its per-epoch val accuracies."""
-    trial = create_trial(value=val, params={"lambda2": 1e-4}, distributions={"lambda2": FloatDistribution(1e-5, 1e-3)},
-                         intermediate_values=curve or {},
-                         user_attrs={"kind": "one_round", "val_accuracy": val,
-                                     "metrics": {"selected": selected, "decisions": decisions or {}}} | attrs)
-    trial.number = number
-    return trial
 
 
 def study_with(*trials: optuna.trial.FrozenTrial) -> optuna.Study:
@@ -38,7 +24,7 @@ def study_with(*trials: optuna.trial.FrozenTrial) -> optuna.Study:
     return study
 
 
-SOURCE = race_trial(0, 0.80, {"fc1": "8x8"}, {"fc1": fell_back(["8x8", "4x4", "2x2"], "8x8")},
+SOURCE = race_trial(0, 0.80, {"fc1": "8x8"}, {"fc1": fell_back(["8x8", "4x4", "2x2"], "8x8", "cheapest")},
                     curve={1: 0.70, 2: 0.75, 3: 0.80})
 
 
@@ -55,7 +41,7 @@ def test_a_trial_that_trains_a_challenger_of_a_race_records_it():
 
 
 def test_a_plausible_candidate_cheaper_than_the_races_pick_does_not_challenge_it():
-    source = race_trial(0, 0.8, {"fc1": "2x2"}, {"fc1": fell_back(["8x8", "4x4", "2x2"], "2x2", "most_accurate")})
+    source = race_trial(0, 0.8, {"fc1": "2x2"}, {"fc1": fell_back(["8x8", "4x4", "2x2"], "2x2")})
     assert race_plan(study_with(source), source, 1, 0.5) == ({"fc1": "8x8"}, False)
 
 

@@ -111,10 +111,12 @@ def test_a_race_with_an_unknown_mode_is_refused_naming_the_allowed_ones(write_sp
 
 
 def raced(number: int, rank: int, val: float, macs: int, state: TrialState = TrialState.COMPLETE,
-          **attrs: object) -> optuna.trial.FrozenTrial:
-    """A one_round trial that raced and picked 4x4 on layers.0 (or, with attrs, reused/duplicated one)."""
+          curve: dict[int, float] | None = None, **attrs: object) -> optuna.trial.FrozenTrial:
+    """A one_round trial that raced and picked 4x4 on layers.0 (or, with attrs, reused/duplicated one), with its
+    per-epoch val accuracies `curve` (step -> value)."""
     trial = create_trial(state=state, value=val if state == TrialState.COMPLETE else None,
                          params={"rank": rank, "lambda1": 1e-3, "lambda2": 1e-4}, distributions=ONE_ROUND_DISTS,
+                         intermediate_values=curve or {},
                          user_attrs={"kind": "one_round", "metrics": {"selected": {"layers.0": "4x4"}},
                                      "val_accuracy": val, "final_macs": macs} | attrs)
     trial.number = number
@@ -176,13 +178,14 @@ def test_export_of_a_trial_that_reused_a_race_names_that_race_in_its_provenance(
 
 
 def race_trial(number: int, val: float, selected: dict[str, str], decisions: dict | None = None,
-               **attrs: object) -> optuna.trial.FrozenTrial:
+               curve: dict[int, float] | None = None, **attrs: object) -> optuna.trial.FrozenTrial:
     """A complete one_round trial of rank 1 with this pick (and its race's decisions, or a race_of in attrs)."""
-    return raced(number, 1, val, 100, metrics={"selected": selected, "decisions": decisions or {}}, **attrs)
+    return raced(number, 1, val, 100, curve=curve, metrics={"selected": selected, "decisions": decisions or {}},
+                 **attrs)
 
 
-def fell_back(plausible: list[str], block: str) -> dict:
-    return {"block": block, "step": 10, "by": "fallback", "rule": "most_accurate", "plausible": plausible}
+def fell_back(plausible: list[str], block: str, rule: str = "most_accurate") -> dict:
+    return {"block": block, "step": 10, "by": "fallback", "rule": rule, "plausible": plausible}
 
 
 def test_the_next_trials_of_a_race_that_fell_back_train_its_other_plausible_candidates_cheapest_first():
